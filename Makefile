@@ -1,0 +1,37 @@
+# Two entry points: `make demo` (set up, then run the main job) and `make test`.
+# Everything installs into .venv; torch==2.13.0 goes in first so that nothing pulls a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BENCH_VENV ?= .venv-bench
+
+.PHONY: setup demo test bench-throughput clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) benchmarks/synthetic_regions.py --out runs/synthetic_regions
+
+test: setup
+	$(PY) -m pytest -q
+
+# SAELens lives in its own environment: it pins packages this project does not need.
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e . sae-lens==6.54.12
+	touch $@
+
+bench-throughput: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
+
+clean:
+	rm -rf runs .pytest_cache

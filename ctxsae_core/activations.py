@@ -1,0 +1,210 @@
+"""Activations: how an encoder's pre-activations become codes (TopK, BatchTopK, ReLU + L1,
+JumpReLU), with each one's sparsity penalty and running statistics.
+
+Every activation offers `encode`, which returns the codes and the pre-activations. TopK,
+BatchTopK and ReLU give no gradient to codes that do not fire, so they take the sparse fast
+path (`ctxsae_core.sparse_ops`); JumpReLU's threshold gradient needs dense codes."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctxsae_core.config import ActivationConfig, BatchTopK, JumpReLU, ReLU, TopK
+from ctxsae_core.registry import ACTIVATION_MODULES
+from ctxsae_core.sparse_ops import SparseCodes, gather_linear
+
+
+class Encoded(NamedTuple):
+    dense: Tensor  # (N, F) codes, with autograd
+    sparse: SparseCodes | None  # the same codes in COO form, when the activation is sparse-grad
+    pre: Tensor  # (N, F) pre-activations (with autograd only on the dense path)
+
+
+# The sparse kernels pay off for wide dictionaries and enough work; below these a dense product
+# costs less than the small kernels they launch (measured on 2 CPU cores: at F=512 with 30 codes
+# per row dense wins, at F >= 1024 with <= 60 codes sparse wins by 2-5x). Same numbers either way.
+SPARSE_MIN_WIDTH = 1024
+SPARSE_MIN_WORK = 2**21  # rows x F x D multiply-adds
+
+
+def use_sparse_path(rows: int, W_FD: Tensor) -> bool:
+    f, d = W_FD.shape
+    return f >= SPARSE_MIN_WIDTH and rows * f * d >= SPARSE_MIN_WORK
+
+
+class Activation(nn.Module):
+    """Base: select which entries fire; the sparse path differentiates only those."""
+
+    sparse_grad = True  # codes that do not fire get no gradient
+
+    def __init__(self, cfg: ActivationConfig, width: int):
+        super().__init__()
+        self.cfg = cfg
+        self.width = width
+
+    def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
+        """(rows, cols) of the entries of `pre` (N, F) that fire, row-major. `pooled`: the batch
+        shares one budget (BatchTopK in training); otherwise every row is coded alone."""
+        raise NotImplementedError
+
+    def encode(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False) -> Encoded:
+        """Codes of the centred inputs `x_c` (N, D) under encoder W (F, D), b (F,)."""
+        if not use_sparse_path(x_c.shape[0], W_FD):
+            return self.encode_reference(x_c, W_FD, b_F, pooled)
+        with torch.no_grad():
+            pre = F.linear(x_c, W_FD, b_F)
+        rows, cols = self.select(pre, pooled)
+        vals = gather_linear(x_c, W_FD, b_F, pre, rows, cols)
+        sparse = SparseCodes(rows, cols, vals, pre.shape[0], pre.shape[1])
+        return Encoded(sparse.to_dense(), sparse, pre)
+
+    def encode_reference(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False) -> Encoded:
+        """The same codes by plain dense autograd: the reference the fast path is tested against."""
+        pre = F.linear(x_c, W_FD, b_F)
+        rows, cols = self.select(pre.detach(), pooled)
+        dense = torch.zeros_like(pre).index_put((rows, cols), pre[rows, cols])
+        return Encoded(dense, None, pre)
+
+    def penalty(self, innovations: Tensor, pre: Tensor, n_positions: int) -> Tensor:
+        """Sparsity loss, summed over steps and divided by the number of positions paid for."""
+        return innovations.new_zeros(())
+
+    def update_statistics_(self, pre: Tensor, n_positions: int) -> None:
+        """Update running statistics after a training step (called by the trainer)."""
+
+
+class _BudgetActivation(Activation):
+    """TopK-family activations: `budget` is the k in use, cfg.k unless the trainer is
+    annealing it (it is not saved: a trained model codes with cfg.k)."""
+
+    cfg: TopK
+
+    def __init__(self, cfg: TopK, width: int):
+        super().__init__(cfg, width)
+        self.budget: float = float(cfg.k)
+
+    def set_budget_(self, k: float) -> None:
+        self.budget = float(k)
+
+
+@ACTIVATION_MODULES.decorator("topk")
+class TopKActivation(_BudgetActivation):
+    def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
+        k = min(round(self.budget), pre.shape[1])
+        vals, idx = pre.topk(k, dim=1, sorted=False)
+        idx, order = idx.sort(dim=1)
+        keep = vals.gather(1, order) > 0  # TopK of ReLU(pre): non-positive winners stay off
+        rows = torch.arange(pre.shape[0]).unsqueeze(1).expand_as(idx)
+        return rows[keep], idx[keep]
+
+
+@ACTIVATION_MODULES.decorator("batchtopk")
+class BatchTopKActivation(_BudgetActivation):
+    """In pooled mode (per-position training) the batch's N * k largest entries fire; otherwise
+    entries above `threshold` fire. The threshold tracks the pooled cut-off: an EMA of the
+    (N * k)-th largest pre-activation of each training batch (Bussmann et al. 2024, sec. 3)."""
+
+    cfg: BatchTopK
+
+    def __init__(self, cfg: BatchTopK, width: int):
+        super().__init__(cfg, width)
+        self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold_seen", torch.zeros((), dtype=torch.bool))
+
+    def _cutoff(self, pre: Tensor, n_positions: int) -> Tensor:
+        n_keep = min(max(1, round(self.budget * n_positions)), pre.numel())
+        flat = pre.reshape(-1)
+        return flat.topk(n_keep, sorted=False).values.min().clamp_min(0)
+
+    def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
+        cut = self._cutoff(pre, pre.shape[0]) if pooled else self.threshold
+        fire = (pre >= cut) & (pre > 0) if pooled else pre > cut
+        return fire.nonzero(as_tuple=True)
+
+    @torch.no_grad()
+    def update_statistics_(self, pre: Tensor, n_positions: int) -> None:
+        cut = self._cutoff(pre, n_positions)
+        if not bool(self.threshold_seen):
+            self.threshold.copy_(cut)
+            self.threshold_seen.fill_(True)
+        else:
+            m = self.cfg.threshold_momentum
+            self.threshold.mul_(m).add_((1 - m) * cut)
+
+
+@ACTIVATION_MODULES.decorator("relu")
+class ReLUActivation(Activation):
+    cfg: ReLU
+
+    def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
+        return (pre > 0).nonzero(as_tuple=True)
+
+    def penalty(self, innovations: Tensor, pre: Tensor, n_positions: int) -> Tensor:
+        # codes are >= 0 and decoder rows unit norm: sum |z| ||W_dec|| == sum z
+        return self.cfg.l1_coeff * innovations.sum() / n_positions
+
+
+class _JumpReLUFn(torch.autograd.Function):
+    """pre * H(pre - theta); d/dtheta by the rectangle-kernel STE (Rajamanoharan et al. 2024, eq. 11)."""
+
+    @staticmethod
+    def forward(ctx, pre, log_threshold, bandwidth):  # type: ignore[override]
+        theta = log_threshold.exp()
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        near = ((pre - theta).abs() < eps / 2).to(grad.dtype)
+        grad_theta = (-(theta / eps) * near * grad).sum(0)
+        return grad * (pre > theta), grad_theta * theta, None
+
+
+class _StepFn(torch.autograd.Function):
+    """H(pre - theta) with the rectangle-kernel STE for theta (Rajamanoharan et al. 2024, eq. 12)."""
+
+    @staticmethod
+    def forward(ctx, pre, log_threshold, bandwidth):  # type: ignore[override]
+        theta = log_threshold.exp()
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        near = ((pre - theta).abs() < eps / 2).to(grad.dtype)
+        return None, (-(1 / eps) * near * grad).sum(0) * theta, None
+
+
+@ACTIVATION_MODULES.decorator("jumprelu")
+class JumpReLUActivation(Activation):
+    cfg: JumpReLU
+    sparse_grad = False
+
+    def __init__(self, cfg: JumpReLU, width: int):
+        super().__init__(cfg, width)
+        self.log_threshold = nn.Parameter(torch.full((width,), float(torch.tensor(cfg.init_threshold).log())))
+
+    def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
+        return (pre > self.log_threshold.exp()).nonzero(as_tuple=True)
+
+    def encode(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False) -> Encoded:
+        pre = F.linear(x_c, W_FD, b_F)
+        return Encoded(_JumpReLUFn.apply(pre, self.log_threshold, self.cfg.bandwidth), None, pre)
+
+    def penalty(self, innovations: Tensor, pre: Tensor, n_positions: int) -> Tensor:
+        steps = _StepFn.apply(pre.reshape(-1, pre.shape[-1]), self.log_threshold, self.cfg.bandwidth)
+        return self.cfg.l0_coeff * steps.sum() / n_positions
+
+
+def make_activation(cfg: ActivationConfig, width: int) -> Activation:
+    return ACTIVATION_MODULES[cfg.kind](cfg, width)

@@ -1,0 +1,155 @@
+"""Saving and loading: an SAE is a folder with `config.json` + `model.safetensors` (and the
+`axis.json` it was trained on); nothing is pickled. Every file is written to a temporary name
+and renamed into place, so an interrupted write never leaves a half-written file. Per-position
+SAEs also export to SAELens's `cfg.json` + `sae_weights.safetensors` layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ctxsae_core.axes import ContextAxis
+from ctxsae_core.config import BatchTopK, ReLU, JumpReLU, TopK, config_to_dict, sae_config_from_dict
+from ctxsae_core.errors import InputError
+from ctxsae_core.registry import ARCHITECTURES
+from ctxsae_core.sae import BaseSAE
+
+CONFIG_FILE, WEIGHTS_FILE, AXIS_FILE = "config.json", "model.safetensors", "axis.json"
+FORMAT_VERSION = 1
+
+
+# --- atomic files -------------------------------------------------------------------------------
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_tensors_atomic(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing {what}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file may be truncated") from None
+
+
+def load_tensors(path: str | Path, what: str = "weights") -> dict[str, Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing {what}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable {what} ({str(e).splitlines()[0]}); the file may be truncated") from None
+
+
+# --- SAEs ---------------------------------------------------------------------------------------
+
+
+def build_sae(config) -> BaseSAE:
+    return ARCHITECTURES[config.arch](config)
+
+
+def save_sae(model: BaseSAE, folder: str | Path, axis: ContextAxis | None = None) -> Path:
+    """Write `config.json`, `model.safetensors` (and `axis.json`) into `folder`."""
+    folder = Path(folder)
+    save_tensors_atomic(folder / WEIGHTS_FILE, dict(model.state_dict()), {"format_version": str(FORMAT_VERSION)})
+    if axis is not None:
+        write_json_atomic(folder / AXIS_FILE, axis.to_dict())
+    write_json_atomic(folder / CONFIG_FILE, {**config_to_dict(model.config), "format_version": FORMAT_VERSION})
+    return folder
+
+
+def load_sae(folder: str | Path) -> tuple[BaseSAE, ContextAxis | None]:
+    """Inverse of `save_sae`: the model (in eval mode) and the axis it was trained on, if saved."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such SAE folder: pass --sae a folder written by 'ctxsae train'")
+    values = read_json(folder / CONFIG_FILE, "SAE config")
+    values.pop("format_version", None)
+    model = build_sae(sae_config_from_dict(values, str(folder / CONFIG_FILE)))
+    state = load_tensors(folder / WEIGHTS_FILE, "SAE weights")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise InputError(f"{folder / WEIGHTS_FILE}: does not match config.json (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}): save the model again")
+    for name, t in state.items():
+        if t.shape != expected[name].shape:
+            raise InputError(f"{folder / WEIGHTS_FILE}: {name} has shape {list(t.shape)}, config.json implies "
+                             f"{list(expected[name].shape)}")
+    model.load_state_dict(state)
+    axis_path = folder / AXIS_FILE
+    axis = ContextAxis.from_dict(read_json(axis_path, "axis")) if axis_path.is_file() else None
+    return model.eval(), axis
+
+
+# --- SAELens export -----------------------------------------------------------------------------
+
+
+def export_saelens(model: BaseSAE, folder: str | Path, hook_name: str | None = None) -> Path:
+    """Write a per-position SAE as SAELens's `cfg.json` + `sae_weights.safetensors`.
+
+    Our normalisation is folded into the weights so the export reads raw activations:
+    W_enc' = s W_enc, b_dec' = b_dec / s, W_dec' = W_dec / s (pre-activations are unchanged,
+    so TopK selections and thresholds carry over). BatchTopK exports as SAELens does, as a
+    JumpReLU with its inference threshold."""
+    act = model.config.activation
+    if model.config.arch == "contextual":
+        raise InputError("SAELens has no contextual SAE: export a per-position SAE (topk, batchtopk, relu, jumprelu)")
+    s = float(model.act_scale)
+    d_in, width = model.config.d_in, model.config.width
+    weights = {
+        "W_enc": (model.W_enc_FD.detach() * s).T,  # SAELens: (d_in, d_sae)
+        "b_enc": model.b_enc_F.detach(),
+        "W_dec": model.W_dec_FD.detach() / s,  # (d_sae, d_in)
+        "b_dec": model.b_dec_D.detach() / s,
+    }
+    cfg: dict[str, Any] = {"d_in": d_in, "d_sae": width, "dtype": "float32", "device": "cpu",
+                           "apply_b_dec_to_input": True, "normalize_activations": "none",
+                           "reshape_activations": "none", "metadata": {"hook_name": hook_name}}
+    if isinstance(act, BatchTopK):
+        cfg["architecture"] = "jumprelu"
+        weights["threshold"] = model.activation.threshold.detach().expand(width)
+    elif isinstance(act, TopK):
+        cfg.update(architecture="topk", k=act.k, rescale_acts_by_decoder_norm=False)
+    elif isinstance(act, ReLU):
+        cfg["architecture"] = "standard"
+    elif isinstance(act, JumpReLU):
+        cfg["architecture"] = "jumprelu"
+        weights["threshold"] = model.activation.log_threshold.detach().exp()
+    folder = Path(folder)
+    save_tensors_atomic(folder / "sae_weights.safetensors", weights)
+    write_json_atomic(folder / "cfg.json", cfg)
+    return folder

@@ -1,0 +1,211 @@
+"""`ctxsae`: train, evaluate and export SAEs on your own activations.
+
+    ctxsae train --acts acts.npy --out runs/topk
+    ctxsae train --acts acts.npy --arch contextual --carry gated --k 8 --out runs/ctx
+    ctxsae evaluate --sae runs/ctx --acts heldout.npy --json
+    ctxsae export --sae runs/topk --out runs/topk-saelens
+
+Activations are one float tensor [N, T, d] ([N, d] for per-position SAEs) in a .npy or
+.safetensors file. Bad input exits with code 2 and one line saying what is wrong and the fix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+import torch
+
+from ctxsae_core.axes import AXIS_KINDS, ContextAxis, make_axis, parse_grid
+from ctxsae_core.checkpoint import build_sae, export_saelens, load_sae
+from ctxsae_core.config import (
+    CARRY_KINDS,
+    BatchTopK,
+    ContextualConfig,
+    JumpReLU,
+    ReLU,
+    SAEConfig,
+    TopK,
+    TrainConfig,
+    field_help,
+)
+from ctxsae_core.data import WindowBatches, as_windows, load_activations, split_holdout
+from ctxsae_core.errors import InputError
+from ctxsae_core.evaluate import evaluate
+from ctxsae_core.registry import ACTIVATION_CONFIGS
+from ctxsae_core.trainer import Trainer
+
+ARCH_CHOICES = [*ACTIVATION_CONFIGS.names(), "contextual"]
+DEFAULT_K = {"per_position": 32, "contextual": 8}
+MIN_DEFAULT_TOKENS = 1_000_000
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line, with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_axis_flags(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--axis", choices=AXIS_KINDS, default=default,
+                   help="context axis: 'tokens' (previous position), 'raster' (previous patch of an HxW "
+                        "grid), 'quadtree' (coarse-to-fine cells of an HxW grid)"
+                        + (f" (default: {default})" if default else " (default: the one the SAE was trained on)"))
+    p.add_argument("--grid", type=parse_grid, default=None, metavar="HxW",
+                   help="grid of image axes; H*W must equal T (default: a square grid)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ctxsae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train an SAE on an activations file",
+                       description="Train a per-position or contextual SAE. Holds out --holdout of the "
+                                   "windows for evaluation; resumes from DIR's last checkpoint if one exists.")
+    t.add_argument("--acts", required=True, type=Path, help="activations: .npy or .safetensors, [N, T, d] or [N, d]")
+    t.add_argument("--out", required=True, type=Path, help="run folder: the SAE, metrics.jsonl, eval.json, checkpoints")
+    t.add_argument("--arch", choices=ARCH_CHOICES, default="topk",
+                   help="SAE architecture: a per-position activation, or 'contextual' (default: topk)")
+    t.add_argument("--width", type=int, default=None, help="dictionary features (default: 8 * d)")
+    sparsity = t.add_mutually_exclusive_group()
+    sparsity.add_argument("--k", type=int, default=None,
+                          help="topk/batchtopk: active features (innovations) per position "
+                               f"(default: {DEFAULT_K['per_position']}, contextual {DEFAULT_K['contextual']})")
+    sparsity.add_argument("--l1", type=float, default=None,
+                          help=f"relu: L1 weight (default {ReLU.l1_coeff}); jumprelu: L0 weight (default {JumpReLU.l0_coeff})")
+    t.add_argument("--innovation", choices=ACTIVATION_CONFIGS.names(), default="batchtopk",
+                   help="contextual: activation that codes the innovations (default: batchtopk)")
+    t.add_argument("--carry", choices=CARRY_KINDS, default="gated", help=field_help(ContextualConfig, "carry"))
+    _add_axis_flags(t, "tokens")
+    t.add_argument("--tokens", type=int, default=None,
+                   help=f"training positions (default: one pass over the training windows, at least {MIN_DEFAULT_TOKENS:,})")
+    t.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens, help=field_help(TrainConfig, "batch_tokens"))
+    t.add_argument("--lr", type=float, default=None, help=field_help(TrainConfig, "lr"))
+    t.add_argument("--seed", type=int, default=0, help=field_help(TrainConfig, "seed"))
+    t.add_argument("--shuffle-context", action="store_true", help=field_help(TrainConfig, "shuffle_context"))
+    t.add_argument("--holdout", type=float, default=0.1, help="fraction of windows held out for evaluation (default: 0.1)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="evaluate a trained SAE on activations",
+                       description="Print FVU, MSE, L0 (innovations), state L0, dead fraction and positions.")
+    e.add_argument("--sae", required=True, type=Path, help="an SAE folder written by 'ctxsae train'")
+    e.add_argument("--acts", required=True, type=Path, help="activations: .npy or .safetensors, [N, T, d] or [N, d]")
+    e.add_argument("--shuffle-context", action="store_true",
+                   help="the shuffled-context control: permute positions within each window first")
+    _add_axis_flags(e, None)
+    e.add_argument("--batch-windows", type=int, default=64, help="windows per evaluation batch (default: 64)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the shuffled-context permutation (default: 0)")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    x = sub.add_parser("export", help="export a per-position SAE to SAELens's format",
+                       description="Write cfg.json + sae_weights.safetensors that SAELens's SAE.load_from_disk reads.")
+    x.add_argument("--sae", required=True, type=Path, help="an SAE folder written by 'ctxsae train'")
+    x.add_argument("--out", required=True, type=Path, help="folder to write")
+    x.add_argument("--hook-name", default=None, help="hook name recorded in cfg.json metadata")
+    return parser
+
+
+def _activation(kind: str, k: int | None, l1: float | None, default_k: int):
+    cls = ACTIVATION_CONFIGS[kind]
+    if issubclass(cls, TopK):
+        if l1 is not None:
+            raise InputError(f"--l1 does not apply to {kind}: set its sparsity with --k")
+        return cls(k=k if k is not None else default_k)
+    if k is not None:
+        raise InputError(f"--k does not apply to {kind}: set its sparsity with --l1")
+    if cls is ReLU:
+        return ReLU() if l1 is None else ReLU(l1_coeff=l1)
+    return JumpReLU() if l1 is None else JumpReLU(l0_coeff=l1)
+
+
+def _sae_config(args, d: int) -> SAEConfig:
+    width = args.width if args.width is not None else 8 * d
+    if args.arch == "contextual":
+        act = _activation(args.innovation, args.k, args.l1, min(DEFAULT_K["contextual"], width))
+        return ContextualConfig(d_in=d, width=width, activation=act, carry=args.carry)
+    return SAEConfig(d_in=d, width=width, activation=_activation(args.arch, args.k, args.l1,
+                                                                 min(DEFAULT_K["per_position"], width)))
+
+
+def cmd_train(args) -> int:
+    acts = load_activations(args.acts)
+    if args.arch == "contextual" and acts.ndim != 3:
+        raise InputError(f"{args.acts}: a contextual SAE needs windows [N, T, d], got {list(acts.shape)}: "
+                         "save activations with a context axis, or pick a per-position --arch")
+    if not 0 < args.holdout < 1:
+        raise InputError(f"--holdout {args.holdout} must lie strictly between 0 and 1")
+    windows = as_windows(acts)
+    n, T, d = windows.shape
+    cfg = _sae_config(args, d)
+    axis = make_axis(args.axis, T, args.grid)
+    train, held = split_holdout(windows, args.holdout, args.seed)
+    batch_windows = max(1, args.batch_tokens // T)
+    tokens = args.tokens if args.tokens is not None else max(train.shape[0] * T, MIN_DEFAULT_TOKENS)
+    train_cfg = TrainConfig(tokens=tokens, batch_tokens=batch_windows * T, lr=args.lr, seed=args.seed,
+                            shuffle_context=args.shuffle_context, progress=not args.no_progress)
+    torch.manual_seed(args.seed)
+    model = build_sae(cfg)
+    trainer = Trainer(model, train_cfg, axis, out_dir=args.out, eval_windows=held,
+                      eval_batch_windows=batch_windows)
+    result = trainer.fit(WindowBatches(train, batch_windows, args.seed))
+    print(f"{cfg.arch} ({axis.kind}{', shuffled context' if args.shuffle_context else ''}) -> {args.out}: "
+          f"fvu {result['fvu']:.4f}  l0 {result['l0']:.2f}  state_l0 {result['state_l0']:.2f}  "
+          f"dead {result['dead_fraction']:.1%}  on {result['n_positions']:,} held-out positions")
+    return 0
+
+
+def _eval_axis(args, saved: ContextAxis | None, T: int) -> ContextAxis:
+    kind = args.axis or (saved.kind if saved else "tokens")
+    grid = args.grid
+    if grid is None and saved is not None and saved.kind == kind and saved.grid and saved.n_inputs == T:
+        grid = saved.grid
+    return make_axis(kind, T, grid)
+
+
+def cmd_evaluate(args) -> int:
+    model, saved_axis = load_sae(args.sae)
+    acts = load_activations(args.acts)
+    windows = as_windows(acts)
+    if windows.shape[-1] != model.config.d_in:
+        raise InputError(f"{args.acts}: activations have d={windows.shape[-1]} but the SAE in {args.sae} "
+                         f"reads d={model.config.d_in}: pass activations from the same hook")
+    if model.config.arch == "contextual" and acts.ndim != 3:
+        raise InputError(f"{args.acts}: a contextual SAE needs windows [N, T, d], got {list(acts.shape)}")
+    axis = _eval_axis(args, saved_axis, windows.shape[1])
+    result = evaluate(model, windows, axis, batch_windows=args.batch_windows,
+                      shuffle_context=args.shuffle_context, seed=args.seed, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key in ("arch", "axis", "shuffle_context", "fvu", "mse", "l0", "state_l0", "dead_fraction", "n_positions"):
+            value = result[key]
+            print(f"{key:>16}  {value:.6g}" if isinstance(value, float) else f"{key:>16}  {value}")
+        print(f"{'state L0':>16}  {result['state_l0_counting']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    model, _ = load_sae(args.sae)
+    export_saelens(model, args.out, args.hook_name)
+    print(f"wrote {args.out}/cfg.json and sae_weights.safetensors (SAELens, architecture from {model.config.arch})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (code 2, one line) and --help (code 0)
+        return int(e.code or 0)
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}[args.command](args)
+    except InputError as e:
+        print(f"ctxsae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Typed configs: one dataclass per activation, one per SAE architecture, and the training config.
+
+Each field carries help text (it doubles as ``--help``), `__post_init__` raises `InputError`
+naming the field and the fix, and every config round-trips through a JSON dict
+(`config_to_dict` / `sae_config_from_dict`, `TrainConfig.from_dict`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ctxsae_core.errors import InputError
+from ctxsae_core.registry import ACTIVATION_CONFIGS
+
+
+def param(default: Any, help: str) -> Any:
+    """A dataclass field with help text; the text is what ``--help`` shows."""
+    return field(default=default, metadata={"help": help})
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of field `name` of dataclass `cls`."""
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)
+
+
+# --- activations: how pre-activations become codes -------------------------------------------
+
+
+@ACTIVATION_CONFIGS.decorator("topk")
+@dataclass(frozen=True)
+class TopK:
+    """Keep the k largest pre-activations at each position (Gao et al. 2024)."""
+
+    kind: ClassVar[str] = "topk"
+    k: int = param(32, "active features per position")
+    aux_k: int | None = param(
+        None, "dead features the AuxK loss may use per position; None means d_in // 2 (Gao et al. 2024, app. B.1)"
+    )
+    aux_coeff: float = param(1 / 32, "weight of the AuxK dead-feature loss (Gao et al. 2024, app. A.2)")
+
+    def __post_init__(self) -> None:
+        _require(self.k >= 1, f"k={self.k} must be at least 1: pass --k 1 or more")
+        _require(self.aux_k is None or self.aux_k >= 1, f"aux_k={self.aux_k} must be at least 1 or None")
+        _require(self.aux_coeff >= 0, f"aux_coeff={self.aux_coeff} must be >= 0")
+
+    @property
+    def target_l0(self) -> float:
+        return float(self.k)
+
+
+@ACTIVATION_CONFIGS.decorator("batchtopk")
+@dataclass(frozen=True)
+class BatchTopK(TopK):
+    """Keep the batch's k * n_positions largest pre-activations, so positions share a budget
+    (Bussmann et al. 2024). Inference uses one threshold, estimated during training."""
+
+    kind: ClassVar[str] = "batchtopk"
+    threshold_momentum: float = param(0.99, "EMA momentum of the inference threshold estimated during training")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0 <= self.threshold_momentum < 1, f"threshold_momentum={self.threshold_momentum} must be in [0, 1)")
+
+
+@ACTIVATION_CONFIGS.decorator("relu")
+@dataclass(frozen=True)
+class ReLU:
+    """ReLU codes with an L1 penalty on them (decoder rows are unit norm, so this is the
+    decoder-norm-weighted L1 of Anthropic's 2024 update)."""
+
+    kind: ClassVar[str] = "relu"
+    l1_coeff: float = param(0.03, "L1 penalty weight (activations are normalised to unit mean squared norm)")
+
+    def __post_init__(self) -> None:
+        _require(self.l1_coeff >= 0, f"l1_coeff={self.l1_coeff} must be >= 0: pass --l1 0 or more")
+
+    @property
+    def target_l0(self) -> float | None:
+        return None
+
+
+@ACTIVATION_CONFIGS.decorator("jumprelu")
+@dataclass(frozen=True)
+class JumpReLU:
+    """pre * H(pre - theta) with a learned per-feature threshold, trained with straight-through
+    estimators of the L0 penalty (Rajamanoharan et al. 2024)."""
+
+    kind: ClassVar[str] = "jumprelu"
+    l0_coeff: float = param(0.002, "L0 penalty weight (set with --l1 on the command line)")
+    bandwidth: float = param(0.001, "width of the STE's rectangle kernel (Rajamanoharan et al. 2024, sec. 4)")
+    init_threshold: float = param(0.001, "initial threshold of every feature (Rajamanoharan et al. 2024, sec. 4)")
+
+    def __post_init__(self) -> None:
+        _require(self.l0_coeff >= 0, f"l0_coeff={self.l0_coeff} must be >= 0: pass --l1 0 or more")
+        _require(self.bandwidth > 0, f"bandwidth={self.bandwidth} must be > 0")
+        _require(self.init_threshold > 0, f"init_threshold={self.init_threshold} must be > 0")
+
+    @property
+    def target_l0(self) -> float | None:
+        return None
+
+
+ActivationConfig = TopK | BatchTopK | ReLU | JumpReLU
+
+
+# --- SAE architectures -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """A per-position SAE: each position of a window is encoded alone (state == innovations)."""
+
+    d_in: int = param(0, "width of the activations the SAE reads")
+    width: int = param(0, "number of dictionary features")
+    activation: ActivationConfig = param(TopK(), "how pre-activations become codes")
+
+    @property
+    def arch(self) -> str:
+        return self.activation.kind
+
+    def __post_init__(self) -> None:
+        _require(self.d_in >= 1, f"d_in={self.d_in} must be at least 1")
+        _require(self.width >= 1, f"width={self.width} must be at least 1: pass --width 1 or more")
+        k = getattr(self.activation, "k", None)
+        _require(
+            k is None or k <= self.width,
+            f"k={k} is larger than width={self.width}: pass --k at most {self.width} or a larger --width",
+        )
+
+
+CARRY_KINDS = ("gated", "attention")
+
+
+@dataclass(frozen=True)
+class ContextualConfig(SAEConfig):
+    """A contextual SAE: innovations u_t are coded against what the state carries from earlier
+    positions, s_t = carry(codes before t, u_t) + u_t, and x_hat_t = W_dec s_t + b_dec."""
+
+    activation: ActivationConfig = param(BatchTopK(k=8), "how the encoder's pre-activations become innovations")
+    carry: str = param("gated", "how the state reaches a position: 'gated' (persistence along the parent "
+                       "pointer, reset by features firing) or 'attention' (causal attention over past codes)")
+    reset_rank: int = param(32, "gated carry: rank of the feature -> feature reset map")
+    heads: int = param(4, "attention carry: number of heads (each feature is carried by a learned mix of heads)")
+    head_dim: int = param(16, "attention carry: query/key width per head")
+    carry_threshold: float = param(
+        0.01, "carried values below this are set to exactly zero, so state L0 counts no decaying dust "
+        "(units: activations normalised to unit mean squared norm)")
+    init_persistence: float = param(
+        -4.0, "initial persistence logit of every feature (sigmoid(-4) = 0.018): training starts as a "
+        "per-position SAE, so the dictionary forms first, and features learn to persist where it pays")
+    init_reset: float = param(
+        -1.5, "gated carry: initial logit of the reset map's factors (softplus(-1.5) = 0.2): resets "
+        "start strong and are unlearned where they hurt, which happens at most positions")
+    carry_lr_scale: float = param(
+        10.0, "learning-rate multiplier of the carry's parameters: persistence logits must travel "
+        "several units, and Adam moves a parameter about one learning rate per step")
+    carry_coeff: float = param(
+        1.0, "weight of the carry loss: the squared error of predicting each step from the codes "
+        "carried into it alone, which teaches persistence and resets directly")
+
+    @property
+    def arch(self) -> str:
+        return "contextual"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.carry in CARRY_KINDS, f"carry={self.carry!r} is unknown: choose one of {', '.join(CARRY_KINDS)}")
+        _require(self.reset_rank >= 1, f"reset_rank={self.reset_rank} must be at least 1")
+        _require(self.heads >= 1 and self.head_dim >= 1, f"heads={self.heads}, head_dim={self.head_dim} must be >= 1")
+        _require(self.carry_threshold >= 0, f"carry_threshold={self.carry_threshold} must be >= 0")
+        _require(self.carry_lr_scale > 0, f"carry_lr_scale={self.carry_lr_scale} must be > 0")
+        _require(self.carry_coeff >= 0, f"carry_coeff={self.carry_coeff} must be >= 0")
+
+
+# --- round trips ----------------------------------------------------------------------------------
+
+
+def config_to_dict(cfg: SAEConfig) -> dict[str, Any]:
+    """JSON-ready dict of an SAE config; `sae_config_from_dict` inverts it."""
+    out: dict[str, Any] = {"arch": cfg.arch}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = {"kind": value.kind, **dataclasses.asdict(value)} if f.name == "activation" else value
+    return out
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; known fields are {', '.join(sorted(known))}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise InputError(f"{where}: {e}") from None
+
+
+def activation_from_dict(values: dict[str, Any], where: str = "activation") -> ActivationConfig:
+    values = dict(values)
+    kind = values.pop("kind", None)
+    if kind is None:
+        raise InputError(f"{where}: missing 'kind'; choose one of {', '.join(ACTIVATION_CONFIGS.names())}")
+    return _build(ACTIVATION_CONFIGS[kind], values, where)
+
+
+def sae_config_from_dict(values: dict[str, Any], where: str = "config.json") -> SAEConfig:
+    """Inverse of `config_to_dict`; names the file and field on any mismatch."""
+    values = dict(values)
+    arch = values.pop("arch", None)
+    if arch is None:
+        raise InputError(f"{where}: missing 'arch'")
+    if "activation" in values:
+        values["activation"] = activation_from_dict(values["activation"], f"{where}: activation")
+    if arch == "contextual":
+        return _build(ContextualConfig, values, where)
+    cfg = _build(SAEConfig, values, where)
+    if cfg.activation.kind != arch:
+        raise InputError(f"{where}: arch {arch!r} does not match activation kind {cfg.activation.kind!r}")
+    return cfg
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: budget, optimiser schedule, evaluation and checkpoint cadence."""
+
+    tokens: int = param(2_000_000, "training positions in all (steps = tokens // batch_tokens)")
+    batch_tokens: int = param(4096, "positions per optimiser step; windows per step = batch_tokens // T")
+    lr: float | None = param(None, "Adam learning rate; None means 2e-4 / sqrt(width / 2**14) (Gao et al. 2024, sec. 2.3)")
+    warmup_fraction: float = param(0.05, "fraction of steps over which the learning rate warms up linearly")
+    decay_fraction: float = param(0.2, "fraction of steps at the end over which it decays linearly to zero")
+    seed: int = param(0, "seed of the model's initialisation and of every random choice in training")
+    shuffle_context: bool = param(
+        False, "the shuffled-context control: permute positions within each window before the SAE sees it")
+    k_anneal_fraction: float = param(
+        0.0, "TopK/BatchTopK: fraction of steps over which the innovation budget k decays linearly "
+        "from k_anneal_start * k to k, so features get learned before the budget tightens")
+    k_anneal_start: float = param(3.0, "TopK/BatchTopK: starting multiple of k when annealing")
+    dead_tokens: int | None = param(
+        None, "a feature is dead if it has not fired for this many training positions; None means "
+        "min(10M, tokens // 10) (10M in Gao et al. 2024)")
+    eval_every: int = param(200, "held-out evaluation every this many steps (0: only at the end)")
+    checkpoint_every: int = param(200, "write a resumable checkpoint every this many steps (0: only at the end)")
+    log_every: int = param(10, "write a training metrics line every this many steps")
+    progress: bool = param(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        _require(self.tokens >= 1, f"tokens={self.tokens} must be at least 1: pass --tokens 1 or more")
+        _require(self.batch_tokens >= 1, f"batch_tokens={self.batch_tokens} must be at least 1")
+        _require(self.lr is None or self.lr > 0, f"lr={self.lr} must be > 0")
+        _require(0 <= self.warmup_fraction <= 1 and 0 <= self.decay_fraction <= 1
+                 and self.warmup_fraction + self.decay_fraction <= 1,
+                 f"warmup_fraction={self.warmup_fraction} and decay_fraction={self.decay_fraction} must lie in "
+                 "[0, 1] and sum to at most 1")
+        _require(0 <= self.k_anneal_fraction <= 1, f"k_anneal_fraction={self.k_anneal_fraction} must lie in [0, 1]")
+        _require(self.k_anneal_start >= 1, f"k_anneal_start={self.k_anneal_start} must be >= 1")
+        _require(self.dead_tokens is None or self.dead_tokens >= 1, f"dead_tokens={self.dead_tokens} must be >= 1")
+        for name in ("eval_every", "checkpoint_every", "log_every"):
+            _require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "train config") -> "TrainConfig":
+        return _build(cls, values, where)

@@ -1,0 +1,159 @@
+"""The contextual SAE: each step pays only for what is new against what the state carries.
+
+Walking the axis in causal order, at step t with parent p:
+
+    prior_t = carry(codes < t, u_t = None)          what would be carried if nothing new fired
+    u_t     = act(W_enc (x_t - b_dec - W_dec prior_t) + b_enc)      innovations (paid for)
+    s_t     = carry(codes < t, u_t) + u_t                           state (what the decoder uses)
+    x_hat_t = W_dec s_t + b_dec
+
+The encoder looks back through the prior; the decoder reads codes only (DESIGN.md, invariant
+1), every step depends on earlier steps only (2), carried codes are rows of the one
+dictionary (3), and `SAEOutput` keeps innovations and state apart (4)."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ctxsae_core.activations import use_sparse_path
+from ctxsae_core.axes import ContextAxis
+from ctxsae_core.carry import Carry, make_carry
+from ctxsae_core.config import ContextualConfig
+from ctxsae_core.errors import InputError
+from ctxsae_core.registry import ARCHITECTURES
+from ctxsae_core.sae import BaseSAE, SAEOutput
+from ctxsae_core.sparse_ops import SparseCodes
+
+
+class _Walk(NamedTuple):
+    states: list[Tensor]  # per step (B, F)
+    carried: list[Tensor]
+    state_support: list[Tensor]  # entries the decoder differentiates (cut ones included)
+    carried_support: list[Tensor]
+
+
+@ARCHITECTURES.decorator("contextual")
+class ContextualSAE(BaseSAE):
+    config: ContextualConfig
+
+    def __init__(self, config: ContextualConfig):
+        super().__init__(config)
+        self.carry: Carry = make_carry(config)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        carry = list(self.carry.parameters())
+        ids = {id(p) for p in carry}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        scale = self.config.carry_lr_scale
+        return [{"params": rest, "lr": lr, "lr_scale": 1.0}, {"params": carry, "lr": lr * scale, "lr_scale": scale}]
+
+    def _project(self, codes: Tensor, dense: bool, support: Tensor | None = None) -> Tensor:
+        """W_dec codes (no bias), normalised units, reading only the rows of `support` (default:
+        the non-zero codes) on the sparse path."""
+        if dense or not self.activation.sparse_grad or not use_sparse_path(codes.shape[0], self.W_dec_FD):
+            return codes @ self.W_dec_FD
+        return SparseCodes.from_dense(codes, support).decode(self.W_dec_FD)
+
+    def _cut(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """Carried values below carry_threshold become exactly zero, so state L0 counts no dust.
+        The gradient passes straight through the cut (for values that were carried at all), so
+        a feature whose carried value is still below it learns whether carrying more would help;
+        otherwise a low persistence could never grow. Returns (value, support): the support
+        keeps the cut entries, whose value is zero but whose gradient is not."""
+        support = c != 0
+        keep = c > self.config.carry_threshold
+        value = c * keep + (c - c.detach()) * (support & ~keep)
+        return value, support
+
+    def _walk(self, axis: ContextAxis, batch: int, code_at: Callable[[int, Tensor | None], Tensor]) -> _Walk:
+        """Walk the axis; `code_at(t, prior)` supplies step t's innovations."""
+        mem = self.carry.begin(batch, axis)
+        walk = _Walk([], [], [], [])
+        for t, p in enumerate(axis.parent.tolist()):
+            s_parent = walk.states[p] if p >= 0 else None
+            prior = self.carry.carried(mem, t, s_parent, None)
+            u = code_at(t, None if prior is None else self._cut(prior))
+            raw = self.carry.carried(mem, t, s_parent, u)
+            self.carry.remember(mem, t, u)
+            carried, support = (torch.zeros_like(u), u != 0) if raw is None else self._cut(raw)
+            walk.carried.append(carried)
+            walk.carried_support.append(support)
+            walk.states.append(carried + u)
+            walk.state_support.append(support | (u != 0))
+        return walk
+
+    def forward(self, x: Tensor, axis: ContextAxis | None = None, reference: bool = False) -> SAEOutput:
+        """Windows x (B, T, D) walked along `axis` -> SAEOutput. `reference` runs the plain
+        dense-autograd path (for tests)."""
+        self.check_input(x)
+        if axis is None:
+            raise InputError("a contextual SAE needs a context axis: pass --axis tokens, raster or quadtree")
+        return self._run(axis.expand(x), axis, reference, axis.input_step)
+
+    def forward_steps(self, xs: Tensor, axis: ContextAxis, reference: bool = False) -> SAEOutput:
+        """Like `forward`, on values already expanded to the axis's steps, xs (B, S, D) raw
+        units; state and x_hat are returned at every step."""
+        return self._run(xs, axis, reference, torch.arange(axis.n_steps))
+
+    def _run(self, xs_raw: Tensor, axis: ContextAxis, reference: bool, out_steps: Tensor) -> SAEOutput:
+        xs = xs_raw * self.act_scale  # (B, S, D)
+        encode = self.activation.encode_reference if reference else self.activation.encode
+        innovations, pre_acts, enc_ins = [], [], []
+
+        def code_at(t: int, prior: tuple[Tensor, Tensor] | None) -> Tensor:
+            enc_in = xs[:, t] - self.b_dec_D
+            if prior is not None:
+                enc_in = enc_in - self._project(prior[0], reference, prior[1])
+            enc = encode(enc_in, self.W_enc_FD, self.b_enc_F, False)
+            innovations.append(enc.dense)
+            pre_acts.append(enc.pre)
+            enc_ins.append(enc_in)
+            return enc.dense
+
+        walk = self._walk(axis, xs.shape[0], code_at)
+        steps = out_steps.tolist()
+        state = torch.stack([walk.states[i] for i in steps], dim=1)  # (B, T, F)
+        support = torch.stack([walk.state_support[i] for i in steps], dim=1)
+        f = state.shape[-1]
+        recon = self._project(state.reshape(-1, f), reference, support.reshape(-1, f)).reshape(*state.shape[:2], -1)
+        x_hat = (recon + self.b_dec_D) / self.act_scale
+        return SAEOutput(x_hat, torch.stack(innovations, 1), state, torch.stack(pre_acts, 1),
+                         torch.stack(enc_ins, 1), torch.stack(walk.carried, 1),
+                         torch.stack(walk.carried_support, 1))
+
+    def carry_loss(self, x: Tensor, out: SAEOutput, axis: ContextAxis | None) -> Tensor:
+        """carry_coeff * mean over steps with a parent of ||x_t - b_dec - W_dec carried_t||^2
+        (normalised units): the carry alone should predict what persists, so persistence and
+        resets learn from every step, not only where the encoder fails to top a feature up."""
+        if self.config.carry_coeff == 0 or axis is None:
+            return x.new_zeros(())
+        has_parent = axis.parent >= 0
+        xs = (axis.expand(x) * self.act_scale)[:, has_parent]  # (B, S', D)
+        f = out.carried.shape[-1]
+        carried = out.carried[:, has_parent].reshape(-1, f)
+        support = out.carried_support[:, has_parent].reshape(-1, f)
+        pred = self._project(carried, False, support).reshape(xs.shape) + self.b_dec_D
+        return self.config.carry_coeff * (xs - pred).pow(2).sum(-1).mean()
+
+    def propagate(self, innovations: Tensor, axis: ContextAxis) -> Tensor:
+        """The state (B, T, F) that innovations (B, S, F) give, from codes alone: what the
+        decoder would use if these features had fired. Equals `forward(x).state` for the
+        innovations that `forward(x)` codes."""
+        walk = self._walk(axis, innovations.shape[0], lambda t, prior: innovations[:, t])
+        return torch.stack([walk.states[i] for i in axis.input_step.tolist()], dim=1)
+
+    def encode(self, x: Tensor, axis: ContextAxis) -> tuple[Tensor, Tensor]:
+        """Raw windows (B, T, D) -> (innovations (B, S, F), state (B, T, F))."""
+        out = self.forward(x, axis)
+        return out.innovations, out.state
+
+    def decode(self, state: Tensor) -> Tensor:
+        """State (..., F) -> reconstruction (..., D), raw units: codes are all it reads."""
+        return self.decode_codes(state)
+
+    def output_steps(self, out: SAEOutput) -> Tensor | slice:
+        s, t = out.innovations.shape[1], out.x_hat.shape[1]
+        return slice(s - t, s)  # input positions are the last T steps of every axis

@@ -1,0 +1,130 @@
+"""Activation windows on disk and in memory: loading with clear errors, hold-out splits,
+seeded batch streams that can restart at any step, and the shuffled-context permutation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ctxsae_core.errors import InputError
+
+ACTS_SUFFIXES = (".npy", ".safetensors")
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A torch.Generator determined by integer keys (e.g. seed, step)."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def load_activations(path: str | Path) -> Tensor:
+    """Read one float tensor [N, T, d] or [N, d] from a .npy or .safetensors file, as float32.
+
+    Raises InputError naming the file and the fix for a missing, empty, truncated or
+    non-float file, a file with several tensors, and NaN/Inf values."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file: pass --acts a .npy or .safetensors file")
+    if path.suffix not in ACTS_SUFFIXES:
+        raise InputError(f"{path}: unsupported file type {path.suffix!r}: save activations as .npy or .safetensors")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty: write the activations again")
+    x = _read_npy(path) if path.suffix == ".npy" else _read_safetensors(path)
+    if not x.is_floating_point():
+        raise InputError(f"{path}: activations must be floats, got {x.dtype}: save them as float32")
+    if x.ndim not in (2, 3):
+        raise InputError(f"{path}: expected one tensor [N, T, d] (or [N, d] for per-position SAEs), "
+                         f"got shape {list(x.shape)}")
+    if x.numel() == 0:
+        raise InputError(f"{path}: the tensor {list(x.shape)} holds no activations")
+    x = x.float()
+    check_finite(x, str(path))
+    return x
+
+
+def _read_npy(path: Path) -> Tensor:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: not a readable .npy file ({str(e).splitlines()[0]}); "
+                         "it may be truncated: write it again with numpy.save") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"{path}: holds an archive, not one array: save a single array with numpy.save")
+    return torch.from_numpy(np.array(arr))
+
+
+def _read_safetensors(path: Path) -> Tensor:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0]}); "
+                         "it may be truncated: write it again") from None
+    if "activations" in tensors:
+        return tensors["activations"]
+    if len(tensors) != 1:
+        raise InputError(f"{path}: holds {len(tensors)} tensors ({', '.join(sorted(tensors)) or 'none'}): "
+                         "store one tensor, or name the one to use 'activations'")
+    return next(iter(tensors.values()))
+
+
+def check_finite(x: Tensor, where: str, chunk: int = 4096) -> None:
+    """Raise InputError at the first window holding NaN or Inf."""
+    for start in range(0, x.shape[0], chunk):
+        bad = ~torch.isfinite(x[start : start + chunk])
+        if bad.any():
+            where_bad = bad.nonzero()[0].tolist()
+            n_bad = int(bad.reshape(bad.shape[0], -1).any(1).sum())
+            loc = f"row {start + where_bad[0]}" + (f", position {where_bad[1]}" if x.ndim == 3 else "")
+            raise InputError(f"{where}: {n_bad}+ rows hold NaN or Inf (first at {loc}): "
+                             "drop or recompute those activations")
+
+
+def as_windows(x: Tensor) -> Tensor:
+    """[N, d] -> [N, 1, d] (a per-position data set is windows of one position)."""
+    return x.unsqueeze(1) if x.ndim == 2 else x
+
+
+def split_holdout(windows: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded random split of windows into (train, held-out); at least one window each."""
+    n = windows.shape[0]
+    if n < 2:
+        raise InputError(f"need at least 2 windows to hold one out for evaluation, got {n}")
+    n_eval = min(max(1, round(n * fraction)), n - 1)
+    perm = torch.randperm(n, generator=seeded_generator(seed, 7))
+    return windows[perm[n_eval:]], windows[perm[:n_eval]]
+
+
+def shuffle_positions(x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The shuffled-context control: permute the T positions of each window independently.
+    Returns the shuffled windows (B, T, D) and the permutations (B, T)."""
+    perm = torch.rand(x.shape[:2], generator=generator).argsort(dim=1)
+    return x.gather(1, perm.unsqueeze(-1).expand_as(x)), perm
+
+
+class WindowBatches:
+    """Endless batches of `batch_windows` windows from an in-memory tensor (N, T, D), in a
+    fresh seeded order every epoch; `iter_from(step)` restarts the same stream at any step."""
+
+    def __init__(self, windows: Tensor, batch_windows: int, seed: int = 0):
+        self.windows = windows
+        self.batch_windows = max(1, min(batch_windows, windows.shape[0]))
+        self.seed = seed
+        self.per_epoch = windows.shape[0] // self.batch_windows
+
+    def iter_from(self, step: int) -> Iterator[Tensor]:
+        epoch, offset = divmod(step, self.per_epoch)
+        while True:
+            perm = torch.randperm(self.windows.shape[0], generator=seeded_generator(self.seed, epoch))
+            for i in range(offset, self.per_epoch):
+                yield self.windows[perm[i * self.batch_windows : (i + 1) * self.batch_windows]]
+            epoch, offset = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return self.iter_from(0)

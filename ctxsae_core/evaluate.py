@@ -1,0 +1,72 @@
+"""Held-out evaluation: stream windows through an SAE and report the shared metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ctxsae_core.axes import ContextAxis
+from ctxsae_core.data import seeded_generator, shuffle_positions
+from ctxsae_core.metrics import ReconstructionSums, SparsitySums
+from ctxsae_core.sae import BaseSAE
+
+
+def state_l0_counting(model: BaseSAE) -> str:
+    """How state L0 is counted, for every report (DESIGN.md, metrics)."""
+    if model.config.arch != "contextual":
+        return "exact non-zeros; per-position SAE, state == innovations"
+    return (f"exact non-zeros; the model sets carried values below carry_threshold="
+            f"{model.config.carry_threshold} to zero (normalised units)")
+
+
+def iter_window_batches(windows: Tensor, batch_windows: int) -> Iterable[Tensor]:
+    for start in range(0, windows.shape[0], batch_windows):
+        yield windows[start : start + batch_windows]
+
+
+@torch.no_grad()
+def evaluate(
+    model: BaseSAE,
+    windows: Tensor | Iterable[Tensor],
+    axis: ContextAxis | None,
+    *,
+    batch_windows: int = 64,
+    shuffle_context: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """FVU, MSE, L0 (innovations), state L0 and dead fraction over held-out windows (N, T, D).
+
+    With `shuffle_context`, positions are permuted within each window first (a fixed
+    permutation per seed): the shuffled-context control."""
+    was_training = model.training
+    model.eval()
+    batches = iter_window_batches(windows, batch_windows) if isinstance(windows, Tensor) else windows
+    recon, sparsity = ReconstructionSums(), SparsitySums(model.config.width)
+    gen = seeded_generator(seed, 99)
+    n_total = windows.shape[0] if isinstance(windows, Tensor) else None
+    bar = tqdm(total=n_total, desc="evaluate", unit="window", disable=not progress, leave=False)
+    for x in batches:
+        if shuffle_context:
+            x, _ = shuffle_positions(x, gen)
+        out = model(x, axis)
+        recon.add(x, out.x_hat)
+        sparsity.add(out.innovations, out.state, x.shape[0] * x.shape[1])
+        bar.update(x.shape[0])
+    bar.close()
+    model.train(was_training)
+    return {
+        "fvu": recon.fvu,
+        "mse": recon.mse,
+        "l0": sparsity.l0,
+        "state_l0": sparsity.state_l0,
+        "dead_fraction": sparsity.dead_fraction,
+        "n_positions": sparsity.positions,
+        "arch": model.config.arch,
+        "axis": axis.kind if axis is not None else None,
+        "shuffle_context": shuffle_context,
+        "state_l0_counting": state_l0_counting(model),
+    }

@@ -1,0 +1,197 @@
+"""The SAE base (dictionary, normalisation, losses) and the per-position SAE.
+
+Activations are normalised inside the model: `act_scale` makes the training data's mean
+squared norm 1 and is stored with the weights, so users pass raw activations to `encode`,
+`decode` and `forward`, and get raw-unit reconstructions back."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ctxsae_core.activations import Activation, make_activation, use_sparse_path
+from ctxsae_core.axes import ContextAxis
+from ctxsae_core.config import SAEConfig, TopK
+from ctxsae_core.errors import InputError
+from ctxsae_core.registry import ACTIVATION_CONFIGS, ARCHITECTURES
+from ctxsae_core.sparse_ops import SparseCodes, gather_linear
+
+
+class SAEOutput(NamedTuple):
+    """What one forward pass returns, whatever the architecture.
+
+    S is the number of steps the axis walks: S == T except on a quadtree axis, whose pooled
+    cells come first. Innovations are what is paid for; the state is what the decoder uses."""
+
+    x_hat: Tensor  # (B, T, D) reconstruction, raw units
+    innovations: Tensor  # (B, S, F) codes that fire at each step
+    state: Tensor  # (B, T, F) codes the decoder reads at each input position
+    pre_acts: Tensor  # (B, S, F) encoder pre-activations
+    enc_in: Tensor  # (B, S, D) encoder inputs (normalised, centred, minus what the state carries)
+    carried: Tensor | None = None  # (B, S, F) codes carried into each step (contextual SAEs only)
+    carried_support: Tensor | None = None  # (B, S, F) bool: carried entries, cut ones included
+
+
+class LossTerms(NamedTuple):
+    total: Tensor
+    mse: Tensor  # mean over positions of ||x - x_hat||^2, normalised units
+    sparsity: Tensor  # the activation's penalty (L1, L0), zero for TopK / BatchTopK
+    aux: Tensor  # AuxK dead-feature loss (TopK / BatchTopK), else zero
+    carry: Tensor  # contextual SAEs: how well the carried codes alone predict each step
+
+
+def geometric_median(x: Tensor, iters: int = 30) -> Tensor:
+    """Weiszfeld's algorithm on the rows of x (N, D); starts at the mean."""
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1 / (x - y).norm(dim=1).clamp_min(1e-8)
+        y = (w[:, None] * x).sum(0) / w.sum()
+    return y
+
+
+class BaseSAE(nn.Module):
+    """Dictionary W_dec (F, D) with unit rows, encoder W_enc (F, D), biases, activation."""
+
+    config: SAEConfig
+
+    def __init__(self, config: SAEConfig):
+        super().__init__()
+        self.config = config
+        f, d = config.width, config.d_in
+        W_dec = torch.randn(f, d)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_dec_FD = nn.Parameter(W_dec)
+        self.W_enc_FD = nn.Parameter(W_dec.clone())  # tied at init (Gao et al. 2024, sec. 2.2)
+        self.b_enc_F = nn.Parameter(torch.zeros(f))
+        self.b_dec_D = nn.Parameter(torch.zeros(d))
+        self.register_buffer("act_scale", torch.ones(()))  # x_normalised = x * act_scale
+        self.activation: Activation = make_activation(config.activation, f)
+
+    # --- data-dependent initialisation and the decoder's constraint ---------------------------
+
+    @torch.no_grad()
+    def init_from_data_(self, x: Tensor) -> None:
+        """Set `act_scale` so the sample's mean squared norm is 1 and `b_dec` to its geometric median."""
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.act_scale.fill_(float(x.pow(2).sum(1).mean().rsqrt()))
+        self.b_dec_D.copy_(geometric_median(x * self.act_scale))
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        self.W_dec_FD /= self.W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grads_(self) -> None:
+        """Drop the part of W_dec's gradient along its rows, which renormalising would undo."""
+        g = self.W_dec_FD.grad
+        if g is not None:
+            g -= (g * self.W_dec_FD).sum(1, keepdim=True) * self.W_dec_FD
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser parameter groups; subclasses give some parameters their own rate."""
+        return [{"params": list(self.parameters()), "lr": lr, "lr_scale": 1.0}]
+
+    # --- shared pieces ------------------------------------------------------------------------
+
+    def check_input(self, x: Tensor, rank: int = 3) -> None:
+        if x.ndim != rank or x.shape[-1] != self.config.d_in:
+            want = "(batch, T, d)" if rank == 3 else "(N, d)"
+            raise InputError(f"expected activations of shape {want} with d={self.config.d_in}, "
+                             f"got {tuple(x.shape)}")
+
+    def decode_codes(self, codes: Tensor) -> Tensor:
+        """Codes (..., F) -> reconstruction (..., D), raw units. Reads nothing but the codes."""
+        flat = codes.reshape(-1, codes.shape[-1])
+        if self.activation.sparse_grad and use_sparse_path(flat.shape[0], self.W_dec_FD):
+            out = SparseCodes.from_dense(flat).decode(self.W_dec_FD)
+        else:
+            out = flat @ self.W_dec_FD
+        return ((out + self.b_dec_D) / self.act_scale).reshape(*codes.shape[:-1], -1)
+
+    def loss(self, x: Tensor, out: SAEOutput, dead_mask: Tensor | None = None,
+             axis: ContextAxis | None = None) -> LossTerms:
+        """Training loss on windows x (B, T, D) walked along `axis`; `dead_mask` (F,) comes
+        from the trainer."""
+        err = (x - out.x_hat) * self.act_scale
+        mse = err.pow(2).sum(-1).mean()
+        n_positions = x.shape[0] * x.shape[1]
+        sparsity = self.activation.penalty(out.innovations, out.pre_acts, n_positions)
+        aux = self._aux_loss(out, err, dead_mask)
+        carry = self.carry_loss(x, out, axis)
+        return LossTerms(mse + sparsity + aux + carry, mse, sparsity, aux, carry)
+
+    def carry_loss(self, x: Tensor, out: SAEOutput, axis: ContextAxis | None) -> Tensor:
+        """Extra loss on what the state carries; none for a per-position SAE."""
+        return x.new_zeros(())
+
+    def _aux_loss(self, out: SAEOutput, err: Tensor, dead_mask: Tensor | None) -> Tensor:
+        """AuxK (Gao et al. 2024, app. A.2): the top aux_k dead features model the residual
+        error; normalised by the error's variance as in EleutherAI's sparsify."""
+        cfg = self.config.activation
+        zero = err.new_zeros(())
+        if not isinstance(cfg, TopK) or dead_mask is None or cfg.aux_coeff == 0:
+            return zero
+        dead = dead_mask.nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return zero
+        steps = self.output_steps(out)
+        pre = out.pre_acts[:, steps].reshape(-1, self.config.width)
+        enc_in = out.enc_in[:, steps].reshape(-1, self.config.d_in).detach()
+        e = err.reshape(-1, self.config.d_in).detach()
+        k_aux = min(cfg.aux_k or self.config.d_in // 2, dead.numel())
+        with torch.no_grad():
+            vals, local = pre[:, dead].topk(k_aux, dim=1, sorted=False)
+            local, order = local.sort(dim=1)  # `dead` is ascending, so cols come out sorted per row
+            keep = vals.gather(1, order) > 0
+            rows = torch.arange(pre.shape[0]).unsqueeze(1).expand_as(local)[keep]
+            cols = dead[local[keep]]
+        aux_vals = gather_linear(enc_in, self.W_enc_FD, self.b_enc_F, pre, rows, cols)
+        e_hat = SparseCodes(rows, cols, aux_vals, pre.shape[0], self.config.width).decode(self.W_dec_FD)
+        variance = (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+        scale = min(dead.numel() / k_aux, 1.0)  # fewer dead features than aux_k: a weaker pull
+        return cfg.aux_coeff * scale * (e_hat - e).pow(2).sum() / variance
+
+    def output_steps(self, out: SAEOutput) -> Tensor | slice:
+        """Steps whose pre-activations belong to input positions (all of them, per position)."""
+        return slice(None)
+
+    def update_statistics_(self, out: SAEOutput, n_positions: int) -> None:
+        """After a training step: running statistics of the activation (BatchTopK's threshold)."""
+        self.activation.update_statistics_(out.pre_acts.detach().reshape(-1, self.config.width), n_positions)
+
+
+class SAE(BaseSAE):
+    """A per-position SAE: z = act(W_enc (x - b_dec) + b_enc), x_hat = W_dec z + b_dec, in
+    normalised units. Innovations and state are the same codes."""
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Raw activations (..., D) -> codes (..., F). Inference mode (BatchTopK thresholds)."""
+        flat = x.reshape(-1, x.shape[-1])
+        codes = self.activation.encode(flat * self.act_scale - self.b_dec_D, self.W_enc_FD, self.b_enc_F).dense
+        return codes.reshape(*x.shape[:-1], -1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        return self.decode_codes(codes)
+
+    def forward(self, x: Tensor, axis: ContextAxis | None = None, reference: bool = False) -> SAEOutput:
+        """Windows x (B, T, D) -> SAEOutput. The axis is ignored: each position is coded alone.
+        `reference` runs the plain dense-autograd path (for tests)."""
+        self.check_input(x)
+        b, t, d = x.shape
+        x_c = x.reshape(-1, d) * self.act_scale - self.b_dec_D
+        pooled = self.training  # BatchTopK shares its budget across the batch in training only
+        if reference:
+            enc = self.activation.encode_reference(x_c, self.W_enc_FD, self.b_enc_F, pooled)
+            recon = enc.dense @ self.W_dec_FD
+        else:
+            enc = self.activation.encode(x_c, self.W_enc_FD, self.b_enc_F, pooled)
+            recon = enc.sparse.decode(self.W_dec_FD) if enc.sparse is not None else enc.dense @ self.W_dec_FD
+        x_hat = ((recon + self.b_dec_D) / self.act_scale).reshape(b, t, d)
+        codes = enc.dense.reshape(b, t, -1)
+        return SAEOutput(x_hat, codes, codes, enc.pre.reshape(b, t, -1), x_c.reshape(b, t, d))
+
+
+for _kind in ACTIVATION_CONFIGS:  # a per-position SAE is named after its activation
+    ARCHITECTURES.register(_kind, SAE)

@@ -1,0 +1,119 @@
+"""`ctxsae` end to end, and its contract for bad input: exit code 2, one line, nothing written."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ctxsae_core.cli import main
+
+
+def _acts(tmp_path, shape=(48, 16, 8), name="acts.npy", seed=0):
+    x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    path = tmp_path / name
+    np.save(path, x)
+    return path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_then_evaluate_contextual(tmp_path, capsys):
+    acts = _acts(tmp_path)
+    code, out, err = _run(capsys, "train", "--acts", acts, "--arch", "contextual", "--width", 32, "--k", 3,
+                          "--axis", "raster", "--grid", "4x4", "--tokens", 3000, "--batch-tokens", 256,
+                          "--no-progress", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "contextual (raster)" in out
+    for name in ("config.json", "model.safetensors", "axis.json", "metrics.jsonl", "eval.json", "train_config.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    code, out, err = _run(capsys, "evaluate", "--sae", tmp_path / "run", "--acts", acts, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert {"fvu", "mse", "l0", "state_l0", "dead_fraction", "n_positions"} <= set(result)
+    assert result["n_positions"] == 48 * 16 and result["axis"] == "raster"
+    code, out, _ = _run(capsys, "evaluate", "--sae", tmp_path / "run", "--acts", acts, "--json", "--shuffle-context")
+    assert json.loads(out)["shuffle_context"] is True
+
+
+def test_per_position_defaults_and_export(tmp_path, capsys):
+    acts = _acts(tmp_path, shape=(300, 8))  # [N, d] for a per-position SAE
+    code, out, err = _run(capsys, "train", "--acts", acts, "--tokens", 2000, "--no-progress", "--out", tmp_path / "run")
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["arch"] == "topk" and cfg["width"] == 64 and cfg["activation"]["k"] == 32  # 8 * d, k 32
+    code, _, err = _run(capsys, "export", "--sae", tmp_path / "run", "--out", tmp_path / "lens")
+    assert code == 0, err
+    assert json.loads((tmp_path / "lens" / "cfg.json").read_text())["architecture"] == "topk"
+
+
+def test_shuffled_context_leaves_a_per_position_sae_unchanged(tmp_path, capsys):
+    acts = _acts(tmp_path)
+    assert _run(capsys, "train", "--acts", acts, "--width", 32, "--k", 4, "--tokens", 2000,
+                "--no-progress", "--out", tmp_path / "run")[0] == 0
+    plain = json.loads(_run(capsys, "evaluate", "--sae", tmp_path / "run", "--acts", acts, "--json")[1])
+    shuffled = json.loads(_run(capsys, "evaluate", "--sae", tmp_path / "run", "--acts", acts, "--json",
+                               "--shuffle-context")[1])
+    assert shuffled["fvu"] == pytest.approx(plain["fvu"], rel=1e-5)
+    assert shuffled["l0"] == pytest.approx(plain["l0"])
+
+
+def _bad_inputs(tmp_path):
+    good = _acts(tmp_path)
+    nan = tmp_path / "nan.npy"
+    x = np.zeros((4, 16, 8), np.float32)
+    x[2, 3, 1] = np.inf
+    np.save(nan, x)
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    trunc = tmp_path / "trunc.safetensors"
+    save_file({"activations": torch.randn(32, 16, 8)}, str(trunc))
+    trunc.write_bytes(trunc.read_bytes()[:300])
+    flat = _acts(tmp_path, shape=(40, 8), name="flat.npy")
+    return [
+        (["--acts", tmp_path / "none.npy"], "no such file"),
+        (["--acts", empty], "empty"),
+        (["--acts", trunc], "truncated"),
+        (["--acts", nan], "NaN or Inf"),
+        (["--acts", flat, "--arch", "contextual"], r"needs windows \[N, T, d\]"),
+        (["--acts", good, "--width", 16, "--k", 17], "larger than width"),
+        (["--acts", good, "--arch", "relu", "--k", 4], "--k does not apply to relu"),
+        (["--acts", good, "--axis", "raster", "--grid", "3x5"], "has 15 cells"),
+        (["--acts", good, "--arch", "gated"], "invalid choice"),
+    ]
+
+
+def test_bad_train_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
+    for argv, match in _bad_inputs(tmp_path):
+        out_dir = tmp_path / "out"
+        code, _, err = _run(capsys, "train", *argv, "--no-progress", "--out", out_dir)
+        assert code == 2, argv
+        assert err.count("\n") == 1 and re.search(match, err), (argv, err)
+        assert not out_dir.exists(), argv
+
+
+def test_usage_errors_are_one_line_with_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ctxsae_core.cli", "train", "--acts", "x.npy", "--out", "o",
+                           "--arch", "gated"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "invalid choice: 'gated'" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_rejects_activations_of_another_width(tmp_path, capsys):
+    acts = _acts(tmp_path)
+    assert _run(capsys, "train", "--acts", acts, "--width", 32, "--k", 4, "--tokens", 1000,
+                "--no-progress", "--out", tmp_path / "run")[0] == 0
+    other = _acts(tmp_path, shape=(4, 16, 5), name="other.npy")
+    code, _, err = _run(capsys, "evaluate", "--sae", tmp_path / "run", "--acts", other)
+    assert code == 2 and "d=5" in err and "d=8" in err and err.count("\n") == 1
+    code, _, err = _run(capsys, "evaluate", "--sae", tmp_path / "missing", "--acts", acts)
+    assert code == 2 and "no such SAE folder" in err

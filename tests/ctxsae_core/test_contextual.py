@@ -1,0 +1,181 @@
+"""The contextual SAE's invariants (DESIGN.md): the decoder reads codes only, codes are causal
+in the axis order, carried codes are the one dictionary's, innovations and state are counted
+apart; plus hand-built cases whose innovations and state are known exactly."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from ctxsae_core import BatchTopK, ContextualConfig, ContextualSAE, JumpReLU, ReLU, TopK, make_axis
+from ctxsae_core.activations import use_sparse_path
+from ctxsae_core.errors import InputError
+from ctxsae_core.metrics import l0
+
+AXES = [("tokens", 16, None), ("raster", 16, (4, 4)), ("quadtree", 16, (4, 4)), ("quadtree", 15, (3, 5))]
+CARRIES = ["gated", "attention"]
+
+
+def _model(carry, act=BatchTopK(k=3), d=6, f=24, persistence=2.0):
+    torch.manual_seed(0)
+    m = ContextualSAE(ContextualConfig(d_in=d, width=f, activation=act, carry=carry, init_persistence=persistence))
+    x = torch.randn(4, 16, d)
+    m.init_from_data_(x)
+    if hasattr(m.activation, "threshold"):
+        m.activation.threshold.fill_(0.05)
+    return m.eval()
+
+
+@pytest.mark.parametrize("carry", CARRIES)
+@pytest.mark.parametrize("kind,T,grid", AXES)
+def test_decoder_reads_only_codes(carry, kind, T, grid):
+    """Invariant 1: the reconstruction is decode(state), and the state is a function of the
+    innovations alone; changing x at t with the codes held fixed cannot move it."""
+    m, axis = _model(carry), make_axis(kind, T, grid)
+    x = torch.randn(3, T, 6)
+    with torch.no_grad():
+        out = m(x, axis)
+        assert_close(out.x_hat, m.decode(out.state))
+        assert_close(m.propagate(out.innovations, axis), out.state)
+        x2 = x.clone()
+        x2[:, T // 2] += 5.0
+        held = m.decode(m.propagate(out.innovations, axis))  # the codes, fixed; x no longer enters
+        assert_close(held, out.x_hat)
+        assert not torch.allclose(m(x2, axis).x_hat, out.x_hat)  # while re-encoding x2 does move it
+
+
+@pytest.mark.parametrize("carry", CARRIES)
+@pytest.mark.parametrize("kind,T,grid", AXES)
+def test_causal_in_the_axis_order(carry, kind, T, grid):
+    """Invariant 2: codes and reconstruction at step s depend on steps <= s only."""
+    m, axis = _model(carry), make_axis(kind, T, grid)
+    x = torch.randn(2, T, 6)
+    xs = axis.expand(x)
+    s0 = axis.n_steps - T + T // 2  # an input position's step; earlier steps include pooled cells
+    with torch.no_grad():
+        base = m.forward_steps(xs, axis)
+        xs2 = xs.clone()
+        xs2[:, s0] += 3.0
+        moved = m.forward_steps(xs2, axis)
+    assert torch.equal(moved.innovations[:, :s0], base.innovations[:, :s0])
+    assert torch.equal(moved.state[:, :s0], base.state[:, :s0])
+    assert not torch.equal(moved.innovations[:, s0], base.innovations[:, s0])
+
+
+@pytest.mark.parametrize("carry", CARRIES)
+def test_causality_by_gradient_on_tokens(carry):
+    m, axis = _model(carry, act=ReLU(l1_coeff=0.0)), make_axis("tokens", 8)
+    x = torch.randn(2, 8, 6, requires_grad=True)
+    out = m(x, axis)
+    out.x_hat[:, 3].sum().backward()
+    assert torch.all(x.grad[:, 4:] == 0)
+    assert x.grad[:, :4].abs().sum() > 0
+
+
+@pytest.mark.parametrize("carry", CARRIES)
+def test_one_dictionary_state_is_carried_plus_innovations(carry):
+    """Invariant 3: what is carried lives in the same code space and goes through the same
+    W_dec as what fires; invariant 4: the two are reported apart."""
+    m, axis = _model(carry), make_axis("tokens", 16)
+    with torch.no_grad():
+        out = m(torch.randn(3, 16, 6), axis)
+    assert_close(out.state, out.carried + out.innovations)
+    projected = (out.carried + out.innovations) @ m.W_dec_FD
+    assert_close(out.x_hat, (projected + m.b_dec_D) / m.act_scale)
+    assert l0(out.innovations) <= l0(out.state)
+
+
+def _hand_model(reset_1_to_0: bool):
+    """d = F = 4, identity dictionary, ReLU innovations with bias -0.01, feature persistence ~1;
+    optionally feature 1 firing resets feature 0."""
+    m = ContextualSAE(ContextualConfig(d_in=4, width=4, activation=ReLU(l1_coeff=0.0), carry="gated",
+                                       reset_rank=1, init_persistence=20.0, carry_threshold=0.01))
+    with torch.no_grad():
+        m.W_dec_FD.copy_(torch.eye(4))
+        m.W_enc_FD.copy_(torch.eye(4))
+        m.b_enc_F.fill_(-0.01)
+        m.b_dec_D.zero_()
+        m.carry.reset_in_raw.fill_(-30.0)
+        m.carry.reset_out_raw.fill_(-30.0)
+        if reset_1_to_0:
+            m.carry.reset_in_raw[1, 0] = 10.0
+            m.carry.reset_out_raw[0, 0] = 10.0
+    return m.eval()
+
+
+def test_a_persistent_feature_is_paid_for_once():
+    m, axis = _hand_model(False), make_axis("tokens", 5)
+    x = torch.zeros(1, 5, 4)
+    x[..., 0] = 1.0
+    with torch.no_grad():
+        out = m(x, axis)
+    assert (out.innovations != 0).sum().item() == 1  # feature 0 fires at t=0 only
+    assert out.innovations[0, 0, 0].item() == pytest.approx(0.99)
+    assert ((out.state != 0).sum(-1) == 1).all()  # and is carried to every position
+    assert l0(out.innovations) == pytest.approx(0.2) and l0(out.state) == pytest.approx(1.0)
+    assert_close(out.x_hat[0, :, 0], torch.full((5,), 0.99))
+
+
+def test_a_region_switch_fires_once_and_resets_the_old_feature():
+    m, axis = _hand_model(True), make_axis("tokens", 6)
+    x = torch.zeros(1, 6, 4)
+    x[0, :3, 0] = 1.0
+    x[0, 3:, 1] = 1.0
+    with torch.no_grad():
+        out = m(x, axis)
+    fired = (out.innovations[0] != 0).nonzero().tolist()
+    assert fired == [[0, 0], [3, 1]]  # (position, feature): each region pays once, where it starts
+    active = (out.state[0] != 0).int()
+    assert active[:, 0].tolist() == [1, 1, 1, 0, 0, 0]  # the switch resets feature 0 exactly
+    assert active[:, 1].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_quadtree_pays_for_a_region_at_its_coarsest_cell():
+    m, axis = _hand_model(False), make_axis("quadtree", 16, (4, 4))
+    x = torch.zeros(1, 16, 4)
+    x[..., 0] = 1.0  # one feature over the whole image
+    with torch.no_grad():
+        out = m(x, axis)
+    assert (out.innovations != 0).sum().item() == 1 and out.innovations[0, 0, 0] > 0  # the root cell
+    assert ((out.state != 0).sum(-1) == 1).all()
+    assert l0(out.innovations, positions=16) == pytest.approx(1 / 16)
+
+
+@pytest.mark.parametrize("carry", CARRIES)
+@pytest.mark.parametrize("act", [TopK(k=4), BatchTopK(k=4), ReLU(l1_coeff=0.01)], ids=lambda a: a.kind)
+def test_fast_path_matches_dense_reference(carry, act):
+    """In float64, so that rounding differences cannot flip a code across its threshold."""
+    d, f = 64, 1024  # 32 rows x 1024 x 64 = 2^21: the sparse path
+    m = _model(carry, act=act, d=d, f=f, persistence=1.0).train().double()
+    axis = make_axis("tokens", 8)
+    x = torch.randn(32, 8, d, dtype=torch.float64)
+    assert use_sparse_path(32, m.W_enc_FD)
+    grads = []
+    for reference in (False, True):
+        m.zero_grad()
+        out = m(x, axis, reference=reference)
+        terms = m.loss(x, out, dead_mask=torch.arange(f) % 4 == 0, axis=axis)
+        terms.total.backward()
+        grads.append((out, terms, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (o1, t1, g1), (o2, t2, g2) = grads
+    assert torch.equal(o1.innovations != 0, o2.innovations != 0)
+    assert_close(o1.x_hat, o2.x_hat, rtol=1e-5, atol=1e-5)
+    assert_close(t1.total, t2.total, rtol=1e-5, atol=1e-6)
+    for name in g2:
+        assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("act", [TopK(k=2), BatchTopK(k=2), ReLU(l1_coeff=0.01), JumpReLU()], ids=lambda a: a.kind)
+def test_every_activation_codes_the_innovations_and_trains(act):
+    m = _model("gated", act=act).train()
+    axis = make_axis("raster", 16, (4, 4))
+    x = torch.randn(4, 16, 6)
+    out = m(x, axis)
+    terms = m.loss(x, out, torch.zeros(24, dtype=torch.bool), axis)
+    terms.total.backward()
+    assert torch.isfinite(terms.total)
+    assert m.W_enc_FD.grad.abs().sum() > 0 and m.carry.persistence.grad.abs().sum() > 0
+
+
+def test_a_contextual_sae_needs_an_axis():
+    with pytest.raises(InputError, match="context axis"):
+        _model("gated")(torch.randn(1, 4, 6))

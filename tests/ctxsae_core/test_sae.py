@@ -1,0 +1,149 @@
+"""Per-position SAEs: the fast path against the dense reference, each activation's rule,
+normalisation, the decoder constraint and AuxK."""
+
+import copy
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from ctxsae_core import SAE, BatchTopK, JumpReLU, ReLU, SAEConfig, TopK
+from ctxsae_core.errors import InputError
+from ctxsae_core.activations import use_sparse_path
+from ctxsae_core.sae import geometric_median
+
+# 256 rows x F=1024 x D=16 = 2^22 multiply-adds: wide enough and large enough for the sparse path
+B, T, D, F = 8, 32, 16, 1024
+
+
+def _model(act, seed=0):
+    torch.manual_seed(seed)
+    m = SAE(SAEConfig(d_in=D, width=F, activation=act))
+    m.init_from_data_(torch.randn(B, T, D) * 3 + 1)
+    return m
+
+
+def _grads(m, x, reference):
+    m.zero_grad()
+    out = m(x, reference=reference)
+    terms = m.loss(x, out, dead_mask=torch.arange(F) % 3 == 0)
+    terms.total.backward()
+    return out, terms, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("act", [TopK(k=8), BatchTopK(k=8), ReLU(l1_coeff=0.01)], ids=lambda a: a.kind)
+def test_fast_path_matches_dense_reference(act):
+    m = _model(act)
+    x = torch.randn(B, T, D) * 3 + 1
+    assert use_sparse_path(B * T, m.W_enc_FD)  # otherwise this compares the reference with itself
+    out_fast, terms_fast, g_fast = _grads(m, x, reference=False)
+    out_ref, terms_ref, g_ref = _grads(m, x, reference=True)
+    assert_close(out_fast.x_hat, out_ref.x_hat, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out_fast.innovations != 0, out_ref.innovations != 0)
+    assert_close(terms_fast.total, terms_ref.total, rtol=1e-5, atol=1e-6)
+    assert g_fast.keys() == g_ref.keys()
+    for name in g_ref:
+        assert_close(g_fast[name], g_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_topk_keeps_exactly_k_per_position():
+    m = _model(TopK(k=5))
+    codes = m(torch.randn(B, T, D)).innovations
+    assert ((codes != 0).sum(-1) == 5).all()  # random pre-activations: many more than 5 positive
+    assert (codes >= 0).all()
+
+
+def test_batchtopk_pools_the_budget_in_training_and_uses_the_threshold_in_eval():
+    m = _model(BatchTopK(k=4, threshold_momentum=0.5))
+    x = torch.randn(B, T, D)
+    out = m.train()(x)
+    per_position = (out.innovations != 0).sum(-1)
+    assert per_position.sum() == 4 * B * T  # no ties in continuous data
+    assert per_position.min() < per_position.max()  # positions share one budget
+    pre = out.pre_acts.reshape(-1, F)
+    cut1 = pre.flatten().topk(4 * B * T).values.min()
+    m.update_statistics_(out, B * T)
+    assert float(m.activation.threshold) == pytest.approx(float(cut1))  # first batch: set outright
+    out2 = m(torch.randn(B, T, D))
+    cut2 = out2.pre_acts.reshape(-1).topk(4 * B * T).values.min()
+    m.update_statistics_(out2, B * T)
+    assert float(m.activation.threshold) == pytest.approx(0.5 * float(cut1) + 0.5 * float(cut2))
+    m.eval()
+    out3 = m(x)
+    fired = out3.innovations != 0
+    assert torch.equal(fired, out3.pre_acts > m.activation.threshold)
+
+
+def test_jumprelu_straight_through_gradients_by_hand():
+    m = SAE(SAEConfig(d_in=3, width=3, activation=JumpReLU(l0_coeff=1.0, bandwidth=0.002, init_threshold=1.0)))
+    pre = torch.tensor([[0.5, 1.0005, 2.0]])
+    z = m.activation.encode(pre, torch.eye(3), torch.zeros(3)).dense
+    assert z.tolist() == [[0.0, pytest.approx(1.0005), 2.0]]
+    z.sum().backward()
+    # only 1.0005 lies within bandwidth/2 of theta=1: d/dtheta = -theta/eps = -500; d/dlog(theta) = theta * that
+    assert m.activation.log_threshold.grad.tolist() == pytest.approx([0.0, -500.0, 0.0])
+    m.activation.log_threshold.grad = None
+    m.activation.penalty(z, pre, n_positions=1).backward()  # L0 STE: -(1/eps) * theta
+    assert m.activation.log_threshold.grad.tolist() == pytest.approx([0.0, -500.0, 0.0])
+
+
+def test_relu_penalty_is_l1_per_position():
+    m = _model(ReLU(l1_coeff=0.5))
+    out = m(torch.randn(B, T, D))
+    penalty = m.activation.penalty(out.innovations, out.pre_acts, B * T).item()
+    assert penalty == pytest.approx(0.5 * out.innovations.sum().item() / (B * T), rel=1e-5)
+
+
+def test_normalisation_makes_the_model_scale_free():
+    m = _model(TopK(k=8))
+    x = torch.randn(B, T, D) * 3 + 1
+    assert float((x * m.act_scale).pow(2).sum(-1).mean()) == pytest.approx(1.0, rel=0.05)
+    big = copy.deepcopy(m)
+    big.act_scale /= 10  # the same model for activations ten times larger
+    big.b_dec_D.data = m.b_dec_D.data.clone()
+    assert_close(big(10 * x).x_hat, 10 * m(x).x_hat, rtol=1e-4, atol=1e-4)
+    assert_close(big.encode(10 * x), m.encode(x))
+
+
+def test_init_from_data_sets_scale_and_geometric_median():
+    m = SAE(SAEConfig(d_in=1, width=2, activation=TopK(k=1)))
+    m.init_from_data_(torch.tensor([[0.0], [1.0], [10.0]]))
+    s = float(m.act_scale)
+    assert s == pytest.approx((101 / 3) ** -0.5)
+    assert float(m.b_dec_D.detach()) == pytest.approx(1.0 * s, abs=1e-3)  # in 1-D the geometric median is the median
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [50.0, 50.0]])
+    # a convex quadrilateral's geometric median is where its diagonals cross; the mean is (12.75, 12.75)
+    assert_close(geometric_median(pts, iters=200), torch.tensor([0.5, 0.5]), atol=1e-3, rtol=0)
+
+
+def test_decoder_rows_stay_unit_norm_and_gradients_tangent():
+    m = _model(TopK(k=8))
+    m.W_dec_FD.data *= 3
+    m.normalize_decoder_()
+    assert_close(m.W_dec_FD.norm(dim=1), torch.ones(F))
+    m.W_dec_FD.grad = torch.randn(F, D)
+    m.remove_parallel_grads_()
+    assert (m.W_dec_FD.grad * m.W_dec_FD).sum(1).abs().max() < 1e-5
+
+
+def test_auxk_trains_only_dead_features():
+    m = _model(TopK(k=4, aux_coeff=1.0))
+    x = torch.randn(B, T, D)
+    out = m(x)
+    dead = torch.zeros(F, dtype=torch.bool)
+    dead[::2] = True
+    terms = m.loss(x, out, dead)
+    m.zero_grad()
+    terms.aux.backward()
+    assert terms.aux.item() > 0
+    g = m.W_dec_FD.grad.abs().sum(1)
+    assert g[~dead].max() == 0 and g[dead].max() > 0
+    assert m.loss(x, out, torch.zeros(F, dtype=torch.bool)).aux.item() == 0.0
+
+
+def test_bad_shapes_raise_input_errors():
+    m = _model(TopK(k=8))
+    with pytest.raises(InputError, match="d=16"):
+        m(torch.randn(2, 3, 5))
+    with pytest.raises(InputError, match="larger than width"):
+        SAEConfig(d_in=4, width=8, activation=TopK(k=9))

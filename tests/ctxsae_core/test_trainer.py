@@ -1,0 +1,120 @@
+"""The trainer: resume equality, schedule, dead-feature tracking, logs and checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from ctxsae_core import SAE, BatchTopK, ContextualConfig, ContextualSAE, SAEConfig, TopK, TrainConfig, make_axis
+from ctxsae_core.checkpoint import load_sae
+from ctxsae_core.data import WindowBatches
+from ctxsae_core.errors import InputError
+from ctxsae_core.evaluate import evaluate
+from ctxsae_core.trainer import Trainer
+
+T, D = 8, 6
+
+
+def _data(n=64):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, T, D, generator=g) * 2 + 1
+
+
+def _contextual(seed=0):
+    torch.manual_seed(seed)
+    return ContextualSAE(ContextualConfig(d_in=D, width=16, activation=BatchTopK(k=2), carry="gated"))
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crashing(batches, after):
+    for i, b in enumerate(batches):
+        if i == after:
+            raise _Crash
+        yield b
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_resumed_run_ends_with_the_same_weights(tmp_path, shuffle):
+    data, axis = _data(), make_axis("tokens", T)
+    cfg = TrainConfig(tokens=20 * 4 * T, batch_tokens=4 * T, checkpoint_every=5, eval_every=0,
+                      progress=False, shuffle_context=shuffle, seed=3)
+    whole = _contextual()
+    Trainer(whole, cfg, axis, out_dir=tmp_path / "whole").fit(WindowBatches(data, 4, seed=3))
+
+    broken = _contextual()
+    with pytest.raises(_Crash):  # dies during step 13, after the checkpoint at step 10
+        Trainer(broken, cfg, axis, out_dir=tmp_path / "resumed").fit(
+            _crashing(WindowBatches(data, 4, seed=3), after=12))
+    assert (tmp_path / "resumed" / "checkpoints" / "LATEST").read_text().strip() == "step_00000010"
+    resumed = _contextual(seed=99)  # different init: everything must come from the checkpoint
+    Trainer(resumed, cfg, axis, out_dir=tmp_path / "resumed").fit(WindowBatches(data, 4, seed=3))
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    logged = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == sorted(logged)  # lines logged after the checkpoint were dropped, not duplicated
+
+
+def test_learning_rate_warms_up_and_decays():
+    t = Trainer(SAE(SAEConfig(d_in=D, width=16, activation=TopK(k=2))),
+                TrainConfig(tokens=100, batch_tokens=1, lr=1.0, warmup_fraction=0.1, decay_fraction=0.2), None)
+    t.total_steps = 100
+    assert [t.lr_at(s) for s in (0, 4, 9, 10, 50, 79, 80, 90, 99)] == pytest.approx(
+        [0.1, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.05])
+
+
+def test_budget_anneals_to_k():
+    t = Trainer(SAE(SAEConfig(d_in=D, width=16, activation=TopK(k=2))),
+                TrainConfig(tokens=100, batch_tokens=1, k_anneal_fraction=0.5, k_anneal_start=3.0), None)
+    t.total_steps = 100
+    assert [t.budget_at(s, 2) for s in (0, 25, 49, 50, 99)] == pytest.approx([6.0, 4.0, 2.08, 2.0, 2.0])
+
+
+def test_dead_features_are_those_silent_for_dead_tokens():
+    model = SAE(SAEConfig(d_in=D, width=16, activation=TopK(k=2)))
+    with torch.no_grad():
+        model.b_enc_F[5:] = -100.0  # features 5.. never fire
+    cfg = TrainConfig(tokens=6 * 4 * T, batch_tokens=4 * T, dead_tokens=3 * 4 * T, lr=1e-9, progress=False)
+    t = Trainer(model, cfg, None)
+    t.fit(WindowBatches(_data(), 4))
+    dead = t.dead_mask()
+    assert dead[5:].all()
+    assert int(t.tokens_since_fired[5]) == 6 * 4 * T
+
+
+def test_out_dir_holds_model_log_eval_and_one_checkpoint(tmp_path):
+    data, axis = _data(), make_axis("tokens", T)
+    cfg = TrainConfig(tokens=12 * 4 * T, batch_tokens=4 * T, eval_every=5, checkpoint_every=5, log_every=2, progress=False)
+    result = Trainer(_contextual(), cfg, axis, out_dir=tmp_path, eval_windows=data[:8]).fit(WindowBatches(data, 4))
+    assert set(result) >= {"fvu", "mse", "l0", "state_l0", "dead_fraction", "n_positions"}
+    assert result["n_positions"] == 8 * T
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if l["split"] == "eval"] == [5, 10, 12]
+    assert [l["step"] for l in lines if l["split"] == "train"] == [2, 4, 6, 8, 10, 12]
+    assert json.loads((tmp_path / "eval.json").read_text())["fvu"] == pytest.approx(result["fvu"])
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step")] == ["step_00000012"]
+    assert not list(tmp_path.rglob("*.tmp"))
+    model, saved_axis = load_sae(tmp_path)
+    assert saved_axis.kind == "tokens" and model.config.arch == "contextual"
+
+
+def test_resuming_into_a_folder_of_another_run_is_refused(tmp_path):
+    data, axis = _data(), make_axis("tokens", T)
+    cfg = TrainConfig(tokens=4 * 4 * T, batch_tokens=4 * T, progress=False)
+    Trainer(_contextual(), cfg, axis, out_dir=tmp_path).fit(WindowBatches(data, 4))
+    other = ContextualSAE(ContextualConfig(d_in=D, width=16, activation=BatchTopK(k=3)))
+    with pytest.raises(InputError, match="different model config.*activation"):
+        Trainer(other, cfg, axis, out_dir=tmp_path).fit(WindowBatches(data, 4))
+
+
+def test_training_reduces_the_loss():
+    data, axis = _data(256), make_axis("tokens", T)
+    model = _contextual()
+    cfg = TrainConfig(tokens=150 * 16 * T, batch_tokens=16 * T, lr=3e-3, progress=False)
+    t = Trainer(model, cfg, axis, eval_windows=data[:32])
+    model.init_from_data_(data[:16])
+    before = evaluate(model, data[:32], axis)["fvu"]
+    after = t.fit(WindowBatches(data, 16))["fvu"]
+    assert after < 0.6 * before
