@@ -31,9 +31,17 @@ class Carry(nn.Module):
         """Memory for one walk over a batch of windows."""
         return None
 
-    def carried(self, mem: object, t: int, s_parent: Tensor | None, u_t: Tensor | None) -> Tensor | None:
-        """(B, F) codes carried into step t before the cut, or None when nothing can be carried."""
+    def carried(self, mem: object, t: int, s_parent: Tensor | None,
+                u_t: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """(value, support), both (B, F): the codes carried into step t (before the model's cut)
+        and the entries carried at all, including hard-reset ones whose value is zero but whose
+        gradient is not; None when nothing can be carried."""
         raise NotImplementedError
+
+    def hard(self, g: Tensor) -> Tensor:
+        """Gates below gate_floor become exactly 0 (a hard reset); the gradient passes straight
+        through, so a feature can still learn that it should have been kept."""
+        return g + (g * (g >= self.cfg.gate_floor) - g).detach()
 
     def remember(self, mem: object, t: int, u_t: Tensor) -> None:
         """Record step t's innovations (B, F) for later steps."""
@@ -71,7 +79,7 @@ class GatedCarry(Carry):
         if u_t is not None:
             reset_in, reset_out = mem
             gate = gate * torch.exp(-(u_t @ reset_in) @ reset_out)  # (B, F)
-        return gate * s_parent
+        return self.hard(gate) * s_parent, s_parent != 0
 
     def gates(self, u_t: Tensor) -> Tensor:
         """(B, F) gates after innovations u_t fire, for analysis."""
@@ -83,6 +91,7 @@ class GatedCarry(Carry):
 class _AttentionMemory:
     positions: Tensor  # (S, P)
     mix: Tensor  # (F, H) how each feature mixes the heads
+    seen: Tensor | None = None  # (B, F) bool: features that have fired earlier in the window
     keys: list[Tensor] = field(default_factory=list)  # per step (B, H, dh)
     rows: list[Tensor] = field(default_factory=list)  # past innovations in COO form
     steps: list[Tensor] = field(default_factory=list)
@@ -132,15 +141,17 @@ class AttentionCarry(Carry):
         # past innovation e = (row, step, col, val) is carried with weight sum_h attn[row, step, h] mix[col, h];
         # index_select / index_add keep the backward pass cheap (no accumulating index_put)
         a_e = attn.reshape(batch * t_past, heads).index_select(0, rows * t_past + steps)  # (nnz, H)
-        weight = (a_e * mem.mix.index_select(0, cols)).sum(1)
+        weight = self.hard((a_e * mem.mix.index_select(0, cols)).sum(1))
         c = torch.cat(mem.vals) * weight
         out = c.new_zeros(batch * self.cfg.width).index_add(0, rows * self.cfg.width + cols, c)
-        return out.view(batch, self.cfg.width)
+        return out.view(batch, self.cfg.width), mem.seen
 
     def remember(self, mem: _AttentionMemory, t, u_t):
         key = u_t @ self.W_k + self._pos(mem.positions[t], self.P_k)
         mem.keys.append(key.reshape(u_t.shape[0], self.cfg.heads, self.cfg.head_dim))
-        rows, cols = u_t.nonzero(as_tuple=True)
+        fired = u_t != 0
+        mem.seen = fired if mem.seen is None else mem.seen | fired
+        rows, cols = fired.nonzero(as_tuple=True)
         mem.rows.append(rows)
         mem.cols.append(cols)
         mem.steps.append(torch.full_like(rows, t))

@@ -151,6 +151,9 @@ class ContextualConfig(SAEConfig):
     carry_threshold: float = param(
         0.01, "carried values below this are set to exactly zero, so state L0 counts no decaying dust "
         "(units: activations normalised to unit mean squared norm)")
+    gate_floor: float = param(
+        0.5, "a carried feature whose gate falls below this is reset to exactly zero (a hard reset), "
+        "so partial resets leave no residue that persists")
     init_persistence: float = param(
         -4.0, "initial persistence logit of every feature (sigmoid(-4) = 0.018): training starts as a "
         "per-position SAE, so the dictionary forms first, and features learn to persist where it pays")
@@ -173,6 +176,7 @@ class ContextualConfig(SAEConfig):
         _require(self.carry in CARRY_KINDS, f"carry={self.carry!r} is unknown: choose one of {', '.join(CARRY_KINDS)}")
         _require(self.reset_rank >= 1, f"reset_rank={self.reset_rank} must be at least 1")
         _require(self.heads >= 1 and self.head_dim >= 1, f"heads={self.heads}, head_dim={self.head_dim} must be >= 1")
+        _require(0 <= self.gate_floor <= 1, f"gate_floor={self.gate_floor} must lie in [0, 1]")
         _require(self.carry_threshold >= 0, f"carry_threshold={self.carry_threshold} must be >= 0")
         _require(self.carry_lr_scale > 0, f"carry_lr_scale={self.carry_lr_scale} must be > 0")
         _require(self.carry_coeff >= 0, f"carry_coeff={self.carry_coeff} must be >= 0")
@@ -240,6 +244,9 @@ class TrainConfig:
     seed: int = param(0, "seed of the model's initialisation and of every random choice in training")
     shuffle_context: bool = param(
         False, "the shuffled-context control: permute positions within each window before the SAE sees it")
+    carry_warmup_fraction: float = param(
+        0.0, "contextual SAEs: fraction of steps trained with the carry off (a per-position SAE), so "
+        "the dictionary forms before features learn to persist")
     k_anneal_fraction: float = param(
         0.0, "TopK/BatchTopK: fraction of steps over which the innovation budget k decays linearly "
         "from k_anneal_start * k to k, so features get learned before the budget tightens")
@@ -260,6 +267,7 @@ class TrainConfig:
                  and self.warmup_fraction + self.decay_fraction <= 1,
                  f"warmup_fraction={self.warmup_fraction} and decay_fraction={self.decay_fraction} must lie in "
                  "[0, 1] and sum to at most 1")
+        _require(0 <= self.carry_warmup_fraction <= 1, f"carry_warmup_fraction={self.carry_warmup_fraction} must lie in [0, 1]")
         _require(0 <= self.k_anneal_fraction <= 1, f"k_anneal_fraction={self.k_anneal_fraction} must lie in [0, 1]")
         _require(self.k_anneal_start >= 1, f"k_anneal_start={self.k_anneal_start} must be >= 1")
         _require(self.dead_tokens is None or self.dead_tokens >= 1, f"dead_tokens={self.dead_tokens} must be >= 1")

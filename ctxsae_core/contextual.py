@@ -28,6 +28,19 @@ from ctxsae_core.sae import BaseSAE, SAEOutput
 from ctxsae_core.sparse_ops import SparseCodes
 
 
+# The encoder's residual may be at most this many times the centred input's norm. A state that
+# overshoots would otherwise feed back into ever larger innovations (growth seen: 4x per step).
+_RESIDUAL_BOUND = 2.0
+
+
+def _bounded(residual: Tensor, centred: Tensor) -> Tensor:
+    """Scale rows of `residual` down to at most _RESIDUAL_BOUND x the norm of `centred`'s rows;
+    a no-op whenever the carried state is not wildly off."""
+    limit = _RESIDUAL_BOUND * centred.norm(dim=-1, keepdim=True)
+    norm = residual.norm(dim=-1, keepdim=True)
+    return residual * (limit / norm.clamp_min(1e-12)).clamp(max=1.0)
+
+
 class _Walk(NamedTuple):
     states: list[Tensor]  # per step (B, F)
     carried: list[Tensor]
@@ -42,6 +55,7 @@ class ContextualSAE(BaseSAE):
     def __init__(self, config: ContextualConfig):
         super().__init__(config)
         self.carry: Carry = make_carry(config)
+        self.carry_scale: float = 1.0  # 0 turns the carry off (the trainer's warm-up); not saved
 
     def param_groups(self, lr: float) -> list[dict]:
         carry = list(self.carry.parameters())
@@ -57,16 +71,15 @@ class ContextualSAE(BaseSAE):
             return codes @ self.W_dec_FD
         return SparseCodes.from_dense(codes, support).decode(self.W_dec_FD)
 
-    def _cut(self, c: Tensor) -> tuple[Tensor, Tensor]:
+    def _cut(self, carried: tuple[Tensor, Tensor], scale: float) -> tuple[Tensor, Tensor]:
         """Carried values below carry_threshold become exactly zero, so state L0 counts no dust.
-        The gradient passes straight through the cut (for values that were carried at all), so
-        a feature whose carried value is still below it learns whether carrying more would help;
-        otherwise a low persistence could never grow. Returns (value, support): the support
-        keeps the cut entries, whose value is zero but whose gradient is not."""
-        support = c != 0
+        The gradient passes straight through the cut for entries carried at all (the support),
+        so a feature whose carried value is still below it learns whether carrying more would
+        help; otherwise a low persistence could never grow. Returns (value, support)."""
+        c, support = carried
+        c = scale * c
         keep = c > self.config.carry_threshold
-        value = c * keep + (c - c.detach()) * (support & ~keep)
-        return value, support
+        return c * keep + (c - c.detach()) * (support & ~keep), support
 
     def _walk(self, axis: ContextAxis, batch: int, code_at: Callable[[int, Tensor | None], Tensor]) -> _Walk:
         """Walk the axis; `code_at(t, prior)` supplies step t's innovations."""
@@ -74,11 +87,14 @@ class ContextualSAE(BaseSAE):
         walk = _Walk([], [], [], [])
         for t, p in enumerate(axis.parent.tolist()):
             s_parent = walk.states[p] if p >= 0 else None
-            prior = self.carry.carried(mem, t, s_parent, None)
-            u = code_at(t, None if prior is None else self._cut(prior))
-            raw = self.carry.carried(mem, t, s_parent, u)
+            prior = self.carry.carried(mem, t, s_parent, None) if self.carry_scale else None
+            u = code_at(t, None if prior is None else self._cut(prior, self.carry_scale))
+            raw = self.carry.carried(mem, t, s_parent, u) if self.carry_scale else None
             self.carry.remember(mem, t, u)
-            carried, support = (torch.zeros_like(u), u != 0) if raw is None else self._cut(raw)
+            if raw is None:
+                carried, support = torch.zeros_like(u), torch.zeros_like(u, dtype=torch.bool)
+            else:
+                carried, support = self._cut(raw, self.carry_scale)
             walk.carried.append(carried)
             walk.carried_support.append(support)
             walk.states.append(carried + u)
@@ -104,9 +120,10 @@ class ContextualSAE(BaseSAE):
         innovations, pre_acts, enc_ins = [], [], []
 
         def code_at(t: int, prior: tuple[Tensor, Tensor] | None) -> Tensor:
-            enc_in = xs[:, t] - self.b_dec_D
+            centred = xs[:, t] - self.b_dec_D
+            enc_in = centred
             if prior is not None:
-                enc_in = enc_in - self._project(prior[0], reference, prior[1])
+                enc_in = _bounded(centred - self._project(prior[0], reference, prior[1]), centred)
             enc = encode(enc_in, self.W_enc_FD, self.b_enc_F, False)
             innovations.append(enc.dense)
             pre_acts.append(enc.pre)

@@ -156,8 +156,13 @@ class Trainer:
             group["lr"] = lr * group["lr_scale"]
         if hasattr(model.activation, "set_budget_"):
             model.activation.set_budget_(self.budget_at(self.step, model.config.activation.k))
+        if hasattr(model, "carry_scale"):
+            model.carry_scale = 0.0 if self.step < round(self.cfg.carry_warmup_fraction * self.total_steps) else 1.0
         out = model(x, self.axis)
         terms = model.loss(x, out, self.dead_mask(), self.axis)
+        if not torch.isfinite(terms.total):
+            raise InputError(f"training diverged at step {self.step} (loss is {terms.total.item()}): "
+                             f"lower the learning rate (now {lr:.3g}) or check the activations' scale")
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         model.remove_parallel_grads_()
@@ -230,5 +235,7 @@ class Trainer:
             if self.out_dir is not None and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last):
                 self.save_checkpoint()
         bar.close()
+        if hasattr(self.model, "carry_scale"):
+            self.model.carry_scale = 1.0
         if hasattr(self.model.activation, "set_budget_"):
             self.model.activation.set_budget_(self.model.config.activation.k)

@@ -1,0 +1,222 @@
+"""Ground truth for the contextual SAE: windows with known features, where some features hold
+over long regions and others are drawn per position, so the true number of new features per
+position is known (`ctxsae_core.synthetic`).
+
+For per-position TopK, the contextual SAE with each carry, and each carry's shuffled-context
+control (positions permuted within every window: same model, same budget), it sweeps the
+sparsity, interpolates the L0 (innovations per position) needed to reach a target FVU, and
+reports the state L0 there and dictionary recovery (mean over true features of the best
+cosine with a decoder row). It prints a table, checks the goals, and writes results.json and
+pareto.png into --out.
+
+    python benchmarks/synthetic_regions.py --out runs/synthetic_regions          # ~15-25 min, 2 cores
+    python benchmarks/synthetic_regions.py --quick --out /tmp/smoke              # a minute: plumbing only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
+from ctxsae_core.checkpoint import build_sae, write_json_atomic
+from ctxsae_core.evaluate import evaluate
+from ctxsae_core.synthetic import RegionsData, RegionsSpec, dictionary_recovery
+from ctxsae_core.trainer import Trainer
+
+GOALS = {"min_ratio_vs_per_position": 2.5, "max_ratio_vs_true_rate": 1.5, "min_gain_lost_by_control": 0.5}
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    arch: str  # "topk" or "contextual"
+    carry: str | None
+    shuffle: bool
+    ks: tuple[int, ...]
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Setup:
+    T: int = 64
+    d: int = 128
+    width: int = 512
+    batch_windows: int = 32
+    lr: float = 3e-3
+    target_fvu: float = 0.10
+    eval_windows: int = 256
+    seed: int = 0
+
+
+def families(quick: bool) -> list[Family]:
+    if quick:
+        return [Family("per-position topk", "topk", None, False, (8, 16), 40_000),
+                Family("contextual gated", "contextual", "gated", False, (4, 8), 40_000),
+                Family("gated, shuffled control", "contextual", "gated", True, (4, 8), 40_000),
+                Family("contextual attention", "contextual", "attention", False, (4, 8), 40_000),
+                Family("attention, shuffled control", "contextual", "attention", True, (4, 8), 40_000)]
+    ctx = 3_000_000
+    return [Family("per-position topk", "topk", None, False, (14, 18, 22, 26), 2_000_000),
+            Family("contextual gated", "contextual", "gated", False, (4, 6, 8), ctx),
+            Family("gated, shuffled control", "contextual", "gated", True, (8, 14, 20), ctx),
+            Family("contextual attention", "contextual", "attention", False, (4, 6, 8), ctx),
+            Family("attention, shuffled control", "contextual", "attention", True, (8, 14, 20), ctx)]
+
+
+def train_one(setup: Setup, fam: Family, k: int) -> dict:
+    """One point of a sweep, in its own process with one thread."""
+    torch.set_num_threads(1)
+    spec = RegionsSpec(d=setup.d)
+    data = RegionsData(spec, setup.T, seed=setup.seed, batch_windows=setup.batch_windows)
+    held = data.windows(setup.eval_windows, seed=1)
+    axis = make_axis("tokens", setup.T)
+    if fam.arch == "contextual":
+        cfg = ContextualConfig(d_in=setup.d, width=setup.width, activation=BatchTopK(k=k), carry=fam.carry)
+    else:
+        cfg = SAEConfig(d_in=setup.d, width=setup.width, activation=TopK(k=k))
+    torch.manual_seed(setup.seed)
+    model = build_sae(cfg)
+    train_cfg = TrainConfig(tokens=fam.tokens, batch_tokens=setup.batch_windows * setup.T, lr=setup.lr,
+                            seed=setup.seed, shuffle_context=fam.shuffle, progress=False, eval_every=0)
+    start = time.perf_counter()
+    Trainer(model, train_cfg, axis).fit(data)
+    seconds = time.perf_counter() - start
+    result = evaluate(model, held.x, axis, shuffle_context=fam.shuffle, seed=setup.seed)
+    return {"family": fam.name, "k": k, "fvu": result["fvu"], "l0": result["l0"], "state_l0": result["state_l0"],
+            "dead_fraction": result["dead_fraction"], "recovery": dictionary_recovery(data.dictionary, model.W_dec_FD.detach()),
+            "train_seconds": seconds, "tokens": fam.tokens}
+
+
+def at_target(points: list[dict], target: float, key: str) -> float | None:
+    """`key` where the (L0, FVU) curve crosses the target FVU, interpolating linearly in
+    log FVU between the two sweep points around it; None if the sweep does not reach it."""
+    pts = sorted(points, key=lambda p: p["l0"])
+    for a, b in zip(pts, pts[1:]):
+        if (a["fvu"] - target) * (b["fvu"] - target) <= 0 and a["fvu"] != b["fvu"]:
+            w = (math.log(a["fvu"]) - math.log(target)) / (math.log(a["fvu"]) - math.log(b["fvu"]))
+            return a[key] + w * (b[key] - a[key])
+    return None
+
+
+def summarise(setup: Setup, fams: list[Family], points: list[dict]) -> dict:
+    spec = RegionsSpec(d=setup.d)
+    true_rate = spec.true_rate(setup.T)
+    rows = {}
+    for fam in fams:
+        pts = [p for p in points if p["family"] == fam.name]
+        best = min(pts, key=lambda p: abs(p["fvu"] - setup.target_fvu))
+        rows[fam.name] = {"l0_at_target": at_target(pts, setup.target_fvu, "l0"),
+                          "state_l0_at_target": at_target(pts, setup.target_fvu, "state_l0"),
+                          "recovery_at_target": at_target(pts, setup.target_fvu, "recovery") or best["recovery"],
+                          "points": sorted(pts, key=lambda p: p["k"])}
+    pp = rows["per-position topk"]["l0_at_target"]
+    checks = {}
+    for carry in ("gated", "attention"):
+        ctx = rows[f"contextual {carry}"]["l0_at_target"]
+        ctl = rows[f"{carry}, shuffled control"]["l0_at_target"]
+        ratio = pp / ctx if pp and ctx else None
+        lost = (ctl - ctx) / (pp - ctx) if pp and ctx and ctl and pp != ctx else None
+        if ctx and pp and ctl is None:  # the control never reached the target: it lost at least all of it
+            lost = 1.0
+        checks[carry] = {
+            "ratio_vs_per_position": ratio, "ratio_vs_true_rate": ctx / true_rate if ctx else None,
+            "gain_lost_by_control": lost,
+            "meets_goals": bool(ratio and ratio >= GOALS["min_ratio_vs_per_position"]
+                                and ctx / true_rate <= GOALS["max_ratio_vs_true_rate"]
+                                and lost is not None and lost >= GOALS["min_gain_lost_by_control"])}
+    return {"setup": asdict(setup), "true_rate": true_rate, "true_per_position_l0": spec.n_groups + spec.local_per_position,
+            "goals": GOALS, "families": rows, "checks": checks,
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}}
+
+
+def _fmt(v, spec=".2f"):
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(summary: dict) -> None:
+    s = summary["setup"]
+    print(f"\nsynthetic regions: d={s['d']}, T={s['T']}, width={s['width']}; target FVU {s['target_fvu']}; "
+          f"true new features per position {summary['true_rate']:.2f} (of {summary['true_per_position_l0']} active)")
+    print(f"{'model':<30}{'L0 @ target':>12}{'state L0':>10}{'recovery':>10}   sweep (k: L0 / FVU)")
+    for name, row in summary["families"].items():
+        sweep = "  ".join(f"{p['k']}: {p['l0']:.1f}/{p['fvu']:.3f}" for p in row["points"])
+        print(f"{name:<30}{_fmt(row['l0_at_target']):>12}{_fmt(row['state_l0_at_target']):>10}"
+              f"{_fmt(row['recovery_at_target'], '.3f'):>10}   {sweep}")
+    g = summary["goals"]
+    for carry, c in summary["checks"].items():
+        print(f"{carry:>10}: {_fmt(c['ratio_vs_per_position'])}x fewer innovations than per-position (goal >= "
+              f"{g['min_ratio_vs_per_position']}), {_fmt(c['ratio_vs_true_rate'])}x the true rate (goal <= "
+              f"{g['max_ratio_vs_true_rate']}), control loses {_fmt(c['gain_lost_by_control'], '.0%')} of the gain "
+              f"(goal >= {g['min_gain_lost_by_control']:.0%}): {'MEETS' if c['meets_goals'] else 'MISSES'} the goals")
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"per-position topk": ("k", "o", "-"), "contextual gated": ("C0", "s", "-"),
+              "gated, shuffled control": ("C0", "s", ":"), "contextual attention": ("C1", "^", "-"),
+              "attention, shuffled control": ("C1", "^", ":")}
+    for name, row in summary["families"].items():
+        color, marker, ls = styles.get(name, ("C2", "x", "-"))
+        pts = row["points"]
+        ax.plot([p["l0"] for p in pts], [p["fvu"] for p in pts], color=color, marker=marker, ls=ls, label=name)
+    ax.axhline(summary["setup"]["target_fvu"], color="grey", lw=0.8, ls="--", label="target FVU")
+    ax.axvline(summary["true_rate"], color="green", lw=0.8, ls="--", label="true new features / position")
+    ax.set_xlabel("L0: innovations paid per position")
+    ax.set_ylabel("held-out FVU")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title("Synthetic regions: sparsity vs reconstruction")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/synthetic_regions"), help="folder for results.json and pareto.png")
+    p.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing, not the goals")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel trainings, one thread each")
+    args = p.parse_args(argv)
+    setup, fams = Setup(), families(args.quick)
+    jobs = [(setup, fam, k) for fam in fams for k in fam.ks]
+    jobs.sort(key=lambda j: -j[1].tokens * (3 if j[1].carry == "attention" else 1))  # longest first
+    start = time.perf_counter()
+    print(f"{len(jobs)} trainings on {args.workers} worker(s)...", flush=True)
+    points = []
+    with ProcessPoolExecutor(args.workers) as pool:
+        for future in as_completed([pool.submit(train_one, *job) for job in jobs]):
+            point = future.result()
+            points.append(point)
+            print(f"  [{len(points)}/{len(jobs)}] {point['family']} k={point['k']}: L0 {point['l0']:.2f} "
+                  f"FVU {point['fvu']:.4f} state L0 {point['state_l0']:.1f} ({point['train_seconds']:.0f}s)", flush=True)
+    summary = summarise(setup, fams, points)
+    summary["wall_seconds"] = time.perf_counter() - start
+    summary["quick"] = args.quick
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "results.json", summary)
+    plot(summary, args.out / "pareto.png")
+    print_table(summary)
+    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'pareto.png'} in {summary['wall_seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
