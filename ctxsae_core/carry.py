@@ -9,7 +9,7 @@ carried values below `carry_threshold` to exactly zero (`ContextualSAE`)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +41,10 @@ class Carry(nn.Module):
     def hard(self, g: Tensor) -> Tensor:
         """Gates below gate_floor become exactly 0 (a hard reset); the gradient passes straight
         through, so a feature can still learn that it should have been kept."""
-        return g + (g * (g >= self.cfg.gate_floor) - g).detach()
+        return torch.where(g >= self.cfg.gate_floor, g, g - g.detach())
 
-    def remember(self, mem: object, t: int, u_t: Tensor) -> None:
-        """Record step t's innovations (B, F) for later steps."""
+    def remember(self, mem: object, t: int, u_t: Tensor, s_t: Tensor) -> None:
+        """Record step t's innovations and state, both (B, F), for later steps."""
 
 
 @CARRIES.decorator("gated")
@@ -64,20 +64,19 @@ class GatedCarry(Carry):
         self.reset_out_raw = nn.Parameter(cfg.init_reset + 0.5 * torch.randn(r, f))
 
     def begin(self, batch: int, axis: ContextAxis) -> object:
-        return (F.softplus(self.reset_in_raw), F.softplus(self.reset_out_raw))
+        return (F.softplus(self.reset_in_raw), F.softplus(self.reset_out_raw), self.persistence_gate())
 
     def persistence_gate(self) -> Tensor:
         """(F,) gate of each feature when nothing resets it: sigmoid(persistence) * 1.1, capped at
         1 (gradient straight through the cap), so a feature can persist exactly, without decay."""
         g = torch.sigmoid(self.persistence) * _PERSISTENCE_HEADROOM
-        return g + (g.clamp(max=1.0) - g).detach()
+        return torch.where(g > 1.0, g - (g.detach() - 1.0), g)
 
     def carried(self, mem, t, s_parent, u_t):
         if s_parent is None:
             return None
-        gate = self.persistence_gate()
+        reset_in, reset_out, gate = mem
         if u_t is not None:
-            reset_in, reset_out = mem
             gate = gate * torch.exp(-(u_t @ reset_in) @ reset_out)  # (B, F)
         return self.hard(gate) * s_parent, s_parent != 0
 
@@ -90,21 +89,22 @@ class GatedCarry(Carry):
 @dataclass
 class _AttentionMemory:
     positions: Tensor  # (S, P)
-    mix: Tensor  # (F, H) how each feature mixes the heads
-    seen: Tensor | None = None  # (B, F) bool: features that have fired earlier in the window
-    keys: list[Tensor] = field(default_factory=list)  # per step (B, H, dh)
-    rows: list[Tensor] = field(default_factory=list)  # past innovations in COO form
-    steps: list[Tensor] = field(default_factory=list)
-    cols: list[Tensor] = field(default_factory=list)
-    vals: list[Tensor] = field(default_factory=list)
+    mix: Tensor  # (H, F): how each feature mixes the heads
+    last_step: Tensor  # (B, F) long: the step at which each feature last fired, -1 if never
+    last_value: Tensor  # (B, F): the feature's state value at that step
+    keys: Tensor | None = None  # (B, H, steps so far, dh); grown by cat (one autograd node a step)
+    query_step: int = -1
+    query_base: Tensor | None = None  # (B, H * dh) query from step query_step's position and parent
 
 
 @CARRIES.decorator("attention")
 class AttentionCarry(Carry):
-    """Causal sigmoid attention over past innovations: a_{h,t,j} = sigmoid(q_t . k_j / sqrt(dh) + b_h)
-    with q_t from the parent's state, u_t and t's position, k_j from u_j and j's position; a
-    feature f is carried as sum_h mix_{f,h} sum_{j<t} a_{h,t,j} u_{j,f}, so carried codes stay
-    in the one dictionary (DESIGN.md, invariant 3)."""
+    """Causal attention over past codes: feature f, last fired at step j < t with state value
+    v, is carried as hard(sum_h mix[h, f] a[h, t, j]) * v, where a[h, t, j] =
+    sigmoid(q_t . k_j / sqrt(dh) + b_h); queries read the parent's state, u_t and t's
+    position; keys read u_j and j's position. Codes and positions only, so the decoder still
+    reads codes only; the value is the feature's own earlier state, so a carried feature stays
+    a row of the one dictionary and is never counted twice."""
 
     def __init__(self, cfg: ContextualConfig, n_position_features: int = 24):
         super().__init__(cfg)
@@ -116,46 +116,39 @@ class AttentionCarry(Carry):
         self.P_q = nn.Parameter(0.1 * torch.randn(n_position_features, hd))
         self.P_k = nn.Parameter(0.1 * torch.randn(n_position_features, hd))
         self.bias = nn.Parameter(torch.full((cfg.heads,), float(cfg.init_persistence)))
-        self.mix_logits = nn.Parameter(torch.zeros(f, cfg.heads))
+        self.mix_logits = nn.Parameter(torch.zeros(cfg.heads, f))
 
     def _pos(self, positions: Tensor, P: Tensor) -> Tensor:
         return positions.to(P.dtype) @ P[: positions.shape[-1]]  # axes have 8 to 24 position features
 
     def begin(self, batch: int, axis: ContextAxis) -> object:
-        return _AttentionMemory(axis.positions, torch.softmax(self.mix_logits, dim=1))
+        f = self.cfg.width
+        return _AttentionMemory(axis.positions, torch.softmax(self.mix_logits, dim=0),
+                                torch.full((batch, f), -1, dtype=torch.long), self.W_k.new_zeros(batch, f))
 
     def carried(self, mem: _AttentionMemory, t, s_parent, u_t):
-        if not mem.keys:
+        if mem.keys is None:
             return None
         heads, dh = self.cfg.heads, self.cfg.head_dim
-        q = self._pos(mem.positions[t], self.P_q)
-        if s_parent is not None:
-            q = q + s_parent @ self.W_q_state
-        if u_t is not None:
-            q = q + u_t @ self.W_q_new
-        batch, t_past = mem.keys[0].shape[0], len(mem.keys)
-        q = q.expand(batch, -1).reshape(batch, heads, dh)
-        keys = torch.stack(mem.keys, dim=2)  # (B, H, t, dh)
-        attn = torch.sigmoid(torch.einsum("bhd,bhjd->bjh", q, keys) / math.sqrt(dh) + self.bias)  # (B, t, H)
-        rows, steps, cols = torch.cat(mem.rows), torch.cat(mem.steps), torch.cat(mem.cols)
-        # past innovation e = (row, step, col, val) is carried with weight sum_h attn[row, step, h] mix[col, h];
-        # index_select / index_add keep the backward pass cheap (no accumulating index_put)
-        a_e = attn.reshape(batch * t_past, heads).index_select(0, rows * t_past + steps)  # (nnz, H)
-        weight = self.hard((a_e * mem.mix.index_select(0, cols)).sum(1))
-        c = torch.cat(mem.vals) * weight
-        out = c.new_zeros(batch * self.cfg.width).index_add(0, rows * self.cfg.width + cols, c)
-        return out.view(batch, self.cfg.width), mem.seen
+        batch = mem.last_step.shape[0]
+        if mem.query_step != t:  # the part of the query both calls at step t share
+            q = self._pos(mem.positions[t], self.P_q)
+            if s_parent is not None:
+                q = q + s_parent @ self.W_q_state
+            mem.query_step, mem.query_base = t, q.expand(batch, -1)
+        q = mem.query_base if u_t is None else mem.query_base + u_t @ self.W_q_new
+        q = q.reshape(batch, heads, dh)
+        attn = torch.sigmoid(torch.einsum("bhd,bhjd->bhj", q, mem.keys) / math.sqrt(dh) + self.bias[:, None])
+        where = mem.last_step.clamp(min=0).unsqueeze(1).expand(-1, heads, -1)  # (B, H, F)
+        weight = (attn.gather(2, where) * mem.mix).sum(1)  # (B, F): attention to where f last fired
+        return self.hard(weight) * mem.last_value, mem.last_step >= 0
 
-    def remember(self, mem: _AttentionMemory, t, u_t):
-        key = u_t @ self.W_k + self._pos(mem.positions[t], self.P_k)
-        mem.keys.append(key.reshape(u_t.shape[0], self.cfg.heads, self.cfg.head_dim))
+    def remember(self, mem: _AttentionMemory, t, u_t, s_t):
+        key = (u_t @ self.W_k + self._pos(mem.positions[t], self.P_k)).reshape(u_t.shape[0], self.cfg.heads, 1, -1)
+        mem.keys = key if mem.keys is None else torch.cat([mem.keys, key], dim=2)
         fired = u_t != 0
-        mem.seen = fired if mem.seen is None else mem.seen | fired
-        rows, cols = fired.nonzero(as_tuple=True)
-        mem.rows.append(rows)
-        mem.cols.append(cols)
-        mem.steps.append(torch.full_like(rows, t))
-        mem.vals.append(u_t[rows, cols])
+        mem.last_step = torch.where(fired, t, mem.last_step)
+        mem.last_value = torch.where(fired, s_t, mem.last_value)
 
 
 def make_carry(cfg: ContextualConfig) -> Carry:

@@ -244,13 +244,14 @@ class TrainConfig:
     seed: int = param(0, "seed of the model's initialisation and of every random choice in training")
     shuffle_context: bool = param(
         False, "the shuffled-context control: permute positions within each window before the SAE sees it")
-    carry_warmup_fraction: float = param(
-        0.0, "contextual SAEs: fraction of steps trained with the carry off (a per-position SAE), so "
-        "the dictionary forms before features learn to persist")
-    k_anneal_fraction: float = param(
-        0.0, "TopK/BatchTopK: fraction of steps over which the innovation budget k decays linearly "
-        "from k_anneal_start * k to k, so features get learned before the budget tightens")
-    k_anneal_start: float = param(3.0, "TopK/BatchTopK: starting multiple of k when annealing")
+    carry_warmup_fraction: float | None = param(
+        None, "contextual SAEs: fraction of steps trained with the carry off (as a per-position SAE), "
+        "so the dictionary forms before features learn to persist; None means 0.25 for contextual SAEs")
+    k_anneal_fraction: float | None = param(
+        None, "TopK/BatchTopK: fraction of steps over which the budget k decays linearly from "
+        "k_anneal_start * k to k, so features are learned before the budget tightens; None means 0.5 "
+        "for contextual SAEs (whose k counts only what is new) and 0 for per-position ones")
+    k_anneal_start: float = param(4.0, "TopK/BatchTopK: starting multiple of k when annealing")
     dead_tokens: int | None = param(
         None, "a feature is dead if it has not fired for this many training positions; None means "
         "min(10M, tokens // 10) (10M in Gao et al. 2024)")
@@ -267,12 +268,19 @@ class TrainConfig:
                  and self.warmup_fraction + self.decay_fraction <= 1,
                  f"warmup_fraction={self.warmup_fraction} and decay_fraction={self.decay_fraction} must lie in "
                  "[0, 1] and sum to at most 1")
-        _require(0 <= self.carry_warmup_fraction <= 1, f"carry_warmup_fraction={self.carry_warmup_fraction} must lie in [0, 1]")
-        _require(0 <= self.k_anneal_fraction <= 1, f"k_anneal_fraction={self.k_anneal_fraction} must lie in [0, 1]")
+        for name in ("carry_warmup_fraction", "k_anneal_fraction"):
+            value = getattr(self, name)
+            _require(value is None or 0 <= value <= 1, f"{name}={value} must lie in [0, 1] or be None")
         _require(self.k_anneal_start >= 1, f"k_anneal_start={self.k_anneal_start} must be >= 1")
         _require(self.dead_tokens is None or self.dead_tokens >= 1, f"dead_tokens={self.dead_tokens} must be >= 1")
         for name in ("eval_every", "checkpoint_every", "log_every"):
             _require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+
+    def schedule_for(self, contextual: bool) -> tuple[float, float]:
+        """(carry_warmup_fraction, k_anneal_fraction) with the defaults filled in."""
+        warm = self.carry_warmup_fraction if self.carry_warmup_fraction is not None else (0.25 if contextual else 0.0)
+        anneal = self.k_anneal_fraction if self.k_anneal_fraction is not None else (0.5 if contextual else 0.0)
+        return warm, anneal
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

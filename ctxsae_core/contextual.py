@@ -77,9 +77,10 @@ class ContextualSAE(BaseSAE):
         so a feature whose carried value is still below it learns whether carrying more would
         help; otherwise a low persistence could never grow. Returns (value, support)."""
         c, support = carried
-        c = scale * c
-        keep = c > self.config.carry_threshold
-        return c * keep + (c - c.detach()) * (support & ~keep), support
+        if scale != 1.0:
+            c = scale * c
+        ste = torch.where(support, c - c.detach(), torch.zeros((), dtype=c.dtype))  # zero, with gradient
+        return torch.where(c > self.config.carry_threshold, c, ste), support
 
     def _walk(self, axis: ContextAxis, batch: int, code_at: Callable[[int, Tensor | None], Tensor]) -> _Walk:
         """Walk the axis; `code_at(t, prior)` supplies step t's innovations."""
@@ -90,14 +91,15 @@ class ContextualSAE(BaseSAE):
             prior = self.carry.carried(mem, t, s_parent, None) if self.carry_scale else None
             u = code_at(t, None if prior is None else self._cut(prior, self.carry_scale))
             raw = self.carry.carried(mem, t, s_parent, u) if self.carry_scale else None
-            self.carry.remember(mem, t, u)
             if raw is None:
                 carried, support = torch.zeros_like(u), torch.zeros_like(u, dtype=torch.bool)
             else:
                 carried, support = self._cut(raw, self.carry_scale)
+            state = carried + u
+            self.carry.remember(mem, t, u, state)
             walk.carried.append(carried)
             walk.carried_support.append(support)
-            walk.states.append(carried + u)
+            walk.states.append(state)
             walk.state_support.append(support | (u != 0))
         return walk
 

@@ -55,6 +55,7 @@ class Trainer:
         self.tokens_since_fired = torch.zeros(model.config.width, dtype=torch.long)
         self.step = 0
         self.total_steps: int | None = None
+        self.carry_warmup_fraction, self.k_anneal_fraction = cfg.schedule_for(model.config.arch == "contextual")
 
     # --- schedule and bookkeeping -------------------------------------------------------------
 
@@ -70,7 +71,7 @@ class Trainer:
 
     def budget_at(self, step: int, k: float) -> float:
         """The innovation budget at `step` when annealing k (see TrainConfig.k_anneal_fraction)."""
-        span = round(self.cfg.k_anneal_fraction * self.total_steps)
+        span = round(self.k_anneal_fraction * self.total_steps)
         if span == 0 or step >= span:
             return k
         return k * (self.cfg.k_anneal_start + (1 - self.cfg.k_anneal_start) * step / span)
@@ -157,7 +158,7 @@ class Trainer:
         if hasattr(model.activation, "set_budget_"):
             model.activation.set_budget_(self.budget_at(self.step, model.config.activation.k))
         if hasattr(model, "carry_scale"):
-            model.carry_scale = 0.0 if self.step < round(self.cfg.carry_warmup_fraction * self.total_steps) else 1.0
+            model.carry_scale = 0.0 if self.step < round(self.carry_warmup_fraction * self.total_steps) else 1.0
         out = model(x, self.axis)
         terms = model.loss(x, out, self.dead_mask(), self.axis)
         if not torch.isfinite(terms.total):

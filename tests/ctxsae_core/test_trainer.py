@@ -118,3 +118,12 @@ def test_training_reduces_the_loss():
     before = evaluate(model, data[:32], axis)["fvu"]
     after = t.fit(WindowBatches(data, 16))["fvu"]
     assert after < 0.6 * before
+
+
+def test_contextual_saes_get_a_warm_up_and_an_annealed_budget_by_default():
+    cfg = TrainConfig()
+    assert cfg.schedule_for(contextual=True) == (0.25, 0.5)
+    assert cfg.schedule_for(contextual=False) == (0.0, 0.0)
+    assert TrainConfig(carry_warmup_fraction=0.0, k_anneal_fraction=0.1).schedule_for(True) == (0.0, 0.1)
+    with pytest.raises(InputError, match="carry_warmup_fraction"):
+        TrainConfig(carry_warmup_fraction=1.5)
