@@ -1,5 +1,5 @@
 """Imports flow one way: scenes / model adapters -> activation store -> ctxsae_core -> analysis.
-ctxsae_core never imports visinterp or scenes, and scenes never imports visinterp."""
+ctxsae_core never imports visinterp or scenes; scenes knows nothing of SAEs or of visinterp."""
 
 import ast
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"ctxsae_core": {"visinterp", "scenes"}, "scenes": {"visinterp"}}
+FORBIDDEN = {"ctxsae_core": {"visinterp", "scenes"}, "scenes": {"visinterp", "ctxsae_core"}}
 
 
 def _imported_packages(path: Path) -> set[str]:

@@ -1,0 +1,85 @@
+"""Writing renders to disk: PNG images, ground-truth .npz files, factors.jsonl and the contact
+sheet. Every file is written to a temporary name and renamed, so none is ever half-written."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from scenes.render import RenderOutput
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """An (H, W, 3) float image in [0, 1] or uint8 image, as PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb if rgb.dtype == np.uint8 else to_uint8(rgb)).save(buf, format="PNG")
+    _atomic_bytes(path, buf.getvalue())
+
+
+def write_truth(path: Path, out: RenderOutput) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **out.arrays())
+    _atomic_bytes(path, buf.getvalue())
+
+
+def read_truth(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    _atomic_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def id_colours(ids: np.ndarray) -> np.ndarray:
+    """Object ids (H, W) as a categorical colour image (background -1 black)."""
+    from matplotlib import colormaps
+
+    table = (np.array(colormaps["tab10"].colors) * 255).astype(np.uint8)
+    out = table[np.maximum(ids, 0) % len(table)]
+    out[ids < 0] = 0
+    return out
+
+
+def depth_colours(depth: np.ndarray) -> np.ndarray:
+    """Depth (H, W) as a colour image, near bright; background (inf) black."""
+    from matplotlib import colormaps
+
+    finite = np.isfinite(depth)
+    if not finite.any():
+        return np.zeros((*depth.shape, 3), np.uint8)
+    lo, hi = depth[finite].min(), depth[finite].max()
+    norm = 1 - (np.where(finite, depth, hi) - lo) / max(hi - lo, 1e-6)
+    out = (colormaps["magma"](norm)[..., :3] * 255).astype(np.uint8)
+    out[~finite] = 0
+    return out
+
+
+def contact_sheet(path: Path, renders: list[RenderOutput], columns: int = 4) -> None:
+    """A grid of tiles, each RGB | object id | depth side by side, with 2 px gutters."""
+    tiles = [np.concatenate([to_uint8(r.rgb.numpy()), id_colours(r.object_id.numpy()),
+                             depth_colours(r.depth.numpy())], axis=1) for r in renders]
+    h, w, _ = tiles[0].shape
+    rows = -(-len(tiles) // columns)
+    cols = min(columns, len(tiles))
+    sheet = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
+    for n, tile in enumerate(tiles):
+        r, c = divmod(n, columns)
+        sheet[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w] = tile
+    write_png(path, sheet)
