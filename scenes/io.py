@@ -43,6 +43,10 @@ def read_truth(path: str | Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+def write_json(path: Path, obj) -> None:
+    _atomic_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     _atomic_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
