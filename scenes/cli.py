@@ -7,7 +7,7 @@
 
 Writes images/NNNNN.png, truth/NNNNN.npz (depth, normal, object/kind/material/texture ids,
 albedo, lit per light), scenes/NNNNN.json, factors.jsonl (one line per image) and
-contact_sheet.png. `coord-fit` fits a coordinate MLP to a scene and writes metrics.json (PSNR
+contact_sheet.png. `coord-fit` fits a coordinate MLP to a scene and writes fit.json + model.safetensors, metrics.json (PSNR
 and point-wise errors against the scene's exact truth), history.jsonl and figures. Bad input exits with code 2 and one line saying what is wrong and the fix."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from scenes.coord_fit import FitConfig, fit_image, fit_radiance
 from scenes.coord_mlp import COORD_KINDS
 from scenes.figures import curve_figure, fit_figure
-from scenes.io import contact_sheet, write_json, write_jsonl, write_png, write_truth
+from scenes.io import contact_sheet, save_fit, write_json, write_jsonl, write_png, write_truth
 from scenes.render import factor_table, render
 from scenes.sampler import SamplerConfig, sample_scene
 from scenes.spec import Scene, SceneError
@@ -152,7 +152,7 @@ def cmd_coord_fit(args: argparse.Namespace) -> int:
     result = (fit_image if args.kind == "image" else fit_radiance)(scene, fit_cfg)
     torch.set_grad_enabled(False)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "scene.json", scene.to_dict())
+    save_fit(args.out, args.kind, scene, fit_cfg, result.model)
     write_json(args.out / "metrics.json", {"scene_seed": scene.seed, **result.metrics})
     write_jsonl(args.out / "history.jsonl", result.history)
     key = "heldout_psnr" if args.kind == "image" else "heldout_view0_psnr"

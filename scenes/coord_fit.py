@@ -80,6 +80,18 @@ def breakdown(errors: Tensor, labels: dict[str, Tensor]) -> dict[str, dict[str, 
     return out
 
 
+FIT_TARGETS = ("image", "radiance")
+
+
+def build_model(target: str, cfg: FitConfig) -> torch.nn.Module:
+    """The untrained coordinate MLP that fits `target` ('image' or 'radiance') under `cfg`."""
+    if target == "image":
+        return CoordMLP(2, 3, cfg.kind, cfg.hidden, cfg.layers)
+    if target == "radiance":
+        return RadianceField(cfg.kind, cfg.hidden, cfg.layers)
+    raise SceneError(f"fit target {target!r} is not one of {', '.join(FIT_TARGETS)}")
+
+
 @dataclass
 class FitResult:
     model: torch.nn.Module
@@ -124,7 +136,7 @@ def fit_image(scene: Scene, cfg: FitConfig) -> FitResult:
     perm = torch.randperm(coords.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
     n_train = int(0.75 * coords.shape[0])
     train, held = perm[:n_train], perm[n_train:]
-    model = CoordMLP(2, 3, cfg.kind, cfg.hidden, cfg.layers)
+    model = build_model("image", cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     def step_loss(step: int) -> Tensor:
@@ -207,7 +219,7 @@ def fit_radiance(scene: Scene, cfg: FitConfig) -> FitResult:
     target = torch.cat([trace(geo, o, d).rgb for o, d in rays])
     held = [(c, *_view_rays(c, cfg.size)) for c in held_cams]
     held_truth = [trace(geo, o, d) for _, o, d in held]
-    field = RadianceField(cfg.kind, cfg.hidden, cfg.layers)
+    field = build_model("radiance", cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     batch = max(1, cfg.batch // 4)
 

@@ -8,10 +8,17 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+import dataclasses
 
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from scenes.coord_fit import FitConfig, build_model
 from scenes.render import RenderOutput
+from scenes.spec import Scene, SceneError
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
@@ -87,3 +94,29 @@ def contact_sheet(path: Path, renders: list[RenderOutput], columns: int = 4) -> 
         r, c = divmod(n, columns)
         sheet[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w] = tile
     write_png(path, sheet)
+
+
+def save_fit(folder: Path, target: str, scene: Scene, cfg: FitConfig, model: torch.nn.Module) -> None:
+    """A fitted coordinate MLP as fit.json (target, config, scene) + model.safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".model.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, folder / "model.safetensors")
+    write_json(folder / "fit.json", {"target": target, "config": dataclasses.asdict(cfg), "scene": scene.to_dict()})
+
+
+def load_fit(folder: str | Path) -> tuple[str, Scene, FitConfig, torch.nn.Module]:
+    """(target, scene, config, model in eval mode) of a folder written by `scenes coord-fit`."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "fit.json").read_text())
+        state = load_file(str(folder / "model.safetensors"))
+    except FileNotFoundError as e:
+        raise SceneError(f"{folder} is not a coord-fit folder ({Path(e.filename).name} missing): run "
+                         "'scenes coord-fit --out DIR' first") from None
+    except (ValueError, KeyError, OSError, SafetensorError) as e:  # bad JSON, a truncated weights file
+        raise SceneError(f"{folder} holds an unreadable fit ({type(e).__name__}: {e}); fit it again") from None
+    cfg = FitConfig(**{**meta["config"], "progress": False})
+    model = build_model(meta["target"], cfg)
+    model.load_state_dict(state)
+    return meta["target"], Scene.from_dict(meta["scene"]), cfg, model.eval()

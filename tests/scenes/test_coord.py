@@ -85,3 +85,24 @@ def test_fit_config_and_cli_errors(tmp_path, capsys):
     (tmp_path / "s.json").write_text('{"objects": [{"kind": "box", "size": [1, -1, 1]}]}')
     assert main(["coord-fit", "--scene", str(tmp_path / "s.json"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "object.size" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_coord_fit_cli_saves_a_fit_that_loads_equal(tmp_path):
+    from scenes.io import load_fit
+
+    out = tmp_path / "fit"
+    assert main(["coord-fit", "--kind", "image", "--size", "12", "--steps", "20", "--scene-seed", "4", "--out", str(out),
+                 "--no-progress"]) == 0
+    target, scene, cfg, model = load_fit(out)
+    assert target == "image" and scene == sample_scene(4) and cfg.steps == 20
+    xy = torch.rand(50, 2) * 2 - 1
+    again = load_fit(out)[3]
+    torch.testing.assert_close(model(xy), again(xy), rtol=0, atol=0)
+    import json
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["scene_seed"] == 4 and metrics["steps"] == 20
+    (out / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(SceneError, match="unreadable fit"):
+        load_fit(out)
+    with pytest.raises(SceneError, match="not a coord-fit folder"):
+        load_fit(tmp_path)
