@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from scenes.geometry import SceneGeometry
-from scenes.raycast import camera_rays, shade, shadow_rays, trace
+from scenes.raycast import camera_rays, light_directions, shade, shadow_rays, trace
 from scenes.spec import Scene
 
 # Objects are opaque solids: their true density is infinite inside. As a finite stand-in, a
@@ -70,3 +70,31 @@ def surface_radiance(scene: Scene | SceneGeometry, points: Tensor, view_dirs: Te
     normal = geo.normals(points, oid)
     lit = shadow_rays(geo, points, normal)
     return shade(geo, points, normal, view_dirs, oid, lit, geo.albedo(points, oid)).clamp(0, 1)
+
+
+NORMAL_BINS = ("+x", "-x", "+y", "-y", "+z", "-z")
+
+
+def normal_bin(normals: Tensor) -> Tensor:
+    """Index into NORMAL_BINS (N,) of the dominant axis and sign of unit normals (N, 3)."""
+    axis = normals.abs().argmax(-1)
+    negative = normals.gather(1, axis[:, None])[:, 0] < 0
+    return axis * 2 + negative.long()
+
+
+@torch.no_grad()
+def point_factors(scene: Scene | SceneGeometry, points: Tensor) -> dict[str, Tensor]:
+    """Ground-truth factors (N,) at 3D points, as labels: the nearest object's id, kind,
+    material and texture; inside or not; the bin of the nearest surface's normal; and whether
+    that surface point (the point moved along the normal by its signed distance) faces the
+    first light but is shadowed from it by an object."""
+    geo = _geometry(scene)
+    truth = point_truth(geo, points)
+    normal = geo.normals(points, truth.object_id)
+    surface = points - truth.sdf[:, None] * normal
+    to_light, _, _ = light_directions(geo.scene.lights[0], surface)
+    facing = (normal * to_light).sum(-1) > 0
+    shadowed = facing & ~shadow_rays(geo, surface, normal)[:, 0]  # faces the light, but something blocks it
+    return {"object_id": truth.object_id, "kind_id": truth.kind_id, "material_id": truth.material_id,
+            "texture_id": truth.texture_id, "inside": truth.inside.long(), "normal_bin": normal_bin(normal),
+            "shadowed": shadowed.long()}

@@ -100,3 +100,16 @@ def test_surface_radiance_agrees_with_the_render():
     out = render(scene, 33, aa=1)
     rad = surface_radiance(scene, torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.0, 0.0, -1.0]]))
     torch.testing.assert_close(rad[0], out.rgb[16, 16], atol=2e-3, rtol=0)
+
+
+def test_point_factors_normal_bins_and_shadow():
+    from scenes.query import NORMAL_BINS, point_factors
+
+    scene = Scene(objects=(SceneObject("plane"), SceneObject("box", (0.0, 1.5, 0.0), (0.5, 0.5, 0.5))),
+                  lights=(Light("directional", direction=(0.0, -1.0, 0.0)),), camera=CAMERA)
+    # above the box top (+y), beside it (+x), on the plane under the box (shadowed) and far from it (lit)
+    pts = torch.tensor([[0.0, 2.2, 0.0], [0.8, 1.5, 0.0], [0.0, 0.05, 0.0], [3.0, 0.05, 0.0]])
+    f = point_factors(scene, pts)
+    assert [NORMAL_BINS[i] for i in f["normal_bin"].tolist()] == ["+y", "+x", "+y", "+y"]
+    assert f["object_id"].tolist() == [1, 1, 0, 0]
+    assert f["shadowed"].tolist() == [0, 0, 1, 0] and f["inside"].tolist() == [0, 0, 0, 0]

@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from visinterp.alignment import alignment_table, auroc, correlation, unnamed_features
+
+
+def test_auroc_hand_computed_with_ties():
+    # positives score 3 and 1, negatives 2 and 1: pairs (3>2), (3>1), (1<2), (1=1 half) -> 2.5 / 4
+    scores = torch.tensor([3.0, 1.0, 2.0, 1.0])
+    labels = torch.tensor([True, True, False, False])
+    assert auroc(scores, labels).item() == pytest.approx(0.625)
+    assert auroc(torch.tensor([0.0, 0.0, 0.0]), torch.tensor([True, False, False])).item() == pytest.approx(0.5)
+    assert torch.isnan(auroc(scores, torch.ones(4, dtype=torch.bool)))
+
+
+def test_auroc_matches_the_pairwise_definition():
+    scores = torch.randint(0, 4, (60, 3)).float()
+    labels = torch.rand(60) < 0.4
+    pos, neg = scores[labels], scores[~labels]
+    pairwise = ((pos[:, None] > neg[None]).float() + 0.5 * (pos[:, None] == neg[None]).float()).mean((0, 1))
+    torch.testing.assert_close(auroc(scores, labels), pairwise)
+
+
+def test_correlation_hand_computed():
+    scores = torch.tensor([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])
+    r = correlation(scores, torch.tensor([2.0, 4.0, 6.0]))
+    assert r.tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_alignment_table_finds_the_planted_feature_and_the_unnamed_one():
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    kind = torch.randint(0, 3, (n,), generator=g)
+    codes = torch.rand(n, 4, generator=g) * 0.1
+    codes[:, 2] += (kind == 1).float()  # feature 2 is "kind 1"
+    codes[:, 3] = (torch.rand(n, generator=g) < 0.3).float()  # feature 3 fires on nothing known
+    out = alignment_table(codes, {"kind": kind}, names={"kind": ("sphere", "box", "torus")})
+    assert out["factors"]["kind"]["box"] == {"feature": 2, "auroc": 1.0}
+    # features 0 and 1 are noise (always on), 3 fires 30% of the time on nothing known; 2 is named
+    unnamed = unnamed_features(out["best_by_feature"], codes, threshold=0.75)
+    assert sorted(unnamed[:2]) == [0, 1] and unnamed[2:] == [3]
