@@ -9,7 +9,7 @@ reports the state L0 there and dictionary recovery (mean over true features of t
 cosine with a decoder row). It prints a table, checks the goals, and writes results.json and
 pareto.png into --out.
 
-    python benchmarks/synthetic_regions.py --out runs/synthetic_regions          # ~15-25 min, 2 cores
+    python benchmarks/synthetic_regions.py --out runs/synthetic_regions          # ~45 min, 2 cores
     python benchmarks/synthetic_regions.py --quick --out /tmp/smoke              # a minute: plumbing only
 """
 
@@ -52,8 +52,11 @@ class Setup:
     T: int = 64
     d: int = 128
     width: int = 512
-    batch_windows: int = 32
-    lr: float = 3e-3
+    batch_windows: int = 16
+    lr: float = 1e-2
+    # At 1e-2 the attention carry diverged (held-out FVU 130-180 at k 4 and 6, 3M tokens): its
+    # query/key weights train at carry_lr_scale x lr. It, and its control, train at 3e-3.
+    attention_lr: float = 3e-3
     target_fvu: float = 0.10
     eval_windows: int = 256
     seed: int = 0
@@ -67,11 +70,11 @@ def families(quick: bool) -> list[Family]:
                 Family("contextual attention", "contextual", "attention", False, (4, 8), 40_000),
                 Family("attention, shuffled control", "contextual", "attention", True, (4, 8), 40_000)]
     ctx = 3_000_000
-    return [Family("per-position topk", "topk", None, False, (14, 18, 22, 26), 2_000_000),
+    return [Family("per-position topk", "topk", None, False, (14, 18, 22, 26), ctx),
             Family("contextual gated", "contextual", "gated", False, (4, 6, 8), ctx),
             Family("gated, shuffled control", "contextual", "gated", True, (8, 14, 20), ctx),
-            Family("contextual attention", "contextual", "attention", False, (4, 6, 8), ctx),
-            Family("attention, shuffled control", "contextual", "attention", True, (8, 14, 20), ctx)]
+            Family("contextual attention", "contextual", "attention", False, (4, 8), ctx),
+            Family("attention, shuffled control", "contextual", "attention", True, (8, 20), ctx)]
 
 
 def train_one(setup: Setup, fam: Family, k: int) -> dict:
@@ -87,7 +90,8 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
         cfg = SAEConfig(d_in=setup.d, width=setup.width, activation=TopK(k=k))
     torch.manual_seed(setup.seed)
     model = build_sae(cfg)
-    train_cfg = TrainConfig(tokens=fam.tokens, batch_tokens=setup.batch_windows * setup.T, lr=setup.lr,
+    lr = setup.attention_lr if fam.carry == "attention" else setup.lr
+    train_cfg = TrainConfig(tokens=fam.tokens, batch_tokens=setup.batch_windows * setup.T, lr=lr,
                             seed=setup.seed, shuffle_context=fam.shuffle, progress=False, eval_every=0)
     start = time.perf_counter()
     Trainer(model, train_cfg, axis).fit(data)
@@ -95,7 +99,7 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
     result = evaluate(model, held.x, axis, shuffle_context=fam.shuffle, seed=setup.seed)
     return {"family": fam.name, "k": k, "fvu": result["fvu"], "l0": result["l0"], "state_l0": result["state_l0"],
             "dead_fraction": result["dead_fraction"], "recovery": dictionary_recovery(data.dictionary, model.W_dec_FD.detach()),
-            "train_seconds": seconds, "tokens": fam.tokens}
+            "train_seconds": seconds, "tokens": fam.tokens, "lr": lr}
 
 
 def at_target(points: list[dict], target: float, key: str) -> float | None:
@@ -197,7 +201,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup, fams = Setup(), families(args.quick)
     jobs = [(setup, fam, k) for fam in fams for k in fam.ks]
-    jobs.sort(key=lambda j: -j[1].tokens * (3 if j[1].carry == "attention" else 1))  # longest first
+    jobs.sort(key=lambda j: j[1].carry == "attention")  # gated and per-position first: the quicker results
     start = time.perf_counter()
     print(f"{len(jobs)} trainings on {args.workers} worker(s)...", flush=True)
     points = []

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-import torch
 from tqdm import tqdm
 
 from scenes.coord_fit import FitConfig, fit_image, fit_radiance
@@ -148,9 +147,7 @@ def cmd_coord_fit(args: argparse.Namespace) -> int:
     fit_cfg = FitConfig(kind=args.mlp, size=args.size, hidden=args.hidden, layers=args.layers, steps=args.steps,
                         max_minutes=args.max_minutes, lr=args.lr, batch=args.batch, views=args.views,
                         samples=args.samples, seed=args.seed, progress=not args.no_progress)
-    torch.set_grad_enabled(True)
     result = (fit_image if args.kind == "image" else fit_radiance)(scene, fit_cfg)
-    torch.set_grad_enabled(False)
     args.out.mkdir(parents=True, exist_ok=True)
     save_fit(args.out, args.kind, scene, fit_cfg, result.model)
     write_json(args.out / "metrics.json", {"scene_seed": scene.seed, **result.metrics})
@@ -167,7 +164,6 @@ def cmd_coord_fit(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
         return {"render": cmd_render, "coord-fit": cmd_coord_fit}[args.command](args)
     except SceneError as e:

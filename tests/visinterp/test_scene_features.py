@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import torch
+from einops import rearrange
+
+from scenes.coord_fit import FitConfig, fit_radiance
+from scenes.io import save_fit
+from scenes.query import point_truth
+from scenes.render import render
+from scenes.sampler import SamplerConfig, sample_scene
+from scenes.cli import main as scenes_main
+from visinterp.cli import main
+from visinterp.coord_acts import pixel_windows, ray_windows
+from visinterp.scene_figures import pixel_maps
+
+
+@pytest.fixture(scope="module")
+def image_fit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit")
+    assert scenes_main(["coord-fit", "--kind", "image", "--size", "16", "--steps", "30", "--hidden", "32",
+                        "--scene-seed", "3", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_pixel_windows_tile_the_image_in_raster_order(image_fit):
+    from scenes.io import load_fit
+
+    _, scene, _, model = load_fit(image_fit)
+    w = pixel_windows(model, scene, 16, tile=4)
+    assert w.acts.shape == (16, 16, 32) and w.axis == "raster" and w.grid == (4, 4)
+    ids = rearrange(w.factors["object_id"], "(a b) (h w) -> (a h) (b w)", a=4, h=4)
+    assert torch.equal(ids, render(scene, 16, aa=1).object_id)
+    coords = rearrange(w.where, "(a b) (h w) c -> (a h) (b w) c", a=4, h=4)
+    assert coords[5, 7].tolist() == [0, 5, 7]
+
+
+def test_ray_windows_run_near_to_far_with_true_factors():
+    scene = sample_scene(1, SamplerConfig(n_objects=(2, 2), ground_plane=0.0))
+    cfg = FitConfig(size=8, steps=1, hidden=16, samples=10, progress=False)
+    field = fit_radiance(scene, FitConfig(size=8, steps=1, eval_every=1, views=2, heldout_views=1, samples=10,
+                                          hidden=16, batch=64, progress=False)).model
+    w = ray_windows(field, scene, cfg, views=2, size=8)
+    assert w.acts.shape[1:] == (10, 16) and w.axis == "tokens"
+    assert (w.factors["depth"][:, 1:] > w.factors["depth"][:, :-1]).all()
+    assert w.factors["inside"].any()  # some rays pass through an object
+    # the inside label is the scene's own: recompute it at the sample points of one window
+    assert set(w.factors["depth_bin"].unique().tolist()) == {0, 1, 2, 3}
+
+
+def test_pixel_maps_take_the_max_over_positions_of_a_pixel():
+    states = torch.tensor([[[1.0, 0.0], [3.0, 2.0]]])  # one window, two positions on the same pixel
+    where = torch.tensor([[[0, 1, 0], [0, 1, 0]]])
+    maps = pixel_maps(states, where, [0, 1])
+    assert maps.shape == (2, 2, 1) and maps[:, 1, 0].tolist() == [3.0, 2.0] and maps[:, 0, 0].tolist() == [0.0, 0.0]
+
+
+def test_scene_features_cli_reports_all_three_models(image_fit, tmp_path, capsys):
+    out = tmp_path / "sf"
+    code = main(["scene-features", "--fit", str(image_fit), "--out", str(out), "--size", "16", "--tile", "4",
+                 "--width", "64", "--k", "6", "--k-contextual", "2", "--tokens", "4000", "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    models = report["models"]
+    assert list(models) == ["per-position topk", "contextual gated", "contextual gated, shuffled control"]
+    assert models["per-position topk"]["state_l0"] == pytest.approx(models["per-position topk"]["l0"])
+    assert models["contextual gated"]["state_l0"] >= models["contextual gated"]["l0"]
+    for m in models.values():
+        for values in m["alignment"].values():
+            scores = [values["correlation"]] if "correlation" in values else [v["auroc"] for v in values.values()]
+            assert all(-1 <= s <= 1 for s in scores)
+        assert m["n_unnamed"] <= m["n_live"]
+    assert "per-position topk" in capsys.readouterr().out
+
+
+def test_scene_features_bad_input(tmp_path, image_fit, capsys):
+    assert main(["scene-features", "--fit", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not a coord-fit folder" in capsys.readouterr().err
+    assert main(["scene-features", "--fit", str(image_fit), "--out", str(tmp_path / "o"), "--size", "16", "--tile", "5"]) == 2
+    assert "--tile" in capsys.readouterr().err and not (tmp_path / "o").exists()

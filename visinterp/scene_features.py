@@ -1,0 +1,107 @@
+"""SAEs on a coordinate MLP's activations, checked against the scene's exact factors.
+
+Trains a per-position TopK SAE, a contextual SAE (gated carry) and its shuffled-context
+control on the same windows (`visinterp.coord_acts`), then reports for each: FVU, L0, state
+L0, the best single feature per ground-truth factor (AUROC, or correlation for depth), the
+within-object switch rate, and the features that match no known factor ("unnamed"), with
+pictures of where they fire."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
+from ctxsae_core.checkpoint import build_sae, write_json_atomic
+from ctxsae_core.data import WindowBatches
+from ctxsae_core.evaluate import evaluate
+from ctxsae_core.metrics import switch_rate
+from ctxsae_core.trainer import Trainer
+from scenes.query import NORMAL_BINS
+from scenes.spec import KINDS, MATERIALS, TEXTURES
+from visinterp.alignment import alignment_table, unnamed_features
+from visinterp.coord_acts import Windows
+from visinterp.scene_figures import feature_pictures
+
+FACTOR_NAMES = {"kind_id": KINDS, "material_id": MATERIALS, "texture_id": TEXTURES, "normal_bin": NORMAL_BINS}
+
+
+@dataclass(frozen=True)
+class SceneSAEConfig:
+    width: int = 512
+    k: int = 16  # per-position TopK
+    k_contextual: int = 6
+    tokens: int = 400_000
+    batch_windows: int = 16
+    lr: float = 3e-3
+    seed: int = 0
+    unnamed_threshold: float = 0.75
+    progress: bool = True
+
+
+def _models(d: int, cfg: SceneSAEConfig) -> dict[str, tuple[object, bool]]:
+    """name -> (config, shuffle_context)."""
+    ctx = ContextualConfig(d_in=d, width=cfg.width, activation=BatchTopK(k=cfg.k_contextual), carry="gated")
+    return {"per-position topk": (SAEConfig(d_in=d, width=cfg.width, activation=TopK(k=cfg.k)), False),
+            "contextual gated": (ctx, False),
+            "contextual gated, shuffled control": (ctx, True)}
+
+
+@torch.no_grad()
+def _codes(model, x: Tensor, axis, shuffle: bool, seed: int) -> tuple[Tensor, Tensor | None]:
+    """State codes (N, T, F) in window order, and the permutation applied (shuffled control)."""
+    perm = None
+    if shuffle:
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.stack([torch.randperm(x.shape[1], generator=g) for _ in range(x.shape[0])])
+        x = torch.gather(x, 1, perm[..., None].expand_as(x))
+    states = torch.cat([model(x[i : i + 64], axis).state for i in range(0, x.shape[0], 64)])
+    if perm is not None:  # back to window order, so codes line up with the factors
+        states = torch.empty_like(states).scatter_(1, perm[..., None].expand_as(states), states)
+    return states, perm
+
+
+def analyse(windows: Windows, cfg: SceneSAEConfig, out: Path) -> dict:
+    """Train the three SAEs, score them against the factors, write report.json and figures."""
+    torch.manual_seed(cfg.seed)
+    n, t, d = windows.acts.shape
+    axis = make_axis(windows.axis, t, windows.grid)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    n_held = max(1, n // 5)
+    held, train = idx[:n_held], idx[n_held:]
+    report: dict = {"windows": n, "T": t, "d": d, "axis": windows.axis, "grid": windows.grid, "models": {}}
+    for name, (sae_cfg, shuffle) in _models(d, cfg).items():
+        model = build_sae(sae_cfg)
+        tc = TrainConfig(tokens=cfg.tokens, batch_tokens=cfg.batch_windows * t, lr=cfg.lr, seed=cfg.seed,
+                         shuffle_context=shuffle, progress=cfg.progress, eval_every=0)
+        Trainer(model, tc, axis).fit(WindowBatches(windows.acts[train], cfg.batch_windows, cfg.seed))
+        x = windows.acts[held]
+        scores = evaluate(model, x, axis, shuffle_context=shuffle, seed=cfg.seed)
+        states, _ = _codes(model, x, axis, shuffle, cfg.seed)
+        flat = states.reshape(-1, states.shape[-1])
+        factors = {k: v[held].reshape(-1) for k, v in windows.factors.items()}
+        table = alignment_table(flat, factors, continuous=windows.continuous, names=FACTOR_NAMES)
+        unnamed = unnamed_features(table["best_by_feature"], flat, cfg.unnamed_threshold)
+        rates = switch_rate(states > 0, windows.factors["object_id"][held])
+        live = (flat > 0).any(0)
+        report["models"][name] = {
+            "fvu": scores["fvu"], "l0": scores["l0"], "state_l0": scores["state_l0"],
+            "dead_fraction": scores["dead_fraction"], "alignment": table["factors"],
+            "mean_best_auroc": _mean_best(table["factors"]),
+            "within_object_switch_rate": float(rates[live].nanmean()) if live.any() else math.nan,
+            "unnamed": unnamed[:20], "n_unnamed": len(unnamed), "n_live": int(live.sum())}
+        if unnamed:
+            feature_pictures(states, windows.where[held], unnamed[:6], out / f"unnamed_{name.split(',')[0].replace(' ', '_')}"
+                             f"{'_control' if shuffle else ''}.png", f"{name}: unnamed features (max over positions)")
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+def _mean_best(factors: dict) -> float:
+    """Mean over categorical factor values of the best feature's AUROC."""
+    values = [v["auroc"] for f in factors.values() if isinstance(f, dict) and "feature" not in f for v in f.values()]
+    return float(sum(values) / len(values)) if values else math.nan
