@@ -68,7 +68,7 @@ def run_saelens(args, train, held) -> dict:
     torch.manual_seed(0)
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d, d_sae=args.width, k=args.k, device="cpu"))
     steps = args.tokens // args.batch
-    cfg = SAETrainerConfig(total_training_samples=args.tokens, train_batch_size_samples=args.batch, lr=args.lr,
+    cfg = SAETrainerConfig(total_training_samples=args.tokens, train_batch_size_samples=args.batch, lr=args.lr, lr_end=0.0,
                            lr_warm_up_steps=round(0.05 * steps), lr_decay_steps=round(0.2 * steps), device="cpu",
                            logger=LoggingConfig(log_to_wandb=False))
     batches = (b.reshape(-1, args.d) for b in WindowBatches(train, args.batch // args.T, seed=0))
