@@ -54,9 +54,6 @@ class Setup:
     width: int = 512
     batch_windows: int = 16
     lr: float = 1e-2
-    # At 1e-2 the attention carry diverged (held-out FVU 130-180 at k 4 and 6, 3M tokens): its
-    # query/key weights train at carry_lr_scale x lr. It, and its control, train at 3e-3.
-    attention_lr: float = 3e-3
     target_fvu: float = 0.10
     eval_windows: int = 256
     seed: int = 0
@@ -90,7 +87,7 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
         cfg = SAEConfig(d_in=setup.d, width=setup.width, activation=TopK(k=k))
     torch.manual_seed(setup.seed)
     model = build_sae(cfg)
-    lr = setup.attention_lr if fam.carry == "attention" else setup.lr
+    lr = setup.lr
     train_cfg = TrainConfig(tokens=fam.tokens, batch_tokens=setup.batch_windows * setup.T, lr=lr,
                             seed=setup.seed, shuffle_context=fam.shuffle, progress=False, eval_every=0)
     start = time.perf_counter()
@@ -193,27 +190,47 @@ def plot(summary: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _reused_points(args, setup: Setup, fams: list[Family]) -> list[dict]:
+    """Sweep points of the families not in --rerun, from --reuse (same setup only)."""
+    if args.rerun is None:
+        return []
+    names = {f.name for f in fams}
+    unknown = sorted(set(args.rerun) - names)
+    if unknown or args.reuse is None:
+        raise SystemExit(f"--rerun needs --reuse and names from {sorted(names)}; got {unknown or args.rerun}")
+    old = json.loads(args.reuse.read_text())
+    if any(old["setup"].get(k) != v for k, v in asdict(setup).items()):
+        raise SystemExit(f"{args.reuse} was measured under another setup: {old['setup']}; rerun everything")
+    return [p for name, row in old["families"].items() if name not in args.rerun for p in row["points"]]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/synthetic_regions"), help="folder for results.json and pareto.png")
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing, not the goals")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel trainings, one thread each")
+    p.add_argument("--rerun", nargs="+", default=None, metavar="FAMILY",
+                   help="train only these families (names as in the table) and take the other families' points "
+                        "from --reuse: for a change that touches one model only")
+    p.add_argument("--reuse", type=Path, default=None, help="an earlier results.json, with --rerun")
     args = p.parse_args(argv)
     setup, fams = Setup(), families(args.quick)
-    jobs = [(setup, fam, k) for fam in fams for k in fam.ks]
+    reused = _reused_points(args, setup, fams)
+    jobs = [(setup, fam, k) for fam in fams for k in fam.ks if not any(q["family"] == fam.name for q in reused)]
     jobs.sort(key=lambda j: j[1].carry == "attention")  # gated and per-position first: the quicker results
     start = time.perf_counter()
     print(f"{len(jobs)} trainings on {args.workers} worker(s)...", flush=True)
-    points = []
+    points = list(reused)
     with ProcessPoolExecutor(args.workers) as pool:
         for future in as_completed([pool.submit(train_one, *job) for job in jobs]):
             point = future.result()
             points.append(point)
-            print(f"  [{len(points)}/{len(jobs)}] {point['family']} k={point['k']}: L0 {point['l0']:.2f} "
+            print(f"  [{len(points) - len(reused)}/{len(jobs)}] {point['family']} k={point['k']}: L0 {point['l0']:.2f} "
                   f"FVU {point['fvu']:.4f} state L0 {point['state_l0']:.1f} ({point['train_seconds']:.0f}s)", flush=True)
     summary = summarise(setup, fams, points)
     summary["wall_seconds"] = time.perf_counter() - start
     summary["quick"] = args.quick
+    summary["reused_families"] = sorted({q["family"] for q in reused})
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "results.json", summary)
     plot(summary, args.out / "pareto.png")

@@ -84,6 +84,30 @@ def test_one_dictionary_state_is_carried_plus_innovations(carry):
     assert l0(out.innovations) <= l0(out.state)
 
 
+@pytest.mark.parametrize("carry", CARRIES)
+def test_innovations_never_raise_what_is_carried_above_the_prior(carry):
+    """The encoder codes against the prior (the carry with nothing new firing); what the step's
+    innovations then carry may be lower (a reset) but never higher, or the state would hold
+    more than the encoder accounted for. Random weights: no training makes this hold."""
+    m = _model(carry, persistence=0.0)
+    with torch.no_grad():
+        for p in m.carry.parameters():
+            p.add_(torch.randn_like(p))  # far from the initialisation, both signs
+        axis = make_axis("tokens", 16)
+        mem = m.carry.begin(5, axis)
+        states = []
+        for t in range(16):
+            u = torch.relu(torch.randn(5, 24)) * (torch.rand(5, 24) < 0.3)
+            s_parent = states[t - 1] if t else None
+            prior = m.carry.carried(mem, t, s_parent, None)
+            after = m.carry.carried(mem, t, s_parent, u)
+            if prior is not None:
+                assert (after[0] <= prior[0] + 1e-6).all()
+            state = (after[0] if after is not None else torch.zeros_like(u)) + u
+            m.carry.remember(mem, t, u, state)
+            states.append(state)
+
+
 def _hand_model(reset_1_to_0: bool):
     """d = F = 4, identity dictionary, ReLU innovations with bias -0.01, feature persistence ~1;
     optionally feature 1 firing resets feature 0."""
