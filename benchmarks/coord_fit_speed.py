@@ -8,8 +8,6 @@ held-out views within 10 minutes of CPU. Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import torch
 from scenes.coord_fit import FitConfig, fit_image, fit_radiance
 from scenes.io import write_json
 from scenes.sampler import SamplerConfig, sample_scene
+from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
 
 def first_reaching(history: list[dict], key: str, target: float) -> float | None:
@@ -60,8 +59,7 @@ def main(argv=None) -> int:
     aim = rows["radiance fourier"]["seconds_to"]["25"]
     print(f"aim (25 dB on held-out views within 10 min): {'MET' if aim is not None and aim <= 600 else 'MISSED'}")
     write_json(args.out, {"scene_seed": args.scene_seed, "fits": rows,
-                          "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                      "threads": torch.get_num_threads(), "torch": torch.__version__}})
+                          "machine": machine_info()})
     print(f"wrote {args.out}")
     return 0
 

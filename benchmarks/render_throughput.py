@@ -7,8 +7,6 @@ time grows with resolution and with the number of objects. Prints a table, write
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ import torch
 from scenes.io import write_json
 from scenes.render import render
 from scenes.sampler import SamplerConfig, sample_scene
+from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
 
 def _time(scenes, size: int, aa: int) -> float:
@@ -50,8 +49,7 @@ def main(argv=None) -> int:
         print(f"{n:>24}{ips:>20.2f}")
     write_json(args.out, {"aa": args.aa, "scenes": args.scenes, "images_per_s_by_size": by_size,
                           "images_per_s_by_objects_128px": by_objects,
-                          "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                      "threads": torch.get_num_threads(), "torch": torch.__version__}})
+                          "machine": machine_info()})
     print(f"wrote {args.out}")
     return 0
 

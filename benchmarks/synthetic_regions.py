@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,6 +32,7 @@ from ctxsae_core.checkpoint import build_sae, write_json_atomic
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.synthetic import RegionsData, RegionsSpec, dictionary_recovery
 from ctxsae_core.trainer import Trainer
+from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
 GOALS = {"min_ratio_vs_per_position": 2.5, "max_ratio_vs_true_rate": 1.5, "min_gain_lost_by_control": 0.5}
 
@@ -138,7 +138,7 @@ def summarise(setup: Setup, fams: list[Family], points: list[dict]) -> dict:
                                 and lost is not None and lost >= GOALS["min_gain_lost_by_control"])}
     return {"setup": asdict(setup), "true_rate": true_rate, "true_per_position_l0": spec.n_groups + spec.local_per_position,
             "goals": GOALS, "families": rows, "checks": checks,
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}}
+            "machine": machine_info()}
 
 
 def _fmt(v, spec=".2f"):

@@ -15,8 +15,6 @@ runs part 2 alone. Activations are synthetic (`ctxsae_core.synthetic`), so no mo
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from ctxsae_core.evaluate import evaluate
 from ctxsae_core.metrics import fvu
 from ctxsae_core.synthetic import RegionsData, RegionsSpec
 from ctxsae_core.trainer import Trainer, default_lr
+from machine import cpu_model, machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
 GOALS = {"min_speedup_vs_saelens": 2.0, "max_contextual_cost_ratio": 2.0}
 
@@ -111,8 +110,7 @@ def main(argv=None) -> int:
     print(f"generating {args.tokens:,} positions of d={args.d} activations...", flush=True)
     train, held = make_data(args)
     results: dict = {"setup": {k: v for k, v in vars(args).items() if k != "out"}, "goals": GOALS,
-                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                                 "threads": torch.get_num_threads()}}
+                     "machine": machine_info()}
     print("training ours (per-position TopK)...", flush=True)
     results["ours_topk"] = run_ours(args, train, held)
     if not args.skip_saelens:
@@ -126,7 +124,7 @@ def main(argv=None) -> int:
         results[f"contextual_{carry}"] = r
 
     print(f"\ntraining throughput: d={args.d}, width={args.width}, k={args.k}, batch={args.batch}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+          f"{torch.get_num_threads()} threads, {cpu_model()}")
     print(f"{'model':<34}{'tokens/s':>10}{'held-out FVU':>14}{'cost/token':>12}")
     rows = [("ours: per-position TopK", results["ours_topk"])]
     if "saelens_topk" in results:
