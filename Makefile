@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup demo test bench-throughput clean
+.PHONY: setup demo test bench-throughput bench-scenes clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ $(BENCH_VENV)/.installed: pyproject.toml
 
 bench-throughput: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
+
+bench-scenes: setup
+	$(PY) benchmarks/render_throughput.py --out benchmarks/results/render_throughput.json
+	$(PY) benchmarks/coord_fit_speed.py --out benchmarks/results/coord_fit_speed.json
 
 clean:
 	rm -rf runs .pytest_cache

@@ -9,7 +9,7 @@ reports the state L0 there and dictionary recovery (mean over true features of t
 cosine with a decoder row). It prints a table, checks the goals, and writes results.json and
 pareto.png into --out.
 
-    python benchmarks/synthetic_regions.py --out runs/synthetic_regions          # ~45 min, 2 cores
+    python benchmarks/synthetic_regions.py --out runs/synthetic_regions          # ~40 min, 2 cores
     python benchmarks/synthetic_regions.py --quick --out /tmp/smoke              # a minute: plumbing only
 """
 
