@@ -87,7 +87,7 @@ def point_factors(scene: Scene | SceneGeometry, points: Tensor) -> dict[str, Ten
     """Ground-truth factors (N,) at 3D points, as labels: the nearest object's id, kind,
     material and texture; inside or not; the bin of the nearest surface's normal; and whether
     that surface point (the point moved along the normal by its signed distance) faces the
-    first light but is shadowed from it by an object."""
+    first light but is shadowed from it by an object; and the signed distance ("sdf", float)."""
     geo = _geometry(scene)
     truth = point_truth(geo, points)
     normal = geo.normals(points, truth.object_id)
@@ -97,4 +97,4 @@ def point_factors(scene: Scene | SceneGeometry, points: Tensor) -> dict[str, Ten
     shadowed = facing & ~shadow_rays(geo, surface, normal)[:, 0]  # faces the light, but something blocks it
     return {"object_id": truth.object_id, "kind_id": truth.kind_id, "material_id": truth.material_id,
             "texture_id": truth.texture_id, "inside": truth.inside.long(), "normal_bin": normal_bin(normal),
-            "shadowed": shadowed.long()}
+            "shadowed": shadowed.long(), "sdf": truth.sdf}

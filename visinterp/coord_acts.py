@@ -23,6 +23,10 @@ from scenes.spec import Scene
 from scenes.volume import ray_sphere, sample_t
 
 DEPTH_BINS = 4  # quantile bins of depth along the rays / in the image
+# Ray samples farther than this from every surface (world units) are empty space: their
+# surface factors are -1 rather than those of the nearest object, which they do not show.
+SURFACE_BAND = 0.1
+SURFACE_FACTORS = ("object_id", "kind_id", "material_id", "texture_id", "normal_bin", "shadowed")
 
 
 @dataclass
@@ -62,6 +66,9 @@ def ray_windows(field: RadianceField, scene: Scene, cfg: FitConfig, views: int =
         acts.append(field.hidden(points)[layer])
         f = point_factors(scene, points.reshape(-1, 3))
         f = {k: x.reshape(t.shape) for k, x in f.items()}
+        far = f.pop("sdf").abs() > SURFACE_BAND  # empty space: no object, surface or shadow to name
+        for k in SURFACE_FACTORS:
+            f[k] = torch.where(far, torch.full_like(f[k], -1), f[k])
         f["depth"] = t
         factors.append(f)
         pix = torch.stack([torch.full_like(xy[:, 0], v), xy[:, 1] - 0.5, xy[:, 0] - 0.5], -1).long()

@@ -44,8 +44,23 @@ def test_ray_windows_run_near_to_far_with_true_factors():
     assert w.acts.shape[1:] == (10, 16) and w.axis == "tokens"
     assert (w.factors["depth"][:, 1:] > w.factors["depth"][:, :-1]).all()
     assert w.factors["inside"].any()  # some rays pass through an object
-    # the inside label is the scene's own: recompute it at the sample points of one window
     assert set(w.factors["depth_bin"].unique().tolist()) == {0, 1, 2, 3}
+    # surface factors name an object only within SURFACE_BAND of a surface: recompute at the samples
+    from scenes.coord_fit import orbit_cameras, scene_bounds
+    from scenes.raycast import camera_rays, pixel_grid
+    from scenes.volume import ray_sphere, sample_t
+    from visinterp.coord_acts import SURFACE_BAND
+
+    cam = orbit_cameras(scene.camera, 2, 0.25)[0]
+    o, d = camera_rays(cam, pixel_grid(8, 8, [(0.5, 0.5)])[0], 8, 8)
+    near, far = ray_sphere(o, d, scene_bounds(scene))
+    keep = far > near
+    t = sample_t(near[keep], far[keep], 10)
+    pts = o[keep][:, None] + t[..., None] * d[keep][:, None]
+    truth = point_truth(scene, pts.reshape(-1, 3))
+    expected = torch.where(truth.sdf.abs() > SURFACE_BAND, -1, truth.object_id).reshape(t.shape)
+    assert torch.equal(w.factors["object_id"][: t.shape[0]], expected)
+    assert (expected == -1).any() and (expected >= 0).any()
 
 
 def test_pixel_maps_take_the_max_over_positions_of_a_pixel():
