@@ -45,11 +45,14 @@ def correlation(scores: Tensor, values: Tensor) -> Tensor:
 
 
 def alignment_table(codes: Tensor, factors: dict[str, Tensor], continuous: tuple[str, ...] = (),
-                    names: dict[str, tuple[str, ...]] | None = None, min_count: int = 20) -> dict:
+                    names: dict[str, tuple[str, ...]] | None = None, min_count: int = 20,
+                    within_labelled: tuple[str, ...] = ()) -> dict:
     """For every factor value (one-vs-rest; values with fewer than min_count positives or
     negatives are skipped) the best feature and its AUROC, and for continuous factors the best
-    |correlation|. Returns {factor: {value: {"feature", "auroc"}}} and per feature its best
-    score over all factors in "best_by_feature" (F,)."""
+    |correlation|. For factors in `within_labelled`, a value >= 0 is scored against the other
+    values >= 0 only (positions labelled -1, e.g. empty space, left out), so a feature that
+    merely marks labelled positions does not win. Returns {factor: {value: {"feature",
+    "auroc"}}} and per feature its best score over all factors in "best_by_feature" (F,)."""
     names = names or {}
     table: dict = {}
     best = torch.full((codes.shape[1],), 0.5)
@@ -62,10 +65,11 @@ def alignment_table(codes: Tensor, factors: dict[str, Tensor], continuous: tuple
             continue
         table[name] = {}
         for v in lab.unique().tolist():
-            positive = lab == v
+            keep = lab >= 0 if name in within_labelled and v >= 0 else torch.ones_like(lab, dtype=torch.bool)
+            positive = lab[keep] == v
             if min(int(positive.sum()), int((~positive).sum())) < min_count:
                 continue
-            a = auroc(codes, positive)
+            a = auroc(codes[keep], positive)
             f = int(torch.nan_to_num(a, nan=0.0).argmax())
             label = names[name][v] if name in names and 0 <= v < len(names[name]) else str(v)
             table[name][label] = {"feature": f, "auroc": float(a[f])}

@@ -24,7 +24,7 @@ from ctxsae_core.trainer import Trainer
 from scenes.query import NORMAL_BINS
 from scenes.spec import KINDS, MATERIALS, TEXTURES
 from visinterp.alignment import alignment_table, unnamed_features
-from visinterp.coord_acts import Windows
+from visinterp.coord_acts import SURFACE_FACTORS, Windows
 from visinterp.scene_figures import feature_pictures
 
 FACTOR_NAMES = {"kind_id": KINDS, "material_id": MATERIALS, "texture_id": TEXTURES, "normal_bin": NORMAL_BINS}
@@ -84,7 +84,8 @@ def analyse(windows: Windows, cfg: SceneSAEConfig, out: Path) -> dict:
         states, _ = _codes(model, x, axis, shuffle, cfg.seed)
         flat = states.reshape(-1, states.shape[-1])
         factors = {k: v[held].reshape(-1) for k, v in windows.factors.items()}
-        table = alignment_table(flat, factors, continuous=windows.continuous, names=FACTOR_NAMES)
+        table = alignment_table(flat, factors, continuous=windows.continuous, names=FACTOR_NAMES,
+                                within_labelled=SURFACE_FACTORS)
         unnamed = unnamed_features(table["best_by_feature"], flat, cfg.unnamed_threshold)
         rates = switch_rate(states > 0, windows.factors["object_id"][held])
         live = (flat > 0).any(0)

@@ -39,3 +39,17 @@ def test_alignment_table_finds_the_planted_feature_and_the_unnamed_one():
     # features 0 and 1 are noise (always on), 3 fires 30% of the time on nothing known; 2 is named
     unnamed = unnamed_features(out["best_by_feature"], codes, threshold=0.75)
     assert sorted(unnamed[:2]) == [0, 1] and unnamed[2:] == [3]
+
+
+def test_within_labelled_scores_identity_among_labelled_positions_only():
+    # 0..59 empty space (-1), 60..99 object 0, 100..139 object 1; feature 0 marks any surface,
+    # feature 1 marks object 1 only
+    lab = torch.cat([torch.full((60,), -1), torch.zeros(40, dtype=torch.long), torch.ones(40, dtype=torch.long)])
+    codes = torch.stack([(lab >= 0).float(), (lab == 1).float()], dim=1)
+    plain = alignment_table(codes, {"object_id": lab})["factors"]["object_id"]
+    inside = alignment_table(codes, {"object_id": lab}, within_labelled=("object_id",))["factors"]["object_id"]
+    # one-vs-rest over everything: the surface marker scores (40*60 + 0.5*40*40) / (40*100) = 0.8 for object 0
+    assert plain["0"] == {"feature": 0, "auroc": pytest.approx(0.8)}
+    # among surface positions only the marker says nothing (0.5), and no feature fires on object 0 alone
+    assert inside["0"]["auroc"] == pytest.approx(0.5) and inside["1"] == {"feature": 1, "auroc": 1.0}
+    assert inside["-1"] == plain["-1"]
