@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from scenes.coord_fit import FitConfig, fit_image, fit_radiance
+from scenes.coord_fit import RADIANCE_SAMPLER, FitConfig, fit_image, fit_radiance
 from scenes.io import write_json
-from scenes.sampler import SamplerConfig, sample_scene
+from scenes.sampler import sample_scene
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
 
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="time budget of the radiance fit")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/coord_fit_speed.json"))
     args = p.parse_args(argv)
-    scene = sample_scene(args.scene_seed, SamplerConfig(n_objects=(3, 3), ground_plane=0.0))
+    scene = sample_scene(args.scene_seed, RADIANCE_SAMPLER)
     rows = {}
     print("fitting the image (fourier, 64 px)...", flush=True)
     img = fit_image(scene, FitConfig(size=64, steps=1500, eval_every=100, progress=False))

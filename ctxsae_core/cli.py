@@ -42,7 +42,7 @@ DEFAULT_K = {"per_position": 32, "contextual": 8}
 MIN_DEFAULT_TOKENS = 1_000_000
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line, with exit code 2."""
 
     def error(self, message: str) -> NoReturn:
@@ -59,8 +59,8 @@ def _add_axis_flags(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ctxsae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="ctxsae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     t = sub.add_parser("train", help="train an SAE on an activations file",
                        description="Train a per-position or contextual SAE. Holds out --holdout of the "

@@ -21,7 +21,7 @@ from typing import NoReturn, Sequence
 
 from tqdm import tqdm
 
-from scenes.coord_fit import FitConfig, fit_image, fit_radiance
+from scenes.coord_fit import RADIANCE_SAMPLER, FitConfig, fit_image, fit_radiance
 from scenes.coord_mlp import COORD_KINDS
 from scenes.figures import curve_figure, fit_figure
 from scenes.io import contact_sheet, save_fit, write_json, write_jsonl, write_png, write_truth
@@ -134,15 +134,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-RADIANCE_SAMPLER = {"n_objects": (3, 3), "ground_plane": 0.0}
-
-
 def cmd_coord_fit(args: argparse.Namespace) -> int:
     if args.scene is not None:
         scene = Scene.from_dict(_read_json(args.scene, "scene"))
     else:
         cfg = _sampler_config(args.sampler) if args.sampler else (
-            SamplerConfig(**RADIANCE_SAMPLER) if args.kind == "radiance" else SamplerConfig())
+            RADIANCE_SAMPLER if args.kind == "radiance" else SamplerConfig())
         scene = sample_scene(args.scene_seed, cfg)
     fit_cfg = FitConfig(kind=args.mlp, size=args.size, hidden=args.hidden, layers=args.layers, steps=args.steps,
                         max_minutes=args.max_minutes, lr=args.lr, batch=args.batch, views=args.views,

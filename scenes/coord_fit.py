@@ -23,8 +23,13 @@ from scenes.geometry import SceneGeometry
 from scenes.query import point_truth, surface_radiance
 from scenes.raycast import camera_rays, pixel_grid, trace
 from scenes.render import render
+from scenes.sampler import SamplerConfig
 from scenes.spec import KINDS, MATERIALS, TEXTURES, Camera, Scene, SceneError
 from scenes.volume import Bounds, render_rays
+
+# The scenes radiance fits default to: three objects and no ground plane (an infinite plane
+# does not fit inside the bounding sphere).
+RADIANCE_SAMPLER = SamplerConfig(n_objects=(3, 3), ground_plane=0.0)
 
 # Opacity over this step stands for the field's density when compared with the solid truth.
 OCCUPANCY_STEP = 0.05
@@ -155,21 +160,13 @@ def fit_image(scene: Scene, cfg: FitConfig) -> FitResult:
         truth = trace(geo, *camera_rays(scene.camera, cont, cfg.size, cfg.size))
         pred = model(_image_coords(cont, cfg.size)).clamp(0, 1)
     err = ((pred - truth.rgb) ** 2).mean(-1)
-    labels = _labels(geo, truth.object_id)
+    labels = geo.labels(truth.object_id)
     metrics = {"kind": cfg.kind, "size": cfg.size, "steps": history[-1]["step"], "train_seconds": seconds,
                "train_psnr": psnr(fit[train], target[train]), "heldout_psnr": psnr(fit[held], target[held]),
                "continuous_psnr": psnr(pred, truth.rgb),
                "continuous_mse_by": breakdown(err, labels)}
     images = {"truth": target.reshape(cfg.size, cfg.size, 3), "fit": fit.reshape(cfg.size, cfg.size, 3)}
     return FitResult(model, metrics, history, images)
-
-
-def _labels(geo: SceneGeometry, oid: Tensor) -> dict[str, Tensor]:
-    def ids(table: Tensor) -> Tensor:
-        return torch.where(oid >= 0, table[oid.clamp(min=0)], torch.full_like(oid, -1))
-
-    return {"object_id": oid, "kind_id": ids(geo.kind_ids), "material_id": ids(geo.material_ids),
-            "texture_id": ids(geo.texture_ids)}
 
 
 def scene_bounds(scene: Scene, margin: float = 0.3) -> Bounds:
@@ -239,7 +236,7 @@ def fit_radiance(scene: Scene, cfg: FitConfig) -> FitResult:
                    "train_seconds": seconds, "bounds": {"centre": bounds.centre, "radius": bounds.radius},
                    "heldout_psnr": psnr(torch.cat([r[0] for r in renders]), torch.cat([t.rgb for t in held_truth])),
                    "heldout_psnr_per_view": [psnr(r[0], t.rgb) for r, t in zip(renders, held_truth)],
-                   **_pointwise_checks(field, geo, bounds, held, held_truth, cfg)}
+                   **_pointwise_checks(field, geo, bounds, held, held_truth, [r[1] for r in renders], cfg)}
     images = {"truth": held_truth[0].rgb.reshape(cfg.size, cfg.size, 3),
               "fit": renders[0][0].clamp(0, 1).reshape(cfg.size, cfg.size, 3),
               "truth_depth": held_truth[0].t.reshape(cfg.size, cfg.size),
@@ -247,8 +244,9 @@ def fit_radiance(scene: Scene, cfg: FitConfig) -> FitResult:
     return FitResult(field, metrics, history, images)
 
 
-def _pointwise_checks(field, geo, bounds, held, held_truth, cfg) -> dict:
-    """Occupancy at random points, colour at surface points and depth along held-out rays."""
+def _pointwise_checks(field, geo, bounds, held, held_truth, held_depth, cfg) -> dict:
+    """Occupancy at random points, colour at surface points and depth along held-out rays
+    (`held_depth`: the field's expected depth per held-out view, already rendered)."""
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     d = torch.nn.functional.normalize(torch.randn(20000, 3, generator=gen), dim=-1)
     r = bounds.radius * torch.rand(20000, 1, generator=gen) ** (1 / 3)
@@ -257,20 +255,18 @@ def _pointwise_checks(field, geo, bounds, held, held_truth, cfg) -> dict:
     sigma, _ = field(points, d)
     occupancy = 1 - torch.exp(-sigma * OCCUPANCY_STEP)
     occ_err = (occupancy - truth.inside.float()).abs()
-    labels = {"object_id": truth.object_id, "kind_id": truth.kind_id, "material_id": truth.material_id,
-              "texture_id": truth.texture_id}
+    labels = {k: getattr(truth, k) for k in ("object_id", "kind_id", "material_id", "texture_id")}
     # surfaces seen from the held-out views
     o = torch.cat([h[1] for h in held])
     dirs = torch.cat([h[2] for h in held])
     tt = torch.cat([t.t for t in held_truth])
-    hit = torch.isfinite(tt) & (tt < 1e6)
+    hit = torch.cat([t.hit for t in held_truth])
     sp = o[hit] + tt[hit, None] * dirs[hit]
     true_c = surface_radiance(geo, sp, dirs[hit])
     _, fit_c = field(sp, dirs[hit])
     col_err = (fit_c - true_c).abs().mean(-1)
-    oid = torch.cat([t.object_id for t in held_truth])[hit]
-    sur_labels = _labels(geo, oid)
-    depth = torch.cat([render_field(field, h[0], cfg.size, bounds, cfg.samples)[1] for h in held])[hit]
+    sur_labels = geo.labels(torch.cat([t.object_id for t in held_truth])[hit])
+    depth = torch.cat(held_depth)[hit]
     depth_err = (depth - tt[hit]).abs()
     return {"occupancy_step": OCCUPANCY_STEP,
             "occupancy_abs_error": float(occ_err.mean()),

@@ -8,24 +8,29 @@ from pathlib import Path
 import numpy as np
 
 
-def _save(fig, path: Path) -> None:
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Write `fig` to `path` through a temporary file and a rename, then close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
     os.replace(tmp, path)
 
 
 def fit_figure(images: dict, path: Path, title: str) -> None:
     """Truth | fit | per-pixel error (mean absolute over RGB); a second row of depth maps when
     `images` has truth_depth and fit_depth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     truth, fit = images["truth"].numpy(), images["fit"].numpy()
     rows = 2 if "truth_depth" in images else 1
     fig, axes = plt.subplots(rows, 3, figsize=(9, 3.2 * rows), squeeze=False)
@@ -52,20 +57,16 @@ def fit_figure(images: dict, path: Path, title: str) -> None:
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def curve_figure(history: list[dict], key: str, path: Path, title: str) -> None:
     """`key` (a PSNR) against training seconds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot([h["seconds"] for h in history], [h[key] for h in history], marker="o")
     ax.set_xlabel("training seconds")
     ax.set_ylabel(key.replace("_", " ") + " (dB)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)

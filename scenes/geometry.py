@@ -125,6 +125,16 @@ class SceneGeometry:
             out[sel] = (1 - m) * p.new_tensor(o.albedo) + m * p.new_tensor(o.texture.colour2)
         return out
 
+    def labels(self, oid: Tensor) -> dict[str, Tensor]:
+        """Object, kind, material and texture ids (N,) of objects `oid` (N,); -1 where oid < 0
+        (background, nothing hit)."""
+        none = torch.full_like(oid, -1)
+        safe = oid.clamp(min=0)
+        return {"object_id": torch.where(oid >= 0, oid, none),
+                **{name: torch.where(oid >= 0, table[safe], none)
+                   for name, table in (("kind_id", self.kind_ids), ("material_id", self.material_ids),
+                                       ("texture_id", self.texture_ids))}}
+
     def emission(self, oid: Tensor) -> Tensor:
         """Emission strength (N,) of object `oid`; zero unless its material is emissive."""
         table = torch.tensor([o.emission if o.material == "emissive" else 0.0 for o in self.objects])

@@ -56,8 +56,8 @@ def point_truth(scene: Scene | SceneGeometry, points: Tensor) -> PointTruth:
     geo = _geometry(scene)
     sdf, oid = geo.sdf(points)
     inside = sdf < 0
-    return PointTruth(sdf, inside, inside.to(points.dtype) * SOLID_DENSITY, oid, geo.kind_ids[oid],
-                      geo.material_ids[oid], geo.texture_ids[oid], geo.albedo(points, oid))
+    return PointTruth(sdf, inside, inside.to(points.dtype) * SOLID_DENSITY, albedo=geo.albedo(points, oid),
+                      **geo.labels(oid))
 
 
 @torch.no_grad()
@@ -95,6 +95,5 @@ def point_factors(scene: Scene | SceneGeometry, points: Tensor) -> dict[str, Ten
     to_light, _, _ = light_directions(geo.scene.lights[0], surface)
     facing = (normal * to_light).sum(-1) > 0
     shadowed = facing & ~shadow_rays(geo, surface, normal)[:, 0]  # faces the light, but something blocks it
-    return {"object_id": truth.object_id, "kind_id": truth.kind_id, "material_id": truth.material_id,
-            "texture_id": truth.texture_id, "inside": truth.inside.long(), "normal_bin": normal_bin(normal),
+    return {**geo.labels(truth.object_id), "inside": truth.inside.long(), "normal_bin": normal_bin(normal),
             "shadowed": shadowed.long(), "sdf": truth.sdf}

@@ -68,14 +68,12 @@ def render(scene: Scene, size: int | tuple[int, int], aa: int = 2) -> RenderOutp
     dirs = dirs[:n]
     depth = truth.t * (dirs @ camera_frame(scene.camera)[1])  # z-depth: along the camera's forward axis
 
-    def ids(table: Tensor) -> Tensor:
-        return torch.where(truth.hit, table[truth.object_id.clamp(min=0)], torch.full_like(truth.object_id, -1))
+    ids = {k: v.reshape(height, width) for k, v in geo.labels(truth.object_id).items()}
 
     def img(t: Tensor) -> Tensor:
         return t.reshape(height, width, *t.shape[1:])
 
-    return RenderOutput(img(rgb), img(depth), img(truth.normal), img(truth.object_id), img(ids(geo.kind_ids)),
-                        img(ids(geo.material_ids)), img(ids(geo.texture_ids)), img(truth.albedo), img(truth.lit))
+    return RenderOutput(img(rgb), img(depth), img(truth.normal), albedo=img(truth.albedo), lit=img(truth.lit), **ids)
 
 
 def factor_table(scene: Scene, out: RenderOutput) -> list[dict]:

@@ -3,6 +3,7 @@ scene, deterministically, so a data set is a list of seeds."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -84,7 +85,8 @@ def _colour(rng: random.Random) -> tuple[float, float, float]:
     return colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.5, 0.9), rng.uniform(0.6, 0.95))
 
 
-def _solid(rng: random.Random, cfg: SamplerConfig, kind: str, xz: tuple[float, float]) -> SceneObject:
+def _solid(rng: random.Random, cfg: SamplerConfig, kind: str) -> SceneObject:
+    """A random object of `kind` resting on the ground (y >= 0) above the origin."""
     s = rng.uniform(*cfg.size_range)
     size, lift, rotation = {
         "sphere": ((s, 0.0, 0.0), s, (0.0, 0.0, 0.0)),
@@ -101,7 +103,7 @@ def _solid(rng: random.Random, cfg: SamplerConfig, kind: str, xz: tuple[float, f
     tex = _pick(rng, cfg.textures)
     texture = Texture(tex, scale=rng.uniform(0.12, 0.3), colour2=_colour(rng), seed=rng.randrange(1 << 16)) \
         if tex != "none" else Texture()
-    return SceneObject(kind, (xz[0], lift, xz[1]), size, rotation, _colour(rng), material, texture,
+    return SceneObject(kind, (0.0, lift, 0.0), size, rotation, _colour(rng), material, texture,
                        emission=rng.uniform(0.8, 1.2) if material == "emissive" else 1.0)
 
 
@@ -170,12 +172,11 @@ def sample_scene(seed: int, cfg: SamplerConfig | None = None) -> Scene:
     for _ in range(100):
         n = rng.randint(*cfg.n_objects)
         kinds = [_pick(rng, cfg.kinds) for _ in range(n)]
-        protos = [_solid(rng, cfg, k, (0.0, 0.0)) for k in kinds]
+        protos = [_solid(rng, cfg, k) for k in kinds]  # at the origin; placed below
         spots = _place(rng, cfg, [p.bounding_radius for p in protos])
         if spots is None:
             continue
-        objects = [SceneObject(p.kind, (x, p.position[1], z), p.size, p.rotation, p.albedo, p.material, p.texture,
-                               p.emission) for p, (x, z) in zip(protos, spots)]
+        objects = [dataclasses.replace(p, position=(x, p.position[1], z)) for p, (x, z) in zip(protos, spots)]
         if rng.random() < cfg.ground_plane:
             tex = Texture("checker", scale=rng.uniform(0.4, 0.8), colour2=_colour(rng)) if rng.random() < 0.5 else Texture()
             objects.insert(0, SceneObject("plane", albedo=_colour(rng), texture=tex))

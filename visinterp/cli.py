@@ -10,8 +10,9 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
+from ctxsae_core.cli import OneLineParser
 from ctxsae_core.errors import InputError
 from scenes.io import load_fit
 from scenes.spec import SceneError
@@ -19,14 +20,9 @@ from visinterp.coord_acts import pixel_windows, ray_windows
 from visinterp.scene_features import SceneSAEConfig, analyse
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="visinterp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="visinterp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     s = sub.add_parser("scene-features", help="SAEs on a coordinate MLP, aligned with the scene's factors",
                        description="Train per-position and contextual SAEs (and the shuffled-context control) on "
                                    "a fitted coordinate MLP's hidden layer; report factor alignment and unnamed "

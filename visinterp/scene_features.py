@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
 from ctxsae_core.checkpoint import build_sae, write_json_atomic
-from ctxsae_core.data import WindowBatches
+from ctxsae_core.data import WindowBatches, seeded_generator, shuffle_positions
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.metrics import switch_rate
 from ctxsae_core.trainer import Trainer
@@ -52,17 +52,16 @@ def _models(d: int, cfg: SceneSAEConfig) -> dict[str, tuple[object, bool]]:
 
 
 @torch.no_grad()
-def _codes(model, x: Tensor, axis, shuffle: bool, seed: int) -> tuple[Tensor, Tensor | None]:
-    """State codes (N, T, F) in window order, and the permutation applied (shuffled control)."""
+def _states(model, x: Tensor, axis, shuffle: bool, seed: int) -> Tensor:
+    """State codes (N, T, F) in window order; the shuffled control walks each window permuted
+    (`shuffle_positions`) and its codes are put back in window order to line up with the factors."""
     perm = None
     if shuffle:
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.stack([torch.randperm(x.shape[1], generator=g) for _ in range(x.shape[0])])
-        x = torch.gather(x, 1, perm[..., None].expand_as(x))
+        x, perm = shuffle_positions(x, seeded_generator(seed))
     states = torch.cat([model(x[i : i + 64], axis).state for i in range(0, x.shape[0], 64)])
-    if perm is not None:  # back to window order, so codes line up with the factors
+    if perm is not None:
         states = torch.empty_like(states).scatter_(1, perm[..., None].expand_as(states), states)
-    return states, perm
+    return states
 
 
 def analyse(windows: Windows, cfg: SceneSAEConfig, out: Path) -> dict:
@@ -81,7 +80,7 @@ def analyse(windows: Windows, cfg: SceneSAEConfig, out: Path) -> dict:
         Trainer(model, tc, axis).fit(WindowBatches(windows.acts[train], cfg.batch_windows, cfg.seed))
         x = windows.acts[held]
         scores = evaluate(model, x, axis, shuffle_context=shuffle, seed=cfg.seed)
-        states, _ = _codes(model, x, axis, shuffle, cfg.seed)
+        states = _states(model, x, axis, shuffle, cfg.seed)
         flat = states.reshape(-1, states.shape[-1])
         factors = {k: v[held].reshape(-1) for k, v in windows.factors.items()}
         table = alignment_table(flat, factors, continuous=windows.continuous, names=FACTOR_NAMES,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from scenes.figures import pyplot, save_figure
 
 
 def pixel_maps(states: Tensor, where: Tensor, features: list[int], view: int = 0) -> Tensor:
@@ -22,11 +23,7 @@ def pixel_maps(states: Tensor, where: Tensor, features: list[int], view: int = 0
 
 
 def feature_pictures(states: Tensor, where: Tensor, features: list[int], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     maps = pixel_maps(states, where, features)
     fig, axes = plt.subplots(1, len(features), figsize=(2.2 * len(features), 2.5), squeeze=False)
     for ax, f, m in zip(axes[0], features, maps):
@@ -34,8 +31,4 @@ def feature_pictures(states: Tensor, where: Tensor, features: list[int], path: P
         ax.set_title(f"feature {f}", fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)

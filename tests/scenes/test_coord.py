@@ -64,7 +64,7 @@ def test_radiance_fit_breakdowns_are_consistent():
     m = result.metrics
     assert math.isfinite(m["heldout_psnr"]) and 0 <= m["occupancy_accuracy"] <= 1
     assert set(m["surface_colour_abs_error_by"]["object"]) <= {"0", "1"}
-    # the histogram of random points splits the overall error exactly: check via the material breakdown sizes
+    # the overall error is a weighted mean of the per-object errors, so it lies between them
     assert min(m["occupancy_abs_error_by"]["object"].values()) <= m["occupancy_abs_error"] <= \
         max(m["occupancy_abs_error_by"]["object"].values())
     sigma, rgb = result.model(torch.zeros(5, 3), torch.nn.functional.normalize(torch.ones(5, 3), dim=-1))

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from scenes.sampler import SamplerConfig, check_in_view, project, sample_scene
@@ -45,5 +47,5 @@ def test_project_and_out_of_view_error():
                                            ({"kinds": {"pyramid": 1.0}}, "unknown ['pyramid']"),
                                            ({"materials": {"matte": 0.0}}, "at least one > 0")])
 def test_bad_sampler_config(kwargs, words):
-    with pytest.raises(SceneError, match=words.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(SceneError, match=re.escape(words)):
         SamplerConfig(**kwargs)
