@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup demo test bench-throughput bench-scenes clean
+.PHONY: setup browser demo test bench-synthetic bench-throughput bench-scenes bench-harvest clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,21 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-demo: setup
-	$(PY) benchmarks/synthetic_regions.py --out runs/synthetic_regions
+# The report tests drive headless Chromium: Debian's chromium + chromium-driver, installed here
+# when they are missing and apt-get can run (as root, as on CI); otherwise those tests say how.
+browser:
+	@if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; fi
 
-test: setup
+demo: setup
+	$(VENV)/bin/visinterp run --out runs/visinterp
+
+test: setup browser
 	$(PY) -m pytest -q
+
+bench-synthetic: setup
+	$(PY) benchmarks/synthetic_regions.py --out runs/synthetic_regions
 
 # SAELens lives in its own environment: it pins packages this project does not need.
 $(BENCH_VENV)/.installed: pyproject.toml
@@ -36,6 +46,9 @@ bench-throughput: $(BENCH_VENV)/.installed
 bench-scenes: setup
 	$(PY) benchmarks/render_throughput.py --out benchmarks/results/render_throughput.json
 	$(PY) benchmarks/coord_fit_speed.py --out benchmarks/results/coord_fit_speed.json
+
+bench-harvest: setup
+	$(PY) benchmarks/harvest_throughput.py --out benchmarks/results/harvest_throughput.json
 
 clean:
 	rm -rf runs .pytest_cache

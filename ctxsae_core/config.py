@@ -24,7 +24,7 @@ def field_help(cls: type, name: str) -> str:
     return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
     if not ok:
         raise InputError(message)
 
@@ -45,9 +45,9 @@ class TopK:
     aux_coeff: float = param(1 / 32, "weight of the AuxK dead-feature loss (Gao et al. 2024, app. A.2)")
 
     def __post_init__(self) -> None:
-        _require(self.k >= 1, f"k={self.k} must be at least 1: pass --k 1 or more")
-        _require(self.aux_k is None or self.aux_k >= 1, f"aux_k={self.aux_k} must be at least 1 or None")
-        _require(self.aux_coeff >= 0, f"aux_coeff={self.aux_coeff} must be >= 0")
+        require(self.k >= 1, f"k={self.k} must be at least 1: pass --k 1 or more")
+        require(self.aux_k is None or self.aux_k >= 1, f"aux_k={self.aux_k} must be at least 1 or None")
+        require(self.aux_coeff >= 0, f"aux_coeff={self.aux_coeff} must be >= 0")
 
     @property
     def target_l0(self) -> float:
@@ -65,7 +65,7 @@ class BatchTopK(TopK):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(0 <= self.threshold_momentum < 1, f"threshold_momentum={self.threshold_momentum} must be in [0, 1)")
+        require(0 <= self.threshold_momentum < 1, f"threshold_momentum={self.threshold_momentum} must be in [0, 1)")
 
 
 @ACTIVATION_CONFIGS.decorator("relu")
@@ -78,7 +78,7 @@ class ReLU:
     l1_coeff: float = param(0.03, "L1 penalty weight (activations are normalised to unit mean squared norm)")
 
     def __post_init__(self) -> None:
-        _require(self.l1_coeff >= 0, f"l1_coeff={self.l1_coeff} must be >= 0: pass --l1 0 or more")
+        require(self.l1_coeff >= 0, f"l1_coeff={self.l1_coeff} must be >= 0: pass --l1 0 or more")
 
     @property
     def target_l0(self) -> float | None:
@@ -97,9 +97,9 @@ class JumpReLU:
     init_threshold: float = param(0.001, "initial threshold of every feature (Rajamanoharan et al. 2024, sec. 4)")
 
     def __post_init__(self) -> None:
-        _require(self.l0_coeff >= 0, f"l0_coeff={self.l0_coeff} must be >= 0: pass --l1 0 or more")
-        _require(self.bandwidth > 0, f"bandwidth={self.bandwidth} must be > 0")
-        _require(self.init_threshold > 0, f"init_threshold={self.init_threshold} must be > 0")
+        require(self.l0_coeff >= 0, f"l0_coeff={self.l0_coeff} must be >= 0: pass --l1 0 or more")
+        require(self.bandwidth > 0, f"bandwidth={self.bandwidth} must be > 0")
+        require(self.init_threshold > 0, f"init_threshold={self.init_threshold} must be > 0")
 
     @property
     def target_l0(self) -> float | None:
@@ -125,10 +125,10 @@ class SAEConfig:
         return self.activation.kind
 
     def __post_init__(self) -> None:
-        _require(self.d_in >= 1, f"d_in={self.d_in} must be at least 1")
-        _require(self.width >= 1, f"width={self.width} must be at least 1: pass --width 1 or more")
+        require(self.d_in >= 1, f"d_in={self.d_in} must be at least 1")
+        require(self.width >= 1, f"width={self.width} must be at least 1: pass --width 1 or more")
         k = getattr(self.activation, "k", None)
-        _require(
+        require(
             k is None or k <= self.width,
             f"k={k} is larger than width={self.width}: pass --k at most {self.width} or a larger --width",
         )
@@ -173,13 +173,13 @@ class ContextualConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.carry in CARRY_KINDS, f"carry={self.carry!r} is unknown: choose one of {', '.join(CARRY_KINDS)}")
-        _require(self.reset_rank >= 1, f"reset_rank={self.reset_rank} must be at least 1")
-        _require(self.heads >= 1 and self.head_dim >= 1, f"heads={self.heads}, head_dim={self.head_dim} must be >= 1")
-        _require(0 <= self.gate_floor <= 1, f"gate_floor={self.gate_floor} must lie in [0, 1]")
-        _require(self.carry_threshold >= 0, f"carry_threshold={self.carry_threshold} must be >= 0")
-        _require(self.carry_lr_scale > 0, f"carry_lr_scale={self.carry_lr_scale} must be > 0")
-        _require(self.carry_coeff >= 0, f"carry_coeff={self.carry_coeff} must be >= 0")
+        require(self.carry in CARRY_KINDS, f"carry={self.carry!r} is unknown: choose one of {', '.join(CARRY_KINDS)}")
+        require(self.reset_rank >= 1, f"reset_rank={self.reset_rank} must be at least 1")
+        require(self.heads >= 1 and self.head_dim >= 1, f"heads={self.heads}, head_dim={self.head_dim} must be >= 1")
+        require(0 <= self.gate_floor <= 1, f"gate_floor={self.gate_floor} must lie in [0, 1]")
+        require(self.carry_threshold >= 0, f"carry_threshold={self.carry_threshold} must be >= 0")
+        require(self.carry_lr_scale > 0, f"carry_lr_scale={self.carry_lr_scale} must be > 0")
+        require(self.carry_coeff >= 0, f"carry_coeff={self.carry_coeff} must be >= 0")
 
 
 # --- round trips ----------------------------------------------------------------------------------
@@ -261,20 +261,20 @@ class TrainConfig:
     progress: bool = param(True, "show a progress bar")
 
     def __post_init__(self) -> None:
-        _require(self.tokens >= 1, f"tokens={self.tokens} must be at least 1: pass --tokens 1 or more")
-        _require(self.batch_tokens >= 1, f"batch_tokens={self.batch_tokens} must be at least 1")
-        _require(self.lr is None or self.lr > 0, f"lr={self.lr} must be > 0")
-        _require(0 <= self.warmup_fraction <= 1 and 0 <= self.decay_fraction <= 1
+        require(self.tokens >= 1, f"tokens={self.tokens} must be at least 1: pass --tokens 1 or more")
+        require(self.batch_tokens >= 1, f"batch_tokens={self.batch_tokens} must be at least 1")
+        require(self.lr is None or self.lr > 0, f"lr={self.lr} must be > 0")
+        require(0 <= self.warmup_fraction <= 1 and 0 <= self.decay_fraction <= 1
                  and self.warmup_fraction + self.decay_fraction <= 1,
                  f"warmup_fraction={self.warmup_fraction} and decay_fraction={self.decay_fraction} must lie in "
                  "[0, 1] and sum to at most 1")
         for name in ("carry_warmup_fraction", "k_anneal_fraction"):
             value = getattr(self, name)
-            _require(value is None or 0 <= value <= 1, f"{name}={value} must lie in [0, 1] or be None")
-        _require(self.k_anneal_start >= 1, f"k_anneal_start={self.k_anneal_start} must be >= 1")
-        _require(self.dead_tokens is None or self.dead_tokens >= 1, f"dead_tokens={self.dead_tokens} must be >= 1")
+            require(value is None or 0 <= value <= 1, f"{name}={value} must lie in [0, 1] or be None")
+        require(self.k_anneal_start >= 1, f"k_anneal_start={self.k_anneal_start} must be >= 1")
+        require(self.dead_tokens is None or self.dead_tokens >= 1, f"dead_tokens={self.dead_tokens} must be >= 1")
         for name in ("eval_every", "checkpoint_every", "log_every"):
-            _require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+            require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
 
     def schedule_for(self, contextual: bool) -> tuple[float, float]:
         """(carry_warmup_fraction, k_anneal_fraction) with the defaults filled in."""

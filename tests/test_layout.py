@@ -33,3 +33,16 @@ def test_no_script_outside_tests_looks_like_a_test():
     tops = [d for d in ROOT.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in ("tests", "runs")]
     stray = [p for d in tops for p in d.rglob("test_*.py")]
     assert not stray
+
+
+def test_notebooks_import_and_define_nothing():
+    import json
+
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert notebooks
+    for nb in notebooks:
+        cells = json.loads(nb.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        tree = ast.parse("\n".join(l for l in code.splitlines() if not l.startswith("%")))
+        defined = [n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        assert defined == [], f"{nb.name} defines {defined}: move them into the package"

@@ -1,5 +1,6 @@
 """`visinterp`: analyses that join model adapters to the SAE core.
 
+    visinterp run [--config configs/quick.toml] [--out runs/visinterp]
     visinterp scene-features --fit runs/fit_radiance --out runs/scene_features
 
 Bad input exits with code 2 and one line saying what is wrong and the fix."""
@@ -23,6 +24,17 @@ from visinterp.scene_features import SceneSAEConfig, analyse
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="visinterp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    r = sub.add_parser("run", help="the main job: SAEs on an image autoencoder's activations, with a report",
+                       description="Render scenes (or read images), encode them with an SD-family autoencoder, "
+                                   "harvest hook maps into activation stores, train per-position and contextual SAEs "
+                                   "(and the shuffled-context control) over a sparsity sweep, and write metrics.json "
+                                   "and report.html. Run it again on the same --out to resume.")
+    r.add_argument("--config", type=Path, default=None,
+                   help="a TOML file overriding the defaults table by table (see configs/quick.toml)")
+    r.add_argument("--out", type=Path, default=Path("runs/visinterp"), help="output folder (default: runs/visinterp)")
+    r.add_argument("--autoencoder", default=None,
+                   help="override the config's autoencoder: 'offline', a TAESD-family or diffusers folder, or a hub id")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
     s = sub.add_parser("scene-features", help="SAEs on a coordinate MLP, aligned with the scene's factors",
                        description="Train per-position and contextual SAEs (and the shuffled-context control) on "
                                    "a fitted coordinate MLP's hidden layer; report factor alignment and unnamed "
@@ -57,10 +69,27 @@ def cmd_scene_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from visinterp.image_run import run
+    from visinterp.run_config import load_run_config
+
+    cfg = load_run_config(args.config)
+    if args.autoencoder:
+        cfg = dataclasses.replace(cfg, autoencoder=args.autoencoder)
+    result = run(cfg, args.out, progress=not args.no_progress)
+    print(f"autoencoder: {result['autoencoder']['autoencoder']}")
+    print(f"{'hook / SAE':<44}{'L0':>7}{'state L0':>10}{'FVU':>8}{'dead':>7}{'PSNR clean':>12}")
+    for name, m in result["saes"].items():
+        print(f"{name:<44}{m['l0']:>7.2f}{m['state_l0']:>10.2f}{m['fvu']:>8.4f}{m['dead_fraction']:>7.2f}"
+              f"{m['psnr_vs_clean_decode']:>12.2f}")
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'report.html'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"scene-features": cmd_scene_features}[args.command](args)
+        return {"run": cmd_run, "scene-features": cmd_scene_features}[args.command](args)
     except (InputError, SceneError) as e:
         print(f"visinterp {args.command}: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -1,0 +1,142 @@
+"""The main job end to end on configs/quick.toml: metrics.json, the report in headless
+Chromium, the notebook, and one-line errors for bad input."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctxsae_core.checkpoint import load_sae
+from ctxsae_core.evaluate import evaluate
+from visinterp.autoencoders.offline import CACHE_ENV
+from visinterp.cli import main
+from visinterp.image_run import Run
+from visinterp.run_config import load_run_config
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = ROOT / "configs" / "quick.toml"
+TAEF2 = ROOT.parent / "shared" / "weights" / "taef2"
+REQUIRED = ("arch", "axis", "hook", "l0", "state_l0", "fvu", "dead_fraction", "psnr_vs_clean_decode", "psnr_vs_input")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cache")
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop(CACHE_ENV)
+    else:
+        os.environ[CACHE_ENV] = old
+
+
+@pytest.fixture(scope="module")
+def quick_run(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    assert main(["run", "--config", str(QUICK), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_metrics_hold_every_sae_and_its_control(quick_run):
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    cfg = load_run_config(QUICK)
+    assert metrics["autoencoder"]["autoencoder"].startswith("offline default")
+    names = set(metrics["saes"])
+    for hook in cfg.harvest.hooks:
+        for k in cfg.sweep.k:
+            m = metrics["saes"][f"{hook}/topk_k{k}"]
+            assert k - 0.5 < m["l0"] <= k and m["state_l0"] == m["l0"]  # at most k per patch (ReLU after the top k)
+        for k in cfg.sweep.k_contextual:
+            ctx, ctl = metrics["saes"][f"{hook}/contextual_gated_k{k}"], metrics["saes"][f"{hook}/contextual_gated_k{k}_control"]
+            assert ctx["state_l0"] >= ctx["l0"] - 1e-6 and ctl["family"] == "control" and ctx["family"] == "contextual"
+    assert len(names) == len(cfg.harvest.hooks) * (len(cfg.sweep.k) + 2 * len(cfg.sweep.k_contextual))
+    for m in metrics["saes"].values():
+        assert all(key in m for key in REQUIRED)
+        assert 0 < m["fvu"] < 2 and 0 <= m["dead_fraction"] <= 1 and m["axis"] == "raster"
+        assert m["psnr_vs_clean_decode"] > 5 and m["psnr_vs_input"] > 5
+    n_held = len(metrics["held_out_images"])
+    assert n_held == round(cfg.images.n * cfg.images.held_out)
+    assert metrics["autoencoder_psnr_vs_input"] > 10
+
+
+def test_saved_saes_reload_to_the_reported_metrics(quick_run):
+    cfg = load_run_config(QUICK)
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    job = Run(cfg, quick_run, progress=False)
+    data = job.load_hook("latent")
+    for name in ("topk_k2", "contextual_gated_k1", "contextual_gated_k1_control"):
+        model, axis = load_sae(quick_run / "saes" / "latent" / name)
+        assert axis.kind == "raster" and axis.grid == tuple(metrics["saes"][f"latent/{name}"]["grid"])
+        scores = evaluate(model, data["held_x"], axis, shuffle_context=name.endswith("control"), seed=cfg.sweep.seed)
+        assert scores["fvu"] == pytest.approx(metrics["saes"][f"latent/{name}"]["fvu"], rel=1e-5)
+
+
+def test_splicing_the_true_latent_reproduces_the_clean_decode(quick_run):
+    job = Run(load_run_config(QUICK), quick_run, progress=False)
+    torch.testing.assert_close(job.ae.splice(job.held_images, "latent", lambda m: m), job.clean)
+
+
+def test_report_loads_in_headless_chromium_without_console_errors(quick_run):
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("needs Debian's chromium and chromium-driver (make test installs them where apt-get can)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        browser.get((quick_run / "report.html").as_uri())
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]);")
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        title = browser.title
+    finally:
+        browser.quit()
+    assert errors == []
+    figures = sorted(p.stem for p in (quick_run / "figures").glob("*.png"))
+    assert sorted(alt for _, _, alt in images) == figures  # every figure is on the page...
+    assert all(done and width > 100 for done, width, _ in images)  # ...and decodes
+    assert "pareto" in figures and "latent_steering" in figures and "autoencoder_errors" in figures
+    assert title == "visinterp run report"
+
+
+def test_notebook_runs_on_the_quick_run(quick_run, cache):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "explore_unnamed_features.ipynb", as_version=4)
+    os.environ["VISINTERP_RUN"] = str(quick_run)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        os.environ.pop("VISINTERP_RUN")
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    n_unnamed = len(metrics["alignment"]["latent"][metrics["analysed"]["latent"][1]]["unnamed"])
+    assert f"{n_unnamed} unnamed features" in text and "groups: [[" in text
+    pictures = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(pictures) == 2  # the gallery and the steering figure
+
+
+def test_bad_configs_exit_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sweep]\nwidht = 4\n")
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown field(s) widht" in err and err.count("\n") == 1
+    assert main(["run", "--config", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    bad.write_text('autoencoder = "%s"\n[images]\nn = 5\nsize = 16\n[harvest]\nhooks = ["encoder.mid", "nope"]\n' % TAEF2)
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "unknown hook 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "metrics.json").exists()
