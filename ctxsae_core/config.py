@@ -252,6 +252,10 @@ class TrainConfig:
         "k_anneal_start * k to k, so features are learned before the budget tightens; None means 0.5 "
         "for contextual SAEs (whose k counts only what is new) and 0 for per-position ones")
     k_anneal_start: float = param(4.0, "TopK/BatchTopK: starting multiple of k when annealing")
+    shrink_encoder_init: bool = param(
+        False, "TopK/BatchTopK: after the data-dependent init, scale the tied encoder down by the "
+        "least-squares factor when it over-reconstructs the first batch; needed when k is comparable "
+        "to d (e.g. a 4-channel VAE latent), where the tied init starts at FVU >> 1")
     dead_tokens: int | None = param(
         None, "a feature is dead if it has not fired for this many training positions; None means "
         "min(10M, tokens // 10) (10M in Gao et al. 2024)")

@@ -196,6 +196,8 @@ class Trainer:
         if ckpt is None:
             first = next(it)
             self.model.init_from_data_(first)
+            if self.cfg.shrink_encoder_init:
+                self.model.shrink_encoder_(first)
             self.total_steps = max(1, round(self.cfg.tokens / (first.shape[0] * first.shape[1])))
             it = itertools.chain([first], it)
         self._loop(it)

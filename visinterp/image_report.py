@@ -31,6 +31,8 @@ def _png(fig, figures: Path, name: str) -> str:
 
 def pareto_figure(result: dict):
     plt = pyplot()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     hooks = sorted({m["hook"] for m in result["saes"].values()})
     fig, axes = plt.subplots(1, len(hooks), figsize=(4.6 * len(hooks), 3.6), squeeze=False)
     for ax, hook in zip(axes[0], hooks):
@@ -46,6 +48,8 @@ def pareto_figure(result: dict):
                         label="contextual, state L0")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # matplotlib labels minor log ticks on short spans; they collide
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("L0 (innovations per patch)")
         ax.set_ylabel("held-out FVU")
         ax.set_title(hook)

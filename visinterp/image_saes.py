@@ -48,7 +48,7 @@ def train_sae(spec: SAESpec, store: ActivationStore, train_idx: Tensor, axis: Co
     model = build_sae(spec.config)
     t = store.window_shape[0]
     tc = TrainConfig(tokens=sweep.tokens, batch_tokens=sweep.batch_windows * t, lr=sweep.lr, seed=sweep.seed,
-                     shuffle_context=spec.shuffle, progress=progress, eval_every=0,
+                     shuffle_context=spec.shuffle, progress=progress, eval_every=0, shrink_encoder_init=True,
                      checkpoint_every=max(50, sweep.tokens // (sweep.batch_windows * t) // 4))
     Trainer(model, tc, axis, out_dir=folder).fit(store.batches(train_idx, sweep.batch_windows, sweep.seed))
     save_sae(model, folder, axis)

@@ -147,3 +147,20 @@ def test_bad_shapes_raise_input_errors():
         m(torch.randn(2, 3, 5))
     with pytest.raises(InputError, match="larger than width"):
         SAEConfig(d_in=4, width=8, activation=TopK(k=9))
+
+
+def test_shrink_encoder_fixes_the_tied_init_overshoot_when_k_is_near_d():
+    from ctxsae_core import SAEConfig, TopK
+    from ctxsae_core.checkpoint import build_sae
+    from ctxsae_core.metrics import fvu
+
+    x = torch.randn(2048, 1, 4)  # a 4-channel latent, k = 8: the tied init over-reconstructs
+    model = build_sae(SAEConfig(d_in=4, width=64, activation=TopK(k=8)))
+    model.init_from_data_(x)
+    before = model(x)
+    alpha = model.shrink_encoder_(x)
+    after = model(x)
+    assert fvu(x, before.x_hat) > 2 and 0 < alpha < 1 and fvu(x, after.x_hat) < fvu(x, before.x_hat) / 2
+    assert torch.equal(before.state > 0, after.state > 0)  # same features, smaller codes
+    torch.testing.assert_close(after.state, before.state * alpha)
+    assert model.shrink_encoder_(x) == pytest.approx(1.0, abs=1e-4)  # already the least-squares scale
