@@ -140,3 +140,26 @@ def test_bad_configs_exit_2_with_one_line(tmp_path, capsys):
     assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "unknown hook 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_a_folder_of_photos_runs_with_taef2_and_no_scene_truth(tmp_path, capsys):
+    from matplotlib import cbook
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    hopper = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    for i in range(6):  # six crops of one photo, saved as PNG
+        hopper.crop((40 * i, 20 * i, 40 * i + 300, 20 * i + 300)).save(photos / f"crop{i}.png")
+    cfg = tmp_path / "photos.toml"
+    cfg.write_text(f'autoencoder = "{TAEF2}"\n[images]\nsource = "{photos}"\nn = 6\nsize = 32\n'
+                   '[harvest]\nhooks = ["latent"]\n[sweep]\nwidth = 16\nk = [2]\nk_contextual = [1]\ntokens = 2000\n'
+                   '[report]\nfeatures = 2\ntop_images = 2\n')
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"]["files"] == [f"crop{i}.png" for i in range(6)]
+    assert metrics["autoencoder"]["latent_channels"] == 32 and metrics["alignment"]["latent"] == {}
+    assert "autoencoder_error_by_factor" not in metrics  # no scene truth for photos
+    assert metrics["saes"]["latent/topk_k2"]["grid"] == [4, 4]  # 32 px / 8
+    assert (out / "report.html").stat().st_size > 10_000 and "Factor alignment" not in (out / "report.html").read_text()
