@@ -16,16 +16,29 @@ from scenes.spec import KINDS, MATERIALS, TEXTURES
 from visinterp.alignment import alignment_table, unnamed_features
 from visinterp.harvest import tile_windows
 
+COLOURS = ("red", "yellow", "green", "cyan", "blue", "magenta", "grey")  # 6 hue sectors, then unsaturated
 FACTOR_NAMES = {"kind_id": KINDS, "material_id": MATERIALS, "texture_id": TEXTURES, "normal_bin": NORMAL_BINS,
-                "background": ("object", "background"), "shadowed": ("lit", "shadowed")}
+                "background": ("object", "background"), "shadowed": ("lit", "shadowed"), "colour": COLOURS}
 SURFACE_FACTORS = ("kind_id", "material_id", "texture_id", "normal_bin", "shadowed")  # -1 on background
 CONTINUOUS = ("depth",)
 
 
+def colour_bin(rgb: np.ndarray) -> Tensor:
+    """(H, W, 3) in [0, 1] -> (H, W) index into COLOURS: the hue sector (60 degrees each,
+    centred on red, yellow, ...) or grey when saturation < 0.25 or value < 0.1."""
+    from matplotlib.colors import rgb_to_hsv
+
+    hsv = torch.from_numpy(rgb_to_hsv(np.clip(rgb, 0, 1)))
+    sector = ((hsv[..., 0] * 6 + 0.5).floor().long()) % 6
+    grey = (hsv[..., 1] < 0.25) | (hsv[..., 2] < 0.1)
+    return torch.where(grey, len(COLOURS) - 1, sector)
+
+
 def pixel_factors(truth: dict[str, np.ndarray]) -> dict[str, Tensor]:
     """Per-pixel factor labels (H, W) of one render: ids (-1 on background), background,
-    shadowed (a surface some light does not reach), normal bin, depth (background: the
-    farthest surface depth in the image, so the factor stays finite)."""
+    shadowed (a surface some light does not reach), normal bin, the rendered colour's hue
+    sector, depth (background: the farthest surface depth in the image, so the factor stays
+    finite)."""
     oid = torch.from_numpy(truth["object_id"].astype(np.int64))
     bg = oid < 0
     out = {k: torch.from_numpy(truth[k].astype(np.int64)) for k in ("object_id", "kind_id", "material_id", "texture_id")}
@@ -33,6 +46,7 @@ def pixel_factors(truth: dict[str, np.ndarray]) -> dict[str, Tensor]:
     out["shadowed"] = torch.where(bg, -1, (~torch.from_numpy(truth["lit"])).any(-1).long())
     normals = torch.from_numpy(truth["normal"]).reshape(-1, 3)
     out["normal_bin"] = torch.where(bg, -1, normal_bin(normals).reshape(bg.shape))
+    out["colour"] = colour_bin(truth["rgb"])
     depth = torch.from_numpy(truth["depth"]).float()
     far = depth[~bg].max() if (~bg).any() else torch.tensor(1.0)
     out["depth"] = torch.where(bg, far, depth)
