@@ -1,6 +1,7 @@
 """`visinterp`: analyses that join model adapters to the SAE core.
 
     visinterp run [--config configs/quick.toml] [--out runs/visinterp]
+    visinterp llm-compare --config configs/llm/quick.toml --out runs/llm_quick
     visinterp scene-features --fit runs/fit_radiance --out runs/scene_features
 
 Bad input exits with code 2 and one line saying what is wrong and the fix."""
@@ -35,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--autoencoder", default=None,
                    help="override the config's autoencoder: 'offline', a TAESD-family or diffusers folder, or a hub id")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c = sub.add_parser("llm-compare", help="per-position vs contextual SAEs on a causal LM, with spliced CE",
+                       description="Harvest a causal LM's activations at one hook over region-labelled token windows "
+                                   "(resumable), train the sweep with shuffled controls, and write comparison.json: "
+                                   "L0, state L0, FVU, spliced CE (clean, spliced, zero-ablated, recovered, delta) and "
+                                   "localization against the region labels.")
+    c.add_argument("--config", type=Path, required=True, help="a TOML file, e.g. configs/llm/quick.toml")
+    c.add_argument("--out", type=Path, required=True, help="output folder")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
     s = sub.add_parser("scene-features", help="SAEs on a coordinate MLP, aligned with the scene's factors",
                        description="Train per-position and contextual SAEs (and the shuffled-context control) on "
                                    "a fitted coordinate MLP's hidden layer; report factor alignment and unnamed "
@@ -86,10 +95,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_llm_compare(args: argparse.Namespace) -> int:
+    from visinterp.llm_compare import compare, load_llm_config
+
+    result = compare(load_llm_config(args.config), args.out, progress=not args.no_progress)
+    print(f"{result['model']} {result['hook']}: CE clean {result['ce_clean']:.3f}, zero-ablated {result['ce_zero_ablation']:.3f}")
+    print(f"{'SAE':<32}{'L0':>7}{'state L0':>10}{'FVU':>8}{'delta CE':>10}{'CE rec.':>9}")
+    for name, m in result["saes"].items():
+        print(f"{name:<32}{m['l0']:>7.2f}{m['state_l0']:>10.2f}{m['fvu']:>8.3f}{m['delta_ce']:>10.3f}{m['ce_recovered']:>9.3f}")
+    print(f"wrote {args.out / 'comparison.json'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "scene-features": cmd_scene_features}[args.command](args)
+        return {"run": cmd_run, "llm-compare": cmd_llm_compare, "scene-features": cmd_scene_features}[args.command](args)
     except (InputError, SceneError) as e:
         print(f"visinterp {args.command}: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -140,10 +140,12 @@ class TokenWindows:
 
 
 def token_windows(spans: list[Span], tokenize: Callable[[str], list[int]], T: int, n_windows: int,
-                  seed: int = 0, regions: tuple[str, ...] | None = None) -> TokenWindows:
-    """Lay the spans end to end in a seeded random order (each span's tokens, whole) and cut
-    the stream into n_windows consecutive windows of T tokens; spans are reused if the corpus
-    runs out."""
+                  seed: int = 0, regions: tuple[str, ...] | None = None,
+                  span_tokens: tuple[int, int] | None = None) -> TokenWindows:
+    """Lay the spans end to end in a seeded random order and cut the stream into n_windows
+    consecutive windows of T tokens; spans are reused if the corpus runs out. With
+    `span_tokens` = (lo, hi), each span contributes only its first lo..hi tokens (a seeded
+    length), so windows hold region boundaries even when spans are longer than T."""
     if not spans:
         raise InputError("the corpus holds no spans: pass text files or use the default corpus")
     if regions is None:  # the default regions in their usual order, then any others by name
@@ -157,6 +159,8 @@ def token_windows(spans: list[Span], tokenize: Callable[[str], list[int]], T: in
         rng.shuffle(order)
         for i in order:
             tokens = tokenize(spans[i].text)
+            if span_tokens is not None:
+                tokens = tokens[: rng.randint(*span_tokens)]
             if not tokens:
                 continue
             ids += tokens

@@ -115,15 +115,19 @@ def run_config_from_dict(values: dict[str, Any], where: str) -> RunConfig:
     return RunConfig(autoencoder=str(values.get("autoencoder", "offline")), **parts)
 
 
+def read_toml(path: str | Path, example: str) -> dict[str, Any]:
+    """A TOML config file as a dict, with one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file: pass --config a TOML file such as {example}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML ({e})") from None
+
+
 def load_run_config(path: str | Path | None) -> RunConfig:
     """The default config, or the one in a TOML file (tables override the defaults field by field)."""
     if path is None:
         return RunConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such config file: pass --config a TOML file such as configs/quick.toml")
-    try:
-        values = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"{path}: not valid TOML ({e})") from None
-    return run_config_from_dict(values, str(path))
+    return run_config_from_dict(read_toml(path, "configs/quick.toml"), str(path))
