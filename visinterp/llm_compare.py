@@ -58,6 +58,9 @@ class LLMCompareConfig:
     model: str = param("smollm2", "'smollm2' (offline default), a .gguf file, a model folder or a hub id")
     hook: str = param("resid.15", "hook point: resid.L, mlp.L or attn.L")
     shard_windows: int = param(1024, "windows per store shard")
+    outlier_norm: float = param(10.0, "windows holding a position (after position 0) whose norm exceeds this many "
+                                "times the batch's median norm are left out: such massive activations (a second "
+                                "attention sink) held 84-96% of all variance and made FVU measure them alone")
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     sweep: SweepConfig = field(default_factory=lambda: SweepConfig(width=2304, k=(8, 16, 32), k_contextual=(4, 8, 16),
                                                                     tokens=500_000))
@@ -83,7 +86,9 @@ def harvest_tokens(lm: CausalLM, windows: TokenWindows, cfg: LLMCompareConfig, o
     for a in tqdm(range(writer.done_items, n, b), desc=f"harvest {cfg.hook}", unit="batch", disable=not progress):
         ids = windows.ids[a : a + b]
         acts = lm.capture(ids, [cfg.hook])[cfg.hook][:, 1:]  # position 0 (the attention sink) is left out
-        writer.add(acts, torch.arange(a, a + ids.shape[0]), ids.shape[0])
+        norms = acts.norm(dim=-1)
+        keep = ~(norms > cfg.outlier_norm * norms.median()).any(1)
+        writer.add(acts[keep], torch.arange(a, a + ids.shape[0])[keep], ids.shape[0])
     writer.grid = (1, windows.ids.shape[1] - 1)
     writer.flush()
     return ActivationStore(out / "store", verify=True)
@@ -136,15 +141,18 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True) -> dict:
         write_text_atomic(out / REGIONS_FILE, "\n".join(windows.regions))
     store = harvest_tokens(lm, windows, cfg, out, progress)
     n = store.n_windows
+    window_of = store.image_index()  # store row -> harvested window (outlier windows are not stored)
     held = torch.randperm(n, generator=seeded_generator(cfg.sweep.seed, 11))[: max(1, round(n * cfg.corpus.held_out))].sort().values
     train = torch.tensor(sorted(set(range(n)) - set(held.tolist())))
     axis = make_axis("tokens", store.window_shape[0])
     held_x = store.gather(held)
-    held_ids = windows.ids[held]
-    region, boundaries = windows.region[held][:, 1:], windows.boundaries()[held][:, 1:]
+    held_w = window_of[held]
+    held_ids = windows.ids[held_w]
+    region, boundaries = windows.region[held_w][:, 1:], windows.boundaries()[held_w][:, 1:]
     ce_clean = lm.ce_loss(held_ids)
     ce_zero = lm.ce_loss(held_ids, cfg.hook, lambda h: torch.cat([h[:, :1], torch.zeros_like(h[:, 1:])], 1))
     result = {"model": lm.description, "hook": cfg.hook, "window": cfg.corpus.window, "held_out_windows": len(held),
+              "windows_harvested": int(windows.ids.shape[0]), "windows_left_out_as_outliers": int(windows.ids.shape[0] - n),
               "ce_clean": ce_clean, "ce_zero_ablation": ce_zero, "regions": list(windows.regions), "saes": {}}
     for spec in sweep_specs(cfg.sweep, store.window_shape[1]):
         model = train_sae(spec, store, train, axis, cfg.sweep, out / "saes" / spec.name, progress)

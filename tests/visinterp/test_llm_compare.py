@@ -53,6 +53,14 @@ def test_llm_compare_quick_writes_every_metric(tmp_path, capsys):
         assert 0 < m["ce_recovered"] < 1 and 0 < m["fvu"] < 1
         assert 0 <= m["innovations_near_boundary"] <= 1 and set(m["best_auroc_by_region"]) == {"prose", "code", "licence"}
     assert result["saes"]["topk_k4"]["l0"] <= 4
+    # windows with a massive activation after position 0 are left out of the store, and counted
+    store_rows = json.loads((out / "store" / "manifest.json").read_text())["n_windows"]
+    assert store_rows == result["windows_harvested"] - result["windows_left_out_as_outliers"] < result["windows_harvested"]
+    from visinterp.store import ActivationStore
+
+    acts = ActivationStore(out / "store").gather(torch.arange(store_rows))
+    norms = acts.norm(dim=-1)
+    assert norms.max() < cfg.outlier_norm * 3 * norms.median()
     # resumable: a second run reuses the harvested store and the trained SAEs, same numbers
     assert main(["llm-compare", "--config", str(QUICK), "--out", str(out), "--no-progress"]) == 0
     again = json.loads((out / "comparison.json").read_text())
