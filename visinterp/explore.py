@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from ctxsae_core.checkpoint import read_json
-from visinterp.image_report import _image_maps, gallery_figure, steering_figure
+from visinterp.image_report import gallery_figure, image_maps, steering_figure
 from visinterp.image_run import Run
-from visinterp.image_saes import steer, window_codes
+from visinterp.image_saes import steer
 from visinterp.run_config import run_config_from_dict
 
 
@@ -71,9 +71,7 @@ class RunView:
 
     def state(self, hook: str, name: str | None = None) -> Tensor:
         """State codes (held-out windows, T, F) of an SAE (default: the analysed contextual one)."""
-        data = self.hook(hook)
-        spec, model = data["models"][name or self.contextual(hook)]
-        return window_codes(model, data["held_x"], data["axis"], spec.shuffle, self.config.sweep.seed)["state"]
+        return self.job.codes(self.hook(hook), name or self.contextual(hook))["state"]
 
     def unnamed(self, hook: str, name: str | None = None) -> list[int]:
         """Live features aligned with no known scene factor, most active first (from metrics.json)."""
@@ -82,7 +80,7 @@ class RunView:
     def state_maps(self, hook: str, name: str | None = None) -> list[Tensor]:
         """Per held-out image, the state codes as maps (F, h, w)."""
         state, n = self.state(hook, name), len(self.job.held)
-        return [_image_maps(state, i, state.shape[0] // n, self.job._map_hw(self.hook(hook)), self.config.harvest.tile)
+        return [image_maps(state, i, state.shape[0] // n, self.job.map_hw(self.hook(hook)), self.config.harvest.tile)
                 for i in range(n)]
 
     def gallery(self, hook: str, features: list[int], name: str | None = None, top: int = 6):

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ctxsae_core.checkpoint import write_text_atomic
 from scenes.figures import pyplot, save_figure
-from visinterp.image_saes import steer, untile, window_codes
+from visinterp.image_saes import steer, untile
 
 FAMILY_STYLE = {"per-position": ("tab:blue", "o"), "contextual": ("tab:red", "s"), "control": ("tab:gray", "x")}
 
@@ -58,7 +58,7 @@ def pareto_figure(result: dict):
     return fig
 
 
-def _image_maps(codes: Tensor, image_slot: int, per_image: int, map_hw: tuple[int, int], tile: int) -> Tensor:
+def image_maps(codes: Tensor, image_slot: int, per_image: int, map_hw: tuple[int, int], tile: int) -> Tensor:
     """(F, h, w) maps of codes (N_windows, T, F) for one held-out image."""
     windows = codes[image_slot * per_image : (image_slot + 1) * per_image]
     return untile(windows, 1, map_hw[0], map_hw[1], tile)[0]
@@ -202,13 +202,12 @@ def write_report(job, result: dict, hook_data: dict) -> Path:
 def _hook_sections(job, result, hook, data, images, figures) -> list[str]:
     cfg = job.cfg
     per_pos, ctx = result["analysed"][hook]
-    map_hw = job._map_hw(data)
+    map_hw = job.map_hw(data)
     per_image = data["held_x"].shape[0] // len(job.held)
-    codes = {n: window_codes(data["models"][n][1], data["held_x"], data["axis"], data["models"][n][0].shuffle,
-                             cfg.sweep.seed) for n in (per_pos, ctx)}
-    state_maps = {n: [_image_maps(c["state"], i, per_image, map_hw, cfg.harvest.tile) for i in range(len(job.held))]
+    codes = {n: job.codes(data, n) for n in (per_pos, ctx)}
+    state_maps = {n: [image_maps(c["state"], i, per_image, map_hw, cfg.harvest.tile) for i in range(len(job.held))]
                   for n, c in codes.items()}
-    innov_maps = {n: [_image_maps(c["innovations"], i, per_image, map_hw, cfg.harvest.tile) for i in range(len(job.held))]
+    innov_maps = {n: [image_maps(c["innovations"], i, per_image, map_hw, cfg.harvest.tile) for i in range(len(job.held))]
                   for n, c in codes.items()}
     slug = hook.replace(".", "_")
     parts = [f"<p class=note>Analysed pair: contextual <b>{ctx}</b> and the per-position SAE nearest its FVU, "

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ctxsae_core.axes import make_axis
@@ -18,7 +19,8 @@ from visinterp.autoencoders import ImageAutoencoder, load_autoencoder, psnr_per_
 from visinterp.autoencoders.offline import offline_autoencoder
 from visinterp.harvest import harvest
 from visinterp.image_analysis import error_by_factor, feature_alignment, grid_factors
-from visinterp.image_saes import SAESpec, reconstruct_map, sweep_specs, train_sae, window_codes
+from visinterp.codes import window_codes
+from visinterp.image_saes import SAESpec, reconstruct_map, sweep_specs, train_sae
 from visinterp.images import FolderImages, ImageSource, SceneImages
 from visinterp.run_config import RunConfig
 from visinterp.store import ActivationStore
@@ -123,15 +125,20 @@ class Run:
     def alignment(self, hook_data: dict, names: list[str]) -> dict:
         if self.truths is None:
             return {}
-        factors = grid_factors(self.truths, self._map_hw(hook_data), self.cfg.harvest.tile)
-        out = {}
-        for name in names:
-            spec, model = hook_data["models"][name]
-            codes = window_codes(model, hook_data["held_x"], hook_data["axis"], spec.shuffle, self.cfg.sweep.seed)
-            out[name] = feature_alignment(codes["state"], factors, self.cfg.report.unnamed_threshold)
-        return out
+        factors = grid_factors(self.truths, self.map_hw(hook_data), self.cfg.harvest.tile)
+        return {name: feature_alignment(self.codes(hook_data, name)["state"], factors, self.cfg.report.unnamed_threshold)
+                for name in names}
 
-    def _map_hw(self, hook_data: dict) -> tuple[int, int]:
+    def codes(self, hook_data: dict, name: str) -> dict[str, Tensor]:
+        """An SAE's outputs on the hook's held-out windows, computed once and kept in hook_data."""
+        cache = hook_data.setdefault("codes", {})
+        if name not in cache:
+            spec, model = hook_data["models"][name]
+            cache[name] = window_codes(model, hook_data["held_x"], hook_data["axis"], spec.shuffle, self.cfg.sweep.seed)
+        return cache[name]
+
+    def map_hw(self, hook_data: dict) -> tuple[int, int]:
+        """The hook's map size per image: the window grid times the tiles per side (images are square)."""
         n_windows = hook_data["held_x"].shape[0] // len(self.held)
         gh, gw = hook_data["grid"]
         side = math.isqrt(n_windows)

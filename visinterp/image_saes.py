@@ -14,9 +14,9 @@ from torch import Tensor
 from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.checkpoint import build_sae, save_sae
-from ctxsae_core.data import seeded_generator, shuffle_positions
 from ctxsae_core.sae import BaseSAE
 from ctxsae_core.trainer import Trainer
+from visinterp.codes import window_codes
 from visinterp.harvest import tile_windows
 from visinterp.run_config import SweepConfig
 from visinterp.store import ActivationStore
@@ -53,29 +53,6 @@ def train_sae(spec: SAESpec, store: ActivationStore, train_idx: Tensor, axis: Co
     Trainer(model, tc, axis, out_dir=folder).fit(store.batches(train_idx, sweep.batch_windows, sweep.seed))
     save_sae(model, folder, axis)
     return model.eval()
-
-
-class WindowCodes(dict):
-    """x_hat (N, T, D), innovations (N, T, F) at the input positions and state (N, T, F), all in
-    window order (the control's are put back from its shuffled order)."""
-
-
-@torch.no_grad()
-def window_codes(model: BaseSAE, x: Tensor, axis: ContextAxis, shuffle: bool, seed: int, batch: int = 64) -> WindowCodes:
-    perm = None
-    if shuffle:
-        x, perm = shuffle_positions(x, seeded_generator(seed, 99))
-    parts: dict[str, list[Tensor]] = {"x_hat": [], "innovations": [], "state": []}
-    for i in range(0, x.shape[0], batch):
-        out = model(x[i : i + batch], axis)
-        parts["x_hat"].append(out.x_hat)
-        parts["innovations"].append(out.innovations[:, model.output_steps(out)])
-        parts["state"].append(out.state)
-    codes = WindowCodes({k: torch.cat(v) for k, v in parts.items()})
-    if perm is not None:
-        for k, v in codes.items():
-            codes[k] = torch.empty_like(v).scatter_(1, perm[..., None].expand_as(v), v)
-    return codes
 
 
 def untile(windows: Tensor, n: int, h: int, w: int, tile: int) -> Tensor:

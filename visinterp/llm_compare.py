@@ -23,7 +23,8 @@ from ctxsae_core.evaluate import evaluate
 from ctxsae_core.metrics import switch_rate
 from visinterp.alignment import alignment_table
 from visinterp.corpus import TokenWindows, default_corpus, local_corpus, token_windows
-from visinterp.image_saes import sweep_specs, train_sae, window_codes
+from visinterp.codes import window_codes
+from visinterp.image_saes import sweep_specs, train_sae
 from visinterp.llm import CausalLM, load_causal_lm
 from visinterp.run_config import SweepConfig, read_toml
 from visinterp.store import ActivationStore, StoreWriter
@@ -158,12 +159,10 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True) -> dict:
         model = train_sae(spec, store, train, axis, cfg.sweep, out / "saes" / spec.name, progress)
         scores = evaluate(model, held_x, axis, shuffle_context=spec.shuffle, seed=cfg.sweep.seed)
         codes = window_codes(model, held_x, axis, spec.shuffle, cfg.sweep.seed)
-
-        def splice(h, model=model, spec=spec):
-            x_hat = window_codes(model, h[:, 1:].float(), axis, spec.shuffle, cfg.sweep.seed)["x_hat"]
-            return torch.cat([h[:, :1], x_hat.to(h.dtype)], 1)
-
-        ce_spliced = lm.ce_loss(held_ids, cfg.hook, splice)
+        # held_x is exactly the hook's output at positions 1.. of held_ids (same model, same ids),
+        # so the reconstruction computed above is what gets spliced in
+        x_hat = codes["x_hat"]
+        ce_spliced = lm.ce_loss(held_ids, cfg.hook, lambda h: torch.cat([h[:, :1], x_hat.to(h.dtype)], 1))
         result["saes"][spec.name] = {
             "arch": spec.config.arch, "family": spec.family, "carry": getattr(spec.config, "carry", None), "k": spec.k,
             **{k: scores[k] for k in ("l0", "state_l0", "fvu", "mse", "dead_fraction", "state_l0_counting")},

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
 from ctxsae_core.checkpoint import build_sae, write_json_atomic
-from ctxsae_core.data import WindowBatches, seeded_generator, shuffle_positions
+from ctxsae_core.data import WindowBatches
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.metrics import switch_rate
 from ctxsae_core.trainer import Trainer
 from scenes.query import NORMAL_BINS
 from scenes.spec import KINDS, MATERIALS, TEXTURES
 from visinterp.alignment import alignment_table, unnamed_features
+from visinterp.codes import window_codes
 from visinterp.coord_acts import SURFACE_FACTORS, Windows
 from visinterp.scene_figures import feature_pictures
 
@@ -51,19 +51,6 @@ def _models(d: int, cfg: SceneSAEConfig) -> dict[str, tuple[object, bool]]:
             "contextual gated, shuffled control": (ctx, True)}
 
 
-@torch.no_grad()
-def _states(model, x: Tensor, axis, shuffle: bool, seed: int) -> Tensor:
-    """State codes (N, T, F) in window order; the shuffled control walks each window permuted
-    (`shuffle_positions`) and its codes are put back in window order to line up with the factors."""
-    perm = None
-    if shuffle:
-        x, perm = shuffle_positions(x, seeded_generator(seed))
-    states = torch.cat([model(x[i : i + 64], axis).state for i in range(0, x.shape[0], 64)])
-    if perm is not None:
-        states = torch.empty_like(states).scatter_(1, perm[..., None].expand_as(states), states)
-    return states
-
-
 def analyse(windows: Windows, cfg: SceneSAEConfig, out: Path) -> dict:
     """Train the three SAEs, score them against the factors, write report.json and figures."""
     torch.manual_seed(cfg.seed)
@@ -80,7 +67,7 @@ def analyse(windows: Windows, cfg: SceneSAEConfig, out: Path) -> dict:
         Trainer(model, tc, axis).fit(WindowBatches(windows.acts[train], cfg.batch_windows, cfg.seed))
         x = windows.acts[held]
         scores = evaluate(model, x, axis, shuffle_context=shuffle, seed=cfg.seed)
-        states = _states(model, x, axis, shuffle, cfg.seed)
+        states = window_codes(model, x, axis, shuffle, cfg.seed, permutation_key=())["state"]  # as first reported
         flat = states.reshape(-1, states.shape[-1])
         factors = {k: v[held].reshape(-1) for k, v in windows.factors.items()}
         table = alignment_table(flat, factors, continuous=windows.continuous, names=FACTOR_NAMES,

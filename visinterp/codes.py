@@ -1,0 +1,32 @@
+"""An SAE's outputs on held-out windows, in window order, for every analysis: the shuffled
+control walks each window permuted and its outputs are put back where the positions came from."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ctxsae_core.axes import ContextAxis
+from ctxsae_core.data import seeded_generator, shuffle_positions
+from ctxsae_core.sae import BaseSAE
+
+
+@torch.no_grad()
+def window_codes(model: BaseSAE, x: Tensor, axis: ContextAxis, shuffle: bool, seed: int, batch: int = 64,
+                 permutation_key: tuple[int, ...] = (99,)) -> dict[str, Tensor]:
+    """{"x_hat": (N, T, D), "innovations": (N, T, F) at the input positions, "state": (N, T, F)}.
+    With `shuffle`, positions are permuted by seeded_generator(seed, *permutation_key); the
+    default key is the one `ctxsae_core.evaluate` uses, so codes and reported metrics agree."""
+    perm = None
+    if shuffle:
+        x, perm = shuffle_positions(x, seeded_generator(seed, *permutation_key))
+    parts: dict[str, list[Tensor]] = {"x_hat": [], "innovations": [], "state": []}
+    for i in range(0, x.shape[0], batch):
+        out = model(x[i : i + batch], axis)
+        parts["x_hat"].append(out.x_hat)
+        parts["innovations"].append(out.innovations[:, model.output_steps(out)])
+        parts["state"].append(out.state)
+    codes = {k: torch.cat(v) for k, v in parts.items()}
+    if perm is not None:
+        codes = {k: torch.empty_like(v).scatter_(1, perm[..., None].expand_as(v), v) for k, v in codes.items()}
+    return codes
