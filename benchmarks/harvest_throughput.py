@@ -12,10 +12,6 @@ fresh subprocess per harvest size (peak resident set size)."""
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +23,7 @@ import torch.nn.functional as F
 from ctxsae_core.checkpoint import write_json_atomic
 from visinterp.autoencoders import load_autoencoder
 from visinterp.harvest import harvest
+import harvest_bench  # benchmarks/harvest_bench.py
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,9 +73,7 @@ def memory_child(n: int, size: int, hook: str, shard_windows: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         harvest(ae, lambda a, b: smooth_images(a, b, size), n, [hook], Path(tmp), {}, batch_images=16,
                 shard_windows=shard_windows, progress=False)
-        store_bytes = sum(p.stat().st_size for p in Path(tmp).rglob("*.safetensors"))
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "store_mb": store_bytes / 2**20}))
+        harvest_bench.child_report(Path(tmp))
 
 
 def main(argv=None) -> int:
@@ -101,27 +96,18 @@ def main(argv=None) -> int:
         ae = autoencoder(name)
         n = args.images if name == "taef2" else max(args.batch, args.images // 8)  # the SD VAE is ~40x slower
         bare(ae, args.batch, args.size, args.batch)  # warm-up
-        t_bare, t_harvest = [], []
-        for _ in range(args.repeats):
-            t_bare.append(bare(ae, n, args.size, args.batch))
-            t_harvest.append(harvested(ae, n, args.size, args.batch, hooks, 2048))
-        rows[name] = {"autoencoder": ae.description, "images": n, "bare_images_per_s": n / statistics.median(t_bare),
-                      "harvest_images_per_s": n / statistics.median(t_harvest),
-                      "ratio": statistics.median(t_bare) / statistics.median(t_harvest)}
-    memory = {}
-    for n in (int(v) for v in args.memory_sizes.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), str(args.size), "encoder.down.2", "256"],
-                             check=True, capture_output=True, text=True).stdout
-        memory[n] = json.loads(out.strip().splitlines()[-1])
+        rows[name] = {"autoencoder": ae.description, **harvest_bench.side_by_side(
+            lambda: bare(ae, n, args.size, args.batch),
+            lambda: harvested(ae, n, args.size, args.batch, hooks, 2048), args.repeats, n, "images")}
+    memory = harvest_bench.measure(__file__, [int(v) for v in args.memory_sizes.split(",")],
+                                 lambda n: [n, args.size, "encoder.down.2", 256])
     print(f"harvest throughput ({args.size} px, hooks {', '.join(hooks)}, batch {args.batch}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats})")
     print(f"{'autoencoder':<22}{'images':>7}{'bare img/s':>12}{'harvest img/s':>15}{'ratio':>7}")
     for name, r in rows.items():
         print(f"{name:<22}{r['images']:>7}{r['bare_images_per_s']:>12.2f}{r['harvest_images_per_s']:>15.2f}{r['ratio']:>7.3f}")
     print(f"\npeak memory of a TAEF2 harvest of encoder.down.2 ({args.size} px, 256-window shards, 64 MB each)")
-    print(f"{'images':>8}{'store MB':>10}{'peak RSS MB':>13}")
-    for n, m in memory.items():
-        print(f"{n:>8}{m['store_mb']:>10.0f}{m['peak_rss_mb']:>13.0f}")
+    harvest_bench.print_table(memory, "images")
     write_json_atomic(args.out, {"size": args.size, "batch": args.batch, "hooks": hooks, "repeats": args.repeats,
                                  "throughput": rows, "memory": memory, "machine": machine_info()})
     print(f"wrote {args.out}")

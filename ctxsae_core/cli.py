@@ -22,7 +22,6 @@ from ctxsae_core.axes import AXIS_KINDS, ContextAxis, make_axis, parse_grid
 from ctxsae_core.checkpoint import build_sae, export_saelens, load_sae
 from ctxsae_core.config import (
     CARRY_KINDS,
-    BatchTopK,
     ContextualConfig,
     JumpReLU,
     ReLU,

@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("llm-compare", help="per-position vs contextual SAEs on a causal LM, with spliced CE",
                        description="Harvest a causal LM's activations at one hook over region-labelled token windows "
                                    "(resumable), train the sweep with shuffled controls, and write comparison.json: "
-                                   "L0, state L0, FVU, spliced CE (clean, spliced, zero-ablated, recovered, delta) and "
-                                   "localization against the region labels.")
+                                   "L0, state L0, FVU, spliced CE (clean, spliced, zero-ablated, recovered, delta), "
+                                   "localization against the region labels and the goal check at matched FVU; and a "
+                                   "self-contained report.html. Run it again on the same --out to resume.")
     c.add_argument("--config", type=Path, required=True, help="a TOML file, e.g. configs/llm/quick.toml")
     c.add_argument("--out", type=Path, required=True, help="output folder")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -97,13 +98,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_llm_compare(args: argparse.Namespace) -> int:
     from visinterp.llm_compare import compare, load_llm_config
+    from visinterp.llm_report import verdict, write_report
+    from visinterp.llm_view import LLMRunView
 
     result = compare(load_llm_config(args.config), args.out, progress=not args.no_progress)
+    write_report(LLMRunView(args.out))
     print(f"{result['model']} {result['hook']}: CE clean {result['ce_clean']:.3f}, zero-ablated {result['ce_zero_ablation']:.3f}")
-    print(f"{'SAE':<32}{'L0':>7}{'state L0':>10}{'FVU':>8}{'delta CE':>10}{'CE rec.':>9}")
+    print(f"{'SAE':<36}{'L0':>7}{'state L0':>10}{'FVU':>8}{'delta CE':>10}{'CE rec.':>9}")
     for name, m in result["saes"].items():
-        print(f"{name:<32}{m['l0']:>7.2f}{m['state_l0']:>10.2f}{m['fvu']:>8.3f}{m['delta_ce']:>10.3f}{m['ce_recovered']:>9.3f}")
-    print(f"wrote {args.out / 'comparison.json'}")
+        print(f"{name:<36}{m['l0']:>7.2f}{m['state_l0']:>10.2f}{m['fvu']:>8.3f}{m['delta_ce']:>10.3f}{m['ce_recovered']:>9.3f}")
+    print(verdict(result["goals"]))
+    print(f"wrote {args.out / 'comparison.json'} and {args.out / 'report.html'}")
     return 0
 
 

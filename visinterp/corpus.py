@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import random
 import re
@@ -123,6 +124,35 @@ def local_corpus(paths: list[str | Path], min_chars: int = 1, max_chars: int = 2
         else:
             raise InputError(f"{path}: unsupported corpus file {path.suffix!r}: use .txt or .jsonl")
     return dedupe(spans, min_chars)
+
+
+def hf_corpus(dataset: str, split: str = "train", text_field: str = "text", region_field: str = "",
+              rows: int = 5000, max_chars: int = 2000) -> list[Span]:
+    """The first `rows` rows of a Hugging Face dataset (a hub id, which needs internet, or a
+    local folder of data files), streamed rather than downloaded whole. Each row's text is cut
+    at blank lines into spans of ~max_chars; its region is the row's `region_field` when given,
+    else the dataset's name."""
+    try:
+        import datasets
+    except ImportError:
+        raise InputError("a Hugging Face dataset corpus needs the datasets library: pip install datasets") from None
+    try:
+        stream = datasets.load_dataset(dataset, split=split, streaming=True)
+        first = list(itertools.islice(stream, rows))
+    except Exception as e:  # datasets raises many kinds here: not found, offline, bad split, bad files
+        raise InputError(f"cannot read Hugging Face dataset {dataset!r} split {split!r} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}): check the id, the "
+                         "split and your connection, or pass local .txt / .jsonl files") from None
+    name = Path(dataset).name or dataset
+    spans = []
+    for i, row in enumerate(first):
+        for field_name in filter(None, (text_field, region_field)):
+            if field_name not in row:
+                raise InputError(f"{dataset}: rows have no {field_name!r} field (they have {sorted(row)}): set "
+                                 "corpus.hf_text_field / corpus.hf_region_field")
+        region = str(row[region_field]) if region_field else name
+        spans += [Span(p, region, f"{dataset}:{split}:{i}") for p in _chunks(clean(str(row[text_field])), max_chars, r"\n\n")]
+    return dedupe(spans, 1)
 
 
 @dataclass(frozen=True)

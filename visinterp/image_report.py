@@ -4,57 +4,24 @@ state maps, factor alignment, steering before/after, and the autoencoder's own e
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from ctxsae_core.checkpoint import write_text_atomic
-from scenes.figures import pyplot, save_figure
+from scenes.figures import pyplot
 from visinterp.image_saes import steer, untile
-
-FAMILY_STYLE = {"per-position": ("tab:blue", "o"), "contextual": ("tab:red", "s"), "control": ("tab:gray", "x")}
-
-
-def _png(fig, figures: Path, name: str) -> str:
-    """Save the figure under figures/ and return an <img> tag embedding the same PNG."""
-    path = figures / f"{name}.png"
-    save_figure(fig, path)
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
+from visinterp.report_page import pareto_panel, png, table, write_page
 
 
 def pareto_figure(result: dict):
-    plt = pyplot()
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
     hooks = sorted({m["hook"] for m in result["saes"].values()})
-    fig, axes = plt.subplots(1, len(hooks), figsize=(4.6 * len(hooks), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(hooks), figsize=(4.6 * len(hooks), 3.6), squeeze=False)
     for ax, hook in zip(axes[0], hooks):
-        for family, (colour, marker) in FAMILY_STYLE.items():
-            pts = sorted((m["l0"], m["fvu"], m["state_l0"]) for m in result["saes"].values()
-                         if m["hook"] == hook and m["family"] == family)
-            if not pts:
-                continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour,
-                    label={"control": "contextual, shuffled control"}.get(family, family))
-            if family == "contextual":
-                ax.plot([p[2] for p in pts], [p[1] for p in pts], marker=marker, color=colour, ls=":", mfc="none",
-                        label="contextual, state L0")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # matplotlib labels minor log ticks on short spans; they collide
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.set_xlabel("L0 (innovations per patch)")
-        ax.set_ylabel("held-out FVU")
+        pareto_panel(ax, {n: m for n, m in result["saes"].items() if m["hook"] == hook}, "fvu", "held-out FVU",
+                     "L0 (innovations per patch)")
         ax.set_title(hook)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
     return fig
 
 
@@ -133,16 +100,6 @@ def error_figure(errors: dict[str, dict[str, float]]):
     return fig
 
 
-def _table(rows: list[list], header: list[str]) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return "nan" if math.isnan(v) else f"{v:.4g}"
-        return html.escape(str(v))
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _alignment_rows(alignment: dict) -> list[list]:
     rows = []
     names = list(alignment)
@@ -160,14 +117,9 @@ def _alignment_rows(alignment: dict) -> list[list]:
     return rows
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}.note{color:#555;font-size:13px}"""
-
-
 def write_report(job, result: dict, hook_data: dict) -> Path:
     """Write out/report.html (and out/figures/*.png)."""
-    out, cfg = job.out, job.cfg
+    out = job.out
     figures = out / "figures"
     parts = [f"<h1>Contextual SAEs on {html.escape(result['autoencoder']['autoencoder'])}</h1>",
              f"<p class=note>Autoencoder: <b>{html.escape(result['autoencoder']['autoencoder'])}</b> "
@@ -176,13 +128,13 @@ def write_report(job, result: dict, hook_data: dict) -> Path:
              f"Images: {html.escape(str(result['images']))}, {len(result['held_out_images'])} held out. "
              f"Context axis: {result['axis']}. Autoencoder round trip on the held-out images: "
              f"{result['autoencoder_psnr_vs_input']:.2f} dB.</p>",
-             "<h2>Sparsity vs reconstruction</h2>", _png(pareto_figure(result), figures, "pareto"),
+             "<h2>Sparsity vs reconstruction</h2>", png(pareto_figure(result), figures, "pareto"),
              "<p class=note>L0 counts innovations (what is paid for); state L0 counts what the decoder reads "
              "(exact non-zeros). The shuffled control is the same contextual model trained and evaluated with patches "
              "permuted within each window: a contextual SAE's gain counts only as far as the control loses it.</p>"]
     rows = [[m["hook"], name.split("/", 1)[1], m["family"], m["l0"], m["state_l0"], m["fvu"], m["dead_fraction"],
              m["psnr_vs_clean_decode"], m["psnr_vs_input"]] for name, m in result["saes"].items()]
-    parts.append(_table(rows, ["hook", "SAE", "family", "L0", "state L0", "FVU", "dead", "PSNR vs clean decode (dB)",
+    parts.append(table(rows, ["hook", "SAE", "family", "L0", "state L0", "FVU", "dead", "PSNR vs clean decode (dB)",
                                "PSNR vs input (dB)"]))
     images = job.held_images
     for hook, data in hook_data.items():
@@ -190,13 +142,10 @@ def write_report(job, result: dict, hook_data: dict) -> Path:
         parts += _hook_sections(job, result, hook, data, images, figures)
     if "autoencoder_error_by_factor" in result:
         parts += ["<h2>Where the autoencoder's own errors fall</h2>",
-                  _png(error_figure(result["autoencoder_error_by_factor"]), figures, "autoencoder_errors"),
+                  png(error_figure(result["autoencoder_error_by_factor"]), figures, "autoencoder_errors"),
                   "<p class=note>Mean squared error per pixel of decode(encode(image)) against the render, by the "
                   "ground-truth factor of each pixel.</p>"]
-    page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>visinterp run report</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
-    write_text_atomic(out / "report.html", page)
-    return out / "report.html"
+    return write_page(out / "report.html", "visinterp run report", parts)
 
 
 def _hook_sections(job, result, hook, data, images, figures) -> list[str]:
@@ -212,7 +161,7 @@ def _hook_sections(job, result, hook, data, images, figures) -> list[str]:
     slug = hook.replace(".", "_")
     parts = [f"<p class=note>Analysed pair: contextual <b>{ctx}</b> and the per-position SAE nearest its FVU, "
              f"<b>{per_pos}</b>.</p>", "<h3>Innovations vs state</h3>",
-             _png(innovation_figure(images, innov_maps, state_maps, list(range(min(3, len(job.held))))), figures,
+             png(innovation_figure(images, innov_maps, state_maps, list(range(min(3, len(job.held))))), figures,
                   f"{slug}_innovations"),
              "<p class=note>Per patch: how many features fire new (innovations) and how many the decoder reads "
              "(state). A contextual SAE should pay for a region's features where the region starts in the scan "
@@ -226,14 +175,14 @@ def _hook_sections(job, result, hook, data, images, figures) -> list[str]:
         unnamed = alignment[ctx]["unnamed"][: cfg.report.features]
         if unnamed:
             sections.append(("unnamed features (aligned with no known factor)", unnamed))
-        parts += ["<h3>Factor alignment</h3>", _table(_alignment_rows(alignment), ["factor", "value", *alignment]),
+        parts += ["<h3>Factor alignment</h3>", table(_alignment_rows(alignment), ["factor", "value", *alignment]),
                   "<p class=note>Best single feature (state codes) per factor value: AUROC one value against the rest "
                   "(surface factors among object patches only), Pearson correlation for depth. Mean within-object "
                   "switch rate: " + ", ".join(f"{n} {a['within_object_switch_rate']:.3f}" for n, a in alignment.items())
                   + ".</p>"]
     for label, feats in sections:
         parts += [f"<h3>Gallery: {label} ({ctx})</h3>",
-                  _png(gallery_figure(images, state_maps[ctx], feats, min(cfg.report.top_images, len(job.held)),
+                  png(gallery_figure(images, state_maps[ctx], feats, min(cfg.report.top_images, len(job.held)),
                                       f"{hook} {ctx}: {label}"), figures, f"{slug}_gallery_{label.split()[0]}")]
     parts += _steering(job, hook, data, ctx, ctx_state, live[:3], figures, slug)
     return parts
@@ -247,6 +196,6 @@ def _steering(job, hook, data, name, state, feats, figures, slug) -> list[str]:
     slots = list(range(min(3, len(job.held))))
     after = steer(job.ae, model, hook, job.held_images[slots], state, feats, scale)
     fig = steering_figure(job.clean[slots], after, slots, scale)
-    return ["<h3>Steering</h3>", _png(fig, figures, f"{slug}_steering"),
+    return ["<h3>Steering</h3>", png(fig, figures, f"{slug}_steering"),
             f"<p class=note>Each column adds one feature's decoder direction of {name}, scaled to {scale:g}x its mean "
             "active value, at every patch of the map, then decodes.</p>"]

@@ -93,7 +93,7 @@ class Run:
             model = train_sae(spec, store, train_idx, axis, self.cfg.sweep, self.sae_folder(hook, spec.name),
                               self.progress)
             scores = evaluate(model, held_x, axis, shuffle_context=spec.shuffle, seed=self.cfg.sweep.seed)
-            metrics[spec.name] = {"hook": hook, "arch": spec.config.arch, "family": spec.family, "k": spec.k,
+            metrics[spec.name] = {"hook": hook, "arch": spec.config.arch, "series": spec.series, "family": spec.family, "k": spec.k,
                                   "axis": axis.kind, "grid": list(store.grid), "carry": getattr(spec.config, "carry", None),
                                   **{k: scores[k] for k in ("fvu", "mse", "l0", "state_l0", "dead_fraction",
                                                             "n_positions", "state_l0_counting")},

@@ -11,7 +11,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig
+from ctxsae_core import BatchTopK, ContextualConfig, JumpReLU, SAEConfig, TopK, TrainConfig
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.checkpoint import build_sae, save_sae
 from ctxsae_core.sae import BaseSAE
@@ -24,20 +24,28 @@ from visinterp.store import ActivationStore
 
 @dataclass(frozen=True)
 class SAESpec:
-    name: str  # e.g. "topk_k4", "contextual_gated_k2", "contextual_gated_k2_control"
+    name: str  # e.g. "topk_k4", "jumprelu_c0.01", "contextual_gated_k2", "contextual_gated_k2_control"
+    series: str  # the sweep it belongs to: "topk", "jumprelu", "contextual_gated", "contextual_gated_control"
     family: str  # "per-position", "contextual", "control"
-    k: int
+    k: int | None  # the budget; None for JumpReLU, whose L0 is learned
     config: SAEConfig
     shuffle: bool
 
 
 def sweep_specs(sweep: SweepConfig, d: int) -> list[SAESpec]:
-    specs = [SAESpec(f"topk_k{k}", "per-position", k, SAEConfig(d_in=d, width=sweep.width, activation=TopK(k=k)), False)
-             for k in sweep.k]
-    for k in sweep.k_contextual:
-        cfg = ContextualConfig(d_in=d, width=sweep.width, activation=BatchTopK(k=k), carry=sweep.carry)
-        specs.append(SAESpec(f"contextual_{sweep.carry}_k{k}", "contextual", k, cfg, False))
-        specs.append(SAESpec(f"contextual_{sweep.carry}_k{k}_control", "control", k, cfg, True))
+    activations = {"topk": TopK, "batchtopk": BatchTopK}
+    specs = [SAESpec(f"{kind}_k{k}", kind, "per-position", k,
+                     SAEConfig(d_in=d, width=sweep.width, activation=activations[kind](k=k)), False)
+             for kind in sweep.per_position for k in sweep.k]
+    specs += [SAESpec(f"jumprelu_c{c:g}", "jumprelu", "per-position", None,
+                      SAEConfig(d_in=d, width=sweep.width,
+                                activation=JumpReLU(l0_coeff=c, init_threshold=sweep.jumprelu_threshold)), False)
+              for c in sweep.jumprelu]
+    for carry in sweep.carries:
+        for k in sweep.k_contextual:
+            cfg = ContextualConfig(d_in=d, width=sweep.width, activation=BatchTopK(k=k), carry=carry)
+            specs.append(SAESpec(f"contextual_{carry}_k{k}", f"contextual_{carry}", "contextual", k, cfg, False))
+            specs.append(SAESpec(f"contextual_{carry}_k{k}_control", f"contextual_{carry}_control", "control", k, cfg, True))
     return specs
 
 

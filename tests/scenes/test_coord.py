@@ -5,7 +5,7 @@ import torch
 
 from scenes.cli import main
 from scenes.coord_fit import FitConfig, breakdown, fit_image, fit_radiance, orbit_cameras, psnr
-from scenes.coord_mlp import CoordMLP, PositionalEncoding, RadianceField
+from scenes.coord_mlp import CoordMLP, PositionalEncoding
 from scenes.sampler import SamplerConfig, sample_scene
 from scenes.spec import Camera, SceneError
 from scenes.volume import Bounds, composite, ray_sphere

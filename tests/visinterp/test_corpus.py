@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ctxsae_core.errors import InputError
-from visinterp.corpus import REGIONS, Span, clean, default_corpus, dedupe, local_corpus, token_windows
+from visinterp.corpus import REGIONS, Span, clean, default_corpus, dedupe, hf_corpus, local_corpus, token_windows
+from visinterp.llm_compare import CorpusConfig, corpus_spans
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,32 @@ def test_local_files_and_their_errors(tmp_path):
     with pytest.raises(InputError, match="unsupported corpus file '.csv'"):
         (tmp_path / "a.csv").write_text("x")
         local_corpus([tmp_path / "a.csv"])
+
+
+def test_a_hugging_face_dataset_folder_becomes_labelled_spans(tmp_path):
+    folder = tmp_path / "my_ds"
+    folder.mkdir()
+    rows = [{"text": "First paragraph.\n\n\n\nSecond one.", "kind": "prose"}, {"text": "def f():\n\treturn 1", "kind": "code"},
+            {"text": "First paragraph. Second one.", "kind": "prose"}]
+    (folder / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    spans = hf_corpus(str(folder), region_field="kind")
+    assert [(s.text, s.region) for s in spans] == [("First paragraph.\n\nSecond one.", "prose"),
+                                                    ("def f():\n    return 1", "code")]  # cleaned; the third is a duplicate
+    assert {s.region for s in hf_corpus(str(folder), rows=1)} == {"my_ds"}  # no region field: the dataset's name
+    with pytest.raises(InputError, match="rows have no 'body' field"):
+        hf_corpus(str(folder), text_field="body")
+    local = tmp_path / "notes.txt"
+    local.write_text("A note of mine.")
+    both = corpus_spans(CorpusConfig(files=(str(local),), hf_dataset=str(folder), hf_region_field="kind"))
+    assert [s.region for s in both] == ["notes", "prose", "code"]
+
+
+def test_an_unreachable_hub_dataset_is_a_one_line_error(monkeypatch):
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as on a machine without internet, minus retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(InputError, match="cannot read Hugging Face dataset 'nobody/no-such-dataset' split 'train'") as e:
+        hf_corpus("nobody/no-such-dataset")
+    assert "\n" not in str(e.value)

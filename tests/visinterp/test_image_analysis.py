@@ -1,5 +1,4 @@
 import numpy as np
-import torch
 
 from visinterp.image_analysis import COLOURS, colour_bin, grid_factors, pixel_factors
 

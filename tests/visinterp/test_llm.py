@@ -37,6 +37,18 @@ def test_resid_hook_matches_the_models_own_hidden_states(smollm2, ids):
     assert maps["mlp.3"].shape == maps["attn.3"].shape == (1, ids.shape[1], 576)
 
 
+def test_capture_stops_after_the_last_hook_it_needs(smollm2, ids):
+    ran = []
+    handle = smollm2.hook_module("resid.20").register_forward_hook(lambda *_: ran.append("resid.20"))
+    try:
+        smollm2.capture(ids, ["resid.3", "mlp.5"])
+        assert ran == []  # layers after 5 never ran
+        smollm2.capture(ids, ["mlp.5", "resid.25"])
+        assert ran == ["resid.20"]
+    finally:
+        handle.remove()
+
+
 def test_position_zero_is_the_outlier_that_sae_data_leaves_out(smollm2, ids):
     norms = smollm2.capture(ids, ["resid.15"])["resid.15"][0].norm(dim=-1)
     assert norms[0] > 50 * norms[1:].median()  # measured ~120x

@@ -3,7 +3,6 @@ Chromium, the notebook, and one-line errors for bad input."""
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -80,46 +79,18 @@ def test_splicing_the_true_latent_reproduces_the_clean_decode(quick_run):
     torch.testing.assert_close(job.ae.splice(job.held_images, "latent", lambda m: m), job.clean)
 
 
-def test_report_loads_in_headless_chromium_without_console_errors(quick_run):
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.skip("needs Debian's chromium and chromium-driver (make test installs them where apt-get can)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
-        browser.get((quick_run / "report.html").as_uri())
-        images = browser.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]);")
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-        title = browser.title
-    finally:
-        browser.quit()
-    assert errors == []
+def test_report_loads_in_headless_chromium_without_console_errors(quick_run, open_in_chromium):
+    page = open_in_chromium(quick_run / "report.html")
+    assert page["errors"] == []
     figures = sorted(p.stem for p in (quick_run / "figures").glob("*.png"))
-    assert sorted(alt for _, _, alt in images) == figures  # every figure is on the page...
-    assert all(done and width > 100 for done, width, _ in images)  # ...and decodes
+    assert sorted(alt for _, _, alt in page["images"]) == figures  # every figure is on the page...
+    assert all(done and width > 100 for done, width, _ in page["images"])  # ...and decodes
     assert "pareto" in figures and "latent_steering" in figures and "autoencoder_errors" in figures
-    assert title == "visinterp run report"
+    assert page["title"] == "visinterp run report"
 
 
-def test_notebook_runs_on_the_quick_run(quick_run, cache):
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks" / "explore_unnamed_features.ipynb", as_version=4)
-    os.environ["VISINTERP_RUN"] = str(quick_run)
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    finally:
-        os.environ.pop("VISINTERP_RUN")
+def test_notebook_runs_on_the_quick_run(quick_run, cache, run_notebook):
+    nb = run_notebook("explore_unnamed_features.ipynb", "VISINTERP_RUN", quick_run)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     metrics = json.loads((quick_run / "metrics.json").read_text())
     n_unnamed = len(metrics["alignment"]["latent"][metrics["analysed"]["latent"][1]]["unnamed"])

@@ -5,7 +5,6 @@ import torch
 from einops import rearrange
 
 from scenes.coord_fit import FitConfig, fit_radiance
-from scenes.io import save_fit
 from scenes.query import point_truth
 from scenes.render import render
 from scenes.sampler import SamplerConfig, sample_scene

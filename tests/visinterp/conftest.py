@@ -1,0 +1,57 @@
+"""Fixtures the job tests share: a report opened in headless Chromium, a notebook executed."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def open_in_chromium():
+    """open(path, script=None) -> {"images": [[complete, naturalWidth, alt]], "errors": SEVERE
+    console entries, "title", "script": what `script` (JavaScript, with a return) gave}."""
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("needs Debian's chromium and chromium-driver (make test installs them where apt-get can)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    def open_page(path: Path, script: str | None = None) -> dict:
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-dev-shm-usage"):
+            opts.add_argument(flag)
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        browser = webdriver.Chrome(service=Service(driver_path), options=opts)
+        try:
+            browser.get(path.as_uri())
+            return {"images": browser.execute_script(
+                        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]);"),
+                    "errors": [e for e in browser.get_log("browser") if e["level"] == "SEVERE"],
+                    "title": browser.title, "script": browser.execute_script(script) if script else None}
+        finally:
+            browser.quit()
+
+    return open_page
+
+
+@pytest.fixture
+def run_notebook():
+    """run(name, env_var, folder) -> the executed notebook (notebooks/NAME, with env_var=folder)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    def run(name: str, env_var: str, folder: Path):
+        nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        os.environ[env_var] = str(folder)
+        try:
+            NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+        finally:
+            os.environ.pop(env_var)
+        return nb
+
+    return run
