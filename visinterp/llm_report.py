@@ -65,7 +65,7 @@ def write_report(view: LLMRunView) -> Path:
         return "-" if fvu is None else f"{fvu:.3f} / {dce:.3f}" if dce is not None else f"{fvu:.3f} / -"
     rows = [[s, *[cell(row, s) for row in r["matched_l0"]]] for s in series]
     parts += [table(rows, ["series", *[f"L0 {row['l0']:.2f}: FVU / dCE" for row in r["matched_l0"]]]),
-              "<p class=note>Each series interpolated (log-log) at the contextual SAEs' L0; '-' where a series does "
+              "<p class=note>Each series interpolated at the contextual SAEs' L0 (FVU log-log; delta CE against log L0, or log-log when positive throughout); '-' where a series does "
               "not reach that L0.</p>", "<h2>Every SAE</h2>"]
     rows = [[n, m["series"], m["l0"], m["state_l0"], m["fvu"], m["delta_ce"], m["ce_recovered"], m["dead_fraction"],
              *[m["best_auroc_by_region"].get(g, float("nan")) for g in r["regions"]],

@@ -9,9 +9,9 @@ import math
 Point = tuple[float, float]  # (L0, value)
 
 
-def _interp(xs: list[float], ys: list[float], x: float, extrapolate: bool = False) -> float | None:
-    """Piecewise-linear interpolation in log-log space. Outside [min xs, max xs]: None, or with
-    `extrapolate` the nearest segment's line extended."""
+def _interp(xs: list[float], ys: list[float], x: float, extrapolate: bool = False, log_y: bool = True) -> float | None:
+    """Piecewise-linear interpolation in log x and (with log_y) log y. Outside [min xs, max xs]:
+    None, or with `extrapolate` the nearest segment's line extended."""
     pts = sorted(zip(xs, ys))
     if len(pts) == 1:
         return pts[0][1] if pts[0][0] == x else None
@@ -23,15 +23,19 @@ def _interp(xs: list[float], ys: list[float], x: float, extrapolate: bool = Fals
             if x1 == x0:
                 return y0
             t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            if not log_y:
+                return y0 + t * (y1 - y0)
             return math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))
     return None
 
 
 def value_at_l0(points: list[Point], l0: float) -> float | None:
-    """The sweep's value (FVU, or a positive delta CE) at `l0`, or None outside its range."""
-    if not points or min(p[1] for p in points) <= 0:
+    """The sweep's value at `l0` (log-log when every value is positive, as FVU is; linear in
+    the value against log L0 otherwise, as for a delta CE that can go negative), or None outside
+    its range."""
+    if not points:
         return None
-    return _interp([p[0] for p in points], [p[1] for p in points], l0)
+    return _interp([p[0] for p in points], [p[1] for p in points], l0, log_y=min(p[1] for p in points) > 0)
 
 
 def l0_for_value(points: list[Point], value: float, extrapolate: bool = False) -> float | None:

@@ -16,7 +16,8 @@ def test_log_log_interpolation_and_its_range():
     assert value_at_l0(TOPK, 16.0) is None and l0_for_value(TOPK, 0.05) is None
     assert l0_for_value(TOPK, 0.05, extrapolate=True) == pytest.approx(16.0)  # the last segment's line, extended
     assert l0_for_value([(1.0, 1.0), (4.0, 0.5), (16.0, 0.25)], 2.0, extrapolate=True) == pytest.approx(0.25)
-    assert value_at_l0([(2.0, 0.1), (8.0, -0.01)], 4.0) is None  # log scale needs positive values
+    # a delta CE that goes negative is interpolated linearly against log L0: halfway from 2 to 8 is 4
+    assert value_at_l0([(2.0, 0.1), (8.0, -0.02)], 4.0) == pytest.approx(0.04)
 
 
 def sae(series, family, l0, fvu, dce):
