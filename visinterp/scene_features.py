@@ -4,10 +4,12 @@ Trains a per-position TopK SAE, a contextual SAE (gated carry) and its shuffled-
 control on the same windows (`visinterp.coord_acts`), then reports for each: FVU, L0, state
 L0, the best single feature per ground-truth factor (AUROC, or correlation for depth), the
 within-object switch rate, and the features that match no known factor ("unnamed"), with
-pictures of where they fire."""
+pictures of where they fire. The SAEs and the held-out windows are saved beside report.json,
+so `visinterp.scene_view.SceneFeaturesView` can explore them in a notebook."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
-from ctxsae_core.checkpoint import build_sae, write_json_atomic
+from ctxsae_core.checkpoint import build_sae, save_sae, save_tensors_atomic, write_json_atomic
 from ctxsae_core.data import WindowBatches
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.metrics import switch_rate
@@ -28,6 +30,12 @@ from visinterp.coord_acts import SURFACE_FACTORS, Windows
 from visinterp.scene_figures import feature_pictures
 
 FACTOR_NAMES = {"kind_id": KINDS, "material_id": MATERIALS, "texture_id": TEXTURES, "normal_bin": NORMAL_BINS}
+HELD_FILE = "held_windows.safetensors"  # the held-out windows: acts, where, factor/<name>; axis in the metadata
+
+
+def sae_folder(name: str) -> str:
+    """Where `analyse` saves the SAE called `name`, relative to its output folder."""
+    return "saes/" + name.replace(", shuffled control", "_control").replace(" ", "_")
 
 
 @dataclass(frozen=True)
@@ -59,12 +67,17 @@ def analyse(windows: Windows, cfg: SceneSAEConfig, out: Path) -> dict:
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
     n_held = max(1, n // 5)
     held, train = idx[:n_held], idx[n_held:]
-    report: dict = {"windows": n, "T": t, "d": d, "axis": windows.axis, "grid": windows.grid, "models": {}}
+    report: dict = {"windows": n, "T": t, "d": d, "axis": windows.axis, "grid": windows.grid, "seed": cfg.seed,
+                    "models": {}}
+    save_tensors_atomic(out / HELD_FILE, {"acts": windows.acts[held], "where": windows.where[held],
+                                          **{f"factor/{k}": v[held] for k, v in windows.factors.items()}},
+                        {"axis": windows.axis, "grid": json.dumps(windows.grid), "continuous": json.dumps(windows.continuous)})
     for name, (sae_cfg, shuffle) in _models(d, cfg).items():
         model = build_sae(sae_cfg)
         tc = TrainConfig(tokens=cfg.tokens, batch_tokens=cfg.batch_windows * t, lr=cfg.lr, seed=cfg.seed,
                          shuffle_context=shuffle, progress=cfg.progress, eval_every=0)
         Trainer(model, tc, axis).fit(WindowBatches(windows.acts[train], cfg.batch_windows, cfg.seed))
+        save_sae(model, out / sae_folder(name), axis)
         x = windows.acts[held]
         scores = evaluate(model, x, axis, shuffle_context=shuffle, seed=cfg.seed)
         states = window_codes(model, x, axis, shuffle, cfg.seed, permutation_key=())["state"]  # as first reported
@@ -80,7 +93,8 @@ def analyse(windows: Windows, cfg: SceneSAEConfig, out: Path) -> dict:
             "dead_fraction": scores["dead_fraction"], "alignment": table["factors"],
             "mean_best_auroc": _mean_best(table["factors"]),
             "within_object_switch_rate": float(rates[live].nanmean()) if live.any() else math.nan,
-            "unnamed": unnamed[:20], "n_unnamed": len(unnamed), "n_live": int(live.sum())}
+            "unnamed": unnamed[:20], "n_unnamed": len(unnamed), "n_live": int(live.sum()),
+            "folder": sae_folder(name), "shuffle_context": shuffle}
         if unnamed:
             feature_pictures(states, windows.where[held], unnamed[:6], out / f"unnamed_{name.split(',')[0].replace(' ', '_')}"
                              f"{'_control' if shuffle else ''}.png", f"{name}: unnamed features (max over positions)")

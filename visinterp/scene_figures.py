@@ -23,12 +23,17 @@ def pixel_maps(states: Tensor, where: Tensor, features: list[int], view: int = 0
 
 
 def feature_pictures(states: Tensor, where: Tensor, features: list[int], path: Path, title: str) -> None:
+    save_figure(pictures_figure(states, where, features, title), path, dpi=100)
+
+
+def pictures_figure(states: Tensor, where: Tensor, features: list[int], title: str, view: int = 0):
+    """One panel per feature: its largest activation at each pixel of `view`."""
     plt = pyplot()
-    maps = pixel_maps(states, where, features)
+    maps = pixel_maps(states, where, features, view)
     fig, axes = plt.subplots(1, len(features), figsize=(2.2 * len(features), 2.5), squeeze=False)
     for ax, f, m in zip(axes[0], features, maps):
         ax.imshow(m.numpy(), cmap="magma")
         ax.set_title(f"feature {f}", fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    save_figure(fig, path, dpi=100)
+    return fig

@@ -11,7 +11,11 @@ from scenes.sampler import SamplerConfig, sample_scene
 from scenes.cli import main as scenes_main
 from visinterp.cli import main
 from visinterp.coord_acts import pixel_windows, ray_windows
+from visinterp.alignment import alignment_table
+from visinterp.coord_acts import SURFACE_FACTORS
+from visinterp.scene_features import FACTOR_NAMES
 from visinterp.scene_figures import pixel_maps
+from visinterp.scene_view import SceneFeaturesView
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +73,17 @@ def test_pixel_maps_take_the_max_over_positions_of_a_pixel():
     assert maps.shape == (2, 2, 1) and maps[:, 1, 0].tolist() == [3.0, 2.0] and maps[:, 0, 0].tolist() == [0.0, 0.0]
 
 
-def test_scene_features_cli_reports_all_three_models(image_fit, tmp_path, capsys):
-    out = tmp_path / "sf"
+@pytest.fixture(scope="module")
+def scene_features(image_fit, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sf")
     code = main(["scene-features", "--fit", str(image_fit), "--out", str(out), "--size", "16", "--tile", "4",
                  "--width", "64", "--k", "6", "--k-contextual", "2", "--tokens", "4000", "--no-progress"])
     assert code == 0
-    report = json.loads((out / "report.json").read_text())
+    return out
+
+
+def test_scene_features_cli_reports_all_three_models(scene_features):
+    report = json.loads((scene_features / "report.json").read_text())
     models = report["models"]
     assert list(models) == ["per-position topk", "contextual gated", "contextual gated, shuffled control"]
     assert models["per-position topk"]["state_l0"] == pytest.approx(models["per-position topk"]["l0"])
@@ -84,7 +93,32 @@ def test_scene_features_cli_reports_all_three_models(image_fit, tmp_path, capsys
             scores = [values["correlation"]] if "correlation" in values else [v["auroc"] for v in values.values()]
             assert all(-1 <= s <= 1 for s in scores)
         assert m["n_unnamed"] <= m["n_live"]
-    assert "per-position topk" in capsys.readouterr().out
+
+
+def test_saved_saes_and_windows_reproduce_the_reported_alignment(scene_features):
+    view = SceneFeaturesView(scene_features)
+    for name in view.names:
+        state = view.state(name)
+        table = alignment_table(state.reshape(-1, state.shape[-1]), {k: v.reshape(-1) for k, v in view.factors.items()},
+                                continuous=view.continuous, names=FACTOR_NAMES, within_labelled=SURFACE_FACTORS)
+        assert json.loads(json.dumps(table["factors"])) == view.report["models"][name]["alignment"]
+    f = view.unnamed("contextual gated")[0] if view.unnamed("contextual gated") else 0
+    profile = view.factor_profile("contextual gated", f)
+    on = (view.state("contextual gated")[..., f] > 0).float()
+    labels = view.factors["object_id"]
+    first = int(labels[labels >= 0].min())
+    assert profile["object_id"][str(first)] == pytest.approx(float(on[labels == first].mean()), abs=1e-3)
+    assert set(profile["kind_id"]) <= {"sphere", "box", "cylinder", "torus", "plane"}  # values named, not numbered
+
+
+def test_scene_notebook_runs_on_the_output(scene_features, run_notebook):
+    nb = run_notebook("explore_scene_features.ipynb", "SCENE_FEATURES_RUN", scene_features)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    report = json.loads((scene_features / "report.json").read_text())
+    m = report["models"]["contextual gated"]
+    assert f"unnamed {m['n_unnamed']} of {m['n_live']} live" in text and "groups: [" in text
+    pictures = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(pictures) == 1
 
 
 def test_scene_features_bad_input(tmp_path, image_fit, capsys):
