@@ -58,6 +58,12 @@ def evaluate(
         bar.update(x.shape[0])
     bar.close()
     model.train(was_training)
+    return scores(model, axis, recon, sparsity, shuffle_context)
+
+
+def scores(model: BaseSAE, axis: ContextAxis | None, recon: ReconstructionSums, sparsity: SparsitySums,
+           shuffle_context: bool) -> dict[str, Any]:
+    """The report `evaluate` returns, from sums accumulated over every held-out batch."""
     return {
         "fvu": recon.fvu,
         "mse": recon.mse,

@@ -8,21 +8,26 @@ from torch import Tensor
 
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.data import seeded_generator, shuffle_positions
+from ctxsae_core.evaluate import scores
+from ctxsae_core.metrics import ReconstructionSums, SparsitySums
 from ctxsae_core.sae import BaseSAE
 
 
 @torch.no_grad()
 def window_codes(model: BaseSAE, x: Tensor, axis: ContextAxis, shuffle: bool, seed: int, batch: int = 64,
-                 permutation_key: tuple[int, ...] = (99,)) -> dict[str, Tensor]:
+                 permutation_key: tuple[int, ...] = (99,), on_batch=None) -> dict[str, Tensor]:
     """{"x_hat": (N, T, D), "innovations": (N, T, F) at the input positions, "state": (N, T, F)}.
     With `shuffle`, positions are permuted by seeded_generator(seed, *permutation_key); the
-    default key is the one `ctxsae_core.evaluate` uses, so codes and reported metrics agree."""
+    default key is the one `ctxsae_core.evaluate` uses, so codes and reported metrics agree.
+    `on_batch(x, out)` sees each batch as the model saw it (shuffled, for the control)."""
     perm = None
     if shuffle:
         x, perm = shuffle_positions(x, seeded_generator(seed, *permutation_key))
     parts: dict[str, list[Tensor]] = {"x_hat": [], "innovations": [], "state": []}
     for i in range(0, x.shape[0], batch):
         out = model(x[i : i + batch], axis)
+        if on_batch is not None:
+            on_batch(x[i : i + batch], out)
         parts["x_hat"].append(out.x_hat)
         parts["innovations"].append(out.innovations[:, model.output_steps(out)])
         parts["state"].append(out.state)
@@ -30,3 +35,18 @@ def window_codes(model: BaseSAE, x: Tensor, axis: ContextAxis, shuffle: bool, se
     if perm is not None:
         codes = {k: torch.empty_like(v).scatter_(1, perm[..., None].expand_as(v), v) for k, v in codes.items()}
     return codes
+
+
+@torch.no_grad()
+def evaluate_with_codes(model: BaseSAE, x: Tensor, axis: ContextAxis, shuffle: bool, seed: int,
+                        batch: int = 64) -> tuple[dict, dict[str, Tensor]]:
+    """`ctxsae_core.evaluate`'s scores and `window_codes` from one pass over the windows (the
+    same permutation for the control, so both describe the same forward)."""
+    recon, sparsity = ReconstructionSums(), SparsitySums(model.config.width)
+
+    def tally(xb: Tensor, out) -> None:
+        recon.add(xb, out.x_hat)
+        sparsity.add(out.innovations, out.state, xb.shape[0] * xb.shape[1])
+
+    codes = window_codes(model, x, axis, shuffle, seed, batch, on_batch=tally)
+    return scores(model, axis, recon, sparsity, shuffle), codes

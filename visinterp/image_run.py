@@ -22,6 +22,7 @@ from visinterp.image_analysis import error_by_factor, feature_alignment, grid_fa
 from visinterp.codes import window_codes
 from visinterp.image_saes import SAESpec, reconstruct_map, sweep_specs, train_sae
 from visinterp.images import FolderImages, ImageSource, SceneImages
+from visinterp.matched_l0 import analysed_pair
 from visinterp.run_config import RunConfig
 from visinterp.store import ActivationStore
 
@@ -93,8 +94,8 @@ class Run:
             model = train_sae(spec, store, train_idx, axis, self.cfg.sweep, self.sae_folder(hook, spec.name),
                               self.progress)
             scores = evaluate(model, held_x, axis, shuffle_context=spec.shuffle, seed=self.cfg.sweep.seed)
-            metrics[spec.name] = {"hook": hook, "arch": spec.config.arch, "series": spec.series, "family": spec.family, "k": spec.k,
-                                  "axis": axis.kind, "grid": list(store.grid), "carry": getattr(spec.config, "carry", None),
+            metrics[spec.name] = {"hook": hook, "arch": spec.config.arch, "series": spec.series, "family": spec.family,
+                                  "k": spec.k, "axis": axis.kind, "grid": list(store.grid), "carry": getattr(spec.config, "carry", None),
                                   **{k: scores[k] for k in ("fvu", "mse", "l0", "state_l0", "dead_fraction",
                                                             "n_positions", "state_l0_counting")},
                                   **self.image_quality(hook, model, axis, spec)}
@@ -114,13 +115,8 @@ class Run:
         return self.out / "saes" / hook / name
 
     def analysed_pair(self, metrics: dict) -> tuple[str, str]:
-        """The contextual SAE at the middle budget, and the per-position SAE nearest its FVU."""
-        ctx = sorted((m["k"], n) for n, m in metrics.items() if m["family"] == "contextual")
-        name = ctx[len(ctx) // 2][1]
-        target = metrics[name]["fvu"]
-        per_pos = min((abs(math.log(max(m["fvu"], 1e-9) / max(target, 1e-9))), n)
-                      for n, m in metrics.items() if m["family"] == "per-position")[1]
-        return per_pos, name
+        """(per-position SAE, contextual SAE) the report analyses: see matched_l0.analysed_pair."""
+        return analysed_pair(metrics, f"contextual_{self.cfg.sweep.carries[0]}")
 
     def alignment(self, hook_data: dict, names: list[str]) -> dict:
         if self.truths is None:

@@ -139,14 +139,25 @@ class CausalLM:
             if handle is not None:
                 handle.remove()
 
-    def ce_loss(self, input_ids: Tensor, hook: str | None = None, replace=None, exclude_first: int = 1) -> float:
+    def ce_loss(self, input_ids: Tensor, hook: str | None = None, replace: Callable[[Tensor], Tensor] | Tensor | None = None,
+                exclude_first: int = 1, batch: int = 16) -> float:
         """Mean next-token cross-entropy (nats) over predicted positions whose input position is
-        an SAE position (`sae_positions`), so clean and spliced losses cover the same tokens."""
-        logits = self.logits(input_ids, hook, replace)[:, :-1]
-        targets = input_ids[:, 1:]
-        keep = self.sae_positions(input_ids, exclude_first)[:, :-1]
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-        return float(ce[keep.reshape(-1)].mean())
+        an SAE position (`sae_positions`), so clean and spliced losses cover the same tokens.
+        `replace` is a function of the hook's output, or a tensor (B, T - 1, d) spliced in at
+        positions 1.. (position 0 kept), e.g. an SAE's reconstruction. Runs `batch` rows at a
+        time, so the logits of one batch are all that is held."""
+        total, count = 0.0, 0
+        for a in range(0, input_ids.shape[0], batch):
+            ids = input_ids[a : a + batch]
+            fn = replace
+            if isinstance(replace, Tensor):
+                tail = replace[a : a + batch]
+                fn = lambda h, tail=tail: torch.cat([h[:, :1], tail.to(h.dtype)], 1)  # noqa: E731
+            logits = self.logits(ids, hook, fn)[:, :-1]
+            keep = self.sae_positions(ids, exclude_first)[:, :-1]
+            ce = F.cross_entropy(logits[keep], ids[:, 1:][keep], reduction="sum")
+            total, count = total + float(ce), count + int(keep.sum())
+        return total / count
 
 
 def _locate(source: str) -> tuple[str, dict]:

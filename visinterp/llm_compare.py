@@ -19,10 +19,9 @@ from ctxsae_core.axes import make_axis
 from ctxsae_core.checkpoint import save_tensors_atomic, write_json_atomic, write_text_atomic
 from ctxsae_core.config import _build, param, require
 from ctxsae_core.data import seeded_generator
-from ctxsae_core.evaluate import evaluate
 from ctxsae_core.metrics import switch_rate
 from visinterp.alignment import alignment_table
-from visinterp.codes import window_codes
+from visinterp.codes import evaluate_with_codes
 from visinterp.corpus import Span, TokenWindows, default_corpus, hf_corpus, local_corpus, token_windows
 from visinterp.image_saes import sweep_specs, train_sae
 from visinterp.llm import CausalLM, load_causal_lm
@@ -185,18 +184,16 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True) -> dict:
     held_ids = windows.ids[held_w]
     region, boundaries = windows.region[held_w][:, 1:], windows.boundaries()[held_w][:, 1:]
     ce_clean = lm.ce_loss(held_ids)
-    ce_zero = lm.ce_loss(held_ids, cfg.hook, lambda h: torch.cat([h[:, :1], torch.zeros_like(h[:, 1:])], 1))
+    ce_zero = lm.ce_loss(held_ids, cfg.hook, torch.zeros_like(held_x))
     result = {"model": lm.description, "hook": cfg.hook, "window": cfg.corpus.window, "held_out_windows": len(held),
               "windows_harvested": int(windows.ids.shape[0]), "windows_left_out_as_outliers": int(windows.ids.shape[0] - n),
               "ce_clean": ce_clean, "ce_zero_ablation": ce_zero, "regions": list(windows.regions), "saes": {}}
     for spec in sweep_specs(cfg.sweep, store.window_shape[1]):
         model = train_sae(spec, store, train, axis, cfg.sweep, out / "saes" / spec.name, progress)
-        scores = evaluate(model, held_x, axis, shuffle_context=spec.shuffle, seed=cfg.sweep.seed)
-        codes = window_codes(model, held_x, axis, spec.shuffle, cfg.sweep.seed)
+        scores, codes = evaluate_with_codes(model, held_x, axis, spec.shuffle, cfg.sweep.seed)
         # held_x is exactly the hook's output at positions 1.. of held_ids (same model, same ids),
         # so the reconstruction computed above is what gets spliced in
-        x_hat = codes["x_hat"]
-        ce_spliced = lm.ce_loss(held_ids, cfg.hook, lambda h: torch.cat([h[:, :1], x_hat.to(h.dtype)], 1))
+        ce_spliced = lm.ce_loss(held_ids, cfg.hook, codes["x_hat"])
         result["saes"][spec.name] = {
             "arch": spec.config.arch, "series": spec.series, "family": spec.family, "carry": getattr(spec.config, "carry", None), "k": spec.k,
             **{k: scores[k] for k in ("l0", "state_l0", "fvu", "mse", "dead_fraction", "state_l0_counting")},

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from functools import cache
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from scenes.figures import pyplot
 from visinterp.codes import window_codes
 from visinterp.llm import load_tokenizer
 from visinterp.llm_compare import held_split, llm_config_from_dict, load_windows
+from visinterp.matched_l0 import analysed_pair
 from visinterp.report_page import CSS, pareto_panel
 from visinterp.store import ActivationStore
 
@@ -80,12 +80,7 @@ class LLMRunView:
     def analysed(self) -> tuple[str, str, str]:
         """(contextual SAE at the middle budget of the config's first carry, its control, the
         per-position SAE nearest its FVU): the trio the report's strips and contexts show."""
-        first = f"contextual_{self.cfg.sweep.carries[0]}"
-        ctx = sorted((m["k"], n) for n, m in self.saes.items() if m["series"] == first)
-        name = ctx[len(ctx) // 2][1]
-        target = self.saes[name]["fvu"]
-        per_pos = min((abs(math.log(max(m["fvu"], 1e-9) / max(target, 1e-9))), n) for n, m in self.saes.items()
-                      if m["family"] == "per-position")[1]
+        per_pos, name = analysed_pair(self.saes, f"contextual_{self.cfg.sweep.carries[0]}")
         return name, f"{name}_control", per_pos
 
     def region_features(self, name: str) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """Comparing sweeps at matched sparsity: interpolate a sweep's curve in log-log space, read
 off the L0 another sweep needs for the same FVU, and score the contextual SAE's goal (fewer
-innovations than per-position TopK at equal FVU, delta CE no worse, control loses the gain)."""
+innovations than per-position TopK at equal FVU, delta CE no worse, control loses the gain);
+and pick the pair of SAEs a report analyses side by side."""
 
 from __future__ import annotations
 
@@ -42,6 +43,16 @@ def l0_for_value(points: list[Point], value: float, extrapolate: bool = False) -
     """The L0 at which a sweep whose value falls with L0 reaches `value`; None outside its
     range unless `extrapolate`."""
     return _interp([p[1] for p in points], [p[0] for p in points], value, extrapolate)
+
+
+def analysed_pair(saes: dict[str, dict], contextual_series: str) -> tuple[str, str]:
+    """(the per-position SAE nearest in FVU, the SAE of `contextual_series` at its middle budget)."""
+    ctx = sorted((m["k"], n) for n, m in saes.items() if m["series"] == contextual_series)
+    name = ctx[len(ctx) // 2][1]
+    target = max(saes[name]["fvu"], 1e-9)
+    per_pos = min((abs(math.log(max(m["fvu"], 1e-9) / target)), n) for n, m in saes.items()
+                  if m["family"] == "per-position")[1]
+    return per_pos, name
 
 
 def series_points(saes: dict[str, dict], series: str, y: str) -> list[Point]:

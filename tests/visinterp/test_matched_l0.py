@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from visinterp.matched_l0 import goals, l0_for_value, matched_table, value_at_l0
+from visinterp.matched_l0 import analysed_pair, goals, l0_for_value, matched_table, value_at_l0
 
 # TopK: FVU 0.4 at L0 2, 0.1 at L0 8 -> in log-log space FVU = 0.4 * (L0 / 2) ** -1
 TOPK = [(2.0, 0.4), (8.0, 0.1)]
@@ -49,3 +49,14 @@ def test_matched_table_reads_every_series_at_the_given_l0():
     rows = matched_table(saes, [4.0, 16.0])
     assert rows[0]["topk/fvu"] == pytest.approx(0.2) and rows[0]["ctx/fvu"] == pytest.approx(0.3)
     assert rows[1]["topk/fvu"] is None and rows[1]["ctx/delta_ce"] is None
+
+
+def test_analysed_pair_takes_the_middle_budget_and_the_nearest_fvu():
+    saes = {"topk_k2": {**sae("topk", "per-position", 2, 0.4, 0.4), "k": 2},
+            "topk_k8": {**sae("topk", "per-position", 8, 0.1, 0.1), "k": 8},
+            **{f"g{k}": {**sae("contextual_gated", "contextual", k, fvu, 0.1), "k": k}
+               for k, fvu in ((1, 0.5), (2, 0.15), (4, 0.05))},
+            "a2": {**sae("contextual_attention", "contextual", 2, 0.38, 0.1), "k": 2}}
+    # gated budgets 1, 2, 4: the middle is g2 (FVU 0.15); |log(0.1 / 0.15)| < |log(0.4 / 0.15)|
+    assert analysed_pair(saes, "contextual_gated") == ("topk_k8", "g2")
+    assert analysed_pair(saes, "contextual_attention") == ("topk_k2", "a2")
