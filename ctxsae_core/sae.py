@@ -97,6 +97,15 @@ class BaseSAE(nn.Module):
         return alpha
 
     @torch.no_grad()
+    def prime_statistics_(self, x: Tensor) -> None:
+        """Running statistics from a sample before the first step, as a training step would set
+        them (BatchTopK's threshold). A contextual SAE codes its innovations with the threshold
+        from the first step on; at its initial 0, half of all features would fire."""
+        centred = x.reshape(-1, x.shape[-1]).float() * self.act_scale - self.b_dec_D
+        pre = torch.nn.functional.linear(centred, self.W_enc_FD, self.b_enc_F)
+        self.activation.update_statistics_(pre, centred.shape[0])
+
+    @torch.no_grad()
     def normalize_decoder_(self) -> None:
         self.W_dec_FD /= self.W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-8)
 

@@ -76,6 +76,10 @@ class Trainer:
             return k
         return k * (self.cfg.k_anneal_start + (1 - self.cfg.k_anneal_start) * step / span)
 
+    def _set_budget(self, step: int) -> None:
+        if hasattr(self.model.activation, "set_budget_"):
+            self.model.activation.set_budget_(self.budget_at(step, self.model.config.activation.k))
+
     def dead_mask(self) -> Tensor:
         dead_tokens = self.cfg.dead_tokens or min(10_000_000, max(1, self.cfg.tokens // 10))
         return self.tokens_since_fired >= dead_tokens
@@ -155,8 +159,7 @@ class Trainer:
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        if hasattr(model.activation, "set_budget_"):
-            model.activation.set_budget_(self.budget_at(self.step, model.config.activation.k))
+        self._set_budget(self.step)
         if hasattr(model, "carry_scale"):
             model.carry_scale = 0.0 if self.step < round(self.carry_warmup_fraction * self.total_steps) else 1.0
         out = model(x, self.axis)
@@ -199,6 +202,8 @@ class Trainer:
             if self.cfg.shrink_encoder_init:
                 self.model.shrink_encoder_(first)
             self.total_steps = max(1, round(self.cfg.tokens / (first.shape[0] * first.shape[1])))
+            self._set_budget(0)
+            self.model.prime_statistics_(first)  # at step 0's budget, so an annealed k starts where it should
             it = itertools.chain([first], it)
         self._loop(it)
         final = self._evaluate() if self.eval_windows is not None else {}

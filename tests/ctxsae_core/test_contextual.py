@@ -165,13 +165,17 @@ def test_quadtree_pays_for_a_region_at_its_coarsest_cell():
 
 
 @pytest.mark.parametrize("carry", CARRIES)
-@pytest.mark.parametrize("act", [TopK(k=4), BatchTopK(k=4), ReLU(l1_coeff=0.01)], ids=lambda a: a.kind)
-def test_fast_path_matches_dense_reference(carry, act):
-    """In float64, so that rounding differences cannot flip a code across its threshold."""
+@pytest.mark.parametrize("act", [TopK(k=4), BatchTopK(k=4), ReLU(l1_coeff=0.01), JumpReLU(init_threshold=0.05)],
+                         ids=lambda a: a.kind)
+@pytest.mark.parametrize("kind,T,grid", [("tokens", 8, None), ("quadtree", 16, (4, 4))])
+def test_fast_path_matches_dense_reference(carry, act, kind, T, grid):
+    """Training's fast path (a walk without autograd, then a batched replay) against one walk
+    by plain dense autograd: same codes, loss and gradients. In float64, so that rounding
+    differences cannot flip a code across its threshold."""
     d, f = 64, 1024  # 32 rows x 1024 x 64 = 2^21: the sparse path
     m = _model(carry, act=act, d=d, f=f, persistence=1.0).train().double()
-    axis = make_axis("tokens", 8)
-    x = torch.randn(32, 8, d, dtype=torch.float64)
+    axis = make_axis(kind, T, grid)
+    x = torch.randn(32, T, d, dtype=torch.float64)
     assert use_sparse_path(32, m.W_enc_FD)
     grads = []
     for reference in (False, True):
@@ -186,6 +190,26 @@ def test_fast_path_matches_dense_reference(carry, act):
     assert_close(t1.total, t2.total, rtol=1e-5, atol=1e-6)
     for name in g2:
         assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("carry", CARRIES)
+@pytest.mark.parametrize("kind,T,grid", [("tokens", 16, None), ("quadtree", 16, (4, 4))])
+def test_training_and_inference_walks_give_the_same_codes(carry, kind, T, grid):
+    """With autograd the walk is run twice (record, then replay in a batch); without, once."""
+    m = _model(carry, persistence=3.0).train()
+    with torch.no_grad():
+        for name, p in m.carry.named_parameters():
+            if name.startswith("reset"):
+                p.fill_(-4.0)  # weak resets: features persist
+    axis = make_axis(kind, T, grid)
+    x = torch.randn(4, T, 6)
+    trained = m(x, axis)
+    with torch.no_grad():
+        plain = m(x, axis)
+    assert (trained.carried != 0).any()  # something is carried, so the replay has work to do
+    for name in ("innovations", "state", "carried", "x_hat", "pre_acts", "enc_in"):
+        assert_close(getattr(trained, name).detach(), getattr(plain, name), msg=name)
+    assert torch.equal(trained.carried_support, plain.carried_support)
 
 
 @pytest.mark.parametrize("act", [TopK(k=2), BatchTopK(k=2), ReLU(l1_coeff=0.01), JumpReLU()], ids=lambda a: a.kind)

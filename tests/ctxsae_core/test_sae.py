@@ -164,3 +164,41 @@ def test_shrink_encoder_fixes_the_tied_init_overshoot_when_k_is_near_d():
     assert torch.equal(before.state > 0, after.state > 0)  # same features, smaller codes
     torch.testing.assert_close(after.state, before.state * alpha)
     assert model.shrink_encoder_(x) == pytest.approx(1.0, abs=1e-4)  # already the least-squares scale
+
+
+def test_pooled_cutoff_offers_per_row_and_falls_back_when_one_row_holds_the_largest():
+    from ctxsae_core.activations import _kth_largest
+
+    torch.manual_seed(0)
+    pre = torch.randn(64, 512)
+    for n_keep in (1, 64, 64 * 8, 64 * 100):
+        assert _kth_largest(pre, n_keep) == pre.reshape(-1).topk(n_keep).values.min()
+    skewed = pre.clone()
+    skewed[3] += 100.0  # row 3 holds the 512 largest entries: its offers alone cannot be enough
+    n_keep = 64 * 4  # 16 offers per row
+    assert _kth_largest(skewed, n_keep) == skewed[3].topk(n_keep).values.min()
+
+
+@pytest.mark.parametrize("act", [TopK(k=8), BatchTopK(k=8), ReLU(l1_coeff=0.01), JumpReLU(init_threshold=0.5)],
+                         ids=lambda a: a.kind)
+def test_codes_straight_from_pre_activations_equal_encode(act):
+    m = _model(act)
+    if isinstance(act, BatchTopK):
+        m.activation.threshold.fill_(0.7)  # coding alone, as a contextual SAE's innovations are
+    x_c = torch.randn(B * T, D)
+    with torch.no_grad():
+        want = m.activation.encode(x_c, m.W_enc_FD, m.b_enc_F).dense
+        got = m.activation.codes(torch.nn.functional.linear(x_c, m.W_enc_FD, m.b_enc_F))
+    assert (want != 0).float().sum(1).mean() > 1  # something fires, not everything
+    assert (want == 0).any()
+    assert torch.equal(got, want)
+
+
+def test_prime_statistics_sets_the_batchtopk_threshold_to_the_pooled_cutoff():
+    m = _model(BatchTopK(k=8))
+    x = torch.randn(B, T, D)
+    m.prime_statistics_(x)
+    with torch.no_grad():
+        pre = torch.nn.functional.linear(x.reshape(-1, D) * m.act_scale - m.b_dec_D, m.W_enc_FD, m.b_enc_F)
+    assert m.activation.threshold > 0
+    assert (pre > m.activation.threshold).sum() == B * T * 8 - 1  # the cut-off entry itself is not above it

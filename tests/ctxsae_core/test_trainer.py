@@ -127,3 +127,19 @@ def test_contextual_saes_get_a_warm_up_and_an_annealed_budget_by_default():
     assert TrainConfig(carry_warmup_fraction=0.0, k_anneal_fraction=0.1).schedule_for(True) == (0.0, 0.1)
     with pytest.raises(InputError, match="carry_warmup_fraction"):
         TrainConfig(carry_warmup_fraction=1.5)
+
+
+@pytest.mark.parametrize("anneal", [0.0, 0.5])
+def test_first_step_codes_at_the_budget_the_schedule_sets(tmp_path, anneal):
+    """A contextual SAE's BatchTopK innovations are coded with the inference threshold from the
+    first step on: the trainer primes it from the first batch at step 0's budget (k_anneal_start
+    * k when annealing). Unprimed, the threshold is 0 and about half of all features fire."""
+    torch.manual_seed(0)
+    m = ContextualSAE(ContextualConfig(d_in=32, width=256, activation=BatchTopK(k=4), carry="gated"))
+    data = torch.randn(64, T, 32)
+    cfg = TrainConfig(tokens=64 * T * 10, batch_tokens=64 * T, progress=False, eval_every=0, log_every=1,
+                      k_anneal_fraction=anneal, k_anneal_start=4.0)
+    Trainer(m, cfg, make_axis("tokens", T), out_dir=tmp_path).fit(WindowBatches(data, 64, seed=0))
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    budget = 4 * (4.0 if anneal else 1.0)
+    assert first["step"] == 1 and first["l0"] == pytest.approx(budget, rel=0.2)
