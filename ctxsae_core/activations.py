@@ -36,13 +36,6 @@ def use_sparse_path(rows: int, W_FD: Tensor) -> bool:
     return f >= SPARSE_MIN_WIDTH and rows * f * d >= SPARSE_MIN_WORK
 
 
-def _pre_activations(x_c: Tensor, W_FD: Tensor, b_F: Tensor, values: Tensor | None) -> Tensor:
-    """x_c @ W.T + b with autograd; with `values` (the same product computed earlier), exactly
-    those values, so that a batched recomputation cannot flip a code across its threshold."""
-    pre = F.linear(x_c, W_FD, b_F)
-    return pre if values is None else values + (pre - pre.detach())
-
-
 class Activation(nn.Module):
     """Base: select which entries fire; the sparse path differentiates only those."""
 
@@ -58,25 +51,20 @@ class Activation(nn.Module):
         shares one budget (BatchTopK in training); otherwise every row is coded alone."""
         raise NotImplementedError
 
-    def encode(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False,
-               pre: Tensor | None = None) -> Encoded:
-        """Codes of the centred inputs `x_c` (N, D) under encoder W (F, D), b (F,). `pre`: the
-        pre-activations of these inputs, computed earlier without autograd (the contextual SAE's
-        walk); the codes are selected from exactly those values, and the gradients are x_c's."""
+    def encode(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False) -> Encoded:
+        """Codes of the centred inputs `x_c` (N, D) under encoder W (F, D), b (F,)."""
         if not use_sparse_path(x_c.shape[0], W_FD):
-            return self.encode_reference(x_c, W_FD, b_F, pooled, pre)
-        if pre is None:
-            with torch.no_grad():
-                pre = F.linear(x_c, W_FD, b_F)
+            return self.encode_reference(x_c, W_FD, b_F, pooled)
+        with torch.no_grad():
+            pre = F.linear(x_c, W_FD, b_F)
         rows, cols = self.select(pre, pooled)
         vals = gather_linear(x_c, W_FD, b_F, pre, rows, cols)
         sparse = SparseCodes(rows, cols, vals, pre.shape[0], pre.shape[1])
         return Encoded(sparse.to_dense(), sparse, pre)
 
-    def encode_reference(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False,
-                         pre: Tensor | None = None) -> Encoded:
+    def encode_reference(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False) -> Encoded:
         """The same codes by plain dense autograd: the reference the fast path is tested against."""
-        pre = _pre_activations(x_c, W_FD, b_F, pre)
+        pre = F.linear(x_c, W_FD, b_F)
         rows, cols = self.select(pre.detach(), pooled)
         dense = torch.zeros_like(pre).index_put((rows, cols), pre[rows, cols])
         return Encoded(dense, None, pre)
@@ -239,9 +227,8 @@ class JumpReLUActivation(Activation):
     def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
         return (pre > self.log_threshold.exp()).nonzero(as_tuple=True)
 
-    def encode(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False,
-               pre: Tensor | None = None) -> Encoded:
-        pre = _pre_activations(x_c, W_FD, b_F, pre)
+    def encode(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False) -> Encoded:
+        pre = F.linear(x_c, W_FD, b_F)
         return Encoded(_JumpReLUFn.apply(pre, self.log_threshold, self.cfg.bandwidth), None, pre)
 
     encode_reference = encode  # already plain dense autograd, with the threshold's gradient

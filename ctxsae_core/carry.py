@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.config import ContextualConfig
 from ctxsae_core.registry import CARRIES
-from ctxsae_core.sparse_ops import SparseCodes
 
 _PERSISTENCE_HEADROOM = 1.1  # sigmoid(persistence) >= 1/1.1 (persistence >= 2.3) carries exactly
 
@@ -51,25 +50,12 @@ class Carry(nn.Module):
 
     def prior(self, mem: object, t: int, s_parent: Tensor | None) -> tuple[Tensor, Tensor] | None:
         """The prior the encoder codes step t against: what would be carried if nothing new
-        fired, as (value, support) before the model's cut."""
+        fired, as (value, support) before the model's cut. Its gradient, through the encoder's
+        input, reaches earlier steps' codes. The gated carry needs that: with the prior's
+        gradient stopped at the parent's state, training on the synthetic benchmark blew up at
+        k 8 once the carry came on (held-out FVU 0.59, where backpropagating through reaches
+        0.08), although k 4 and 6 trained as well either way."""
         return self.carried(mem, t, s_parent, None)
-
-    # A carry that can replay a finished walk in one batch (training's fast path) sets this and
-    # implements `replay_prior` and `replay`; otherwise training walks step by step with autograd.
-    batched = False
-
-    def replay_prior(self, cols: Tensor, parent_values: Tensor) -> Tensor:
-        """`prior` for many carried entries at once: features `cols`, the parent's state there
-        `parent_values` (held fixed)."""
-        raise NotImplementedError
-
-    def replay(self, innovations: Tensor, codes: SparseCodes | None, kept: Tensor, support: Tensor,
-               entries: tuple[Tensor, Tensor], parent: list[int], scale: float) -> tuple[Tensor, Tensor]:
-        """(carried, state), both (B, S, F) with autograd, for innovations (B, S, F) whose walk
-        has been run already (`codes`: the same innovations as (B * S) rows of sparse codes, when
-        the activation has them): `kept` and `support` (B, S, F) are that walk's cut decisions
-        and carried entries, `entries` the (row, feature) indices of `support` over B * S rows."""
-        raise NotImplementedError
 
 
 @CARRIES.decorator("gated")
@@ -105,74 +91,10 @@ class GatedCarry(Carry):
             gate = gate * torch.exp(-(u_t @ reset_in) @ reset_out)  # (B, F)
         return self.hard(gate) * s_parent, s_parent != 0
 
-    batched = True
-
-    def prior(self, mem, t, s_parent):
-        """The parent's state is held fixed here: the prior's gradient reaches the persistence
-        (and, through the encoder's input, the dictionary) but not earlier steps' codes. That is
-        what lets training replay every step in one batch. On the synthetic benchmark (k 6, same
-        seed) it ends at held-out FVU 0.0998 after 3M tokens where backpropagating through the
-        prior into earlier steps ended at 0.0946 (0.180 either way after 1M tokens); cutting the
-        prior's gradient entirely costs more (0.19-0.20 after 1M)."""
-        return self.carried(mem, t, None if s_parent is None else s_parent.detach(), None)
-
-    def replay_prior(self, cols, parent_values):
-        return self.hard(self.persistence_gate())[cols] * parent_values
-
     def gates(self, u_t: Tensor) -> Tensor:
         """(B, F) gates after innovations u_t fire, for analysis."""
         reset_in, reset_out = F.softplus(self.reset_in_raw), F.softplus(self.reset_out_raw)
         return self.persistence_gate() * torch.exp(-(u_t @ reset_in) @ reset_out)
-
-    def replay(self, innovations, codes, kept, support, entries, parent, scale):
-        """A gate depends on its step's innovations alone, so all gates come from one batched
-        product, computed only where something is carried; what remains step by step is the
-        linear recurrence s_t = cut(g_t s_parent) + u_t, in `_GatedRecurrence`, without an
-        autograd node per step."""
-        b, s, f = innovations.shape
-        reset_in, reset_out = F.softplus(self.reset_in_raw), F.softplus(self.reset_out_raw)
-        pressure = (codes.decode(reset_in) if codes is not None
-                    else innovations.reshape(b * s, f) @ reset_in)  # (B * S, r): u_t A
-        rows, cols = entries
-        reset = (pressure[rows] * reset_out.T[cols]).sum(-1)  # (u_t A B) at the carried entries
-        gate = self.hard(self.persistence_gate()[cols] * torch.exp(-reset))
-        if scale != 1.0:
-            gate = scale * gate
-        gates = gate.new_zeros(b * s, f).index_put((rows, cols), gate).reshape(b, s, f)
-        return _GatedRecurrence.apply(gates, innovations, kept, support, parent)
-
-
-class _GatedRecurrence(torch.autograd.Function):
-    """carried_t = kept_t * g_t * s_parent(t), s_t = carried_t + u_t, walked in step order;
-    every parent comes before its children. The gradient passes straight through the cut for
-    every carried entry (`support`), as `ContextualSAE._cut` defines it."""
-
-    @staticmethod
-    def forward(ctx, gates, innovations, kept, support, parent):  # type: ignore[override]
-        carried = torch.zeros_like(innovations)
-        state = innovations.clone()
-        for t, p in enumerate(parent):
-            if p >= 0:
-                torch.mul(gates[:, t], state[:, p], out=carried[:, t])
-                carried[:, t].masked_fill_(~kept[:, t], 0.0)
-                state[:, t] += carried[:, t]
-        ctx.save_for_backward(gates, state, support)
-        ctx.parent = parent
-        return carried, state
-
-    @staticmethod
-    def backward(ctx, d_carried, d_state):  # type: ignore[override]
-        gates, state, support = ctx.saved_tensors
-        g_state = d_state.clone()  # gradient reaching each state, children's added as we go back
-        d_gates = torch.zeros_like(gates)
-        for t in range(len(ctx.parent) - 1, -1, -1):
-            p = ctx.parent[t]
-            if p < 0:
-                continue
-            g = (d_carried[:, t] + g_state[:, t]) * support[:, t]
-            torch.mul(g, state[:, p], out=d_gates[:, t])
-            g_state[:, p].addcmul_(g, gates[:, t])
-        return d_gates, g_state, None, None, None
 
 
 @dataclass
@@ -237,11 +159,12 @@ class AttentionCarry(Carry):
         return self.hard(weight) * mem.last_value, mem.last_step >= 0
 
     def prior(self, mem, t, s_parent):
-        """Earlier codes are held fixed here, as in the gated carry's prior: the query reads the
+        """Unlike the gated carry's, this prior holds earlier codes fixed: the query reads the
         parent's state without gradient, and the keys and carried values are the memory's,
         detached; the prior's gradient reaches the query's parameters and the dictionary.
         Backpropagating the encoder's input into earlier steps through this carry blows the
-        gradients up (W_dec's to about 1e6 on the tests' random model)."""
+        gradients up (W_dec's to about 1e6 on the tests' random model), and it diverged on
+        every benchmark while it did."""
         if mem.keys is None:
             return None
         q = self._pos(mem.positions[t], self.P_q)

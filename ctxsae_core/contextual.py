@@ -49,27 +49,10 @@ class _Walk(NamedTuple):
     carried: Tensor
     state_support: Tensor  # bool: entries the decoder differentiates (cut ones included)
     carried_support: Tensor  # bool: entries carried at all
-    kept: Tensor  # bool: carried entries above carry_threshold (the cut's decisions)
-    prior_kept: Tensor  # bool: the same for the prior the encoder coded against
-
-    @staticmethod
-    def stack(steps: list[tuple[Tensor, ...]], record: tuple[str, ...]) -> "_Walk":
-        """Per-step tuples -> stacked fields; fields not in `record` are left None."""
-        return _Walk(*(torch.stack(column, 1) if name in record else None
-                       for name, column in zip(_Walk._fields, zip(*steps))))
 
 
 @ARCHITECTURES.decorator("contextual")
 class ContextualSAE(BaseSAE):
-    """With a carry that replays in one batch (gated), training walks twice. The first walk,
-    without autograd, codes each step against its prior and records the pre-activations, the
-    states and the cut decisions; the second replays it with autograd: every step's prior from
-    the recorded parent states, one batched encoder call for all steps, the carry's recurrence
-    in one autograd node. That needs the prior's gradient to stop at the parent's state (it
-    still reaches the carry's parameters and the dictionary: `GatedCarry.prior`). Other carries
-    walk once with autograd. `reference=True` walks once with plain dense autograd: the check
-    the fast path is tested against."""
-
     config: ContextualConfig
 
     def __init__(self, config: ContextualConfig):
@@ -91,54 +74,40 @@ class ContextualSAE(BaseSAE):
             return codes @ self.W_dec_FD
         return SparseCodes.from_dense(codes, support).decode(self.W_dec_FD)
 
-    def _cut(self, carried: tuple[Tensor, Tensor], scale: float,
-             kept: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def _cut(self, carried: tuple[Tensor, Tensor], scale: float) -> tuple[Tensor, Tensor]:
         """Carried values below carry_threshold become exactly zero, so state L0 counts no dust.
         The gradient passes straight through the cut for entries carried at all (the support),
         so a feature whose carried value is still below it learns whether carrying more would
-        help; otherwise a low persistence could never grow. `kept` replays an earlier walk's
-        decisions. Returns (value, support, kept)."""
+        help; otherwise a low persistence could never grow. Returns (value, support)."""
         c, support = carried
         if scale != 1.0:
             c = scale * c
-        if kept is None:
-            kept = c > self.config.carry_threshold
+        kept = c > self.config.carry_threshold
         if not c.requires_grad:
-            return c.masked_fill(~kept, 0.0), support, kept
+            return c.masked_fill(~kept, 0.0), support
         ste = torch.where(support, c - c.detach(), torch.zeros((), dtype=c.dtype))  # zero, with gradient
-        return torch.where(kept, c, ste), support, kept
+        return torch.where(kept, c, ste), support
 
     def _walk(self, axis: ContextAxis, batch: int, code_at: Callable[[int, Tensor | None], Tensor],
-              look_back: bool = True, kept: Tensor | None = None,
-              record: tuple[str, ...] = _Walk._fields) -> _Walk:
+              look_back: bool = True) -> _Walk:
         """Walk the axis; `code_at(t, prior)` supplies step t's innovations, given the cut prior
-        (value, support) when `look_back` (None at steps with nothing carried). `kept` (B, S, F)
-        replays the cut decisions of an earlier walk over the same innovations; `record` names
-        the fields to return."""
+        (value, support) when `look_back` (None at steps with nothing carried)."""
         mem = self.carry.begin(batch, axis)
         scale, states, steps = self.carry_scale, [], []
         for t, p in enumerate(axis.parent.tolist()):
             s_parent = states[p] if p >= 0 else None
             prior = self.carry.prior(mem, t, s_parent) if look_back and scale else None
-            if prior is not None:
-                prior_value, prior_support, prior_kept = self._cut(prior, scale)
-                u = code_at(t, (prior_value, prior_support))
-            else:
-                u, prior_kept = code_at(t, None), None
+            u = code_at(t, None if prior is None else self._cut(prior, scale))
             raw = self.carry.carried(mem, t, s_parent, u) if scale else None
             if raw is None:
                 carried, support = torch.zeros_like(u), torch.zeros_like(u, dtype=torch.bool)
-                cut = support
             else:
-                carried, support, cut = self._cut(raw, scale, None if kept is None else kept[:, t])
+                carried, support = self._cut(raw, scale)
             state = carried + u
             self.carry.remember(mem, t, u, state)
             states.append(state)
-            if "prior_kept" in record and prior_kept is None:
-                prior_kept = torch.zeros_like(support)
-            steps.append((state, carried, support | (u != 0) if "state_support" in record else None, support, cut,
-                          prior_kept))
-        return _Walk.stack(steps, record)
+            steps.append((state, carried, support | (u != 0), support))
+        return _Walk(*(torch.stack(column, 1) for column in zip(*steps)))
 
     def forward(self, x: Tensor, axis: ContextAxis | None = None, reference: bool = False) -> SAEOutput:
         """Windows x (B, T, D) walked along `axis` -> SAEOutput. `reference` runs the plain
@@ -153,11 +122,10 @@ class ContextualSAE(BaseSAE):
         units; state and x_hat are returned at every step."""
         return self._run(xs, axis, reference, slice(None))
 
-    def _code(self, xs: Tensor, axis: ContextAxis, reference: bool,
-              record: tuple[str, ...] = _Walk._fields) -> tuple[_Walk, Tensor, list[Tensor], list[Tensor]]:
-        """One walk that codes each step against its prior: (walk, pre-activations (B, S, F),
-        and per step the innovations (B, F) and encoder inputs (B, D)). With autograd unless run
-        under no_grad."""
+    def _run(self, xs_raw: Tensor, axis: ContextAxis, reference: bool, out_steps: slice) -> SAEOutput:
+        """`out_steps`: the steps whose state and reconstruction are returned (input positions
+        are the last T steps of every axis)."""
+        xs = xs_raw * self.act_scale  # (B, S, D)
         act = self.activation
         encode = act.encode_reference if reference else act.encode
         plain = not (reference or torch.is_grad_enabled())  # no autograd: codes straight from pre
@@ -179,50 +147,13 @@ class ContextualSAE(BaseSAE):
             enc_ins.append(enc_in)
             return u
 
-        walk = self._walk(axis, xs.shape[0], code_at, record=record)
-        return walk, torch.stack(pre_acts, 1), innovations, enc_ins
-
-    def _replay(self, xs: Tensor, axis: ContextAxis, first: _Walk, pre: Tensor) -> tuple[_Walk, Tensor, Tensor]:
-        """The walk again with autograd, for a carry that replays in one batch: every step's
-        prior (from the recorded parent states, held fixed), encoder input and innovations (one
-        batched encoder call on the recorded pre-activations), then the carry over them with
-        the recorded cut decisions. Returns (walk, innovations (B, S, F), encoder inputs (B, S, D))."""
-        b, s, d = xs.shape
-        f, scale = self.config.width, self.carry_scale
-        centred = xs - self.b_dec_D
-        support = first.carried_support  # (B, S, F): entries of the parent's state, carried at all
-        rows, cols = support.reshape(b * s, f).nonzero(as_tuple=True)
-        parent = axis.parent.clamp(min=0)[rows % s]
-        prior = scale * self.carry.replay_prior(cols, first.states[rows // s, parent, cols])
-        kept = first.prior_kept.reshape(b * s, f)[rows, cols]
-        prior = torch.where(kept, prior, prior - prior.detach())  # the cut, as `_cut` makes it
-        projection = SparseCodes(rows, cols, prior, b * s, f).decode(self.W_dec_FD).reshape(b, s, d)
-        enc_in = _bounded(centred - projection, centred)  # == centred where nothing was carried
-        enc = self.activation.encode(enc_in.reshape(b * s, d), self.W_enc_FD, self.b_enc_F, False,
-                                     pre=pre.reshape(b * s, -1))
-        innovations = enc.dense.reshape(b, s, -1)
-        carried, state = self.carry.replay(innovations, enc.sparse, first.kept, support, (rows, cols),
-                                           axis.parent.tolist(), scale)
-        walk = _Walk(state, carried, support | (innovations != 0), support, first.kept, first.prior_kept)
-        return walk, innovations, enc_in
-
-    def _run(self, xs_raw: Tensor, axis: ContextAxis, reference: bool, out_steps: slice) -> SAEOutput:
-        """`out_steps`: the steps whose state and reconstruction are returned (input positions
-        are the last T steps of every axis)."""
-        xs = xs_raw * self.act_scale  # (B, S, D)
-        if reference or not torch.is_grad_enabled() or not self.carry.batched or not self.carry_scale:
-            walk, pre, innovations, enc_in = self._code(xs, axis, reference)
-            innovations, enc_in = torch.stack(innovations, 1), torch.stack(enc_in, 1)
-        else:
-            with torch.no_grad():
-                first, pre, _, _ = self._code(xs, axis, reference,
-                                                record=("states", "carried_support", "kept", "prior_kept"))
-            walk, innovations, enc_in = self._replay(xs, axis, first, pre)
+        walk = self._walk(axis, xs.shape[0], code_at)
         state, support = walk.states[:, out_steps], walk.state_support[:, out_steps]  # (B, T, F)
         f = state.shape[-1]
         recon = self._project(state.reshape(-1, f), reference, support.reshape(-1, f)).reshape(*state.shape[:2], -1)
         x_hat = (recon + self.b_dec_D) / self.act_scale
-        return SAEOutput(x_hat, innovations, state, pre, enc_in, walk.carried, walk.carried_support)
+        return SAEOutput(x_hat, torch.stack(innovations, 1), state, torch.stack(pre_acts, 1),
+                         torch.stack(enc_ins, 1), walk.carried, walk.carried_support)
 
     def carry_loss(self, x: Tensor, out: SAEOutput, axis: ContextAxis | None) -> Tensor:
         """carry_coeff * mean over steps with a parent of ||x_t - b_dec - W_dec carried_t||^2

@@ -169,9 +169,8 @@ def test_quadtree_pays_for_a_region_at_its_coarsest_cell():
                          ids=lambda a: a.kind)
 @pytest.mark.parametrize("kind,T,grid", [("tokens", 8, None), ("quadtree", 16, (4, 4))])
 def test_fast_path_matches_dense_reference(carry, act, kind, T, grid):
-    """Training's fast path (a walk without autograd, then a batched replay) against one walk
-    by plain dense autograd: same codes, loss and gradients. In float64, so that rounding
-    differences cannot flip a code across its threshold."""
+    """The sparse kernels against plain dense autograd: same codes, loss and gradients. In
+    float64, so that rounding differences cannot flip a code across its threshold."""
     d, f = 64, 1024  # 32 rows x 1024 x 64 = 2^21: the sparse path
     m = _model(carry, act=act, d=d, f=f, persistence=1.0).train().double()
     axis = make_axis(kind, T, grid)
@@ -195,7 +194,7 @@ def test_fast_path_matches_dense_reference(carry, act, kind, T, grid):
 @pytest.mark.parametrize("carry", CARRIES)
 @pytest.mark.parametrize("kind,T,grid", [("tokens", 16, None), ("quadtree", 16, (4, 4))])
 def test_training_and_inference_walks_give_the_same_codes(carry, kind, T, grid):
-    """With autograd the walk is run twice (record, then replay in a batch); without, once."""
+    """Without autograd the walk codes straight from the pre-activations (`Activation.codes`)."""
     m = _model(carry, persistence=3.0).train()
     with torch.no_grad():
         for name, p in m.carry.named_parameters():
