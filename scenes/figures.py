@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scenes.render import srgb
+
 
 def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
@@ -50,7 +52,7 @@ def fit_figure(images: dict, path: Path, title: str) -> None:
         vmax = {}
     for i, (img, name, cmap) in enumerate(panels):
         ax = axes.flat[i]
-        shown = ax.imshow(np.clip(img, 0, 1) if cmap is None else img, cmap=cmap, vmin=0 if cmap else None,
+        shown = ax.imshow(srgb(img) if cmap is None else img, cmap=cmap, vmin=0 if cmap else None,
                           vmax=vmax.get(i))
         if cmap:
             fig.colorbar(shown, ax=ax, fraction=0.046)

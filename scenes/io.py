@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scenes.coord_fit import FitConfig, build_model
-from scenes.render import RenderOutput
+from scenes.render import RenderOutput, srgb
 from scenes.spec import Scene, SceneError
 
 
@@ -33,9 +33,10 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    """An (H, W, 3) float image in [0, 1] or uint8 image, as PNG."""
+    """An (H, W, 3) uint8 image, or a float image in linear RGB [0, 1] (a render), sRGB-encoded
+    as PNG viewers expect, as PNG."""
     buf = io.BytesIO()
-    Image.fromarray(rgb if rgb.dtype == np.uint8 else to_uint8(rgb)).save(buf, format="PNG")
+    Image.fromarray(rgb if rgb.dtype == np.uint8 else to_uint8(srgb(rgb))).save(buf, format="PNG")
     _atomic_bytes(path, buf.getvalue())
 
 
@@ -84,7 +85,7 @@ def depth_colours(depth: np.ndarray) -> np.ndarray:
 
 def contact_sheet(path: Path, renders: list[RenderOutput], columns: int = 4) -> None:
     """A grid of tiles, each RGB | object id | depth side by side, with 2 px gutters."""
-    tiles = [np.concatenate([to_uint8(r.rgb.numpy()), id_colours(r.object_id.numpy()),
+    tiles = [np.concatenate([to_uint8(srgb(r.rgb.numpy())), id_colours(r.object_id.numpy()),
                              depth_colours(r.depth.numpy())], axis=1) for r in renders]
     h, w, _ = tiles[0].shape
     rows = -(-len(tiles) // columns)

@@ -16,6 +16,14 @@ from scenes.spec import KINDS, MATERIALS, TEXTURES, Scene
 CHUNK = 32768  # rays traced at once: bounds memory at any resolution
 
 
+def srgb(linear: np.ndarray) -> np.ndarray:
+    """Linear RGB (what the renderer computes, the models see and the ground truth stores) ->
+    sRGB-encoded values for display (IEC 61966-2-1). Shown without it, an image looks far too
+    dark: a linear 0.2 is displayed as 0.48 by this curve."""
+    x = np.clip(linear, 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+
+
 @dataclass
 class RenderOutput:
     """An image and its ground truth, all (H, W, ...) tensors. Background pixels: depth inf,

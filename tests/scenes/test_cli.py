@@ -6,6 +6,7 @@ from PIL import Image
 
 from scenes.cli import main
 from scenes.io import read_truth
+from scenes.render import srgb
 from scenes.spec import Scene
 
 
@@ -18,7 +19,7 @@ def test_render_writes_images_truth_factors_and_contact_sheet(tmp_path):
         img = np.asarray(Image.open(out / "images" / f"{r['image']}.png"))
         truth = read_truth(out / "truth" / f"{r['image']}.npz")
         assert img.shape == (16, 16, 3) and truth["depth"].shape == (16, 16) and truth["normal"].shape == (16, 16, 3)
-        assert np.abs(truth["rgb"] * 255 - img).max() <= 0.51  # the PNG is the rounded render
+        assert np.abs(srgb(truth["rgb"]) * 255 - img).max() <= 0.51  # the PNG is the render, sRGB-encoded and rounded
         for o in r["objects"]:
             assert o["pixel_fraction"] == pytest.approx((truth["object_id"] == o["object_id"]).mean())
         scene = Scene.from_json((out / "scenes" / f"{r['image']}.json").read_text())

@@ -113,3 +113,23 @@ def test_point_factors_normal_bins_and_shadow():
     assert [NORMAL_BINS[i] for i in f["normal_bin"].tolist()] == ["+y", "+x", "+y", "+y"]
     assert f["object_id"].tolist() == [1, 1, 0, 0]
     assert f["shadowed"].tolist() == [0, 0, 1, 0] and f["inside"].tolist() == [0, 0, 0, 0]
+
+
+def test_pngs_are_srgb_encoded_for_display_while_the_truth_stays_linear(tmp_path):
+    """The renderer's values are linear; a PNG written without the sRGB curve shows far too dark."""
+    import numpy as np
+    from PIL import Image
+
+    from scenes.io import write_png, write_truth
+    from scenes.render import srgb
+
+    linear = np.array([0.0, 0.0031308, 0.2, 0.5, 1.0, 1.5])
+    assert np.allclose(srgb(linear), [0.0, 0.04045, 0.48453, 0.73536, 1.0, 1.0], atol=1e-4)
+    out = render(_sphere_scene(), 16, aa=1)
+    write_png(tmp_path / "im.png", out.rgb.numpy())
+    write_truth(tmp_path / "im.npz", out)
+    shown = np.asarray(Image.open(tmp_path / "im.png")).astype(float) / 255
+    centre = float(out.rgb[8, 8, 0])  # 0.55: ambient + Lambert on albedo 0.5
+    assert shown[8, 8, 0] == pytest.approx(float(srgb(np.array(centre))), abs=1 / 255)
+    assert shown[8, 8, 0] > centre + 0.2  # visibly brighter than the linear value
+    assert np.array_equal(np.load(tmp_path / "im.npz")["rgb"], out.rgb.numpy())
