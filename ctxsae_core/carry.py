@@ -121,7 +121,7 @@ class AttentionCarry(Carry):
     What step t's innovations carry is capped at the prior the encoder coded against (the
     weight without u_t): firing features may lower what is carried, as the gated carry's
     resets do, but never raise it, so the state cannot overshoot what the encoder saw. (The
-    cap alone does not stop this carry from diverging on the synthetic benchmark: README.)"""
+    cap alone did not stop this carry from diverging; holding earlier codes fixed in `prior` did.)"""
 
     def __init__(self, cfg: ContextualConfig, n_position_features: int = 24):
         super().__init__(cfg)
