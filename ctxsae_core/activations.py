@@ -65,15 +65,13 @@ class Activation(nn.Module):
     def encode_reference(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False) -> Encoded:
         """The same codes by plain dense autograd: the reference the fast path is tested against."""
         pre = F.linear(x_c, W_FD, b_F)
-        rows, cols = self.select(pre.detach(), pooled)
-        dense = torch.zeros_like(pre).index_put((rows, cols), pre[rows, cols])
-        return Encoded(dense, None, pre)
+        return Encoded(self.codes(pre, pooled), None, pre)
 
     def codes(self, pre: Tensor, pooled: bool = False) -> Tensor:
-        """Dense codes (N, F) straight from pre-activations, without autograd: the entries
-        `select` picks, as `encode` would give them."""
-        rows, cols = self.select(pre, pooled)
-        return torch.zeros_like(pre).index_put_((rows, cols), pre[rows, cols])
+        """Dense codes (N, F) straight from pre-activations: the entries `select` picks, with
+        pre's gradient there (the reference path) or without autograd (an inference walk)."""
+        rows, cols = self.select(pre.detach(), pooled)
+        return torch.zeros_like(pre).index_put((rows, cols), pre[rows, cols])
 
     def penalty(self, innovations: Tensor, pre: Tensor, n_positions: int) -> Tensor:
         """Sparsity loss, summed over steps and divided by the number of positions paid for."""

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from ctxsae_core.axes import ContextAxis
@@ -64,11 +64,18 @@ def read_json(path: str | Path, what: str = "file") -> Any:
 
 
 def load_tensors(path: str | Path, what: str = "weights") -> dict[str, Tensor]:
+    return load_tensors_and_metadata(path, what)[0]
+
+
+def load_tensors_and_metadata(path: str | Path, what: str = "weights") -> tuple[dict[str, Tensor], dict[str, str]]:
+    """A safetensors file's tensors and its string metadata (as `save_tensors_atomic` wrote
+    them), in one read; a missing or truncated file is a one-line InputError."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: missing {what}")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise InputError(f"{path}: unreadable {what} ({str(e).splitlines()[0]}); the file may be truncated") from None
 

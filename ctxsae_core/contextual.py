@@ -42,6 +42,11 @@ def _bounded(residual: Tensor, centred: Tensor) -> Tensor:
     return residual * (limit / norm.clamp_min(1e-12)).clamp(max=1.0)
 
 
+def _input_steps(axis: ContextAxis) -> slice:
+    """The steps at which the input positions are visited: the last T of every axis."""
+    return slice(axis.n_steps - axis.n_inputs, None)
+
+
 class _Walk(NamedTuple):
     """A walk's per-step results, each (B, S, F)."""
 
@@ -93,9 +98,9 @@ class ContextualSAE(BaseSAE):
         """Walk the axis; `code_at(t, prior)` supplies step t's innovations, given the cut prior
         (value, support) when `look_back` (None at steps with nothing carried)."""
         mem = self.carry.begin(batch, axis)
-        scale, states, steps = self.carry_scale, [], []
+        scale, steps = self.carry_scale, []
         for t, p in enumerate(axis.parent.tolist()):
-            s_parent = states[p] if p >= 0 else None
+            s_parent = steps[p][0] if p >= 0 else None
             prior = self.carry.prior(mem, t, s_parent) if look_back and scale else None
             u = code_at(t, None if prior is None else self._cut(prior, scale))
             raw = self.carry.carried(mem, t, s_parent, u) if scale else None
@@ -105,7 +110,6 @@ class ContextualSAE(BaseSAE):
                 carried, support = self._cut(raw, scale)
             state = carried + u
             self.carry.remember(mem, t, u, state)
-            states.append(state)
             steps.append((state, carried, support | (u != 0), support))
         return _Walk(*(torch.stack(column, 1) for column in zip(*steps)))
 
@@ -115,7 +119,7 @@ class ContextualSAE(BaseSAE):
         self.check_input(x)
         if axis is None:
             raise InputError("a contextual SAE needs a context axis: pass --axis tokens, raster or quadtree")
-        return self._run(axis.expand(x), axis, reference, slice(axis.n_steps - axis.n_inputs, None))
+        return self._run(axis.expand(x), axis, reference, _input_steps(axis))
 
     def forward_steps(self, xs: Tensor, axis: ContextAxis, reference: bool = False) -> SAEOutput:
         """Like `forward`, on values already expanded to the axis's steps, xs (B, S, D) raw
@@ -123,8 +127,7 @@ class ContextualSAE(BaseSAE):
         return self._run(xs, axis, reference, slice(None))
 
     def _run(self, xs_raw: Tensor, axis: ContextAxis, reference: bool, out_steps: slice) -> SAEOutput:
-        """`out_steps`: the steps whose state and reconstruction are returned (input positions
-        are the last T steps of every axis)."""
+        """`out_steps`: the steps whose state and reconstruction are returned."""
         xs = xs_raw * self.act_scale  # (B, S, D)
         act = self.activation
         encode = act.encode_reference if reference else act.encode
@@ -175,7 +178,7 @@ class ContextualSAE(BaseSAE):
         innovations that `forward(x)` codes."""
         per_step = innovations.unbind(1)
         walk = self._walk(axis, innovations.shape[0], lambda t, prior: per_step[t], look_back=False)
-        return walk.states[:, axis.input_step]
+        return walk.states[:, _input_steps(axis)]
 
     def encode(self, x: Tensor, axis: ContextAxis) -> tuple[Tensor, Tensor]:
         """Raw windows (B, T, D) -> (innovations (B, S, F), state (B, T, F))."""

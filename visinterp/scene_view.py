@@ -9,12 +9,10 @@ import json
 from functools import cache
 from pathlib import Path
 
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import Tensor
 
 from ctxsae_core import make_axis
-from ctxsae_core.checkpoint import load_sae
+from ctxsae_core.checkpoint import load_sae, load_tensors_and_metadata
 from ctxsae_core.errors import InputError
 from visinterp.codes import window_codes
 from visinterp.scene_features import FACTOR_NAMES, HELD_FILE
@@ -28,9 +26,7 @@ class SceneFeaturesView:
             raise InputError(f"{self.out}: no scene-features output (report.json and {HELD_FILE}): run `visinterp "
                              f"scene-features --fit FIT --out {self.out}` first")
         self.report = json.loads((self.out / "report.json").read_text())
-        held = load_file(str(self.out / HELD_FILE))
-        with safe_open(str(self.out / HELD_FILE), "pt") as f:
-            meta = f.metadata()
+        held, meta = load_tensors_and_metadata(self.out / HELD_FILE, "held-out windows")
         self.acts, self.where = held["acts"], held["where"]
         self.factors = {k.split("/", 1)[1]: v for k, v in held.items() if k.startswith("factor/")}
         self.continuous = tuple(json.loads(meta["continuous"]))
