@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ctxsae_core.config import ActivationConfig, BatchTopK, JumpReLU, ReLU, TopK
 from ctxsae_core.registry import ACTIVATION_MODULES
-from ctxsae_core.sparse_ops import SparseCodes, gather_linear
+from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, gather_linear
 
 
 class Encoded(NamedTuple):
@@ -55,12 +55,19 @@ class Activation(nn.Module):
         """Codes of the centred inputs `x_c` (N, D) under encoder W (F, D), b (F,)."""
         if not use_sparse_path(x_c.shape[0], W_FD):
             return self.encode_reference(x_c, W_FD, b_F, pooled)
+        sparse, pre = self.encode_sparse(x_c, W_FD, b_F, pooled)
+        return Encoded(sparse.to_dense(), sparse, pre)
+
+    def encode_sparse(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False,
+                      deferred: DeferredGrads | None = None) -> tuple[SparseCodes, Tensor]:
+        """The sparse path of `encode`: codes in COO form, and the pre-activations (N, F),
+        computed without autograd; only the entries that fire are differentiated. W's and b's
+        gradients go to `deferred` if given."""
         with torch.no_grad():
             pre = F.linear(x_c, W_FD, b_F)
         rows, cols = self.select(pre, pooled)
-        vals = gather_linear(x_c, W_FD, b_F, pre, rows, cols)
-        sparse = SparseCodes(rows, cols, vals, pre.shape[0], pre.shape[1])
-        return Encoded(sparse.to_dense(), sparse, pre)
+        vals = gather_linear(x_c, W_FD, b_F, pre, rows, cols, deferred)
+        return SparseCodes(rows, cols, vals, pre.shape[0], pre.shape[1]), pre
 
     def encode_reference(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False) -> Encoded:
         """The same codes by plain dense autograd: the reference the fast path is tested against."""
@@ -107,15 +114,24 @@ class TopKActivation(_BudgetActivation):
 
 
 _CANDIDATES_PER_BUDGET = 4  # rows' candidates for the pooled cut-off: 4x the mean budget
+_GUESS_BELOW_THRESHOLD = 0.8  # BatchTopK's cut-off is first sought among entries >= 0.8 x threshold
 
 
-def _kth_largest(pre: Tensor, n_keep: int) -> Tensor:
+def _kth_largest(pre: Tensor, n_keep: int, guess: float | None = None) -> Tensor:
     """The n_keep-th largest entry of `pre` (N, F). A top-k over all N * F entries is slow (0.3 s
-    at 4096 x 4608 on 2 cores), so each row first offers its 4 * n_keep / N largest, and the
-    cut-off among those is exact whenever every row's smallest offer lies below it: no entry
-    left out can then reach it. Otherwise (one row holding many of the largest entries) all
-    entries are searched."""
+    at 4096 x 4608 on 2 cores), so:
+
+    - with a `guess` at or below the answer (at least n_keep entries reach it), only those
+      entries are searched: exact, 0.02 s against 0.09 s below;
+    - otherwise each row first offers its 4 * n_keep / N largest, and the cut-off among those is
+      exact whenever every row's smallest offer lies below it: no entry left out can then
+      reach it. Failing that (one row holding many of the largest entries) all entries are
+      searched."""
     n, f = pre.shape
+    if guess is not None:
+        candidates = pre[pre >= guess]
+        if candidates.numel() >= n_keep:
+            return candidates.topk(n_keep, sorted=False).values.min()
     per_row = _CANDIDATES_PER_BUDGET * -(-n_keep // n)
     if per_row < f:
         offers = pre.topk(per_row, dim=1, sorted=False).values
@@ -141,7 +157,9 @@ class BatchTopKActivation(_BudgetActivation):
     def _cutoff(self, pre: Tensor, n_positions: int) -> Tensor:
         """The (n_positions * budget)-th largest entry of `pre` (N, F), at least 0."""
         n_keep = min(max(1, round(self.budget * n_positions)), pre.numel())
-        return _kth_largest(pre, n_keep).clamp_min(0)
+        # the threshold tracks this cut-off, so most of the time a little below it is below the answer
+        guess = _GUESS_BELOW_THRESHOLD * float(self.threshold) if float(self.threshold) > 0 else None
+        return _kth_largest(pre, n_keep, guess).clamp_min(0)
 
     def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
         cut = self._cutoff(pre, pre.shape[0]) if pooled else self.threshold

@@ -18,11 +18,16 @@ from torch import Tensor, nn
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.config import ContextualConfig
 from ctxsae_core.registry import CARRIES
+from ctxsae_core.sparse_ops import PaddedCodes
 
 _PERSISTENCE_HEADROOM = 1.1  # sigmoid(persistence) >= 1/1.1 (persistence >= 2.3) carries exactly
 
 
 class Carry(nn.Module):
+    # True when the carry also offers `prior_at` and `carried_at`, over a sparse parent state:
+    # the model then walks padded sparse states, touching O(state size) entries a step.
+    sparse_state = False
+
     def __init__(self, cfg: ContextualConfig):
         super().__init__()
         self.cfg = cfg
@@ -57,6 +62,15 @@ class Carry(nn.Module):
         0.08), although k 4 and 6 trained as well either way."""
         return self.carried(mem, t, s_parent, None)
 
+    def prior_at(self, mem: object, parent: PaddedCodes) -> Tensor:
+        """`prior` over a sparse parent state: the values (B, K) carried at parent.idx."""
+        raise NotImplementedError
+
+    def carried_at(self, mem: object, parent: PaddedCodes, u_t: PaddedCodes) -> Tensor:
+        """`carried` over a sparse parent state and sparse innovations: the values (B, K) at
+        parent.idx."""
+        raise NotImplementedError
+
 
 @CARRIES.decorator("gated")
 class GatedCarry(Carry):
@@ -66,6 +80,8 @@ class GatedCarry(Carry):
 
     The product form keeps a reset's gradient (-g) strong even for a feature whose persistence
     is nearly 1; a single sigmoid(persistence - reset) saturates exactly there."""
+
+    sparse_state = True
 
     def __init__(self, cfg: ContextualConfig):
         super().__init__(cfg)
@@ -90,6 +106,16 @@ class GatedCarry(Carry):
         if u_t is not None:
             gate = gate * torch.exp(-(u_t @ reset_in) @ reset_out)  # (B, F)
         return self.hard(gate) * s_parent, s_parent != 0
+
+    def prior_at(self, mem, parent):
+        gate = mem[2]
+        return self.hard(gate[parent.idx]) * parent.val
+
+    def carried_at(self, mem, parent, u_t):
+        reset_in, reset_out, gate = mem
+        u_reset_in = torch.bmm(u_t.val.unsqueeze(1), reset_in[u_t.idx])  # (B, 1, r): u_t A
+        reset = torch.bmm(reset_out.T[parent.idx], u_reset_in.transpose(1, 2)).squeeze(2)  # (B, K): (u_t A B)[idx]
+        return self.hard(gate[parent.idx] * torch.exp(-reset)) * parent.val
 
     def gates(self, u_t: Tensor) -> Tensor:
         """(B, F) gates after innovations u_t fire, for analysis."""

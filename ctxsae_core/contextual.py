@@ -26,7 +26,7 @@ from ctxsae_core.config import ContextualConfig
 from ctxsae_core.errors import InputError
 from ctxsae_core.registry import ARCHITECTURES
 from ctxsae_core.sae import BaseSAE, SAEOutput
-from ctxsae_core.sparse_ops import SparseCodes
+from ctxsae_core.sparse_ops import DeferredGrads, PaddedCodes, SparseCodes
 
 
 # The encoder's residual may be at most this many times the centred input's norm. A state that
@@ -54,6 +54,13 @@ class _Walk(NamedTuple):
     carried: Tensor
     state_support: Tensor  # bool: entries the decoder differentiates (cut ones included)
     carried_support: Tensor  # bool: entries carried at all
+
+
+class _Decoded(NamedTuple):
+    """What `_run` decodes, in normalised units without b_dec, with autograd."""
+
+    recon: Tensor  # (B, T, D): W_dec state at the output steps
+    carried: Tensor | None  # (B, S, D): W_dec carried (None when the carry loss is off)
 
 
 @ARCHITECTURES.decorator("contextual")
@@ -113,6 +120,37 @@ class ContextualSAE(BaseSAE):
             steps.append((state, carried, support | (u != 0), support))
         return _Walk(*(torch.stack(column, 1) for column in zip(*steps)))
 
+    def _walk_sparse(self, axis: ContextAxis, batch: int,
+                     code_at: Callable[[int, PaddedCodes | None], PaddedCodes]) -> tuple[PaddedCodes, PaddedCodes]:
+        """`_walk` over padded sparse states, for carries that offer it: the same values and
+        gradients, but each step touches the entries of its parent's state and innovations only,
+        where the dense walk spends a dozen (B, F) passes. `code_at(t, prior)` gets the cut prior
+        at the parent's entries (None at steps with nothing carried). Returns the states and the
+        carried codes, (B, S, K) each."""
+        mem = self.carry.begin(batch, axis)
+        scale, parents, states, carried = self.carry_scale, [], [], []
+        for t, p in enumerate(axis.parent.tolist()):
+            parent = parents[p] if p >= 0 and scale else None
+            prior = None
+            if parent is not None:
+                prior = parent.with_values(self._cut((self.carry.prior_at(mem, parent), parent.valid), scale)[0])
+            u = code_at(t, prior)
+            if parent is None:
+                c, state = PaddedCodes.empty(batch, u.val), u
+            else:
+                c = parent.with_values(self._cut((self.carry.carried_at(mem, parent, u), parent.valid), scale)[0])
+                state = c.plus(u)
+            states.append(state)
+            carried.append(c)
+            parents.append(state.nonzero_part())  # what the next steps carry: cut entries drop out
+        return PaddedCodes.stack(states), PaddedCodes.stack(carried)
+
+    def _walks_sparse(self, batch: int, reference: bool) -> bool:
+        """Whether a forward pass walks sparse states: a carry and activation that allow it, and
+        enough work that the small kernels pay (the same rule as the encoder's sparse path)."""
+        return (not reference and self.carry.sparse_state and self.activation.sparse_grad
+                and use_sparse_path(batch, self.W_dec_FD))
+
     def forward(self, x: Tensor, axis: ContextAxis | None = None, reference: bool = False) -> SAEOutput:
         """Windows x (B, T, D) walked along `axis` -> SAEOutput. `reference` runs the plain
         dense-autograd path (for tests)."""
@@ -134,29 +172,58 @@ class ContextualSAE(BaseSAE):
         plain = not (reference or torch.is_grad_enabled())  # no autograd: codes straight from pre
         innovations, pre_acts, enc_ins = [], [], []
 
-        def code_at(t: int, prior: tuple[Tensor, Tensor] | None) -> Tensor:
+        def encoder_input(t: int, carried: Tensor | None) -> Tensor:
+            """Step t's centred input minus `carried`, the prior projected onto the dictionary."""
             centred = xs[:, t] - self.b_dec_D
-            enc_in = centred
-            if prior is not None:
-                enc_in = _bounded(centred - self._project(prior[0], reference, prior[1]), centred)
-            if plain:
-                pre = F.linear(enc_in, self.W_enc_FD, self.b_enc_F)
-                u = act.codes(pre)
-            else:
-                enc = encode(enc_in, self.W_enc_FD, self.b_enc_F, False)
-                pre, u = enc.pre, enc.dense
-            innovations.append(u)
-            pre_acts.append(pre)
+            enc_in = centred if carried is None else _bounded(centred - carried, centred)
             enc_ins.append(enc_in)
-            return u
+            return enc_in
 
-        walk = self._walk(axis, xs.shape[0], code_at)
-        state, support = walk.states[:, out_steps], walk.state_support[:, out_steps]  # (B, T, F)
-        f = state.shape[-1]
-        recon = self._project(state.reshape(-1, f), reference, support.reshape(-1, f)).reshape(*state.shape[:2], -1)
-        x_hat = (recon + self.b_dec_D) / self.act_scale
-        return SAEOutput(x_hat, torch.stack(innovations, 1), state, torch.stack(pre_acts, 1),
-                         torch.stack(enc_ins, 1), walk.carried, walk.carried_support)
+        if self._walks_sparse(xs.shape[0], reference):
+            # the walk's many small steps sum their weight gradients once, at the end
+            enc_grads = dec_grads = None
+            if torch.is_grad_enabled():
+                enc_grads, dec_grads = DeferredGrads(self.W_enc_FD, self.b_enc_F), DeferredGrads(self.W_dec_FD)
+
+            def sparse_code_at(t: int, prior: PaddedCodes | None) -> PaddedCodes:
+                enc_in = encoder_input(t, None if prior is None else prior.decode(self.W_dec_FD, dec_grads))
+                sparse, pre = act.encode_sparse(enc_in, self.W_enc_FD, self.b_enc_F, False, enc_grads)
+                pre_acts.append(pre)
+                innovations.append(PaddedCodes.from_sparse(sparse))
+                return innovations[-1]
+
+            states, carried = self._walk_sparse(axis, xs.shape[0], sparse_code_at)
+            width = self.config.width
+            codes = PaddedCodes.stack(innovations).to_dense(width)  # (B, S, F)
+            walk = _Walk(states.to_dense(width), carried.to_dense(width), states.support(width), carried.support(width))
+            decoded = _Decoded(states.rows((slice(None), out_steps)).decode(self.W_dec_FD),
+                               carried.decode(self.W_dec_FD) if self.config.carry_coeff else None)
+        else:
+            def code_at(t: int, prior: tuple[Tensor, Tensor] | None) -> Tensor:
+                enc_in = encoder_input(t, None if prior is None else self._project(prior[0], reference, prior[1]))
+                if plain:
+                    pre = F.linear(enc_in, self.W_enc_FD, self.b_enc_F)
+                    u = act.codes(pre)
+                else:
+                    enc = encode(enc_in, self.W_enc_FD, self.b_enc_F, False)
+                    pre, u = enc.pre, enc.dense
+                innovations.append(u)
+                pre_acts.append(pre)
+                return u
+
+            walk = self._walk(axis, xs.shape[0], code_at)
+            codes = torch.stack(innovations, 1)
+            decoded = _Decoded(self._decode_dense(walk.states[:, out_steps], walk.state_support[:, out_steps], reference),
+                               self._decode_dense(walk.carried, walk.carried_support, reference)
+                               if self.config.carry_coeff else None)
+        x_hat = (decoded.recon + self.b_dec_D) / self.act_scale
+        return SAEOutput(x_hat, codes, walk.states[:, out_steps], torch.stack(pre_acts, 1), torch.stack(enc_ins, 1),
+                         walk.carried, walk.carried_support, decoded.carried)
+
+    def _decode_dense(self, codes: Tensor, support: Tensor, reference: bool) -> Tensor:
+        """W_dec codes for dense codes (B, S, F) -> (B, S, D), normalised units, no b_dec."""
+        f = codes.shape[-1]
+        return self._project(codes.reshape(-1, f), reference, support.reshape(-1, f)).reshape(*codes.shape[:2], -1)
 
     def carry_loss(self, x: Tensor, out: SAEOutput, axis: ContextAxis | None) -> Tensor:
         """carry_coeff * mean over steps with a parent of ||x_t - b_dec - W_dec carried_t||^2
@@ -166,10 +233,7 @@ class ContextualSAE(BaseSAE):
             return x.new_zeros(())
         has_parent = axis.parent >= 0
         xs = (axis.expand(x) * self.act_scale)[:, has_parent]  # (B, S', D)
-        f = out.carried.shape[-1]
-        carried = out.carried[:, has_parent].reshape(-1, f)
-        support = out.carried_support[:, has_parent].reshape(-1, f)
-        pred = self._project(carried, False, support).reshape(xs.shape) + self.b_dec_D
+        pred = out.carried_decoded[:, has_parent] + self.b_dec_D
         return self.config.carry_coeff * (xs - pred).pow(2).sum(-1).mean()
 
     def propagate(self, innovations: Tensor, axis: ContextAxis) -> Tensor:

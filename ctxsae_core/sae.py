@@ -32,6 +32,7 @@ class SAEOutput(NamedTuple):
     enc_in: Tensor  # (B, S, D) encoder inputs (normalised, centred, minus what the state carries)
     carried: Tensor | None = None  # (B, S, F) codes carried into each step (contextual SAEs only)
     carried_support: Tensor | None = None  # (B, S, F) bool: carried entries, cut ones included
+    carried_decoded: Tensor | None = None  # (B, S, D) W_dec carried (normalised, no b_dec), with autograd
 
 
 class LossTerms(NamedTuple):

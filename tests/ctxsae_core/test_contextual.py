@@ -173,8 +173,17 @@ def test_fast_path_matches_dense_reference(carry, act, kind, T, grid):
     float64, so that rounding differences cannot flip a code across its threshold."""
     d, f = 64, 1024  # 32 rows x 1024 x 64 = 2^21: the sparse path
     m = _model(carry, act=act, d=d, f=f, persistence=1.0).train().double()
+    with torch.no_grad():
+        for name, p in m.carry.named_parameters():
+            if name.startswith("reset"):
+                p.fill_(-3.0)  # weak resets, so that features are carried (and cut, and reset)
+        if act.kind == "batchtopk":
+            m.activation.threshold.fill_(0.7)  # codes carried and cut on both axes (0.05: hundreds fire)
+        elif act.kind in ("relu", "jumprelu"):
+            m.b_enc_F.fill_(-0.3)
     axis = make_axis(kind, T, grid)
-    x = torch.randn(32, T, d, dtype=torch.float64)
+    # a component shared by each window's positions: pooled quadtree cells code it too, and carry it
+    x = torch.randn(32, T, d, dtype=torch.float64) + 2 * torch.randn(32, 1, d, dtype=torch.float64)
     assert use_sparse_path(32, m.W_enc_FD)
     grads = []
     for reference in (False, True):
@@ -189,6 +198,20 @@ def test_fast_path_matches_dense_reference(carry, act, kind, T, grid):
     assert_close(t1.total, t2.total, rtol=1e-5, atol=1e-6)
     for name in g2:
         assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-5, msg=name)
+    # the gated carry walks padded sparse states (and sums weight gradients once), here and
+    # without autograd; the attention carry and JumpReLU walk dense states
+    assert m._walks_sparse(32, reference=False) == (carry == "gated" and act.kind != "jumprelu")
+    with torch.no_grad():
+        plain = m(x, axis)
+    for name in ("innovations", "state", "carried", "x_hat", "carried_decoded"):
+        assert_close(getattr(plain, name), getattr(o2, name).detach(), rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.equal(plain.carried_support, o2.carried_support)
+    assert (o2.carried != 0).any()  # something was carried, so the check has work to do
+    m.carry_scale = 0.0  # the trainer's warm-up: nothing carried
+    with torch.no_grad():
+        off, off_reference = m(x, axis), m(x, axis, reference=True)
+    assert_close(off.x_hat, off_reference.x_hat, rtol=1e-5, atol=1e-6)
+    assert not off.carried.any() and torch.equal(off.state[:, -1], off.innovations[:, -1])
 
 
 @pytest.mark.parametrize("carry", CARRIES)

@@ -166,7 +166,7 @@ def test_shrink_encoder_fixes_the_tied_init_overshoot_when_k_is_near_d():
     assert model.shrink_encoder_(x) == pytest.approx(1.0, abs=1e-4)  # already the least-squares scale
 
 
-def test_pooled_cutoff_offers_per_row_and_falls_back_when_one_row_holds_the_largest():
+def test_pooled_cutoff_offers_per_row_and_falls_back_when_one_row_holds_the_largest_or_the_guess_is_high():
     from ctxsae_core.activations import _kth_largest
 
     torch.manual_seed(0)
@@ -177,6 +177,10 @@ def test_pooled_cutoff_offers_per_row_and_falls_back_when_one_row_holds_the_larg
     skewed[3] += 100.0  # row 3 holds the 512 largest entries: its offers alone cannot be enough
     n_keep = 64 * 4  # 16 offers per row
     assert _kth_largest(skewed, n_keep) == skewed[3].topk(n_keep).values.min()
+    for n_keep in (64, 64 * 8):
+        exact = pre.reshape(-1).topk(n_keep).values.min()
+        for guess in (exact - 0.5, exact, exact + 0.01, 100.0):  # below, at, above: all exact
+            assert _kth_largest(pre, n_keep, guess=float(guess)) == exact
 
 
 @pytest.mark.parametrize("act", [TopK(k=8), BatchTopK(k=8), ReLU(l1_coeff=0.01), JumpReLU(init_threshold=0.5)],
