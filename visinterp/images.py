@@ -1,5 +1,7 @@
 """Images for the autoencoder jobs: rendered scenes with their per-pixel truth, or a user's
-image files, as (N, 3, H, W) tensors in [0, 1]."""
+image files, as (N, 3, H, W) tensors in [0, 1], sRGB-encoded as image files are. Renders are
+linear RGB (`scenes`); they are encoded here, because pretrained autoencoders (the SD VAE,
+TAESD) were trained on sRGB images, and a linear render fed to them is far too dark."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ctxsae_core.errors import InputError
-from scenes.render import RenderOutput, render
+from scenes.render import RenderOutput, render, srgb
 from scenes.sampler import sample_scene
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -24,9 +26,14 @@ def render_outputs(seeds: Iterable[int], size: int, progress: bool = True, desc:
     return [render(sample_scene(s), size) for s in tqdm(seeds, desc=desc, disable=not progress)]
 
 
+def encoded(rgb_linear: np.ndarray) -> Tensor:
+    """A render's linear (H, W, 3) RGB -> the (3, H, W) sRGB-encoded image, float32."""
+    return torch.from_numpy(srgb(rgb_linear)).permute(2, 0, 1).float()
+
+
 def to_batch(outputs: list[RenderOutput]) -> Tensor:
-    """Renders -> (N, 3, H, W) in [0, 1]."""
-    return torch.stack([o.rgb.clamp(0, 1).permute(2, 0, 1) for o in outputs]).float()
+    """Renders -> (N, 3, H, W) sRGB-encoded images in [0, 1]."""
+    return torch.stack([encoded(o.rgb.numpy()) for o in outputs])
 
 
 def render_scenes(seeds: Iterable[int], size: int, progress: bool = True, desc: str = "render scenes") -> Tensor:
@@ -95,8 +102,7 @@ class SceneImages(ImageSource):
         return read_truth(self._npz(i))
 
     def load(self, a: int, b: int) -> Tensor:
-        return torch.stack([torch.from_numpy(self.truth(i)["rgb"]).clamp(0, 1).permute(2, 0, 1)
-                            for i in range(a, b)]).float()
+        return torch.stack([encoded(self.truth(i)["rgb"]) for i in range(a, b)])
 
     def describe(self) -> dict:
         return {"source": "scenes", "seeds": [self.seed, self.seed + self.n - 1], "size": self.size}

@@ -53,7 +53,10 @@ class OfflineAEConfig:
                 f"offline_ae.norm_groups={self.norm_groups} must divide every block_out_channels entry")
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """The cache key: this config and the training images' encoding (sRGB since the images
+        are encoded as image files are; models trained on linear renders are not reused)."""
+        key = {**asdict(self), "images": "srgb"}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def cache_root() -> Path:
