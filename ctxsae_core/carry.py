@@ -18,14 +18,14 @@ from torch import Tensor, nn
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.config import ContextualConfig
 from ctxsae_core.registry import CARRIES
-from ctxsae_core.sparse_ops import PaddedCodes
+from ctxsae_core.sparse_ops import SparseCodes
 
 _PERSISTENCE_HEADROOM = 1.1  # sigmoid(persistence) >= 1/1.1 (persistence >= 2.3) carries exactly
 
 
 class Carry(nn.Module):
     # True when the carry also offers `prior_at` and `carried_at`, over a sparse parent state:
-    # the model then walks padded sparse states, touching O(state size) entries a step.
+    # the model then walks sparse states, touching O(state size) entries a step.
     sparse_state = False
 
     def __init__(self, cfg: ContextualConfig):
@@ -62,13 +62,13 @@ class Carry(nn.Module):
         0.08), although k 4 and 6 trained as well either way."""
         return self.carried(mem, t, s_parent, None)
 
-    def prior_at(self, mem: object, parent: PaddedCodes) -> Tensor:
-        """`prior` over a sparse parent state: the values (B, K) carried at parent.idx."""
+    def prior_at(self, mem: object, parent: SparseCodes) -> Tensor:
+        """`prior` over a sparse parent state: the values (nnz,) carried at its entries."""
         raise NotImplementedError
 
-    def carried_at(self, mem: object, parent: PaddedCodes, u_t: PaddedCodes) -> Tensor:
-        """`carried` over a sparse parent state and sparse innovations: the values (B, K) at
-        parent.idx."""
+    def carried_at(self, mem: object, parent: SparseCodes, u_t: SparseCodes) -> Tensor:
+        """`carried` over a sparse parent state and sparse innovations: the values (nnz,) at the
+        parent's entries."""
         raise NotImplementedError
 
 
@@ -109,13 +109,13 @@ class GatedCarry(Carry):
 
     def prior_at(self, mem, parent):
         gate = mem[2]
-        return self.hard(gate[parent.idx]) * parent.val
+        return self.hard(gate[parent.cols]) * parent.vals
 
     def carried_at(self, mem, parent, u_t):
         reset_in, reset_out, gate = mem
-        u_reset_in = torch.bmm(u_t.val.unsqueeze(1), reset_in[u_t.idx])  # (B, 1, r): u_t A
-        reset = torch.bmm(reset_out.T[parent.idx], u_reset_in.transpose(1, 2)).squeeze(2)  # (B, K): (u_t A B)[idx]
-        return self.hard(gate[parent.idx] * torch.exp(-reset)) * parent.val
+        u_reset_in = u_t.decode(reset_in)  # (B, r): u_t A
+        reset = (u_reset_in[parent.rows] * reset_out.T[parent.cols]).sum(1)  # (nnz,): (u_t A B) at the entries
+        return self.hard(gate[parent.cols] * torch.exp(-reset)) * parent.vals
 
     def gates(self, u_t: Tensor) -> Tensor:
         """(B, F) gates after innovations u_t fire, for analysis."""

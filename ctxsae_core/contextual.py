@@ -26,7 +26,7 @@ from ctxsae_core.config import ContextualConfig
 from ctxsae_core.errors import InputError
 from ctxsae_core.registry import ARCHITECTURES
 from ctxsae_core.sae import BaseSAE, SAEOutput
-from ctxsae_core.sparse_ops import DeferredGrads, PaddedCodes, SparseCodes
+from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, decode_steps, steps_to_dense
 
 
 # The encoder's residual may be at most this many times the centred input's norm. A state that
@@ -121,29 +121,31 @@ class ContextualSAE(BaseSAE):
         return _Walk(*(torch.stack(column, 1) for column in zip(*steps)))
 
     def _walk_sparse(self, axis: ContextAxis, batch: int,
-                     code_at: Callable[[int, PaddedCodes | None], PaddedCodes]) -> tuple[PaddedCodes, PaddedCodes]:
-        """`_walk` over padded sparse states, for carries that offer it: the same values and
+                     code_at: Callable[[int, SparseCodes | None], SparseCodes]) -> tuple[list, list]:
+        """`_walk` over sparse states (COO), for carries that offer it: the same values and
         gradients, but each step touches the entries of its parent's state and innovations only,
         where the dense walk spends a dozen (B, F) passes. `code_at(t, prior)` gets the cut prior
-        at the parent's entries (None at steps with nothing carried). Returns the states and the
-        carried codes, (B, S, K) each."""
+        at the parent's entries (None at steps with nothing carried). Returns each step's state
+        and carried codes."""
         mem = self.carry.begin(batch, axis)
         scale, parents, states, carried = self.carry_scale, [], [], []
+
+        def cut(raw: Tensor) -> Tensor:  # every entry of a sparse parent state is in the support
+            return self._cut((raw, torch.ones_like(raw, dtype=torch.bool)), scale)[0]
+
         for t, p in enumerate(axis.parent.tolist()):
             parent = parents[p] if p >= 0 and scale else None
-            prior = None
-            if parent is not None:
-                prior = parent.with_values(self._cut((self.carry.prior_at(mem, parent), parent.valid), scale)[0])
+            prior = None if parent is None else parent.with_values(cut(self.carry.prior_at(mem, parent)))
             u = code_at(t, prior)
             if parent is None:
-                c, state = PaddedCodes.empty(batch, u.val), u
+                c, state = u.empty(), u
             else:
-                c = parent.with_values(self._cut((self.carry.carried_at(mem, parent, u), parent.valid), scale)[0])
+                c = parent.with_values(cut(self.carry.carried_at(mem, parent, u)))
                 state = c.plus(u)
             states.append(state)
             carried.append(c)
             parents.append(state.nonzero_part())  # what the next steps carry: cut entries drop out
-        return PaddedCodes.stack(states), PaddedCodes.stack(carried)
+        return states, carried
 
     def _walks_sparse(self, batch: int, reference: bool) -> bool:
         """Whether a forward pass walks sparse states: a carry and activation that allow it, and
@@ -185,19 +187,20 @@ class ContextualSAE(BaseSAE):
             if torch.is_grad_enabled():
                 enc_grads, dec_grads = DeferredGrads(self.W_enc_FD, self.b_enc_F), DeferredGrads(self.W_dec_FD)
 
-            def sparse_code_at(t: int, prior: PaddedCodes | None) -> PaddedCodes:
+            def sparse_code_at(t: int, prior: SparseCodes | None) -> SparseCodes:
                 enc_in = encoder_input(t, None if prior is None else prior.decode(self.W_dec_FD, dec_grads))
                 sparse, pre = act.encode_sparse(enc_in, self.W_enc_FD, self.b_enc_F, False, enc_grads)
                 pre_acts.append(pre)
-                innovations.append(PaddedCodes.from_sparse(sparse))
-                return innovations[-1]
+                innovations.append(sparse)
+                return sparse
 
             states, carried = self._walk_sparse(axis, xs.shape[0], sparse_code_at)
-            width = self.config.width
-            codes = PaddedCodes.stack(innovations).to_dense(width)  # (B, S, F)
-            walk = _Walk(states.to_dense(width), carried.to_dense(width), states.support(width), carried.support(width))
-            decoded = _Decoded(states.rows((slice(None), out_steps)).decode(self.W_dec_FD),
-                               carried.decode(self.W_dec_FD) if self.config.carry_coeff else None)
+            codes = steps_to_dense(innovations)[0]  # (B, S, F)
+            (state_values, state_support), (carried_values, carried_support) = (steps_to_dense(states),
+                                                                                steps_to_dense(carried))
+            walk = _Walk(state_values, carried_values, state_support, carried_support)
+            decoded = _Decoded(decode_steps(states[out_steps], self.W_dec_FD),
+                               decode_steps(carried, self.W_dec_FD) if self.config.carry_coeff else None)
         else:
             def code_at(t: int, prior: tuple[Tensor, Tensor] | None) -> Tensor:
                 enc_in = encoder_input(t, None if prior is None else self._project(prior[0], reference, prior[1]))

@@ -6,9 +6,9 @@ the entries that fire, and `gather_linear` recomputes just those entries' gradie
 (N * k * D work). Decoding goes through `embedding_bag`, which reads only the k decoder rows
 a position uses.
 
-A contextual walk adds `PaddedCodes`, each row's few entries in a (rows, K) array, so that a
-step costs O(K) per row, not O(width); and `DeferredGrads`, which sums the weight gradients
-of a walk's many small steps in one kernel at the end of the backward pass. All are checked
+A contextual walk keeps its state as SparseCodes too (`plus`, `nonzero_part`), so that a step
+costs O(nnz), not O(rows x width), and uses `DeferredGrads`, which sums the weight gradients
+of the walk's many small steps in one kernel at the end of the backward pass. All are checked
 against plain dense autograd in tests/ctxsae_core."""
 
 from __future__ import annotations
@@ -43,13 +43,66 @@ class SparseCodes(NamedTuple):
         counts = torch.bincount(self.rows, minlength=self.n_rows)
         return torch.cumsum(counts, 0) - counts
 
-    def decode(self, W_FD: Tensor) -> Tensor:
-        """sum_i vals_i * W[cols_i] per row: (n_rows, D), reading only the rows used."""
-        return F.embedding_bag(self.cols, W_FD, self.offsets(), mode="sum", per_sample_weights=self.vals)
+    def decode(self, W_FD: Tensor, deferred: "DeferredGrads | None" = None) -> Tensor:
+        """sum_i vals_i * W[cols_i] per row: (n_rows, D), reading only the rows used; W's
+        gradient goes to `deferred` if given (made for this W)."""
+        if deferred is None:
+            return F.embedding_bag(self.cols, W_FD, self.offsets(), mode="sum", per_sample_weights=self.vals)
+        return _DeferredDecode.apply(self.rows, self.offsets(), self.cols, self.vals, W_FD.detach(),
+                                     deferred.token, deferred)
 
     def to_dense(self) -> Tensor:
         z = self.vals.new_zeros(self.n_rows, self.width)
         return z.index_put((self.rows, self.cols), self.vals)
+
+    # --- a contextual walk's sparse state: every operation costs O(nnz), not O(n_rows * width)
+
+    def with_values(self, vals: Tensor) -> "SparseCodes":
+        return self._replace(vals=vals)
+
+    def empty(self) -> "SparseCodes":
+        """No codes, for the same rows."""
+        none = self.rows[:0]
+        return SparseCodes(none, none, self.vals[:0], self.n_rows, self.width)
+
+    def plus(self, other: "SparseCodes") -> "SparseCodes":
+        """self + other, entries at the same (row, feature) summed; every entry of either stays
+        (a carried entry cut to zero stays in the sum's support). Row-major, like both."""
+        keys = torch.cat([self.rows * self.width + self.cols, other.rows * other.width + other.cols])
+        unique, where = torch.unique(keys, sorted=True, return_inverse=True)
+        vals = self.vals.new_zeros(unique.numel()).index_add(0, where, torch.cat([self.vals, other.vals]))
+        return SparseCodes(unique // self.width, unique % self.width, vals, self.n_rows, self.width)
+
+    def nonzero_part(self) -> "SparseCodes":
+        """The entries whose value is not zero."""
+        keep = self.vals != 0
+        return SparseCodes(self.rows[keep], self.cols[keep], self.vals[keep], self.n_rows, self.width)
+
+
+def stack_steps(steps: list[SparseCodes]) -> tuple[Tensor, Tensor, Tensor]:
+    """Codes of the same n rows at S steps -> (rows, steps, cols) index tensors and the values,
+    all (sum of nnz,), step-major: (rows, steps, cols) index a dense (n, S, width) tensor."""
+    rows = torch.cat([c.rows for c in steps])
+    at_step = torch.cat([torch.full_like(c.rows, t) for t, c in enumerate(steps)])
+    return rows, at_step, torch.cat([c.cols for c in steps]), torch.cat([c.vals for c in steps])
+
+
+def steps_to_dense(steps: list[SparseCodes]) -> tuple[Tensor, Tensor]:
+    """Codes of the same n rows at S steps -> (values, support), both (n, S, width); the values
+    keep autograd (one scatter)."""
+    n, width = steps[0].n_rows, steps[0].width
+    rows, at_step, cols, vals = stack_steps(steps)
+    values = vals.new_zeros(n, len(steps), width).index_put((rows, at_step, cols), vals)
+    support = torch.zeros(n, len(steps), width, dtype=torch.bool)
+    return values, support.index_put_((rows, at_step, cols), torch.ones((), dtype=torch.bool))
+
+
+def decode_steps(steps: list[SparseCodes], W_FD: Tensor) -> Tensor:
+    """W codes for codes of the same n rows at S steps: (n, S, D), one embedding_bag."""
+    n = steps[0].n_rows
+    rows, at_step, cols, vals = stack_steps(steps)
+    flat = SparseCodes(at_step * n + rows, cols, vals, n * len(steps), steps[0].width)  # step-major: sorted
+    return flat.decode(W_FD).reshape(len(steps), n, -1).transpose(0, 1)
 
 
 class DeferredGrads:
@@ -143,103 +196,22 @@ def gather_linear(x_ND: Tensor, W_FD: Tensor, b_F: Tensor, pre_NF: Tensor, rows:
 
 
 class _DeferredDecode(torch.autograd.Function):
-    """PaddedCodes.decode whose weight gradient goes to a DeferredGrads."""
+    """SparseCodes.decode whose weight gradient goes to a DeferredGrads."""
 
     @staticmethod
-    def forward(ctx, idx, val, W_FD, token, deferred):  # type: ignore[override]
-        ctx.save_for_backward(idx, val, W_FD)
+    def forward(ctx, rows, offsets, cols, vals, W_FD, token, deferred):  # type: ignore[override]
+        ctx.save_for_backward(rows, offsets, cols, vals, W_FD)
         ctx.deferred = deferred
-        return F.embedding_bag(idx, W_FD, mode="sum", per_sample_weights=val)
+        return F.embedding_bag(cols, W_FD, offsets, mode="sum", per_sample_weights=vals)
 
     @staticmethod
     def backward(ctx, grad_ND):  # type: ignore[override]
-        idx, val, W_FD = ctx.saved_tensors
-        grad_val = None
-        if ctx.needs_input_grad[1]:  # embedding_bag's own backward: 4x faster than gathering W[idx]
+        rows, offsets, cols, vals, W_FD = ctx.saved_tensors
+        grad_vals = None
+        if ctx.needs_input_grad[3]:  # embedding_bag's own backward: 4x faster than gathering W[cols]
             with torch.enable_grad():
-                weights = val.detach().requires_grad_()
-                out = F.embedding_bag(idx, W_FD, mode="sum", per_sample_weights=weights)
-                (grad_val,) = torch.autograd.grad(out, weights, grad_ND)
-        rows = torch.arange(idx.shape[0]).repeat_interleave(idx.shape[1])
-        ctx.deferred.add_(grad_ND, rows, idx.reshape(-1), val.detach().reshape(-1))
-        return None, grad_val, None, grad_ND.new_zeros(()), None
-
-
-class PaddedCodes(NamedTuple):
-    """Codes of n rows in padded form, for walks that keep a sparse state per row: row i holds
-    (idx[i, j], val[i, j]) wherever valid[i, j]. Padding has value 0, so sums over a row need no
-    mask. Every operation costs O(n * K), not O(n * width)."""
-
-    idx: Tensor  # (n, K) long
-    val: Tensor  # (n, K), with autograd
-    valid: Tensor  # (n, K) bool
-
-    @staticmethod
-    def empty(n: int, like: Tensor) -> "PaddedCodes":
-        return PaddedCodes(torch.zeros(n, 1, dtype=torch.long), like.new_zeros(n, 1),
-                           torch.zeros(n, 1, dtype=torch.bool))
-
-    @staticmethod
-    def from_sparse(codes: SparseCodes) -> "PaddedCodes":
-        n = codes.n_rows
-        counts = torch.bincount(codes.rows, minlength=n)
-        k = max(1, int(counts.max())) if codes.rows.numel() else 1
-        at = (codes.rows, torch.arange(codes.rows.numel()) - (torch.cumsum(counts, 0) - counts)[codes.rows])
-        return PaddedCodes(torch.zeros(n, k, dtype=torch.long).index_put_(at, codes.cols),
-                           codes.vals.new_zeros(n, k).index_put(at, codes.vals),
-                           torch.zeros(n, k, dtype=torch.bool).index_put_(at, torch.ones((), dtype=torch.bool)))
-
-    def with_values(self, val: Tensor) -> "PaddedCodes":
-        return self._replace(val=val)
-
-    def decode(self, W_FD: Tensor, deferred: DeferredGrads | None = None) -> Tensor:
-        """sum_j val[..., j] * W[idx[..., j]] per row: (..., D), reading only the rows used; W's
-        gradient goes to `deferred` if given (made for this W)."""
-        k = self.idx.shape[-1]
-        idx, val = self.idx.reshape(-1, k), self.val.reshape(-1, k)
-        if deferred is None:  # the valid entries only: stacked steps can carry much padding
-            rows, slots = self.valid.reshape(-1, k).nonzero(as_tuple=True)
-            out = SparseCodes(rows, idx[rows, slots], val[rows, slots], idx.shape[0], W_FD.shape[0]).decode(W_FD)
-        else:
-            out = _DeferredDecode.apply(idx, val, W_FD.detach(), deferred.token, deferred)
-        return out.reshape(*self.idx.shape[:-1], -1)
-
-    def to_dense(self, width: int) -> Tensor:
-        """The values, (..., width), with autograd (one scatter)."""
-        return self.val.new_zeros(*self.val.shape[:-1], width).scatter_add_(-1, self.idx, self.val)
-
-    def support(self, width: int) -> Tensor:
-        """(..., width) bool: the valid entries."""
-        at = self.valid.nonzero(as_tuple=True)
-        mask = torch.zeros(*self.idx.shape[:-1], width, dtype=torch.bool)
-        return mask.index_put_((*at[:-1], self.idx[at]), torch.ones((), dtype=torch.bool))
-
-    @staticmethod
-    def stack(steps: list["PaddedCodes"], dim: int = 1) -> "PaddedCodes":
-        """Codes of the same rows at several steps -> one PaddedCodes (n, S, K), K the widest."""
-        k = max(codes.idx.shape[-1] for codes in steps)
-        pad = [(0, k - codes.idx.shape[-1]) for codes in steps]
-        return PaddedCodes(*(torch.stack([F.pad(getattr(codes, name), p) for codes, p in zip(steps, pad)], dim)
-                             for name in ("idx", "val", "valid")))
-
-    def rows(self, key) -> "PaddedCodes":
-        """The rows `key` picks (e.g. codes.rows((slice(None), steps))), in all three arrays."""
-        return PaddedCodes(self.idx[key], self.val[key], self.valid[key])
-
-    def plus(self, other: "PaddedCodes") -> "PaddedCodes":
-        """self + other: other's entries at features self holds are added there, the rest appended.
-        Entries of self keep their place (and their validity), so a carried entry cut to zero
-        stays in the sum's support."""
-        same = (other.idx.unsqueeze(2) == self.idx.unsqueeze(1)) & other.valid.unsqueeze(2) & self.valid.unsqueeze(1)
-        added = torch.bmm(other.val.unsqueeze(1), same.to(other.val.dtype)).squeeze(1)  # (n, K_self)
-        new = other.valid & ~same.any(2)
-        return PaddedCodes(torch.cat([self.idx, other.idx], 1), torch.cat([self.val + added, other.val * new], 1),
-                           torch.cat([self.valid, new], 1))
-
-    def nonzero_part(self) -> "PaddedCodes":
-        """The entries whose value is not zero, packed to the front: K shrinks to the longest row."""
-        keep = self.val != 0
-        k = max(1, int(keep.sum(1).max()))
-        order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :k]
-        keep = keep.gather(1, order)
-        return PaddedCodes(self.idx.gather(1, order), self.val.gather(1, order) * keep, keep)
+                weights = vals.detach().requires_grad_()
+                out = F.embedding_bag(cols, W_FD, offsets, mode="sum", per_sample_weights=weights)
+                (grad_vals,) = torch.autograd.grad(out, weights, grad_ND)
+        ctx.deferred.add_(grad_ND, rows, cols, vals.detach())
+        return None, None, None, grad_vals, None, grad_ND.new_zeros(()), None

@@ -198,7 +198,7 @@ def test_fast_path_matches_dense_reference(carry, act, kind, T, grid):
     assert_close(t1.total, t2.total, rtol=1e-5, atol=1e-6)
     for name in g2:
         assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-5, msg=name)
-    # the gated carry walks padded sparse states (and sums weight gradients once), here and
+    # the gated carry walks sparse (COO) states (and sums weight gradients once), here and
     # without autograd; the attention carry and JumpReLU walk dense states
     assert m._walks_sparse(32, reference=False) == (carry == "gated" and act.kind != "jumprelu")
     with torch.no_grad():

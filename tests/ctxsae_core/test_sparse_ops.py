@@ -3,7 +3,7 @@
 import torch
 from torch.testing import assert_close
 
-from ctxsae_core.sparse_ops import DeferredGrads, PaddedCodes, SparseCodes, gather_linear
+from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, decode_steps, gather_linear, steps_to_dense
 
 
 def _random_entries(n, f, per_row):
@@ -56,43 +56,43 @@ def test_sparse_decode_matches_dense_matmul():
     assert torch.equal(codes.to_dense().detach(), z)
 
 
-def _padded(n, f, per_row, generator_seed=0):
-    """Random padded codes whose rows hold 1..per_row entries, and the same codes dense."""
+def _codes(n, f, per_row, generator_seed=0):
+    """Random codes whose rows hold 1..per_row entries, sparse and dense."""
     g = torch.Generator().manual_seed(generator_seed)
     dense = torch.zeros(n, f)
     for i in range(n):
         cols = torch.randperm(f, generator=g)[: 1 + i % per_row]
         dense[i, cols] = torch.rand(cols.numel(), generator=g) + 0.1
-    return PaddedCodes.from_sparse(SparseCodes.from_dense(dense)), dense
+    return SparseCodes.from_dense(dense), dense
 
 
-def test_padded_codes_round_trip_and_add_like_dense_codes():
-    a, dense_a = _padded(6, 20, 4, 0)
-    b, dense_b = _padded(6, 20, 3, 1)
-    assert a.idx.shape == (6, 4) and int(a.valid.sum()) == int((dense_a != 0).sum())
-    assert torch.equal(a.to_dense(20), dense_a)
-    assert torch.equal(a.support(20), dense_a != 0)
-    both = a.plus(b)  # shared features are summed in place, the rest appended
-    assert_close(both.to_dense(20), dense_a + dense_b)
-    assert torch.equal(both.support(20), (dense_a + dense_b) != 0)
-    assert int(both.valid.sum()) == int(((dense_a + dense_b) != 0).sum())  # no feature twice
-    cut = both.with_values(both.val * (both.val > 0.6))
-    packed = cut.nonzero_part()
-    assert packed.idx.shape[1] == int((cut.val != 0).sum(1).max())
-    assert_close(packed.to_dense(20), cut.to_dense(20))
-    stacked = PaddedCodes.stack([a, b])  # (6, 2, 4): b padded to a's width
-    assert stacked.idx.shape == (6, 2, 4)
-    assert torch.equal(stacked.to_dense(20), torch.stack([dense_a, dense_b], 1))
+def test_walk_operations_on_sparse_codes_match_dense_codes():
+    a, dense_a = _codes(6, 20, 4, 0)
+    b, dense_b = _codes(6, 20, 3, 1)
+    both = a.plus(b)  # shared features summed, the rest kept; row-major like its parts
+    assert_close(both.to_dense(), dense_a + dense_b)
+    assert both.vals.numel() == int(((dense_a + dense_b) != 0).sum())  # no entry twice
+    assert torch.equal(both.rows, both.rows.sort().values)
+    cut = both.with_values(both.vals * (both.vals > 0.6))
+    kept = cut.nonzero_part()
+    assert kept.vals.numel() == int((cut.vals != 0).sum()) and bool((kept.vals != 0).all())
+    assert_close(kept.to_dense(), cut.to_dense())
+    assert a.empty().to_dense().abs().sum() == 0 and a.plus(a.empty()).to_dense().equal(dense_a)
+    values, support = steps_to_dense([a, b, a.empty()])  # (6, 3, 20)
+    assert torch.equal(values, torch.stack([dense_a, dense_b, torch.zeros_like(dense_a)], 1))
+    assert torch.equal(support, values != 0)
+    W = torch.randn(20, 5)
+    assert_close(decode_steps([a, b], W), torch.stack([dense_a @ W, dense_b @ W], 1))
 
 
 def test_deferred_weight_gradients_equal_per_step_autograd():
-    """Three steps of a walk: each decodes padded codes and gathers encoder entries. With
+    """Three steps of a walk: each decodes codes and gathers encoder entries. With
     DeferredGrads the weight gradients are summed once, at the end; they must equal autograd's."""
     n, f, d = 8, 30, 5
     torch.manual_seed(0)
     W_dec, W_enc, b_enc = (torch.randn(f, d, requires_grad=True), torch.randn(f, d, requires_grad=True),
                            torch.randn(f, requires_grad=True))
-    steps = [(_padded(n, f, 4, seed)[0], _random_entries(n, f, 3)) for seed in range(3)]
+    steps = [(_codes(n, f, 4, seed)[0], _random_entries(n, f, 3)) for seed in range(3)]
     x0 = torch.randn(n, d)
     grads = []
     for defer in (False, True):
@@ -100,8 +100,8 @@ def test_deferred_weight_gradients_equal_per_step_autograd():
         enc = DeferredGrads(W_enc, b_enc) if defer else None
         x, total = x0, 0.0
         for codes, (rows, cols) in steps:
-            vals = codes.val.clone().requires_grad_()
-            x = x - codes.with_values(vals * x.sum(1, keepdim=True)).decode(W_dec, dec)  # later steps read earlier ones
+            vals = codes.vals.clone().requires_grad_()
+            x = x - codes.with_values(vals * x.sum(1)[codes.rows]).decode(W_dec, dec)  # later steps read earlier ones
             with torch.no_grad():
                 pre = x @ W_enc.T + b_enc
             total = total + gather_linear(x, W_enc, b_enc, pre, rows, cols, enc).pow(2).sum()
