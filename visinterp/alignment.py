@@ -4,7 +4,9 @@ For a binary factor, a feature's AUROC is the probability that it is larger at a
 position where the factor holds than at one where it does not (ties count half: the
 Mann-Whitney U statistic over n_pos * n_neg). A categorical factor is scored one value
 against the rest. For a continuous factor, the score is Pearson's correlation. A feature
-that aligns with no factor above a threshold is "unnamed"."""
+that aligns with no factor above a threshold is "unnamed". `probe_table` gives the ceiling
+that any linear read-out of the layer itself reaches, scored the same way: a factor that a
+probe finds but no single feature does is spread over features, not absent."""
 
 from __future__ import annotations
 
@@ -44,6 +46,16 @@ def correlation(scores: Tensor, values: Tensor) -> Tensor:
     return torch.where(denom > 0, (s * v[:, None]).sum(0) / denom.clamp(min=1e-300), torch.zeros_like(denom)).float()
 
 
+def _value_masks(name: str, lab: Tensor, v: int, within_labelled: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+    """(keep, positive) for scoring value v of factor `name` one-vs-rest (see alignment_table)."""
+    keep = lab >= 0 if name in within_labelled and v >= 0 else torch.ones_like(lab, dtype=torch.bool)
+    return keep, lab[keep] == v
+
+
+def _label(name: str, v: int, names: dict[str, tuple[str, ...]]) -> str:
+    return names[name][v] if name in names and 0 <= v < len(names[name]) else str(v)
+
+
 def alignment_table(codes: Tensor, factors: dict[str, Tensor], continuous: tuple[str, ...] = (),
                     names: dict[str, tuple[str, ...]] | None = None, min_count: int = 20,
                     within_labelled: tuple[str, ...] = ()) -> dict:
@@ -65,16 +77,55 @@ def alignment_table(codes: Tensor, factors: dict[str, Tensor], continuous: tuple
             continue
         table[name] = {}
         for v in lab.unique().tolist():
-            keep = lab >= 0 if name in within_labelled and v >= 0 else torch.ones_like(lab, dtype=torch.bool)
-            positive = lab[keep] == v
+            keep, positive = _value_masks(name, lab, v, within_labelled)
             if min(int(positive.sum()), int((~positive).sum())) < min_count:
                 continue
             a = auroc(codes[keep], positive)
             f = int(torch.nan_to_num(a, nan=0.0).argmax())
-            label = names[name][v] if name in names and 0 <= v < len(names[name]) else str(v)
-            table[name][label] = {"feature": f, "auroc": float(a[f])}
+            table[name][_label(name, v, names)] = {"feature": f, "auroc": float(a[f])}
             best = torch.maximum(best, torch.nan_to_num(a, nan=0.5))
     return {"factors": table, "best_by_feature": best}
+
+
+def _ridge(x: Tensor, y: Tensor, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Least squares y ~ standardised x, with `ridge` x N on the diagonal: (mean, scale, w)."""
+    mean, scale = x.mean(0), x.std(0).clamp_min(1e-8)
+    z = torch.cat([(x - mean) / scale, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+    gram = z.T @ z + ridge * x.shape[0] * torch.eye(z.shape[1], dtype=x.dtype)
+    return mean, scale, torch.linalg.solve(gram, z.T @ y)
+
+
+def _predict(x: Tensor, fit: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    mean, scale, w = fit
+    return torch.cat([(x - mean) / scale, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1) @ w
+
+
+def probe_table(train_x: Tensor, train_factors: dict[str, Tensor], held_x: Tensor, held_factors: dict[str, Tensor],
+                continuous: tuple[str, ...] = (), names: dict[str, tuple[str, ...]] | None = None,
+                min_count: int = 20, within_labelled: tuple[str, ...] = (), ridge: float = 1e-4) -> dict:
+    """The linear ceiling for `alignment_table`: per factor value, a ridge-regression probe on
+    the layer's activations train_x (N, D) to the one-vs-rest label (+-1), scored by AUROC on
+    held_x with the same value masks (continuous factors: the held-out correlation of a probe
+    to the values). {factor: {value: {"auroc"}}}, or {factor: {"correlation"}}."""
+    names = names or {}
+    x, hx = train_x.double(), held_x.double()
+    table: dict = {}
+    for name, lab in held_factors.items():
+        train_lab = train_factors[name]
+        if name in continuous:
+            fit = _ridge(x, train_lab.double()[:, None], ridge)
+            table[name] = {"correlation": float(correlation(_predict(hx, fit), lab)[0])}
+            continue
+        table[name] = {}
+        for v in lab.unique().tolist():
+            keep, positive = _value_masks(name, lab, v, within_labelled)
+            train_keep, train_positive = _value_masks(name, train_lab, v, within_labelled)
+            if min(int(positive.sum()), int((~positive).sum()), int(train_positive.sum()),
+                   int((~train_positive).sum())) < min_count:
+                continue
+            fit = _ridge(x[train_keep], train_positive.double()[:, None] * 2 - 1, ridge)
+            table[name][_label(name, v, names)] = {"auroc": float(auroc(_predict(hx[keep], fit), positive)[0])}
+    return table
 
 
 def unnamed_features(best_by_feature: Tensor, codes: Tensor, threshold: float = 0.75, min_rate: float = 1e-3) -> list[int]:

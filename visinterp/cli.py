@@ -75,6 +75,7 @@ def cmd_scene_features(args: argparse.Namespace) -> int:
     for name, m in report["models"].items():
         print(f"{name:<38}{m['fvu']:>7.3f}{m['l0']:>7.2f}{m['state_l0']:>10.2f}{m['mean_best_auroc']:>12.3f}"
               f"{m['within_object_switch_rate']:>8.3f}{m['n_unnamed']:>9}")
+    print(f"{'linear probe on the layer (ceiling)':<38}{'':>24}{report['probe']['mean_auroc']:>12.3f}")
     print(f"wrote {args.out / 'report.json'}")
     return 0
 

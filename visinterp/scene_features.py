@@ -24,11 +24,12 @@ from ctxsae_core.metrics import switch_rate
 from ctxsae_core.trainer import Trainer
 from scenes.query import NORMAL_BINS
 from scenes.spec import KINDS, MATERIALS, TEXTURES
-from visinterp.alignment import alignment_table, unnamed_features
+from visinterp.alignment import alignment_table, probe_table, unnamed_features
 from visinterp.codes import window_codes
 from visinterp.coord_acts import SURFACE_FACTORS, Windows
 from visinterp.scene_figures import feature_pictures
 
+PROBE_ROWS = 200_000  # training positions the linear probes read (a random subset beyond that)
 FACTOR_NAMES = {"kind_id": KINDS, "material_id": MATERIALS, "texture_id": TEXTURES, "normal_bin": NORMAL_BINS}
 HELD_FILE = "held_windows.safetensors"  # the held-out windows: acts, where, factor/<name>; axis in the metadata
 
@@ -72,6 +73,7 @@ def analyse(windows: Windows, cfg: SceneSAEConfig, out: Path) -> dict:
     save_tensors_atomic(out / HELD_FILE, {"acts": windows.acts[held], "where": windows.where[held],
                                           **{f"factor/{k}": v[held] for k, v in windows.factors.items()}},
                         {"axis": windows.axis, "grid": json.dumps(windows.grid), "continuous": json.dumps(windows.continuous)})
+    report["probe"] = _probe(windows, train, held, cfg.seed)
     for name, (sae_cfg, shuffle) in _models(d, cfg).items():
         model = build_sae(sae_cfg)
         tc = TrainConfig(tokens=cfg.tokens, batch_tokens=cfg.batch_windows * t, lr=cfg.lr, seed=cfg.seed,
@@ -91,7 +93,7 @@ def analyse(windows: Windows, cfg: SceneSAEConfig, out: Path) -> dict:
         report["models"][name] = {
             "fvu": scores["fvu"], "l0": scores["l0"], "state_l0": scores["state_l0"],
             "dead_fraction": scores["dead_fraction"], "alignment": table["factors"],
-            "mean_best_auroc": _mean_best(table["factors"]),
+            "mean_best_auroc": _mean_auroc(table["factors"]),
             "within_object_switch_rate": float(rates[live].nanmean()) if live.any() else math.nan,
             "unnamed": unnamed[:20], "n_unnamed": len(unnamed), "n_live": int(live.sum()),
             "folder": sae_folder(name), "shuffle_context": shuffle}
@@ -102,7 +104,19 @@ def analyse(windows: Windows, cfg: SceneSAEConfig, out: Path) -> dict:
     return report
 
 
-def _mean_best(factors: dict) -> float:
-    """Mean over categorical factor values of the best feature's AUROC."""
-    values = [v["auroc"] for f in factors.values() if isinstance(f, dict) and "feature" not in f for v in f.values()]
+def _probe(windows: Windows, train: torch.Tensor, held: torch.Tensor, seed: int) -> dict:
+    """The linear ceiling: ridge probes on the layer's own activations (train windows), scored
+    on the held-out windows like the SAE features (`alignment.probe_table`)."""
+    d = windows.acts.shape[-1]
+    x = windows.acts[train].reshape(-1, d)
+    rows = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:PROBE_ROWS]
+    table = probe_table(x[rows], {k: v[train].reshape(-1)[rows] for k, v in windows.factors.items()},
+                        windows.acts[held].reshape(-1, d), {k: v[held].reshape(-1) for k, v in windows.factors.items()},
+                        continuous=windows.continuous, names=FACTOR_NAMES, within_labelled=SURFACE_FACTORS)
+    return {"factors": table, "mean_auroc": _mean_auroc(table)}
+
+
+def _mean_auroc(factors: dict) -> float:
+    """Mean over categorical factor values of the AUROC (the best feature's, or the probe's)."""
+    values = [v["auroc"] for f in factors.values() for v in f.values() if isinstance(v, dict) and "auroc" in v]
     return float(sum(values) / len(values)) if values else math.nan

@@ -53,3 +53,23 @@ def test_within_labelled_scores_identity_among_labelled_positions_only():
     # among surface positions only the marker says nothing (0.5), and no feature fires on object 0 alone
     assert inside["0"]["auroc"] == pytest.approx(0.5) and inside["1"] == {"feature": 1, "auroc": 1.0}
     assert inside["-1"] == plain["-1"]
+
+
+def test_a_linear_probe_finds_a_factor_that_is_spread_over_features():
+    """label = x0 + x1 > 0 for Gaussian x: each coordinate alone ranks it with AUROC 5/6
+    (0.8334 measured over 400k samples), a probe on both with 1. A continuous factor x0 - 2 x1
+    correlates 2 / sqrt(5) with x1 alone and 1 with the probe."""
+    from visinterp.alignment import probe_table
+
+    g = torch.Generator().manual_seed(0)
+    train, held = torch.randn(4000, 3, generator=g), torch.randn(2000, 3, generator=g)
+
+    def factors(x):
+        return {"side": (x[:, 0] + x[:, 1] > 0).long(), "depth": x[:, 0] - 2 * x[:, 1]}
+
+    single = alignment_table(held, factors(held), continuous=("depth",))["factors"]
+    probe = probe_table(train, factors(train), held, factors(held), continuous=("depth",))
+    assert single["side"]["1"]["auroc"] == pytest.approx(5 / 6, abs=0.02)
+    assert probe["side"]["1"]["auroc"] > 0.999 and probe["side"]["0"]["auroc"] > 0.999
+    assert abs(single["depth"]["correlation"]) == pytest.approx(2 / 5**0.5, abs=0.02)
+    assert probe["depth"]["correlation"] > 0.999

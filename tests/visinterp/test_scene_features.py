@@ -93,6 +93,13 @@ def test_scene_features_cli_reports_all_three_models(scene_features):
             scores = [values["correlation"]] if "correlation" in values else [v["auroc"] for v in values.values()]
             assert all(-1 <= s <= 1 for s in scores)
         assert m["n_unnamed"] <= m["n_live"]
+    probe = report["probe"]["factors"]  # the linear ceiling, scored on the same factor values
+    for factor, values in probe.items():
+        scored = models["per-position topk"]["alignment"][factor]
+        if "correlation" in values:
+            assert "correlation" in scored and -1 <= values["correlation"] <= 1
+        else:
+            assert set(values) <= set(scored) and all(0 <= v["auroc"] <= 1 for v in values.values())
 
 
 def test_saved_saes_and_windows_reproduce_the_reported_alignment(scene_features):
