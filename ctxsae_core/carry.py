@@ -62,6 +62,10 @@ class Carry(nn.Module):
         0.08), although k 4 and 6 trained as well either way."""
         return self.carried(mem, t, s_parent, None)
 
+    def begin_sparse(self) -> object:
+        """Memory for a walk over sparse states (`prior_at`, `carried_at`)."""
+        raise NotImplementedError
+
     def prior_at(self, mem: object, parent: SparseCodes) -> Tensor:
         """`prior` over a sparse parent state: the values (nnz,) carried at its entries."""
         raise NotImplementedError
@@ -90,8 +94,17 @@ class GatedCarry(Carry):
         self.reset_in_raw = nn.Parameter(cfg.init_reset + 0.5 * torch.randn(f, r))
         self.reset_out_raw = nn.Parameter(cfg.init_reset + 0.5 * torch.randn(r, f))
 
+    def _parts(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A (F, r), B (r, F), both >= 0, and the persistence gates (F,)."""
+        return F.softplus(self.reset_in_raw), F.softplus(self.reset_out_raw), self.persistence_gate()
+
     def begin(self, batch: int, axis: ContextAxis) -> object:
-        return (F.softplus(self.reset_in_raw), F.softplus(self.reset_out_raw), self.persistence_gate())
+        return self._parts()
+
+    def begin_sparse(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A, B transposed to (F, r) and contiguous (its rows are gathered at every step), gates."""
+        reset_in, reset_out, gate = self._parts()
+        return reset_in, reset_out.T.contiguous(), gate
 
     def persistence_gate(self) -> Tensor:
         """(F,) gate of each feature when nothing resets it: sigmoid(persistence) * 1.1, capped at
@@ -112,15 +125,15 @@ class GatedCarry(Carry):
         return self.hard(gate[parent.cols]) * parent.vals
 
     def carried_at(self, mem, parent, u_t):
-        reset_in, reset_out, gate = mem
+        reset_in, reset_out_T, gate = mem
         u_reset_in = u_t.decode(reset_in)  # (B, r): u_t A
-        reset = (u_reset_in[parent.rows] * reset_out.T[parent.cols]).sum(1)  # (nnz,): (u_t A B) at the entries
+        reset = (u_reset_in[parent.rows] * reset_out_T[parent.cols]).sum(1)  # (nnz,): (u_t A B) at the entries
         return self.hard(gate[parent.cols] * torch.exp(-reset)) * parent.vals
 
     def gates(self, u_t: Tensor) -> Tensor:
         """(B, F) gates after innovations u_t fire, for analysis."""
-        reset_in, reset_out = F.softplus(self.reset_in_raw), F.softplus(self.reset_out_raw)
-        return self.persistence_gate() * torch.exp(-(u_t @ reset_in) @ reset_out)
+        reset_in, reset_out, gate = self._parts()
+        return gate * torch.exp(-(u_t @ reset_in) @ reset_out)
 
 
 @dataclass

@@ -86,18 +86,21 @@ class ContextualSAE(BaseSAE):
             return codes @ self.W_dec_FD
         return SparseCodes.from_dense(codes, support).decode(self.W_dec_FD)
 
-    def _cut(self, carried: tuple[Tensor, Tensor], scale: float) -> tuple[Tensor, Tensor]:
+    def _cut(self, carried: tuple[Tensor, Tensor | None], scale: float) -> tuple[Tensor, Tensor | None]:
         """Carried values below carry_threshold become exactly zero, so state L0 counts no dust.
-        The gradient passes straight through the cut for entries carried at all (the support),
-        so a feature whose carried value is still below it learns whether carrying more would
-        help; otherwise a low persistence could never grow. Returns (value, support)."""
+        The gradient passes straight through the cut for entries carried at all (the support;
+        None: every entry, as in a sparse state), so a feature whose carried value is still
+        below it learns whether carrying more would help; otherwise a low persistence could
+        never grow. Returns (value, support)."""
         c, support = carried
         if scale != 1.0:
             c = scale * c
         kept = c > self.config.carry_threshold
         if not c.requires_grad:
             return c.masked_fill(~kept, 0.0), support
-        ste = torch.where(support, c - c.detach(), torch.zeros((), dtype=c.dtype))  # zero, with gradient
+        ste = c - c.detach()  # zero, with gradient
+        if support is not None:
+            ste = torch.where(support, ste, torch.zeros((), dtype=c.dtype))
         return torch.where(kept, c, ste), support
 
     def _walk(self, axis: ContextAxis, batch: int, code_at: Callable[[int, Tensor | None], Tensor],
@@ -127,11 +130,11 @@ class ContextualSAE(BaseSAE):
         where the dense walk spends a dozen (B, F) passes. `code_at(t, prior)` gets the cut prior
         at the parent's entries (None at steps with nothing carried). Returns each step's state
         and carried codes."""
-        mem = self.carry.begin(batch, axis)
+        mem = self.carry.begin_sparse()
         scale, parents, states, carried = self.carry_scale, [], [], []
 
         def cut(raw: Tensor) -> Tensor:  # every entry of a sparse parent state is in the support
-            return self._cut((raw, torch.ones_like(raw, dtype=torch.bool)), scale)[0]
+            return self._cut((raw, None), scale)[0]
 
         for t, p in enumerate(axis.parent.tolist()):
             parent = parents[p] if p >= 0 and scale else None
@@ -195,7 +198,7 @@ class ContextualSAE(BaseSAE):
                 return sparse
 
             states, carried = self._walk_sparse(axis, xs.shape[0], sparse_code_at)
-            codes = steps_to_dense(innovations)[0]  # (B, S, F)
+            codes = steps_to_dense(innovations, support=False)[0]  # (B, S, F)
             (state_values, state_support), (carried_values, carried_support) = (steps_to_dense(states),
                                                                                 steps_to_dense(carried))
             walk = _Walk(state_values, carried_values, state_support, carried_support)

@@ -87,14 +87,16 @@ def stack_steps(steps: list[SparseCodes]) -> tuple[Tensor, Tensor, Tensor]:
     return rows, at_step, torch.cat([c.cols for c in steps]), torch.cat([c.vals for c in steps])
 
 
-def steps_to_dense(steps: list[SparseCodes]) -> tuple[Tensor, Tensor]:
-    """Codes of the same n rows at S steps -> (values, support), both (n, S, width); the values
-    keep autograd (one scatter)."""
+def steps_to_dense(steps: list[SparseCodes], support: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Codes of the same n rows at S steps -> (values, support or None), both (n, S, width); the
+    values keep autograd (one scatter)."""
     n, width = steps[0].n_rows, steps[0].width
     rows, at_step, cols, vals = stack_steps(steps)
     values = vals.new_zeros(n, len(steps), width).index_put((rows, at_step, cols), vals)
-    support = torch.zeros(n, len(steps), width, dtype=torch.bool)
-    return values, support.index_put_((rows, at_step, cols), torch.ones((), dtype=torch.bool))
+    if not support:
+        return values, None
+    mask = torch.zeros(n, len(steps), width, dtype=torch.bool)
+    return values, mask.index_put_((rows, at_step, cols), torch.ones((), dtype=torch.bool))
 
 
 def decode_steps(steps: list[SparseCodes], W_FD: Tensor) -> Tensor:
