@@ -172,10 +172,7 @@ class ContextualSAE(BaseSAE):
     def _run(self, xs_raw: Tensor, axis: ContextAxis, reference: bool, out_steps: slice) -> SAEOutput:
         """`out_steps`: the steps whose state and reconstruction are returned."""
         xs = xs_raw * self.act_scale  # (B, S, D)
-        act = self.activation
-        encode = act.encode_reference if reference else act.encode
-        plain = not (reference or torch.is_grad_enabled())  # no autograd: codes straight from pre
-        innovations, pre_acts, enc_ins = [], [], []
+        enc_ins, pre_acts = [], []
 
         def encoder_input(t: int, carried: Tensor | None) -> Tensor:
             """Step t's centred input minus `carried`, the prior projected onto the dictionary."""
@@ -185,46 +182,61 @@ class ContextualSAE(BaseSAE):
             return enc_in
 
         if self._walks_sparse(xs.shape[0], reference):
-            # the walk's many small steps sum their weight gradients once, at the end
-            enc_grads = dec_grads = None
-            if torch.is_grad_enabled():
-                enc_grads, dec_grads = DeferredGrads(self.W_enc_FD, self.b_enc_F), DeferredGrads(self.W_dec_FD)
-
-            def sparse_code_at(t: int, prior: SparseCodes | None) -> SparseCodes:
-                enc_in = encoder_input(t, None if prior is None else prior.decode(self.W_dec_FD, dec_grads))
-                sparse, pre = act.encode_sparse(enc_in, self.W_enc_FD, self.b_enc_F, False, enc_grads)
-                pre_acts.append(pre)
-                innovations.append(sparse)
-                return sparse
-
-            states, carried = self._walk_sparse(axis, xs.shape[0], sparse_code_at)
-            codes = steps_to_dense(innovations, support=False)[0]  # (B, S, F)
-            (state_values, state_support), (carried_values, carried_support) = (steps_to_dense(states),
-                                                                                steps_to_dense(carried))
-            walk = _Walk(state_values, carried_values, state_support, carried_support)
-            decoded = _Decoded(decode_steps(states[out_steps], self.W_dec_FD),
-                               decode_steps(carried, self.W_dec_FD) if self.config.carry_coeff else None)
+            walk, codes, decoded = self._run_sparse(axis, xs.shape[0], encoder_input, pre_acts, out_steps)
         else:
-            def code_at(t: int, prior: tuple[Tensor, Tensor] | None) -> Tensor:
-                enc_in = encoder_input(t, None if prior is None else self._project(prior[0], reference, prior[1]))
-                if plain:
-                    pre = F.linear(enc_in, self.W_enc_FD, self.b_enc_F)
-                    u = act.codes(pre)
-                else:
-                    enc = encode(enc_in, self.W_enc_FD, self.b_enc_F, False)
-                    pre, u = enc.pre, enc.dense
-                innovations.append(u)
-                pre_acts.append(pre)
-                return u
-
-            walk = self._walk(axis, xs.shape[0], code_at)
-            codes = torch.stack(innovations, 1)
-            decoded = _Decoded(self._decode_dense(walk.states[:, out_steps], walk.state_support[:, out_steps], reference),
-                               self._decode_dense(walk.carried, walk.carried_support, reference)
-                               if self.config.carry_coeff else None)
+            walk, codes, decoded = self._run_dense(axis, xs.shape[0], encoder_input, pre_acts, out_steps, reference)
         x_hat = (decoded.recon + self.b_dec_D) / self.act_scale
         return SAEOutput(x_hat, codes, walk.states[:, out_steps], torch.stack(pre_acts, 1), torch.stack(enc_ins, 1),
                          walk.carried, walk.carried_support, decoded.carried)
+
+    def _run_sparse(self, axis: ContextAxis, batch: int, encoder_input: Callable[[int, Tensor | None], Tensor],
+                    pre_acts: list, out_steps: slice) -> tuple[_Walk, Tensor, _Decoded]:
+        """The walk over sparse states; the many small steps sum their weight gradients once, at
+        the end of the backward pass. Returns the dense walk, innovations (B, S, F), decodings."""
+        enc_grads = dec_grads = None
+        if torch.is_grad_enabled():
+            enc_grads, dec_grads = DeferredGrads(self.W_enc_FD, self.b_enc_F), DeferredGrads(self.W_dec_FD)
+        innovations = []
+
+        def code_at(t: int, prior: SparseCodes | None) -> SparseCodes:
+            enc_in = encoder_input(t, None if prior is None else prior.decode(self.W_dec_FD, dec_grads))
+            u, pre = self.activation.encode_sparse(enc_in, self.W_enc_FD, self.b_enc_F, False, enc_grads)
+            pre_acts.append(pre)
+            innovations.append(u)
+            return u
+
+        states, carried = self._walk_sparse(axis, batch, code_at)
+        (state_values, state_support), (carried_values, carried_support) = steps_to_dense(states), steps_to_dense(carried)
+        decoded = _Decoded(decode_steps(states[out_steps], self.W_dec_FD),
+                           decode_steps(carried, self.W_dec_FD) if self.config.carry_coeff else None)
+        walk = _Walk(state_values, carried_values, state_support, carried_support)
+        return walk, steps_to_dense(innovations, support=False)[0], decoded
+
+    def _run_dense(self, axis: ContextAxis, batch: int, encoder_input: Callable[[int, Tensor | None], Tensor],
+                   pre_acts: list, out_steps: slice, reference: bool) -> tuple[_Walk, Tensor, _Decoded]:
+        """The walk over dense (B, F) states: any carry and activation, and the reference path."""
+        act = self.activation
+        encode = act.encode_reference if reference else act.encode
+        plain = not (reference or torch.is_grad_enabled())  # no autograd: codes straight from pre
+        innovations = []
+
+        def code_at(t: int, prior: tuple[Tensor, Tensor] | None) -> Tensor:
+            enc_in = encoder_input(t, None if prior is None else self._project(prior[0], reference, prior[1]))
+            if plain:
+                pre = F.linear(enc_in, self.W_enc_FD, self.b_enc_F)
+                u = act.codes(pre)
+            else:
+                enc = encode(enc_in, self.W_enc_FD, self.b_enc_F, False)
+                pre, u = enc.pre, enc.dense
+            innovations.append(u)
+            pre_acts.append(pre)
+            return u
+
+        walk = self._walk(axis, batch, code_at)
+        decoded = _Decoded(self._decode_dense(walk.states[:, out_steps], walk.state_support[:, out_steps], reference),
+                           self._decode_dense(walk.carried, walk.carried_support, reference)
+                           if self.config.carry_coeff else None)
+        return walk, torch.stack(innovations, 1), decoded
 
     def _decode_dense(self, codes: Tensor, support: Tensor, reference: bool) -> Tensor:
         """W_dec codes for dense codes (B, S, F) -> (B, S, D), normalised units, no b_dec."""
