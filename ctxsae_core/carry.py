@@ -115,9 +115,7 @@ class GatedCarry(Carry):
     def carried(self, mem, t, s_parent, u_t):
         if s_parent is None:
             return None
-        reset_in, reset_out, gate = mem
-        if u_t is not None:
-            gate = gate * torch.exp(-(u_t @ reset_in) @ reset_out)  # (B, F)
+        gate = mem[2] if u_t is None else self._gates(mem, u_t)
         return self.hard(gate) * s_parent, s_parent != 0
 
     def prior_at(self, mem, parent):
@@ -132,7 +130,12 @@ class GatedCarry(Carry):
 
     def gates(self, u_t: Tensor) -> Tensor:
         """(B, F) gates after innovations u_t fire, for analysis."""
-        reset_in, reset_out, gate = self._parts()
+        return self._gates(self._parts(), u_t)
+
+    @staticmethod
+    def _gates(parts: tuple[Tensor, Tensor, Tensor], u_t: Tensor) -> Tensor:
+        """(B, F): persistence times the resets that dense innovations u_t (B, F) drive."""
+        reset_in, reset_out, gate = parts
         return gate * torch.exp(-(u_t @ reset_in) @ reset_out)
 
 

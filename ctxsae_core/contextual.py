@@ -26,7 +26,7 @@ from ctxsae_core.config import ContextualConfig
 from ctxsae_core.errors import InputError
 from ctxsae_core.registry import ARCHITECTURES
 from ctxsae_core.sae import BaseSAE, SAEOutput
-from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, decode_steps, steps_to_dense
+from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, decode_steps, steps_support, steps_to_dense
 
 
 # The encoder's residual may be at most this many times the centred input's norm. A state that
@@ -86,22 +86,21 @@ class ContextualSAE(BaseSAE):
             return codes @ self.W_dec_FD
         return SparseCodes.from_dense(codes, support).decode(self.W_dec_FD)
 
-    def _cut(self, carried: tuple[Tensor, Tensor | None], scale: float) -> tuple[Tensor, Tensor | None]:
-        """Carried values below carry_threshold become exactly zero, so state L0 counts no dust.
-        The gradient passes straight through the cut for entries carried at all (the support;
-        None: every entry, as in a sparse state), so a feature whose carried value is still
-        below it learns whether carrying more would help; otherwise a low persistence could
-        never grow. Returns (value, support)."""
-        c, support = carried
+    def _cut(self, c: Tensor, support: Tensor | None, scale: float) -> Tensor:
+        """Carried values `c` (scaled by `scale`) below carry_threshold become exactly zero, so
+        state L0 counts no dust. The gradient passes straight through the cut for entries
+        carried at all (the support; None: every entry, as in a sparse state), so a feature whose
+        carried value is still below it learns whether carrying more would help; otherwise a low
+        persistence could never grow."""
         if scale != 1.0:
             c = scale * c
         kept = c > self.config.carry_threshold
         if not c.requires_grad:
-            return c.masked_fill(~kept, 0.0), support
+            return c.masked_fill(~kept, 0.0)
         ste = c - c.detach()  # zero, with gradient
         if support is not None:
             ste = torch.where(support, ste, torch.zeros((), dtype=c.dtype))
-        return torch.where(kept, c, ste), support
+        return torch.where(kept, c, ste)
 
     def _walk(self, axis: ContextAxis, batch: int, code_at: Callable[[int, Tensor | None], Tensor],
               look_back: bool = True) -> _Walk:
@@ -112,12 +111,12 @@ class ContextualSAE(BaseSAE):
         for t, p in enumerate(axis.parent.tolist()):
             s_parent = steps[p][0] if p >= 0 else None
             prior = self.carry.prior(mem, t, s_parent) if look_back and scale else None
-            u = code_at(t, None if prior is None else self._cut(prior, scale))
+            u = code_at(t, None if prior is None else (self._cut(*prior, scale), prior[1]))
             raw = self.carry.carried(mem, t, s_parent, u) if scale else None
             if raw is None:
                 carried, support = torch.zeros_like(u), torch.zeros_like(u, dtype=torch.bool)
             else:
-                carried, support = self._cut(raw, scale)
+                carried, support = self._cut(*raw, scale), raw[1]
             state = carried + u
             self.carry.remember(mem, t, u, state)
             steps.append((state, carried, support | (u != 0), support))
@@ -134,7 +133,7 @@ class ContextualSAE(BaseSAE):
         scale, parents, states, carried = self.carry_scale, [], [], []
 
         def cut(raw: Tensor) -> Tensor:  # every entry of a sparse parent state is in the support
-            return self._cut((raw, None), scale)[0]
+            return self._cut(raw, None, scale)
 
         for t, p in enumerate(axis.parent.tolist()):
             parent = parents[p] if p >= 0 and scale else None
@@ -206,11 +205,10 @@ class ContextualSAE(BaseSAE):
             return u
 
         states, carried = self._walk_sparse(axis, batch, code_at)
-        (state_values, state_support), (carried_values, carried_support) = steps_to_dense(states), steps_to_dense(carried)
+        walk = _Walk(steps_to_dense(states), steps_to_dense(carried), steps_support(states), steps_support(carried))
         decoded = _Decoded(decode_steps(states[out_steps], self.W_dec_FD),
                            decode_steps(carried, self.W_dec_FD) if self.config.carry_coeff else None)
-        walk = _Walk(state_values, carried_values, state_support, carried_support)
-        return walk, steps_to_dense(innovations, support=False)[0], decoded
+        return walk, steps_to_dense(innovations), decoded
 
     def _run_dense(self, axis: ContextAxis, batch: int, encoder_input: Callable[[int, Tensor | None], Tensor],
                    pre_acts: list, out_steps: slice, reference: bool) -> tuple[_Walk, Tensor, _Decoded]:

@@ -79,24 +79,25 @@ class SparseCodes(NamedTuple):
         return SparseCodes(self.rows[keep], self.cols[keep], self.vals[keep], self.n_rows, self.width)
 
 
-def stack_steps(steps: list[SparseCodes]) -> tuple[Tensor, Tensor, Tensor]:
-    """Codes of the same n rows at S steps -> (rows, steps, cols) index tensors and the values,
-    all (sum of nnz,), step-major: (rows, steps, cols) index a dense (n, S, width) tensor."""
+def stack_steps(steps: list[SparseCodes]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Codes of the same n rows at S steps -> (rows, steps, cols, values), each (sum of nnz,),
+    step-major: (rows, steps, cols) index a dense (n, S, width) tensor."""
     rows = torch.cat([c.rows for c in steps])
     at_step = torch.cat([torch.full_like(c.rows, t) for t, c in enumerate(steps)])
     return rows, at_step, torch.cat([c.cols for c in steps]), torch.cat([c.vals for c in steps])
 
 
-def steps_to_dense(steps: list[SparseCodes], support: bool = True) -> tuple[Tensor, Tensor | None]:
-    """Codes of the same n rows at S steps -> (values, support or None), both (n, S, width); the
-    values keep autograd (one scatter)."""
-    n, width = steps[0].n_rows, steps[0].width
+def steps_to_dense(steps: list[SparseCodes]) -> Tensor:
+    """Codes of the same n rows at S steps -> their values (n, S, width), with autograd (one scatter)."""
     rows, at_step, cols, vals = stack_steps(steps)
-    values = vals.new_zeros(n, len(steps), width).index_put((rows, at_step, cols), vals)
-    if not support:
-        return values, None
-    mask = torch.zeros(n, len(steps), width, dtype=torch.bool)
-    return values, mask.index_put_((rows, at_step, cols), torch.ones((), dtype=torch.bool))
+    return vals.new_zeros(steps[0].n_rows, len(steps), steps[0].width).index_put((rows, at_step, cols), vals)
+
+
+def steps_support(steps: list[SparseCodes]) -> Tensor:
+    """Codes of the same n rows at S steps -> (n, S, width) bool: their entries, zero-valued ones too."""
+    rows, at_step, cols, _ = stack_steps(steps)
+    mask = torch.zeros(steps[0].n_rows, len(steps), steps[0].width, dtype=torch.bool)
+    return mask.index_put_((rows, at_step, cols), torch.ones((), dtype=torch.bool))
 
 
 def decode_steps(steps: list[SparseCodes], W_FD: Tensor) -> Tensor:
@@ -105,6 +106,21 @@ def decode_steps(steps: list[SparseCodes], W_FD: Tensor) -> Tensor:
     rows, at_step, cols, vals = stack_steps(steps)
     flat = SparseCodes(at_step * n + rows, cols, vals, n * len(steps), steps[0].width)  # step-major: sorted
     return flat.decode(W_FD).reshape(len(steps), n, -1).transpose(0, 1)
+
+
+def feature_row_sums(X_ND: Tensor, rows: Tensor, cols: Tensor, w: Tensor, n_features: int) -> Tensor:
+    """(n_features, D) with row f = sum of w_i * X[rows_i] over the pieces i with cols_i == f: the
+    weight gradient of a gathered product, reading only the rows used (embedding_bag over the
+    pieces sorted by feature)."""
+    order = torch.argsort(cols, stable=True)
+    counts = torch.bincount(cols, minlength=n_features)
+    return F.embedding_bag(rows[order], X_ND, torch.cumsum(counts, 0) - counts, mode="sum",
+                           per_sample_weights=w[order])
+
+
+def feature_sums(cols: Tensor, w: Tensor, n_features: int) -> Tensor:
+    """(n_features,) with entry f = sum of w_i over the pieces with cols_i == f: a bias gradient."""
+    return torch.zeros(n_features, dtype=w.dtype).index_add_(0, cols, w)
 
 
 class DeferredGrads:
@@ -116,39 +132,35 @@ class DeferredGrads:
 
     def __init__(self, W_FD: Tensor, b_F: Tensor | None = None):
         self._pieces: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # X (n, D), rows, cols, w
+        self._shape, self._dtype = W_FD.shape, W_FD.dtype
         self._bias = b_F is not None
         self.token = _ReleaseGrads.apply(self, W_FD, b_F)
 
     def add_(self, X_ND: Tensor, rows: Tensor, cols: Tensor, w: Tensor) -> None:
         self._pieces.append((X_ND, rows, cols, w))
 
-    def release(self, W_FD: Tensor) -> tuple[Tensor, Tensor | None]:
+    def release(self) -> tuple[Tensor, Tensor | None]:
         """(grad_W, grad_b) from the pieces recorded so far, which are then forgotten."""
-        f = W_FD.shape[0]
+        f = self._shape[0]
         if not self._pieces:
-            return torch.zeros_like(W_FD), W_FD.new_zeros(f) if self._bias else None
+            return torch.zeros(self._shape, dtype=self._dtype), torch.zeros(f, dtype=self._dtype) if self._bias else None
         starts = torch.cumsum(torch.tensor([0] + [p[0].shape[0] for p in self._pieces[:-1]]), 0).tolist()
         X = torch.cat([p[0] for p in self._pieces])
         rows = torch.cat([p[1] + start for p, start in zip(self._pieces, starts)])
         cols, w = (torch.cat([p[i] for p in self._pieces]) for i in (2, 3))
         self._pieces = []
-        order = torch.argsort(cols, stable=True)  # rows of grad_W gather the pieces of each feature
-        counts = torch.bincount(cols, minlength=f)
-        grad_W = F.embedding_bag(rows[order], X, torch.cumsum(counts, 0) - counts, mode="sum",
-                                 per_sample_weights=w[order])
-        return grad_W, torch.zeros(f, dtype=w.dtype).index_add_(0, cols, w) if self._bias else None
+        return feature_row_sums(X, rows, cols, w, f), feature_sums(cols, w, f) if self._bias else None
 
 
 class _ReleaseGrads(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grads, W_FD, b_F):  # type: ignore[override]
         ctx.grads = grads
-        ctx.save_for_backward(W_FD)
         return W_FD.new_zeros(())
 
     @staticmethod
     def backward(ctx, _):  # type: ignore[override]
-        return None, *ctx.grads.release(ctx.saved_tensors[0])
+        return None, *ctx.grads.release()
 
 
 class _GatherLinear(torch.autograd.Function):
@@ -177,13 +189,9 @@ class _GatherLinear(torch.autograd.Function):
             ctx.deferred.add_(x_ND.detach(), rows, cols, grad_vals)
             grad_token = grad_vals.new_zeros(())
         if ctx.needs_input_grad[1]:
-            # rows of W's gradient gather the inputs that used each feature: sort by feature
-            order = torch.argsort(cols, stable=True)
-            counts = torch.bincount(cols, minlength=f)
-            grad_W = F.embedding_bag(rows[order], x_ND, torch.cumsum(counts, 0) - counts, mode="sum",
-                                     per_sample_weights=grad_vals[order])
+            grad_W = feature_row_sums(x_ND, rows, cols, grad_vals, f)
         if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(f, dtype=grad_vals.dtype).index_add_(0, cols, grad_vals)
+            grad_b = feature_sums(cols, grad_vals, f)
         return grad_x, grad_W, grad_b, None, None, None, grad_token, None
 
 

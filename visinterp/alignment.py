@@ -87,17 +87,21 @@ def alignment_table(codes: Tensor, factors: dict[str, Tensor], continuous: tuple
     return {"factors": table, "best_by_feature": best}
 
 
-def _ridge(x: Tensor, y: Tensor, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Least squares y ~ standardised x, with `ridge` x N on the diagonal: (mean, scale, w)."""
-    mean, scale = x.mean(0), x.std(0).clamp_min(1e-8)
-    z = torch.cat([(x - mean) / scale, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
-    gram = z.T @ z + ridge * x.shape[0] * torch.eye(z.shape[1], dtype=x.dtype)
-    return mean, scale, torch.linalg.solve(gram, z.T @ y)
+class _Ridge:
+    """Least squares Y ~ standardised x (N, D) plus a bias, with `ridge` x N on the diagonal;
+    several target columns in one solve."""
 
+    def __init__(self, x: Tensor, Y: Tensor, ridge: float):
+        self.mean, self.scale = x.mean(0), x.std(0).clamp_min(1e-8)
+        z = self._design(x)
+        gram = z.T @ z + ridge * x.shape[0] * torch.eye(z.shape[1], dtype=x.dtype)
+        self.w = torch.linalg.solve(gram, z.T @ Y)
 
-def _predict(x: Tensor, fit: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-    mean, scale, w = fit
-    return torch.cat([(x - mean) / scale, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1) @ w
+    def _design(self, x: Tensor) -> Tensor:
+        return torch.cat([(x - self.mean) / self.scale, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self._design(x) @ self.w
 
 
 def probe_table(train_x: Tensor, train_factors: dict[str, Tensor], held_x: Tensor, held_factors: dict[str, Tensor],
@@ -106,25 +110,33 @@ def probe_table(train_x: Tensor, train_factors: dict[str, Tensor], held_x: Tenso
     """The linear ceiling for `alignment_table`: per factor value, a ridge-regression probe on
     the layer's activations train_x (N, D) to the one-vs-rest label (+-1), scored by AUROC on
     held_x with the same value masks (continuous factors: the held-out correlation of a probe
-    to the values). {factor: {value: {"auroc"}}}, or {factor: {"correlation"}}."""
+    to the values). Values scored over the same positions share one solve. {factor: {value:
+    {"auroc"}}}, or {factor: {"correlation"}}."""
     names = names or {}
     x, hx = train_x.double(), held_x.double()
     table: dict = {}
     for name, lab in held_factors.items():
         train_lab = train_factors[name]
         if name in continuous:
-            fit = _ridge(x, train_lab.double()[:, None], ridge)
-            table[name] = {"correlation": float(correlation(_predict(hx, fit), lab)[0])}
+            fit = _Ridge(x, train_lab.double()[:, None], ridge)
+            table[name] = {"correlation": float(correlation(fit.predict(hx), lab)[0])}
             continue
-        table[name] = {}
+        groups: dict[bool, list] = {}  # within the labelled positions or not -> scored values
         for v in lab.unique().tolist():
             keep, positive = _value_masks(name, lab, v, within_labelled)
             train_keep, train_positive = _value_masks(name, train_lab, v, within_labelled)
             if min(int(positive.sum()), int((~positive).sum()), int(train_positive.sum()),
-                   int((~train_positive).sum())) < min_count:
-                continue
-            fit = _ridge(x[train_keep], train_positive.double()[:, None] * 2 - 1, ridge)
-            table[name][_label(name, v, names)] = {"auroc": float(auroc(_predict(hx[keep], fit), positive)[0])}
+                   int((~train_positive).sum())) >= min_count:
+                groups.setdefault(bool(name in within_labelled and v >= 0), []).append(
+                    (v, keep, positive, train_keep, train_positive))
+        scored = {}
+        for members in groups.values():
+            _, keep, _, train_keep, _ = members[0]
+            targets = torch.stack([m[4] for m in members], 1).double() * 2 - 1
+            scores = _Ridge(x[train_keep], targets, ridge).predict(hx[keep])
+            for j, (v, _, positive, _, _) in enumerate(members):
+                scored[v] = {"auroc": float(auroc(scores[:, j], positive))}
+        table[name] = {_label(name, v, names): scored[v] for v in sorted(scored)}
     return table
 
 

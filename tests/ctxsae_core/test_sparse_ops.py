@@ -3,7 +3,7 @@
 import torch
 from torch.testing import assert_close
 
-from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, decode_steps, gather_linear, steps_to_dense
+from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, decode_steps, gather_linear, steps_support, steps_to_dense
 
 
 def _random_entries(n, f, per_row):
@@ -78,7 +78,7 @@ def test_walk_operations_on_sparse_codes_match_dense_codes():
     assert kept.vals.numel() == int((cut.vals != 0).sum()) and bool((kept.vals != 0).all())
     assert_close(kept.to_dense(), cut.to_dense())
     assert a.empty().to_dense().abs().sum() == 0 and a.plus(a.empty()).to_dense().equal(dense_a)
-    values, support = steps_to_dense([a, b, a.empty()])  # (6, 3, 20)
+    values, support = steps_to_dense([a, b, a.empty()]), steps_support([a, b, a.empty()])  # (6, 3, 20)
     assert torch.equal(values, torch.stack([dense_a, dense_b, torch.zeros_like(dense_a)], 1))
     assert torch.equal(support, values != 0)
     W = torch.randn(20, 5)
