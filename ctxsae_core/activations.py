@@ -40,6 +40,8 @@ class Activation(nn.Module):
     """Base: select which entries fire; the sparse path differentiates only those."""
 
     sparse_grad = True  # codes that do not fire get no gradient
+    has_statistics = False  # True when update_statistics_ keeps running statistics
+    has_penalty = False  # True when penalty is not always zero
 
     def __init__(self, cfg: ActivationConfig, width: int):
         super().__init__()
@@ -59,14 +61,19 @@ class Activation(nn.Module):
         return Encoded(sparse.to_dense(), sparse, pre)
 
     def encode_sparse(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False,
-                      deferred: DeferredGrads | None = None) -> tuple[SparseCodes, Tensor]:
+                      deferred: DeferredGrads | None = None, pre_out_FN: Tensor | None = None) -> tuple[SparseCodes, Tensor]:
         """The sparse path of `encode`: codes in COO form, and the pre-activations (N, F),
         computed without autograd; only the entries that fire are differentiated. W's and b's
-        gradients go to `deferred` if given."""
+        gradients go to `deferred` if given. With `pre_out_FN`, the pre-activations are written
+        there transposed, (F, N), and returned as its transposed view: for a few dozen rows, W
+        x^T runs 15-30% faster than x W^T (2 cores, MKL; 2.07 against 2.47 ms at 64 x 576 x 4608)."""
         with torch.no_grad():
-            pre = F.linear(x_c, W_FD, b_F)
+            if pre_out_FN is None:
+                pre = F.linear(x_c, W_FD, b_F)
+            else:
+                pre = torch.addmm(b_F.unsqueeze(1), W_FD, x_c.T, out=pre_out_FN).T
         rows, cols = self.select(pre, pooled)
-        vals = gather_linear(x_c, W_FD, b_F, pre, rows, cols, deferred)
+        vals = gather_linear(x_c, W_FD, b_F, rows, cols, pre[rows, cols], deferred)
         return SparseCodes(rows, cols, vals, pre.shape[0], pre.shape[1]), pre
 
     def encode_reference(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False) -> Encoded:
@@ -81,11 +88,13 @@ class Activation(nn.Module):
         return torch.zeros_like(pre).index_put((rows, cols), pre[rows, cols])
 
     def penalty(self, innovations: Tensor, pre: Tensor, n_positions: int) -> Tensor:
-        """Sparsity loss, summed over steps and divided by the number of positions paid for."""
-        return innovations.new_zeros(())
+        """Sparsity loss, summed over steps and divided by the number of positions paid for
+        (only called when `has_penalty`)."""
+        raise NotImplementedError
 
     def update_statistics_(self, pre: Tensor, n_positions: int) -> None:
-        """Update running statistics after a training step (called by the trainer)."""
+        """Update running statistics from a training step's pre-activations (..., F) (called by
+        the trainer)."""
 
 
 class _BudgetActivation(Activation):
@@ -117,8 +126,14 @@ _CANDIDATES_PER_BUDGET = 4  # rows' candidates for the pooled cut-off: 4x the me
 _GUESS_BELOW_THRESHOLD = 0.8  # BatchTopK's cut-off is first sought among entries >= 0.8 x threshold
 
 
+def _storage_order(t: Tensor) -> Tensor:
+    """`t` with its axes permuted into memory order (contiguous if t is a permuted view of a
+    contiguous tensor, such as a contextual walk's pre-activations), so a pass over it streams."""
+    return t.permute(sorted(range(t.ndim), key=lambda i: -t.stride(i)))
+
+
 def _kth_largest(pre: Tensor, n_keep: int, guess: float | None = None) -> Tensor:
-    """The n_keep-th largest entry of `pre` (N, F). A top-k over all N * F entries is slow (0.3 s
+    """The n_keep-th largest entry of `pre` (..., F), rows along the last axis. A top-k over all N * F entries is slow (0.3 s
     at 4096 x 4608 on 2 cores), so:
 
     - with a `guess` at or below the answer (at least n_keep entries reach it), only those
@@ -127,16 +142,18 @@ def _kth_largest(pre: Tensor, n_keep: int, guess: float | None = None) -> Tensor
       exact whenever every row's smallest offer lies below it: no entry left out can then
       reach it. Failing that (one row holding many of the largest entries) all entries are
       searched."""
-    n, f = pre.shape
+    f = pre.shape[-1]
+    n = pre.numel() // f
     if guess is not None:
-        candidates = pre[pre >= guess]
+        stored = _storage_order(pre)  # the same entries; order does not matter here
+        candidates = stored[stored >= guess]
         if candidates.numel() >= n_keep:
             return candidates.topk(n_keep, sorted=False).values.min()
     per_row = _CANDIDATES_PER_BUDGET * -(-n_keep // n)
     if per_row < f:
-        offers = pre.topk(per_row, dim=1, sorted=False).values
+        offers = pre.topk(per_row, dim=-1, sorted=False).values
         cut = offers.reshape(-1).topk(n_keep, sorted=False).values.min()
-        if bool((offers.min(1).values < cut).all()):
+        if bool((offers.min(-1).values < cut).all()):
             return cut
     return pre.reshape(-1).topk(n_keep, sorted=False).values.min()
 
@@ -148,6 +165,7 @@ class BatchTopKActivation(_BudgetActivation):
     (N * k)-th largest pre-activation of each training batch (Bussmann et al. 2024, sec. 3)."""
 
     cfg: BatchTopK
+    has_statistics = True
 
     def __init__(self, cfg: BatchTopK, width: int):
         super().__init__(cfg, width)
@@ -155,7 +173,7 @@ class BatchTopKActivation(_BudgetActivation):
         self.register_buffer("threshold_seen", torch.zeros((), dtype=torch.bool))
 
     def _cutoff(self, pre: Tensor, n_positions: int) -> Tensor:
-        """The (n_positions * budget)-th largest entry of `pre` (N, F), at least 0."""
+        """The (n_positions * budget)-th largest entry of `pre` (..., F), at least 0."""
         n_keep = min(max(1, round(self.budget * n_positions)), pre.numel())
         # the threshold tracks this cut-off, so most of the time a little below it is below the answer
         guess = _GUESS_BELOW_THRESHOLD * float(self.threshold) if float(self.threshold) > 0 else None
@@ -185,6 +203,7 @@ class BatchTopKActivation(_BudgetActivation):
 @ACTIVATION_MODULES.decorator("relu")
 class ReLUActivation(Activation):
     cfg: ReLU
+    has_penalty = True
 
     def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
         return (pre > 0).nonzero(as_tuple=True)
@@ -235,6 +254,7 @@ class _StepFn(torch.autograd.Function):
 class JumpReLUActivation(Activation):
     cfg: JumpReLU
     sparse_grad = False
+    has_penalty = True
 
     def __init__(self, cfg: JumpReLU, width: int):
         super().__init__(cfg, width)

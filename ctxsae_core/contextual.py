@@ -25,8 +25,8 @@ from ctxsae_core.carry import Carry, make_carry
 from ctxsae_core.config import ContextualConfig
 from ctxsae_core.errors import InputError
 from ctxsae_core.registry import ARCHITECTURES
-from ctxsae_core.sae import BaseSAE, SAEOutput
-from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, decode_steps, steps_support, steps_to_dense
+from ctxsae_core.sae import BaseSAE, Built, SAEOutput
+from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, decode_steps, steps_features, steps_support, steps_to_dense
 
 
 # The encoder's residual may be at most this many times the centred input's norm. A state that
@@ -54,6 +54,17 @@ class _Walk(NamedTuple):
     carried: Tensor
     state_support: Tensor  # bool: entries the decoder differentiates (cut ones included)
     carried_support: Tensor  # bool: entries carried at all
+
+
+class _Codes(NamedTuple):
+    """What a walk gives `SAEOutput`: tensors, or functions building them (`Built`)."""
+
+    innovations: Built  # (B, S, F)
+    state: Built  # (B, T', F) at the output steps
+    pre_acts: Built  # (B, S, F)
+    carried: Built  # (B, S, F)
+    carried_support: Built  # (B, S, F) bool
+    fired: Built | None  # (F,) bool, features with an innovation; None: from the innovations
 
 
 class _Decoded(NamedTuple):
@@ -171,7 +182,7 @@ class ContextualSAE(BaseSAE):
     def _run(self, xs_raw: Tensor, axis: ContextAxis, reference: bool, out_steps: slice) -> SAEOutput:
         """`out_steps`: the steps whose state and reconstruction are returned."""
         xs = xs_raw * self.act_scale  # (B, S, D)
-        enc_ins, pre_acts = [], []
+        enc_ins = []
 
         def encoder_input(t: int, carried: Tensor | None) -> Tensor:
             """Step t's centred input minus `carried`, the prior projected onto the dictionary."""
@@ -181,42 +192,45 @@ class ContextualSAE(BaseSAE):
             return enc_in
 
         if self._walks_sparse(xs.shape[0], reference):
-            walk, codes, decoded = self._run_sparse(axis, xs.shape[0], encoder_input, pre_acts, out_steps)
+            codes, decoded = self._run_sparse(axis, xs, encoder_input, out_steps)
         else:
-            walk, codes, decoded = self._run_dense(axis, xs.shape[0], encoder_input, pre_acts, out_steps, reference)
+            codes, decoded = self._run_dense(axis, xs.shape[0], encoder_input, out_steps, reference)
         x_hat = (decoded.recon + self.b_dec_D) / self.act_scale
-        return SAEOutput(x_hat, codes, walk.states[:, out_steps], torch.stack(pre_acts, 1), torch.stack(enc_ins, 1),
-                         walk.carried, walk.carried_support, decoded.carried)
+        return SAEOutput(x_hat, codes.innovations, codes.state, codes.pre_acts, torch.stack(enc_ins, 1), codes.carried, codes.carried_support, decoded.carried, codes.fired)
 
-    def _run_sparse(self, axis: ContextAxis, batch: int, encoder_input: Callable[[int, Tensor | None], Tensor],
-                    pre_acts: list, out_steps: slice) -> tuple[_Walk, Tensor, _Decoded]:
-        """The walk over sparse states; the many small steps sum their weight gradients once, at
-        the end of the backward pass. Returns the dense walk, innovations (B, S, F), decodings."""
+    def _run_sparse(self, axis: ContextAxis, xs: Tensor, encoder_input: Callable[[int, Tensor | None], Tensor],
+                    out_steps: slice) -> tuple[_Codes, _Decoded]:
+        """The walk over sparse states of windows xs (B, S, D); the many small steps sum their
+        weight gradients once, at the end of the backward pass. The dense codes are built only
+        if read; the pre-activations are written in place, (S, F, B)."""
         enc_grads = dec_grads = None
         if torch.is_grad_enabled():
             enc_grads, dec_grads = DeferredGrads(self.W_enc_FD, self.b_enc_F), DeferredGrads(self.W_dec_FD)
-        innovations = []
+        innovations, (batch, n_steps, _) = [], xs.shape
+        pre_acts = xs.new_empty(n_steps, self.config.width, batch)
 
         def code_at(t: int, prior: SparseCodes | None) -> SparseCodes:
             enc_in = encoder_input(t, None if prior is None else prior.decode(self.W_dec_FD, dec_grads))
-            u, pre = self.activation.encode_sparse(enc_in, self.W_enc_FD, self.b_enc_F, False, enc_grads)
-            pre_acts.append(pre)
+            u, _ = self.activation.encode_sparse(enc_in, self.W_enc_FD, self.b_enc_F, False, enc_grads, pre_acts[t])
             innovations.append(u)
             return u
 
         states, carried = self._walk_sparse(axis, batch, code_at)
-        walk = _Walk(steps_to_dense(states), steps_to_dense(carried), steps_support(states), steps_support(carried))
+        codes = _Codes(lambda: steps_to_dense(innovations), lambda: steps_to_dense(states[out_steps]),
+                       pre_acts.permute(2, 0, 1),
+                       lambda: steps_to_dense(carried), lambda: steps_support(carried),
+                       lambda: steps_features(innovations))
         decoded = _Decoded(decode_steps(states[out_steps], self.W_dec_FD),
                            decode_steps(carried, self.W_dec_FD) if self.config.carry_coeff else None)
-        return walk, steps_to_dense(innovations), decoded
+        return codes, decoded
 
     def _run_dense(self, axis: ContextAxis, batch: int, encoder_input: Callable[[int, Tensor | None], Tensor],
-                   pre_acts: list, out_steps: slice, reference: bool) -> tuple[_Walk, Tensor, _Decoded]:
+                   out_steps: slice, reference: bool) -> tuple[_Codes, _Decoded]:
         """The walk over dense (B, F) states: any carry and activation, and the reference path."""
         act = self.activation
         encode = act.encode_reference if reference else act.encode
         plain = not (reference or torch.is_grad_enabled())  # no autograd: codes straight from pre
-        innovations = []
+        innovations, pre_acts = [], []
 
         def code_at(t: int, prior: tuple[Tensor, Tensor] | None) -> Tensor:
             enc_in = encoder_input(t, None if prior is None else self._project(prior[0], reference, prior[1]))
@@ -234,7 +248,9 @@ class ContextualSAE(BaseSAE):
         decoded = _Decoded(self._decode_dense(walk.states[:, out_steps], walk.state_support[:, out_steps], reference),
                            self._decode_dense(walk.carried, walk.carried_support, reference)
                            if self.config.carry_coeff else None)
-        return walk, torch.stack(innovations, 1), decoded
+        codes = _Codes(torch.stack(innovations, 1), walk.states[:, out_steps], lambda: torch.stack(pre_acts, 1),
+                       walk.carried, walk.carried_support, None)
+        return codes, decoded
 
     def _decode_dense(self, codes: Tensor, support: Tensor, reference: bool) -> Tensor:
         """W_dec codes for dense codes (B, S, F) -> (B, S, D), normalised units, no b_dec."""

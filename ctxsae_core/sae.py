@@ -6,7 +6,7 @@ squared norm 1 and is stored with the weights, so users pass raw activations to 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -19,20 +19,61 @@ from ctxsae_core.registry import ACTIVATION_CONFIGS, ARCHITECTURES
 from ctxsae_core.sparse_ops import SparseCodes, gather_linear
 
 
-class SAEOutput(NamedTuple):
+Built = Tensor | Callable[[], Tensor]  # a tensor, or a function that builds it when first read
+
+
+class _BuiltOnRead:
+    """An `SAEOutput` field given as a tensor or as a function building it: the function runs on
+    the field's first read and its tensor is kept. A training step reads few of the dense
+    (B, S, F) fields, and a contextual walk over sparse states would spend about a sixth of
+    its forward pass writing them all."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Tensor | None:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        value = getattr(obj, self.slot)
+        if callable(value) and not isinstance(value, Tensor):
+            value = value()
+            setattr(obj, self.slot, value)
+        return value
+
+    def __set__(self, obj: object, value: Built | None) -> None:
+        setattr(obj, self.slot, value)
+
+
+class SAEOutput:
     """What one forward pass returns, whatever the architecture.
 
     S is the number of steps the axis walks: S == T except on a quadtree axis, whose pooled
-    cells come first. Innovations are what is paid for; the state is what the decoder uses."""
+    cells come first. Innovations are what is paid for; the state is what the decoder uses.
+    The (B, S, F) fields may be given as functions that build them (`Built`): they are built
+    on first read."""
 
-    x_hat: Tensor  # (B, T, D) reconstruction, raw units
-    innovations: Tensor  # (B, S, F) codes that fire at each step
-    state: Tensor  # (B, T, F) codes the decoder reads at each input position
-    pre_acts: Tensor  # (B, S, F) encoder pre-activations
-    enc_in: Tensor  # (B, S, D) encoder inputs (normalised, centred, minus what the state carries)
-    carried: Tensor | None = None  # (B, S, F) codes carried into each step (contextual SAEs only)
-    carried_support: Tensor | None = None  # (B, S, F) bool: carried entries, cut ones included
-    carried_decoded: Tensor | None = None  # (B, S, D) W_dec carried (normalised, no b_dec), with autograd
+    innovations = _BuiltOnRead()  # (B, S, F) codes that fire at each step
+    state = _BuiltOnRead()  # (B, T, F) codes the decoder reads at each input position
+    pre_acts = _BuiltOnRead()  # (B, S, F) encoder pre-activations
+    carried = _BuiltOnRead()  # (B, S, F) codes carried into each step (contextual SAEs only)
+    carried_support = _BuiltOnRead()  # (B, S, F) bool: carried entries, cut ones included
+    _fired = _BuiltOnRead()
+
+    def __init__(self, x_hat: Tensor, innovations: Built, state: Built, pre_acts: Built, enc_in: Tensor,
+                 carried: Built | None = None, carried_support: Built | None = None,
+                 carried_decoded: Tensor | None = None, fired: Built | None = None):
+        self.x_hat = x_hat  # (B, T, D) reconstruction, raw units
+        self.innovations, self.state, self.pre_acts = innovations, state, pre_acts
+        self.enc_in = enc_in  # (B, S, D) encoder inputs (normalised, centred, minus what the state carries)
+        self.carried, self.carried_support = carried, carried_support
+        self.carried_decoded = carried_decoded  # (B, S, D) W_dec carried (normalised, no b_dec), with autograd
+        self._fired = fired
+
+    def fired(self) -> Tensor:
+        """(F,) bool: the features with an innovation anywhere in the batch."""
+        if self._fired is None:
+            self._fired = (self.innovations != 0).reshape(-1, self.innovations.shape[-1]).any(0)
+        return self._fired
 
 
 class LossTerms(NamedTuple):
@@ -102,6 +143,8 @@ class BaseSAE(nn.Module):
         """Running statistics from a sample before the first step, as a training step would set
         them (BatchTopK's threshold). A contextual SAE codes its innovations with the threshold
         from the first step on; at its initial 0, half of all features would fire."""
+        if not self.activation.has_statistics:
+            return
         centred = x.reshape(-1, x.shape[-1]).float() * self.act_scale - self.b_dec_D
         pre = torch.nn.functional.linear(centred, self.W_enc_FD, self.b_enc_F)
         self.activation.update_statistics_(pre, centred.shape[0])
@@ -145,7 +188,8 @@ class BaseSAE(nn.Module):
         err = (x - out.x_hat) * self.act_scale
         mse = err.pow(2).sum(-1).mean()
         n_positions = x.shape[0] * x.shape[1]
-        sparsity = self.activation.penalty(out.innovations, out.pre_acts, n_positions)
+        act = self.activation
+        sparsity = act.penalty(out.innovations, out.pre_acts, n_positions) if act.has_penalty else mse.new_zeros(())
         aux = self._aux_loss(out, err, dead_mask)
         carry = self.carry_loss(x, out, axis)
         return LossTerms(mse + sparsity + aux + carry, mse, sparsity, aux, carry)
@@ -165,18 +209,19 @@ class BaseSAE(nn.Module):
         if dead.numel() == 0:
             return zero
         steps = self.output_steps(out)
-        pre = out.pre_acts[:, steps].reshape(-1, self.config.width)
         enc_in = out.enc_in[:, steps].reshape(-1, self.config.d_in).detach()
         e = err.reshape(-1, self.config.d_in).detach()
         k_aux = min(cfg.aux_k or self.config.d_in // 2, dead.numel())
-        with torch.no_grad():
-            vals, local = pre[:, dead].topk(k_aux, dim=1, sorted=False)
+        with torch.no_grad():  # the dead columns only: pre_acts may be a view in any layout
+            pre_dead = out.pre_acts[:, steps][..., dead].reshape(-1, dead.numel())
+            vals, local = pre_dead.topk(k_aux, dim=1, sorted=False)
             local, order = local.sort(dim=1)  # `dead` is ascending, so cols come out sorted per row
-            keep = vals.gather(1, order) > 0
-            rows = torch.arange(pre.shape[0]).unsqueeze(1).expand_as(local)[keep]
+            vals = vals.gather(1, order)
+            keep = vals > 0
+            rows = torch.arange(pre_dead.shape[0]).unsqueeze(1).expand_as(local)[keep]
             cols = dead[local[keep]]
-        aux_vals = gather_linear(enc_in, self.W_enc_FD, self.b_enc_F, pre, rows, cols)
-        e_hat = SparseCodes(rows, cols, aux_vals, pre.shape[0], self.config.width).decode(self.W_dec_FD)
+        aux_vals = gather_linear(enc_in, self.W_enc_FD, self.b_enc_F, rows, cols, vals[keep])
+        e_hat = SparseCodes(rows, cols, aux_vals, pre_dead.shape[0], self.config.width).decode(self.W_dec_FD)
         variance = (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
         scale = min(dead.numel() / k_aux, 1.0)  # fewer dead features than aux_k: a weaker pull
         return cfg.aux_coeff * scale * (e_hat - e).pow(2).sum() / variance
@@ -187,7 +232,8 @@ class BaseSAE(nn.Module):
 
     def update_statistics_(self, out: SAEOutput, n_positions: int) -> None:
         """After a training step: running statistics of the activation (BatchTopK's threshold)."""
-        self.activation.update_statistics_(out.pre_acts.detach().reshape(-1, self.config.width), n_positions)
+        if self.activation.has_statistics:
+            self.activation.update_statistics_(out.pre_acts.detach(), n_positions)
 
 
 class SAE(BaseSAE):

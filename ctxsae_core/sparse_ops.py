@@ -90,7 +90,14 @@ def stack_steps(steps: list[SparseCodes]) -> tuple[Tensor, Tensor, Tensor, Tenso
 def steps_to_dense(steps: list[SparseCodes]) -> Tensor:
     """Codes of the same n rows at S steps -> their values (n, S, width), with autograd (one scatter)."""
     rows, at_step, cols, vals = stack_steps(steps)
-    return vals.new_zeros(steps[0].n_rows, len(steps), steps[0].width).index_put((rows, at_step, cols), vals)
+    dense = vals.new_zeros(steps[0].n_rows, len(steps), steps[0].width)
+    return dense.index_put_((rows, at_step, cols), vals)  # in place: no copy of the zeros
+
+
+def steps_features(steps: list[SparseCodes]) -> Tensor:
+    """(width,) bool: the features with an entry at any step."""
+    fired = torch.zeros(steps[0].width, dtype=torch.bool)
+    return fired.index_fill_(0, torch.cat([c.cols for c in steps]), True)
 
 
 def steps_support(steps: list[SparseCodes]) -> Tensor:
@@ -164,14 +171,14 @@ class _ReleaseGrads(torch.autograd.Function):
 
 
 class _GatherLinear(torch.autograd.Function):
-    """vals_i = x[rows_i] . W[cols_i] + b[cols_i], read off a precomputed `pre`; the backward
-    pass touches only the gathered entries (and leaves W's and b's to `deferred`, if given)."""
+    """vals_i = x[rows_i] . W[cols_i] + b[cols_i], given precomputed; the backward pass touches
+    only the gathered entries (and leaves W's and b's to `deferred`, if given)."""
 
     @staticmethod
-    def forward(ctx, x_ND, W_FD, b_F, pre_NF, rows, cols, token, deferred):  # type: ignore[override]
+    def forward(ctx, x_ND, W_FD, b_F, values, rows, cols, token, deferred):  # type: ignore[override]
         ctx.save_for_backward(x_ND, W_FD, rows, cols)
         ctx.deferred = deferred
-        return pre_NF[rows, cols]
+        return values.clone()
 
     @staticmethod
     def backward(ctx, grad_vals):  # type: ignore[override]
@@ -195,14 +202,14 @@ class _GatherLinear(torch.autograd.Function):
         return grad_x, grad_W, grad_b, None, None, None, grad_token, None
 
 
-def gather_linear(x_ND: Tensor, W_FD: Tensor, b_F: Tensor, pre_NF: Tensor, rows: Tensor, cols: Tensor,
+def gather_linear(x_ND: Tensor, W_FD: Tensor, b_F: Tensor, rows: Tensor, cols: Tensor, values: Tensor,
                   deferred: DeferredGrads | None = None) -> Tensor:
-    """Entries (rows, cols) of x @ W.T + b, with gradients for x, W and b; `pre_NF` must hold
-    x @ W.T + b already (computed without autograd). With `deferred` (made for this W and b),
-    W's and b's gradients are summed there, once for all steps of a walk."""
+    """Entries (rows, cols) of x @ W.T + b, with gradients for x, W and b; `values` (nnz,) must
+    hold those entries already (computed without autograd). With `deferred` (made for this W and
+    b), W's and b's gradients are summed there, once for all steps of a walk."""
     if deferred is None:
-        return _GatherLinear.apply(x_ND, W_FD, b_F, pre_NF, rows, cols, None, None)
-    return _GatherLinear.apply(x_ND, W_FD.detach(), b_F.detach(), pre_NF, rows, cols, deferred.token, deferred)
+        return _GatherLinear.apply(x_ND, W_FD, b_F, values, rows, cols, None, None)
+    return _GatherLinear.apply(x_ND, W_FD.detach(), b_F.detach(), values, rows, cols, deferred.token, deferred)
 
 
 class _DeferredDecode(torch.autograd.Function):

@@ -174,7 +174,7 @@ class Trainer:
         model.normalize_decoder_()
         model.update_statistics_(out, n_positions)
         with torch.no_grad():
-            fired = (out.innovations != 0).reshape(-1, model.config.width).any(0)
+            fired = out.fired()
             self.tokens_since_fired += n_positions
             self.tokens_since_fired[fired] = 0
         self.step += 1

@@ -207,6 +207,9 @@ def test_fast_path_matches_dense_reference(carry, act, kind, T, grid):
         assert_close(getattr(plain, name), getattr(o2, name).detach(), rtol=1e-5, atol=1e-6, msg=name)
     assert torch.equal(plain.carried_support, o2.carried_support)
     assert (o2.carried != 0).any()  # something was carried, so the check has work to do
+    for out in (o1, plain):  # the sparse walk builds its dense fields on read; the same values
+        assert_close(out.pre_acts, o2.pre_acts.detach(), rtol=1e-5, atol=1e-6)
+        assert torch.equal(out.fired(), (o2.innovations != 0).reshape(-1, f).any(0))
     m.carry_scale = 0.0  # the trainer's warm-up: nothing carried
     with torch.no_grad():
         off, off_reference = m(x, axis), m(x, axis, reference=True)

@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from ctxsae_core import SAE, BatchTopK, JumpReLU, ReLU, SAEConfig, TopK
 from ctxsae_core.errors import InputError
 from ctxsae_core.activations import use_sparse_path
-from ctxsae_core.sae import geometric_median
+from ctxsae_core.sae import SAEOutput, geometric_median
 
 # 256 rows x F=1024 x D=16 = 2^22 multiply-adds: wide enough and large enough for the sparse path
 B, T, D, F = 8, 32, 16, 1024
@@ -181,6 +181,9 @@ def test_pooled_cutoff_offers_per_row_and_falls_back_when_one_row_holds_the_larg
         exact = pre.reshape(-1).topk(n_keep).values.min()
         for guess in (exact - 0.5, exact, exact + 0.01, 100.0):  # below, at, above: all exact
             assert _kth_largest(pre, n_keep, guess=float(guess)) == exact
+            # a permuted view (a contextual walk's (B, S, F) pre-activations, stored (S, F, B))
+            stored = pre.reshape(8, 8, 512).permute(1, 2, 0).contiguous()
+            assert _kth_largest(stored.permute(2, 0, 1), n_keep, guess=float(guess)) == exact
 
 
 @pytest.mark.parametrize("act", [TopK(k=8), BatchTopK(k=8), ReLU(l1_coeff=0.01), JumpReLU(init_threshold=0.5)],
@@ -196,6 +199,39 @@ def test_codes_straight_from_pre_activations_equal_encode(act):
     assert (want != 0).float().sum(1).mean() > 1  # something fires, not everything
     assert (want == 0).any()
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("act", [TopK(k=8), BatchTopK(k=8)], ids=lambda a: a.kind)
+def test_encode_sparse_into_a_transposed_buffer_gives_the_same_codes(act):
+    m = _model(act)
+    if isinstance(act, BatchTopK):
+        m.activation.threshold.fill_(0.7)
+    x_c = torch.randn(B * T, D)
+    with torch.no_grad():
+        want, want_pre = m.activation.encode_sparse(x_c, m.W_enc_FD, m.b_enc_F)
+    buffer = torch.full((m.config.width, B * T), float("nan"))
+    got, pre = m.activation.encode_sparse(x_c, m.W_enc_FD, m.b_enc_F, pre_out_FN=buffer)
+    assert pre.data_ptr() == buffer.data_ptr() and pre.shape == want_pre.shape
+    assert_close(buffer.T, want_pre)
+    assert torch.equal(got.rows, want.rows) and torch.equal(got.cols, want.cols)
+    assert_close(got.vals, want.vals.detach())
+
+
+def test_output_fields_given_as_builders_are_built_once_on_read():
+    calls = []
+    codes = torch.tensor([[[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]]])  # (B=1, S=2, F=3)
+
+    def build():
+        calls.append(1)
+        return codes
+
+    out = SAEOutput(torch.zeros(1, 2, 4), build, codes, build, torch.zeros(1, 2, 4))
+    assert calls == []  # nothing built until read
+    assert out.innovations is codes and out.innovations is codes and len(calls) == 1
+    assert torch.equal(out.fired(), torch.tensor([True, True, False]))  # from the innovations
+    assert out.pre_acts is codes and len(calls) == 2
+    given = SAEOutput(out.x_hat, codes, codes, codes, out.enc_in, fired=lambda: torch.tensor([False, True, False]))
+    assert torch.equal(given.fired(), torch.tensor([False, True, False]))  # the producer's, when given
 
 
 def test_prime_statistics_sets_the_batchtopk_threshold_to_the_pooled_cutoff():

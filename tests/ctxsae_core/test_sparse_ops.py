@@ -3,7 +3,8 @@
 import torch
 from torch.testing import assert_close
 
-from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, decode_steps, gather_linear, steps_support, steps_to_dense
+from ctxsae_core.sparse_ops import (DeferredGrads, SparseCodes, decode_steps, gather_linear, steps_features,
+                                   steps_support, steps_to_dense)
 
 
 def _random_entries(n, f, per_row):
@@ -28,7 +29,7 @@ def test_gather_linear_matches_dense_values_and_gradients():
 
     with torch.no_grad():
         pre = x @ W.T + b
-    fast = gather_linear(x, W, b, pre, rows, cols)
+    fast = gather_linear(x, W, b, rows, cols, pre[rows, cols])
     (fast * weights).sum().backward()
     assert_close(fast, dense)
     for got, want in zip((x.grad, W.grad, b.grad), ref):
@@ -81,6 +82,7 @@ def test_walk_operations_on_sparse_codes_match_dense_codes():
     values, support = steps_to_dense([a, b, a.empty()]), steps_support([a, b, a.empty()])  # (6, 3, 20)
     assert torch.equal(values, torch.stack([dense_a, dense_b, torch.zeros_like(dense_a)], 1))
     assert torch.equal(support, values != 0)
+    assert torch.equal(steps_features([a, b, a.empty()]), (values != 0).any(1).any(0))
     W = torch.randn(20, 5)
     assert_close(decode_steps([a, b], W), torch.stack([dense_a @ W, dense_b @ W], 1))
 
@@ -104,7 +106,7 @@ def test_deferred_weight_gradients_equal_per_step_autograd():
             x = x - codes.with_values(vals * x.sum(1)[codes.rows]).decode(W_dec, dec)  # later steps read earlier ones
             with torch.no_grad():
                 pre = x @ W_enc.T + b_enc
-            total = total + gather_linear(x, W_enc, b_enc, pre, rows, cols, enc).pow(2).sum()
+            total = total + gather_linear(x, W_enc, b_enc, rows, cols, pre[rows, cols], enc).pow(2).sum()
         total.backward()
         grads.append([t.grad.clone() for t in (W_dec, W_enc, b_enc)])
         for t in (W_dec, W_enc, b_enc):
