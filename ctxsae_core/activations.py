@@ -19,7 +19,7 @@ from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, gather_linear
 
 
 class Encoded(NamedTuple):
-    dense: Tensor  # (N, F) codes, with autograd
+    dense: Tensor | None  # (N, F) codes, with autograd (None if not asked for on the sparse path)
     sparse: SparseCodes | None  # the same codes in COO form, when the activation is sparse-grad
     pre: Tensor  # (N, F) pre-activations (with autograd only on the dense path)
 
@@ -53,12 +53,13 @@ class Activation(nn.Module):
         shares one budget (BatchTopK in training); otherwise every row is coded alone."""
         raise NotImplementedError
 
-    def encode(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False) -> Encoded:
-        """Codes of the centred inputs `x_c` (N, D) under encoder W (F, D), b (F,)."""
+    def encode(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False, dense: bool = True) -> Encoded:
+        """Codes of the centred inputs `x_c` (N, D) under encoder W (F, D), b (F,). With
+        `dense=False`, codes on the sparse path come in COO form only (`Encoded.dense` is None)."""
         if not use_sparse_path(x_c.shape[0], W_FD):
             return self.encode_reference(x_c, W_FD, b_F, pooled)
         sparse, pre = self.encode_sparse(x_c, W_FD, b_F, pooled)
-        return Encoded(sparse.to_dense(), sparse, pre)
+        return Encoded(sparse.to_dense() if dense else None, sparse, pre)
 
     def encode_sparse(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False,
                       deferred: DeferredGrads | None = None, pre_out_FN: Tensor | None = None) -> tuple[SparseCodes, Tensor]:
@@ -263,7 +264,7 @@ class JumpReLUActivation(Activation):
     def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
         return (pre > self.log_threshold.exp()).nonzero(as_tuple=True)
 
-    def encode(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False) -> Encoded:
+    def encode(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False, dense: bool = True) -> Encoded:
         pre = F.linear(x_c, W_FD, b_F)
         return Encoded(_JumpReLUFn.apply(pre, self.log_threshold, self.cfg.bandwidth), None, pre)
 

@@ -6,17 +6,18 @@ squared norm 1 and is stored with the weights, so users pass raw activations to 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ctxsae_core.activations import Activation, make_activation, use_sparse_path
+from ctxsae_core.activations import Activation, Encoded, make_activation, use_sparse_path
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.config import SAEConfig, TopK
 from ctxsae_core.errors import InputError
 from ctxsae_core.registry import ACTIVATION_CONFIGS, ARCHITECTURES
-from ctxsae_core.sparse_ops import SparseCodes, gather_linear
+from ctxsae_core.sparse_ops import SparseCodes, gather_linear, steps_features
 
 
 Built = Tensor | Callable[[], Tensor]  # a tensor, or a function that builds it when first read
@@ -258,13 +259,24 @@ class SAE(BaseSAE):
         pooled = self.training  # BatchTopK shares its budget across the batch in training only
         if reference:
             enc = self.activation.encode_reference(x_c, self.W_enc_FD, self.b_enc_F, pooled)
-            recon = enc.dense @ self.W_dec_FD
         else:
-            enc = self.activation.encode(x_c, self.W_enc_FD, self.b_enc_F, pooled)
-            recon = enc.sparse.decode(self.W_dec_FD) if enc.sparse is not None else enc.dense @ self.W_dec_FD
-        x_hat = ((recon + self.b_dec_D) / self.act_scale).reshape(b, t, d)
-        codes = enc.dense.reshape(b, t, -1)
-        return SAEOutput(x_hat, codes, codes, enc.pre.reshape(b, t, -1), x_c.reshape(b, t, d))
+            enc = self.activation.encode(x_c, self.W_enc_FD, self.b_enc_F, pooled, dense=False)
+        x_hat = ((self._decode_encoded(enc) + self.b_dec_D) / self.act_scale).reshape(b, t, d)
+        codes, fired = self._codes_of(enc, (b, t, -1))
+        return SAEOutput(x_hat, codes, codes, enc.pre.reshape(b, t, -1), x_c.reshape(b, t, d), fired=fired)
+
+    def _decode_encoded(self, enc: Encoded) -> Tensor:
+        """W_dec codes, normalised units, no b_dec: from the COO codes when there are some."""
+        return enc.dense @ self.W_dec_FD if enc.sparse is None else enc.sparse.decode(self.W_dec_FD)
+
+    @staticmethod
+    def _codes_of(enc: Encoded, shape: tuple[int, ...]) -> tuple[Built, Built | None]:
+        """The dense codes (built on read when only COO codes exist) and the features that fired."""
+        if enc.dense is not None:
+            return enc.dense.reshape(shape), None
+        sparse = enc.sparse
+        codes = functools.cache(lambda: sparse.to_dense().reshape(shape))  # innovations and state: one tensor
+        return codes, lambda: steps_features([sparse])
 
 
 for _kind in ACTIVATION_CONFIGS:  # a per-position SAE is named after its activation

@@ -40,6 +40,9 @@ def test_fast_path_matches_dense_reference(act):
     out_ref, terms_ref, g_ref = _grads(m, x, reference=True)
     assert_close(out_fast.x_hat, out_ref.x_hat, rtol=1e-5, atol=1e-5)
     assert torch.equal(out_fast.innovations != 0, out_ref.innovations != 0)
+    assert out_fast.state is out_fast.innovations  # built once, on read, from the COO codes
+    assert_close(out_fast.innovations.detach(), out_ref.innovations.detach(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(out_fast.fired(), out_ref.fired()) and out_fast.fired().any()
     assert_close(terms_fast.total, terms_ref.total, rtol=1e-5, atol=1e-6)
     assert g_fast.keys() == g_ref.keys()
     for name in g_ref:
