@@ -62,7 +62,8 @@ class Activation(nn.Module):
         return Encoded(sparse.to_dense() if dense else None, sparse, pre)
 
     def encode_sparse(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False,
-                      deferred: DeferredGrads | None = None, pre_out_FN: Tensor | None = None) -> tuple[SparseCodes, Tensor]:
+                      deferred: DeferredGrads | None = None,
+                      pre_out_FN: Tensor | None = None) -> tuple[SparseCodes, Tensor]:
         """The sparse path of `encode`: codes in COO form, and the pre-activations (N, F),
         computed without autograd; only the entries that fire are differentiated. W's and b's
         gradients go to `deferred` if given. With `pre_out_FN`, the pre-activations are written
@@ -134,8 +135,8 @@ def _storage_order(t: Tensor) -> Tensor:
 
 
 def _kth_largest(pre: Tensor, n_keep: int, guess: float | None = None) -> Tensor:
-    """The n_keep-th largest entry of `pre` (..., F), rows along the last axis. A top-k over all N * F entries is slow (0.3 s
-    at 4096 x 4608 on 2 cores), so:
+    """The n_keep-th largest entry of `pre` (..., F), rows along the last axis. A top-k over all
+    N * F entries is slow (0.3 s at 4096 x 4608 on 2 cores), so:
 
     - with a `guess` at or below the answer (at least n_keep entries reach it), only those
       entries are searched: exact, 0.02 s against 0.09 s below;

@@ -26,7 +26,8 @@ from ctxsae_core.config import ContextualConfig
 from ctxsae_core.errors import InputError
 from ctxsae_core.registry import ARCHITECTURES
 from ctxsae_core.sae import BaseSAE, Built, SAEOutput
-from ctxsae_core.sparse_ops import DeferredGrads, SparseCodes, decode_steps, steps_features, steps_support, steps_to_dense
+from ctxsae_core.sparse_ops import (DeferredGrads, SparseCodes, decode_steps, steps_features, steps_support,
+                                   steps_to_dense)
 
 
 # The encoder's residual may be at most this many times the centred input's norm. A state that
@@ -196,7 +197,8 @@ class ContextualSAE(BaseSAE):
         else:
             codes, decoded = self._run_dense(axis, xs.shape[0], encoder_input, out_steps, reference)
         x_hat = (decoded.recon + self.b_dec_D) / self.act_scale
-        return SAEOutput(x_hat, codes.innovations, codes.state, codes.pre_acts, torch.stack(enc_ins, 1), codes.carried, codes.carried_support, decoded.carried, codes.fired)
+        return SAEOutput(x_hat, codes.innovations, codes.state, codes.pre_acts, torch.stack(enc_ins, 1),
+                         codes.carried, codes.carried_support, decoded.carried, codes.fired)
 
     def _run_sparse(self, axis: ContextAxis, xs: Tensor, encoder_input: Callable[[int, Tensor | None], Tensor],
                     out_steps: slice) -> tuple[_Codes, _Decoded]:

@@ -36,7 +36,7 @@ class _BuiltOnRead:
         if obj is None:
             return self  # type: ignore[return-value]
         value = getattr(obj, self.slot)
-        if callable(value) and not isinstance(value, Tensor):
+        if callable(value):  # a tensor is not callable
             value = value()
             setattr(obj, self.slot, value)
         return value
@@ -68,12 +68,10 @@ class SAEOutput:
         self.enc_in = enc_in  # (B, S, D) encoder inputs (normalised, centred, minus what the state carries)
         self.carried, self.carried_support = carried, carried_support
         self.carried_decoded = carried_decoded  # (B, S, D) W_dec carried (normalised, no b_dec), with autograd
-        self._fired = fired
+        self._fired = fired if fired is not None else (lambda: (self.innovations != 0).flatten(0, -2).any(0))
 
     def fired(self) -> Tensor:
         """(F,) bool: the features with an innovation anywhere in the batch."""
-        if self._fired is None:
-            self._fired = (self.innovations != 0).reshape(-1, self.innovations.shape[-1]).any(0)
         return self._fired
 
 
@@ -261,13 +259,10 @@ class SAE(BaseSAE):
             enc = self.activation.encode_reference(x_c, self.W_enc_FD, self.b_enc_F, pooled)
         else:
             enc = self.activation.encode(x_c, self.W_enc_FD, self.b_enc_F, pooled, dense=False)
-        x_hat = ((self._decode_encoded(enc) + self.b_dec_D) / self.act_scale).reshape(b, t, d)
+        recon = enc.dense @ self.W_dec_FD if enc.sparse is None else enc.sparse.decode(self.W_dec_FD)
+        x_hat = ((recon + self.b_dec_D) / self.act_scale).reshape(b, t, d)
         codes, fired = self._codes_of(enc, (b, t, -1))
         return SAEOutput(x_hat, codes, codes, enc.pre.reshape(b, t, -1), x_c.reshape(b, t, d), fired=fired)
-
-    def _decode_encoded(self, enc: Encoded) -> Tensor:
-        """W_dec codes, normalised units, no b_dec: from the COO codes when there are some."""
-        return enc.dense @ self.W_dec_FD if enc.sparse is None else enc.sparse.decode(self.W_dec_FD)
 
     @staticmethod
     def _codes_of(enc: Encoded, shape: tuple[int, ...]) -> tuple[Built, Built | None]:

@@ -150,7 +150,8 @@ class DeferredGrads:
         """(grad_W, grad_b) from the pieces recorded so far, which are then forgotten."""
         f = self._shape[0]
         if not self._pieces:
-            return torch.zeros(self._shape, dtype=self._dtype), torch.zeros(f, dtype=self._dtype) if self._bias else None
+            grad_b = torch.zeros(f, dtype=self._dtype) if self._bias else None
+            return torch.zeros(self._shape, dtype=self._dtype), grad_b
         starts = torch.cumsum(torch.tensor([0] + [p[0].shape[0] for p in self._pieces[:-1]]), 0).tolist()
         X = torch.cat([p[0] for p in self._pieces])
         rows = torch.cat([p[1] + start for p, start in zip(self._pieces, starts)])
