@@ -55,11 +55,6 @@ class Setup:
     width: int = 512
     batch_windows: int = 16
     lr: float = 1e-2
-    # The attention carry diverged at 1e-2 (held-out FVU 21-177, or NaN in its control, with the
-    # carry capped at the encoder's prior); since its prior holds earlier codes fixed it no longer
-    # diverges there but trains far worse (FVU 0.96 / 1.04 at k 4 / 8, against 0.40 / 0.33 at
-    # 3e-3): it and its control train at 3e-3.
-    attention_lr: float = 3e-3
     target_fvu: float = 0.10
     eval_windows: int = 256
     seed: int = 0
@@ -76,8 +71,8 @@ def families(quick: bool) -> list[Family]:
     return [Family("per-position topk", "topk", None, False, (14, 18, 22, 26), ctx),
             Family("contextual gated", "contextual", "gated", False, (4, 6, 8), ctx),
             Family("gated, shuffled control", "contextual", "gated", True, (8, 14, 20), ctx),
-            Family("contextual attention", "contextual", "attention", False, (4, 8), ctx),
-            Family("attention, shuffled control", "contextual", "attention", True, (8, 20), ctx)]
+            Family("contextual attention", "contextual", "attention", False, (4, 6, 8), ctx),
+            Family("attention, shuffled control", "contextual", "attention", True, (8, 14, 20), ctx)]
 
 
 def train_one(setup: Setup, fam: Family, k: int) -> dict:
@@ -93,7 +88,7 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
         cfg = SAEConfig(d_in=setup.d, width=setup.width, activation=TopK(k=k))
     torch.manual_seed(setup.seed)
     model = build_sae(cfg)
-    lr = setup.attention_lr if fam.carry == "attention" else setup.lr
+    lr = setup.lr
     train_cfg = TrainConfig(tokens=fam.tokens, batch_tokens=setup.batch_windows * setup.T, lr=lr,
                             seed=setup.seed, shuffle_context=fam.shuffle, progress=False, eval_every=0)
     start = time.perf_counter()

@@ -20,7 +20,15 @@ from ctxsae_core.config import ContextualConfig
 from ctxsae_core.registry import CARRIES
 from ctxsae_core.sparse_ops import SparseCodes
 
+_ATTENTION_INIT_LOGIT = 4.0  # attention weights start at sigmoid(4) = 0.98: the persistences decide
 _PERSISTENCE_HEADROOM = 1.1  # sigmoid(persistence) >= 1/1.1 (persistence >= 2.3) carries exactly
+
+
+def persistence_gate(persistence: Tensor) -> Tensor:
+    """(F,) gate of each feature when nothing resets it: sigmoid(persistence) * 1.1, capped at
+    1 (gradient straight through the cap), so a feature can persist exactly, without decay."""
+    g = torch.sigmoid(persistence) * _PERSISTENCE_HEADROOM
+    return torch.where(g > 1.0, g - (g.detach() - 1.0), g)
 
 
 class Carry(nn.Module):
@@ -96,7 +104,7 @@ class GatedCarry(Carry):
 
     def _parts(self) -> tuple[Tensor, Tensor, Tensor]:
         """A (F, r), B (r, F), both >= 0, and the persistence gates (F,)."""
-        return F.softplus(self.reset_in_raw), F.softplus(self.reset_out_raw), self.persistence_gate()
+        return F.softplus(self.reset_in_raw), F.softplus(self.reset_out_raw), persistence_gate(self.persistence)
 
     def begin(self, batch: int, axis: ContextAxis) -> object:
         return self._parts()
@@ -105,12 +113,6 @@ class GatedCarry(Carry):
         """A, B transposed to (F, r) and contiguous (its rows are gathered at every step), gates."""
         reset_in, reset_out, gate = self._parts()
         return reset_in, reset_out.T.contiguous(), gate
-
-    def persistence_gate(self) -> Tensor:
-        """(F,) gate of each feature when nothing resets it: sigmoid(persistence) * 1.1, capped at
-        1 (gradient straight through the cap), so a feature can persist exactly, without decay."""
-        g = torch.sigmoid(self.persistence) * _PERSISTENCE_HEADROOM
-        return torch.where(g > 1.0, g - (g.detach() - 1.0), g)
 
     def carried(self, mem, t, s_parent, u_t):
         if s_parent is None:
@@ -154,11 +156,20 @@ class _AttentionMemory:
 @CARRIES.decorator("attention")
 class AttentionCarry(Carry):
     """Causal attention over past codes: feature f, last fired at step j < t with state value
-    v, is carried as hard(sum_h mix[h, f] a[h, t, j]) * v, where a[h, t, j] =
-    sigmoid(q_t . k_j / sqrt(dh) + b_h); queries read the parent's state, u_t and t's
-    position; keys read u_j and j's position. Codes and positions only, so the decoder still
-    reads codes only; the value is the feature's own earlier state, so a carried feature stays
-    a row of the one dictionary and is never counted twice.
+    v, is carried as hard(sum_h mix[h, f] a[h, t, j]) * hard(gate_f) ** (t - j) * v, where
+    a[h, t, j] = sigmoid(q_t . k_j / sqrt(dh) + b_h); queries read the parent's state, u_t and
+    t's position; keys read u_j and j's position; gate_f is the feature's persistence, as in
+    the gated carry. Codes and positions only, so the decoder still reads codes only; the
+    value is the feature's own earlier state, so a carried feature stays a row of the one
+    dictionary and is never counted twice.
+
+    The persistence decay is what keeps training stable. Without it every feature that had
+    fired anywhere earlier in the window was carried at its full attention weight, and the
+    weight is shared by all features last fired at the same step: on the synthetic regions the
+    state jumped from 15 to 114 codes a position within 20 steps of the carry switching on, the
+    training MSE from 0.45 to 14.7, and the dictionary never recovered. The attention starts
+    open (b_h = 4), so the persistences learn first, feature by feature, as the gated carry's
+    do; the attention can then lower what chosen steps carry.
 
     What step t's innovations carry is capped at the prior the encoder coded against (the
     weight without u_t): firing features may lower what is carried, as the gated carry's
@@ -174,7 +185,8 @@ class AttentionCarry(Carry):
         self.W_k = nn.Parameter(scale * torch.randn(f, hd))
         self.P_q = nn.Parameter(0.1 * torch.randn(n_position_features, hd))
         self.P_k = nn.Parameter(0.1 * torch.randn(n_position_features, hd))
-        self.bias = nn.Parameter(torch.full((cfg.heads,), float(cfg.init_persistence)))
+        self.bias = nn.Parameter(torch.full((cfg.heads,), _ATTENTION_INIT_LOGIT))
+        self.persistence = nn.Parameter(torch.full((f,), float(cfg.init_persistence)))
         self.mix_logits = nn.Parameter(torch.zeros(cfg.heads, f))
 
     def _pos(self, positions: Tensor, P: Tensor) -> Tensor:
@@ -194,7 +206,7 @@ class AttentionCarry(Carry):
         weight = mem.prior_weight
         if u_t is not None:
             weight = torch.minimum(weight, self._weight(mem, mem.query_base + u_t @ self.W_q_new))
-        return self.hard(weight) * mem.last_value, mem.last_step >= 0
+        return self.hard(weight) * self._decay(mem, t) * mem.last_value, mem.last_step >= 0
 
     def prior(self, mem, t, s_parent):
         """Unlike the gated carry's, this prior holds earlier codes fixed: the query reads the
@@ -207,7 +219,12 @@ class AttentionCarry(Carry):
             return None
         q = self._query(mem, t, None if s_parent is None else s_parent.detach())
         weight = self._weight(mem, q, mem.keys.detach())
-        return self.hard(weight) * mem.last_value.detach(), mem.last_step >= 0
+        return self.hard(weight) * self._decay(mem, t) * mem.last_value.detach(), mem.last_step >= 0
+
+    def _decay(self, mem: _AttentionMemory, t: int) -> Tensor:
+        """(B, F): hard(persistence gate) ** (steps since the feature last fired)."""
+        age = (t - mem.last_step).clamp(min=1).to(mem.last_value.dtype)
+        return self.hard(persistence_gate(self.persistence)) ** age
 
     def _query(self, mem: _AttentionMemory, t: int, s_parent: Tensor | None) -> Tensor:
         """(B, H * dh): the query from step t's position and the parent's state, before u_t."""

@@ -108,26 +108,32 @@ def test_innovations_never_raise_what_is_carried_above_the_prior(carry):
             states.append(state)
 
 
-def _hand_model(reset_1_to_0: bool):
-    """d = F = 4, identity dictionary, ReLU innovations with bias -0.01, feature persistence ~1;
-    optionally feature 1 firing resets feature 0."""
-    m = ContextualSAE(ContextualConfig(d_in=4, width=4, activation=ReLU(l1_coeff=0.0), carry="gated",
+def _hand_model(carry: str = "gated", reset_1_to_0: bool = False):
+    """d = F = 4, identity dictionary, ReLU innovations with bias -0.01, feature persistence 1
+    (the attention carry's weights exactly 1); optionally feature 1 firing resets feature 0."""
+    m = ContextualSAE(ContextualConfig(d_in=4, width=4, activation=ReLU(l1_coeff=0.0), carry=carry,
                                        reset_rank=1, init_persistence=20.0, carry_threshold=0.01))
     with torch.no_grad():
         m.W_dec_FD.copy_(torch.eye(4))
         m.W_enc_FD.copy_(torch.eye(4))
         m.b_enc_F.fill_(-0.01)
         m.b_dec_D.zero_()
-        m.carry.reset_in_raw.fill_(-30.0)
-        m.carry.reset_out_raw.fill_(-30.0)
+        if carry == "attention":
+            for p in (m.carry.W_q_state, m.carry.W_q_new, m.carry.W_k, m.carry.P_q, m.carry.P_k):
+                p.zero_()
+            m.carry.bias.fill_(30.0)  # sigmoid(30) = 1 in float32
+        else:
+            m.carry.reset_in_raw.fill_(-30.0)
+            m.carry.reset_out_raw.fill_(-30.0)
         if reset_1_to_0:
             m.carry.reset_in_raw[1, 0] = 10.0
             m.carry.reset_out_raw[0, 0] = 10.0
     return m.eval()
 
 
-def test_a_persistent_feature_is_paid_for_once():
-    m, axis = _hand_model(False), make_axis("tokens", 5)
+@pytest.mark.parametrize("carry", CARRIES)
+def test_a_persistent_feature_is_paid_for_once(carry):
+    m, axis = _hand_model(carry), make_axis("tokens", 5)
     x = torch.zeros(1, 5, 4)
     x[..., 0] = 1.0
     with torch.no_grad():
@@ -139,8 +145,27 @@ def test_a_persistent_feature_is_paid_for_once():
     assert_close(out.x_hat[0, :, 0], torch.full((5,), 0.99))
 
 
+def test_the_attention_carry_decays_with_the_steps_since_a_feature_last_fired():
+    """Feature 0 has persistence gate 0.8 and fires at t = 0 and again (topped up) at t = 3;
+    feature 1, gate 0.4, is below gate_floor and never carried. Values by hand: the state of
+    feature 0 is 0.99 * 0.8 ** (steps since it last fired), and 0.99 where it fires."""
+    m, axis = _hand_model("attention"), make_axis("tokens", 6)
+    with torch.no_grad():
+        gates = torch.tensor([0.8, 0.4, 1.0, 1.0])
+        m.carry.persistence.copy_(torch.logit(gates / 1.1).clamp(max=20.0))
+    x = torch.zeros(1, 6, 4)
+    x[0, 0, :2] = 1.0
+    x[0, 3, 0] = 1.0
+    with torch.no_grad():
+        out = m(x, axis)
+    assert (out.innovations[0] != 0).nonzero().tolist() == [[0, 0], [0, 1], [3, 0]]
+    assert out.innovations[0, 3, 0].item() == pytest.approx(1 - 0.99 * 0.8**3 - 0.01)  # pays what decayed
+    assert_close(out.state[0, :, 0], torch.tensor([0.99, 0.792, 0.6336, 0.99, 0.792, 0.6336]))
+    assert out.state[0, :, 1].tolist() == pytest.approx([0.99, 0, 0, 0, 0, 0])
+
+
 def test_a_region_switch_fires_once_and_resets_the_old_feature():
-    m, axis = _hand_model(True), make_axis("tokens", 6)
+    m, axis = _hand_model(reset_1_to_0=True), make_axis("tokens", 6)
     x = torch.zeros(1, 6, 4)
     x[0, :3, 0] = 1.0
     x[0, 3:, 1] = 1.0
@@ -154,7 +179,7 @@ def test_a_region_switch_fires_once_and_resets_the_old_feature():
 
 
 def test_quadtree_pays_for_a_region_at_its_coarsest_cell():
-    m, axis = _hand_model(False), make_axis("quadtree", 16, (4, 4))
+    m, axis = _hand_model(), make_axis("quadtree", 16, (4, 4))
     x = torch.zeros(1, 16, 4)
     x[..., 0] = 1.0  # one feature over the whole image
     with torch.no_grad():
