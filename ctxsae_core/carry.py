@@ -163,11 +163,13 @@ class AttentionCarry(Carry):
     value is the feature's own earlier state, so a carried feature stays a row of the one
     dictionary and is never counted twice.
 
-    The persistence decay is what keeps training stable. Without it every feature that had
+    (t - j counts steps in the axis's walk order.) The persistence decay is what stopped this
+    carry blowing up when it switches on in training. Without it every feature that had
     fired anywhere earlier in the window was carried at its full attention weight, and the
-    weight is shared by all features last fired at the same step: on the synthetic regions the
-    state jumped from 15 to 114 codes a position within 20 steps of the carry switching on, the
-    training MSE from 0.45 to 14.7, and the dictionary never recovered. The attention starts
+    weight is shared by all features last fired at the same step: on the synthetic regions
+    the state jumped to 113 codes a position (22 innovations) within 20 steps of the carry
+    switching on, the training MSE from 0.45 to 14.7, and the dictionary never recovered.
+    The attention starts
     open (b_h = 4), so the persistences learn first, feature by feature, as the gated carry's
     do; the attention can then lower what chosen steps carry.
 
