@@ -88,19 +88,18 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
         cfg = SAEConfig(d_in=setup.d, width=setup.width, activation=TopK(k=k))
     torch.manual_seed(setup.seed)
     model = build_sae(cfg)
-    lr = setup.lr
-    train_cfg = TrainConfig(tokens=fam.tokens, batch_tokens=setup.batch_windows * setup.T, lr=lr,
+    train_cfg = TrainConfig(tokens=fam.tokens, batch_tokens=setup.batch_windows * setup.T, lr=setup.lr,
                             seed=setup.seed, shuffle_context=fam.shuffle, progress=False, eval_every=0)
     start = time.perf_counter()
     try:
         Trainer(model, train_cfg, axis).fit(data)
     except InputError as e:  # diverged: a point of the sweep all the same, not the end of the benchmark
-        return {"family": fam.name, "k": k, "diverged": str(e), "tokens": fam.tokens, "lr": lr}
+        return {"family": fam.name, "k": k, "diverged": str(e), "tokens": fam.tokens, "lr": setup.lr}
     seconds = time.perf_counter() - start
     result = evaluate(model, held.x, axis, shuffle_context=fam.shuffle, seed=setup.seed)
     return {"family": fam.name, "k": k, "fvu": result["fvu"], "l0": result["l0"], "state_l0": result["state_l0"],
             "dead_fraction": result["dead_fraction"], "recovery": dictionary_recovery(data.dictionary, model.W_dec_FD.detach()),
-            "train_seconds": seconds, "tokens": fam.tokens, "lr": lr}
+            "train_seconds": seconds, "tokens": fam.tokens, "lr": setup.lr}
 
 
 def at_target(points: list[dict], target: float, key: str) -> float | None:

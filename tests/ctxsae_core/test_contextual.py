@@ -150,9 +150,8 @@ def test_the_attention_carry_decays_with_the_steps_since_a_feature_last_fired():
     feature 1, gate 0.4, is below gate_floor and never carried. Values by hand: the state of
     feature 0 is 0.99 * 0.8 ** (steps since it last fired), and 0.99 where it fires."""
     m, axis = _hand_model("attention"), make_axis("tokens", 6)
-    with torch.no_grad():
-        gates = torch.tensor([0.8, 0.4, 1.0, 1.0])
-        m.carry.persistence.copy_(torch.logit(gates / 1.1).clamp(max=20.0))
+    with torch.no_grad():  # features 2 and 3 keep gate 1; they never fire
+        m.carry.persistence[:2] = torch.logit(torch.tensor([0.8, 0.4]) / 1.1)
     x = torch.zeros(1, 6, 4)
     x[0, 0, :2] = 1.0
     x[0, 3, 0] = 1.0
