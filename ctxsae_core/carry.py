@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.config import ContextualConfig
 from ctxsae_core.registry import CARRIES
-from ctxsae_core.sparse_ops import SparseCodes
 
 _ATTENTION_INIT_LOGIT = 4.0  # attention weights start at sigmoid(4) = 0.98: the persistences decide
 _PERSISTENCE_HEADROOM = 1.1  # sigmoid(persistence) >= 1/1.1 (persistence >= 2.3) carries exactly
@@ -32,8 +31,8 @@ def persistence_gate(persistence: Tensor) -> Tensor:
 
 
 class Carry(nn.Module):
-    # True when the carry also offers `prior_at` and `carried_at`, over a sparse parent state:
-    # the model then walks sparse states, touching O(state size) entries a step.
+    # True for the gated carry, whose walk over sparse states (O(state size) entries a step) is
+    # written out by hand in `ctxsae_core.sparse_walk`, from its `sparse_parts`
     sparse_state = False
 
     def __init__(self, cfg: ContextualConfig):
@@ -70,19 +69,6 @@ class Carry(nn.Module):
         0.08), although k 4 and 6 trained as well either way."""
         return self.carried(mem, t, s_parent, None)
 
-    def begin_sparse(self) -> object:
-        """Memory for a walk over sparse states (`prior_at`, `carried_at`)."""
-        raise NotImplementedError
-
-    def prior_at(self, mem: object, parent: SparseCodes) -> Tensor:
-        """`prior` over a sparse parent state: the values (nnz,) carried at its entries."""
-        raise NotImplementedError
-
-    def carried_at(self, mem: object, parent: SparseCodes, u_t: SparseCodes) -> Tensor:
-        """`carried` over a sparse parent state and sparse innovations: the values (nnz,) at the
-        parent's entries."""
-        raise NotImplementedError
-
 
 @CARRIES.decorator("gated")
 class GatedCarry(Carry):
@@ -109,26 +95,17 @@ class GatedCarry(Carry):
     def begin(self, batch: int, axis: ContextAxis) -> object:
         return self._parts()
 
-    def begin_sparse(self) -> tuple[Tensor, Tensor, Tensor]:
-        """A, B transposed to (F, r) and contiguous (its rows are gathered at every step), gates."""
+    def sparse_parts(self) -> tuple[Tensor, Tensor, Tensor]:
+        """For `ctxsae_core.sparse_walk`: the gates (F,), A (F, r), and B transposed to (F, r)
+        and contiguous (its rows are gathered at every step)."""
         reset_in, reset_out, gate = self._parts()
-        return reset_in, reset_out.T.contiguous(), gate
+        return gate, reset_in, reset_out.T.contiguous()
 
     def carried(self, mem, t, s_parent, u_t):
         if s_parent is None:
             return None
         gate = mem[2] if u_t is None else self._gates(mem, u_t)
         return self.hard(gate) * s_parent, s_parent != 0
-
-    def prior_at(self, mem, parent):
-        gate = mem[2]
-        return self.hard(gate[parent.cols]) * parent.vals
-
-    def carried_at(self, mem, parent, u_t):
-        reset_in, reset_out_T, gate = mem
-        u_reset_in = u_t.decode(reset_in)  # (B, r): u_t A
-        reset = (u_reset_in[parent.rows] * reset_out_T[parent.cols]).sum(1)  # (nnz,): (u_t A B) at the entries
-        return self.hard(gate[parent.cols] * torch.exp(-reset)) * parent.vals
 
     def gates(self, u_t: Tensor) -> Tensor:
         """(B, F) gates after innovations u_t fire, for analysis."""

@@ -26,21 +26,8 @@ from ctxsae_core.config import ContextualConfig
 from ctxsae_core.errors import InputError
 from ctxsae_core.registry import ARCHITECTURES
 from ctxsae_core.sae import BaseSAE, Built, SAEOutput
-from ctxsae_core.sparse_ops import (DeferredGrads, SparseCodes, decode_steps, steps_features, steps_support,
-                                   steps_to_dense)
-
-
-# The encoder's residual may be at most this many times the centred input's norm. A state that
-# overshoots would otherwise feed back into ever larger innovations (growth seen: 4x per step).
-_RESIDUAL_BOUND = 2.0
-
-
-def _bounded(residual: Tensor, centred: Tensor) -> Tensor:
-    """Scale rows of `residual` down to at most _RESIDUAL_BOUND x the norm of `centred`'s rows;
-    a no-op whenever the carried state is not wildly off."""
-    limit = _RESIDUAL_BOUND * centred.norm(dim=-1, keepdim=True)
-    norm = residual.norm(dim=-1, keepdim=True)
-    return residual * (limit / norm.clamp_min(1e-12)).clamp(max=1.0)
+from ctxsae_core.sparse_ops import SparseCodes, decode_steps, steps_features, steps_support, steps_to_dense
+from ctxsae_core.sparse_walk import WalkSpec, bounded, gated_walk
 
 
 def _input_steps(axis: ContextAxis) -> slice:
@@ -98,20 +85,18 @@ class ContextualSAE(BaseSAE):
             return codes @ self.W_dec_FD
         return SparseCodes.from_dense(codes, support).decode(self.W_dec_FD)
 
-    def _cut(self, c: Tensor, support: Tensor | None, scale: float) -> Tensor:
+    def _cut(self, c: Tensor, support: Tensor, scale: float) -> Tensor:
         """Carried values `c` (scaled by `scale`) below carry_threshold become exactly zero, so
         state L0 counts no dust. The gradient passes straight through the cut for entries
-        carried at all (the support; None: every entry, as in a sparse state), so a feature whose
-        carried value is still below it learns whether carrying more would help; otherwise a low
-        persistence could never grow."""
+        carried at all (the support), so a feature whose carried value is still below it learns
+        whether carrying more would help; otherwise a low persistence could never grow. (The
+        sparse walk, whose entries are all carried, cuts the same way: `sparse_walk._cut`.)"""
         if scale != 1.0:
             c = scale * c
         kept = c > self.config.carry_threshold
         if not c.requires_grad:
             return c.masked_fill(~kept, 0.0)
-        ste = c - c.detach()  # zero, with gradient
-        if support is not None:
-            ste = torch.where(support, ste, torch.zeros((), dtype=c.dtype))
+        ste = torch.where(support, c - c.detach(), torch.zeros((), dtype=c.dtype))  # zero, with gradient
         return torch.where(kept, c, ste)
 
     def _walk(self, axis: ContextAxis, batch: int, code_at: Callable[[int, Tensor | None], Tensor],
@@ -133,33 +118,6 @@ class ContextualSAE(BaseSAE):
             self.carry.remember(mem, t, u, state)
             steps.append((state, carried, support | (u != 0), support))
         return _Walk(*(torch.stack(column, 1) for column in zip(*steps)))
-
-    def _walk_sparse(self, axis: ContextAxis, batch: int,
-                     code_at: Callable[[int, SparseCodes | None], SparseCodes]) -> tuple[list, list]:
-        """`_walk` over sparse states (COO), for carries that offer it: the same values and
-        gradients, but each step touches the entries of its parent's state and innovations only,
-        where the dense walk spends a dozen (B, F) passes. `code_at(t, prior)` gets the cut prior
-        at the parent's entries (None at steps with nothing carried). Returns each step's state
-        and carried codes."""
-        mem = self.carry.begin_sparse()
-        scale, parents, states, carried = self.carry_scale, [], [], []
-
-        def cut(raw: Tensor) -> Tensor:  # every entry of a sparse parent state is in the support
-            return self._cut(raw, None, scale)
-
-        for t, p in enumerate(axis.parent.tolist()):
-            parent = parents[p] if p >= 0 and scale else None
-            prior = None if parent is None else parent.with_values(cut(self.carry.prior_at(mem, parent)))
-            u = code_at(t, prior)
-            if parent is None:
-                c, state = u.empty(), u
-            else:
-                c = parent.with_values(cut(self.carry.carried_at(mem, parent, u)))
-                state = c.plus(u)
-            states.append(state)
-            carried.append(c)
-            parents.append(state.nonzero_part())  # what the next steps carry: cut entries drop out
-        return states, carried
 
     def _walks_sparse(self, batch: int, reference: bool) -> bool:
         """Whether a forward pass walks sparse states: a carry and activation that allow it, and
@@ -183,59 +141,46 @@ class ContextualSAE(BaseSAE):
     def _run(self, xs_raw: Tensor, axis: ContextAxis, reference: bool, out_steps: slice) -> SAEOutput:
         """`out_steps`: the steps whose state and reconstruction are returned."""
         xs = xs_raw * self.act_scale  # (B, S, D)
-        enc_ins = []
-
-        def encoder_input(t: int, carried: Tensor | None) -> Tensor:
-            """Step t's centred input minus `carried`, the prior projected onto the dictionary."""
-            centred = xs[:, t] - self.b_dec_D
-            enc_in = centred if carried is None else _bounded(centred - carried, centred)
-            enc_ins.append(enc_in)
-            return enc_in
-
-        if self._walks_sparse(xs.shape[0], reference):
-            codes, decoded = self._run_sparse(axis, xs, encoder_input, out_steps)
-        else:
-            codes, decoded = self._run_dense(axis, xs.shape[0], encoder_input, out_steps, reference)
+        run = self._run_sparse if self._walks_sparse(xs.shape[0], reference) else self._run_dense
+        codes, decoded, enc_in = run(axis, xs, out_steps, reference)
         x_hat = (decoded.recon + self.b_dec_D) / self.act_scale
-        return SAEOutput(x_hat, codes.innovations, codes.state, codes.pre_acts, torch.stack(enc_ins, 1),
+        return SAEOutput(x_hat, codes.innovations, codes.state, codes.pre_acts, enc_in,
                          codes.carried, codes.carried_support, decoded.carried, codes.fired)
 
-    def _run_sparse(self, axis: ContextAxis, xs: Tensor, encoder_input: Callable[[int, Tensor | None], Tensor],
-                    out_steps: slice) -> tuple[_Codes, _Decoded]:
-        """The walk over sparse states of windows xs (B, S, D); the many small steps sum their
-        weight gradients once, at the end of the backward pass. The dense codes are built only
-        if read; the pre-activations are written in place, (S, F, B)."""
-        enc_grads = dec_grads = None
-        if torch.is_grad_enabled():
-            enc_grads, dec_grads = DeferredGrads(self.W_enc_FD, self.b_enc_F), DeferredGrads(self.W_dec_FD)
-        innovations, (batch, n_steps, _) = [], xs.shape
-        pre_acts = xs.new_empty(n_steps, self.config.width, batch)
+    def _run_sparse(self, axis: ContextAxis, xs: Tensor, out_steps: slice,
+                    reference: bool = False) -> tuple[_Codes, _Decoded, Tensor]:
+        """The gated carry's walk over sparse states of windows xs (B, S, D) (normalised
+        units), one autograd Function (`ctxsae_core.sparse_walk`); the dense codes are built
+        only if read. Returns the encoder's inputs (B, S, D) too."""
+        gate, reset_in, reset_out_T = self.carry.sparse_parts()
+        spec = WalkSpec(axis.parent.tolist(), self.carry_scale, self.config.carry_threshold, self.config.gate_floor,
+                        lambda pre: self.activation.select(pre, False))
+        walk = gated_walk(spec, xs, self.b_dec_D, self.W_dec_FD, self.W_enc_FD, self.b_enc_F, gate, reset_in,
+                          reset_out_T)
+        states = walk.states[out_steps]
+        codes = _Codes(lambda: steps_to_dense(walk.innovations), lambda: steps_to_dense(states), walk.pre_acts,
+                       lambda: steps_to_dense(walk.carried), lambda: steps_support(walk.carried),
+                       lambda: steps_features(walk.innovations))
+        decoded = _Decoded(decode_steps(states, self.W_dec_FD),
+                           decode_steps(walk.carried, self.W_dec_FD) if self.config.carry_coeff else None)
+        return codes, decoded, walk.enc_in
 
-        def code_at(t: int, prior: SparseCodes | None) -> SparseCodes:
-            enc_in = encoder_input(t, None if prior is None else prior.decode(self.W_dec_FD, dec_grads))
-            u, _ = self.activation.encode_sparse(enc_in, self.W_enc_FD, self.b_enc_F, False, enc_grads, pre_acts[t])
-            innovations.append(u)
-            return u
-
-        states, carried = self._walk_sparse(axis, batch, code_at)
-        codes = _Codes(lambda: steps_to_dense(innovations), lambda: steps_to_dense(states[out_steps]),
-                       pre_acts.permute(2, 0, 1),
-                       lambda: steps_to_dense(carried), lambda: steps_support(carried),
-                       lambda: steps_features(innovations))
-        decoded = _Decoded(decode_steps(states[out_steps], self.W_dec_FD),
-                           decode_steps(carried, self.W_dec_FD) if self.config.carry_coeff else None)
-        return codes, decoded
-
-    def _run_dense(self, axis: ContextAxis, batch: int, encoder_input: Callable[[int, Tensor | None], Tensor],
-                   out_steps: slice, reference: bool) -> tuple[_Codes, _Decoded]:
-        """The walk over dense (B, F) states: any carry and activation, and the reference path."""
+    def _run_dense(self, axis: ContextAxis, xs: Tensor, out_steps: slice,
+                   reference: bool) -> tuple[_Codes, _Decoded, Tensor]:
+        """The walk over dense (B, F) states of windows xs (B, S, D): any carry and activation,
+        and the reference path. Returns the encoder's inputs (B, S, D) too."""
         act = self.activation
         encode = act.encode_reference if reference else act.encode
         plain = not (reference or torch.is_grad_enabled())  # no autograd: codes straight from pre
-        innovations, pre_acts = [], []
+        innovations, pre_acts, enc_ins = [], [], []
 
         def code_at(t: int, prior: tuple[Tensor, Tensor] | None) -> Tensor:
-            enc_in = encoder_input(t, None if prior is None else self._project(prior[0], reference, prior[1]))
+            """Step t's innovations, coded against its centred input minus the prior projected
+            onto the dictionary (bounded: `sparse_walk.bounded`)."""
+            enc_in = centred = xs[:, t] - self.b_dec_D
+            if prior is not None:
+                enc_in = bounded(centred - self._project(prior[0], reference, prior[1]), centred)
+            enc_ins.append(enc_in)
             if plain:
                 pre = F.linear(enc_in, self.W_enc_FD, self.b_enc_F)
                 u = act.codes(pre)
@@ -246,13 +191,13 @@ class ContextualSAE(BaseSAE):
             pre_acts.append(pre)
             return u
 
-        walk = self._walk(axis, batch, code_at)
+        walk = self._walk(axis, xs.shape[0], code_at)
         decoded = _Decoded(self._decode_dense(walk.states[:, out_steps], walk.state_support[:, out_steps], reference),
                            self._decode_dense(walk.carried, walk.carried_support, reference)
                            if self.config.carry_coeff else None)
         codes = _Codes(torch.stack(innovations, 1), walk.states[:, out_steps], lambda: torch.stack(pre_acts, 1),
                        walk.carried, walk.carried_support, None)
-        return codes, decoded
+        return codes, decoded, torch.stack(enc_ins, 1)
 
     def _decode_dense(self, codes: Tensor, support: Tensor, reference: bool) -> Tensor:
         """W_dec codes for dense codes (B, S, F) -> (B, S, D), normalised units, no b_dec."""

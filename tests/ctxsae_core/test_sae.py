@@ -204,22 +204,6 @@ def test_codes_straight_from_pre_activations_equal_encode(act):
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("act", [TopK(k=8), BatchTopK(k=8)], ids=lambda a: a.kind)
-def test_encode_sparse_into_a_transposed_buffer_gives_the_same_codes(act):
-    m = _model(act)
-    if isinstance(act, BatchTopK):
-        m.activation.threshold.fill_(0.7)
-    x_c = torch.randn(B * T, D)
-    with torch.no_grad():
-        want, want_pre = m.activation.encode_sparse(x_c, m.W_enc_FD, m.b_enc_F)
-    buffer = torch.full((m.config.width, B * T), float("nan"))
-    got, pre = m.activation.encode_sparse(x_c, m.W_enc_FD, m.b_enc_F, pre_out_FN=buffer)
-    assert pre.data_ptr() == buffer.data_ptr() and pre.shape == want_pre.shape
-    assert_close(buffer.T, want_pre)
-    assert torch.equal(got.rows, want.rows) and torch.equal(got.cols, want.cols)
-    assert_close(got.vals, want.vals.detach())
-
-
 def test_output_fields_given_as_builders_are_built_once_on_read():
     calls = []
     codes = torch.tensor([[[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]]])  # (B=1, S=2, F=3)

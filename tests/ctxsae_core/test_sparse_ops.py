@@ -3,7 +3,7 @@
 import torch
 from torch.testing import assert_close
 
-from ctxsae_core.sparse_ops import (DeferredGrads, SparseCodes, decode_steps, gather_linear, steps_features,
+from ctxsae_core.sparse_ops import (SparseCodes, decode_steps, entry_dots, gather_linear, steps_features,
                                    steps_support, steps_to_dense)
 
 
@@ -70,15 +70,13 @@ def _codes(n, f, per_row, generator_seed=0):
 def test_walk_operations_on_sparse_codes_match_dense_codes():
     a, dense_a = _codes(6, 20, 4, 0)
     b, dense_b = _codes(6, 20, 3, 1)
-    both = a.plus(b)  # shared features summed, the rest kept; row-major like its parts
+    both, where_a, where_b = a.merge(b)  # shared features summed, the rest kept; row-major like its parts
     assert_close(both.to_dense(), dense_a + dense_b)
     assert both.vals.numel() == int(((dense_a + dense_b) != 0).sum())  # no entry twice
     assert torch.equal(both.rows, both.rows.sort().values)
-    cut = both.with_values(both.vals * (both.vals > 0.6))
-    kept = cut.nonzero_part()
-    assert kept.vals.numel() == int((cut.vals != 0).sum()) and bool((kept.vals != 0).all())
-    assert_close(kept.to_dense(), cut.to_dense())
-    assert a.empty().to_dense().abs().sum() == 0 and a.plus(a.empty()).to_dense().equal(dense_a)
+    for part, where in ((a, where_a), (b, where_b)):  # each part's entries, found in the sum
+        assert torch.equal(both.rows[where], part.rows) and torch.equal(both.cols[where], part.cols)
+    assert a.empty().to_dense().abs().sum() == 0 and a.merge(a.empty())[0].to_dense().equal(dense_a)
     values, support = steps_to_dense([a, b, a.empty()]), steps_support([a, b, a.empty()])  # (6, 3, 20)
     assert torch.equal(values, torch.stack([dense_a, dense_b, torch.zeros_like(dense_a)], 1))
     assert torch.equal(support, values != 0)
@@ -87,29 +85,9 @@ def test_walk_operations_on_sparse_codes_match_dense_codes():
     assert_close(decode_steps([a, b], W), torch.stack([dense_a @ W, dense_b @ W], 1))
 
 
-def test_deferred_weight_gradients_equal_per_step_autograd():
-    """Three steps of a walk: each decodes codes and gathers encoder entries. With
-    DeferredGrads the weight gradients are summed once, at the end; they must equal autograd's."""
-    n, f, d = 8, 30, 5
-    torch.manual_seed(0)
-    W_dec, W_enc, b_enc = (torch.randn(f, d, requires_grad=True), torch.randn(f, d, requires_grad=True),
-                           torch.randn(f, requires_grad=True))
-    steps = [(_codes(n, f, 4, seed)[0], _random_entries(n, f, 3)) for seed in range(3)]
-    x0 = torch.randn(n, d)
-    grads = []
-    for defer in (False, True):
-        dec = DeferredGrads(W_dec) if defer else None
-        enc = DeferredGrads(W_enc, b_enc) if defer else None
-        x, total = x0, 0.0
-        for codes, (rows, cols) in steps:
-            vals = codes.vals.clone().requires_grad_()
-            x = x - codes.with_values(vals * x.sum(1)[codes.rows]).decode(W_dec, dec)  # later steps read earlier ones
-            with torch.no_grad():
-                pre = x @ W_enc.T + b_enc
-            total = total + gather_linear(x, W_enc, b_enc, rows, cols, pre[rows, cols], enc).pow(2).sum()
-        total.backward()
-        grads.append([t.grad.clone() for t in (W_dec, W_enc, b_enc)])
-        for t in (W_dec, W_enc, b_enc):
-            t.grad = None
-    for got, want in zip(*grads[::-1]):
-        assert_close(got, want)
+def test_entry_dots_are_the_dense_products_at_the_entries():
+    codes, dense = _codes(9, 30, 5, 3)
+    X, W = torch.randn(9, 7, dtype=torch.float64), torch.randn(30, 7, dtype=torch.float64)
+    want = (X @ W.T)[codes.rows, codes.cols]
+    assert_close(entry_dots(codes, X, W), want)
+    assert entry_dots(codes.empty(), X, W).numel() == 0
