@@ -30,6 +30,23 @@ def persistence_gate(persistence: Tensor) -> Tensor:
     return torch.where(g > 1.0, g - (g.detach() - 1.0), g)
 
 
+def reset_parameters(cfg: ContextualConfig) -> tuple[nn.Parameter, nn.Parameter]:
+    """The raw factors of a non-negative low-rank reset map, (F, r) and (r, F): see `reset_factors`."""
+    f, r = cfg.width, cfg.reset_rank
+    return (nn.Parameter(cfg.init_reset + 0.5 * torch.randn(f, r)),
+            nn.Parameter(cfg.init_reset + 0.5 * torch.randn(r, f)))
+
+
+def reset_factors(reset_in_raw: Tensor, reset_out_raw: Tensor) -> tuple[Tensor, Tensor]:
+    """A (F, r), B (r, F), both >= 0: features firing as u reset feature f by (u A B)_f."""
+    return F.softplus(reset_in_raw), F.softplus(reset_out_raw)
+
+
+def reset_gates(gate: Tensor, A: Tensor, B: Tensor, u: Tensor) -> Tensor:
+    """(B, F): persistence gates `gate` (F,) times the resets that dense innovations u (B, F) drive."""
+    return gate * torch.exp(-(u @ A) @ B)
+
+
 class Carry(nn.Module):
     # True for the gated carry, whose walk over sparse states (O(state size) entries a step) is
     # written out by hand in `ctxsae_core.sparse_walk`, from its `sparse_parts`
@@ -83,14 +100,12 @@ class GatedCarry(Carry):
 
     def __init__(self, cfg: ContextualConfig):
         super().__init__(cfg)
-        f, r = cfg.width, cfg.reset_rank
-        self.persistence = nn.Parameter(torch.full((f,), float(cfg.init_persistence)))
-        self.reset_in_raw = nn.Parameter(cfg.init_reset + 0.5 * torch.randn(f, r))
-        self.reset_out_raw = nn.Parameter(cfg.init_reset + 0.5 * torch.randn(r, f))
+        self.persistence = nn.Parameter(torch.full((cfg.width,), float(cfg.init_persistence)))
+        self.reset_in_raw, self.reset_out_raw = reset_parameters(cfg)
 
     def _parts(self) -> tuple[Tensor, Tensor, Tensor]:
         """A (F, r), B (r, F), both >= 0, and the persistence gates (F,)."""
-        return F.softplus(self.reset_in_raw), F.softplus(self.reset_out_raw), persistence_gate(self.persistence)
+        return *reset_factors(self.reset_in_raw, self.reset_out_raw), persistence_gate(self.persistence)
 
     def begin(self, batch: int, axis: ContextAxis) -> object:
         return self._parts()
@@ -104,18 +119,14 @@ class GatedCarry(Carry):
     def carried(self, mem, t, s_parent, u_t):
         if s_parent is None:
             return None
-        gate = mem[2] if u_t is None else self._gates(mem, u_t)
+        reset_in, reset_out, gate = mem
+        gate = gate if u_t is None else reset_gates(gate, reset_in, reset_out, u_t)
         return self.hard(gate) * s_parent, s_parent != 0
 
     def gates(self, u_t: Tensor) -> Tensor:
         """(B, F) gates after innovations u_t fire, for analysis."""
-        return self._gates(self._parts(), u_t)
-
-    @staticmethod
-    def _gates(parts: tuple[Tensor, Tensor, Tensor], u_t: Tensor) -> Tensor:
-        """(B, F): persistence times the resets that dense innovations u_t (B, F) drive."""
-        reset_in, reset_out, gate = parts
-        return gate * torch.exp(-(u_t @ reset_in) @ reset_out)
+        reset_in, reset_out, gate = self._parts()
+        return reset_gates(gate, reset_in, reset_out, u_t)
 
 
 @dataclass
@@ -124,38 +135,46 @@ class _AttentionMemory:
     mix: Tensor  # (H, F): how each feature mixes the heads
     last_step: Tensor  # (B, F) long: the step at which each feature last fired, -1 if never
     last_value: Tensor  # (B, F): the feature's state value at that step
-    gate: Tensor  # (F,) hard persistence gates, the decay per step since a feature fired
+    gate: Tensor  # (F,) hard persistence gates
+    resets: tuple[Tensor, Tensor]  # the reset map's factors A (F, r), B (r, F)
+    survival: Tensor  # (B, F): product of the step gates since the feature last fired (1 there)
     keys: Tensor | None = None  # (B, H, steps so far, dh); grown by cat (one autograd node a step)
     query_step: int = -1
     query_base: Tensor | None = None  # (B, H * dh) query from step query_step's position and parent
     prior_weight: Tensor | None = None  # (B, F) weights for query_base: the cap on what u_t may carry
-    decay_step: int = -1
-    decay: Tensor | None = None  # (B, F) gate ** age at step decay_step, shared by `prior` and `carried`
+    step_gate: Tensor | None = None  # (B, F) this step's gates, after its innovations' resets
 
 
 @CARRIES.decorator("attention")
 class AttentionCarry(Carry):
     """Causal attention over past codes: feature f, last fired at step j < t with state value
-    v, is carried as hard(sum_h mix[h, f] a[h, t, j]) * hard(gate_f) ** (t - j) * v, where
-    a[h, t, j] = sigmoid(q_t . k_j / sqrt(dh) + b_h); queries read the parent's state, u_t and
-    t's position; keys read u_j and j's position; gate_f is the feature's persistence, as in
-    the gated carry. Codes and positions only, so the decoder still reads codes only; the
-    value is the feature's own earlier state, so a carried feature stays a row of the one
-    dictionary and is never counted twice.
+    v, is carried as
 
-    (t - j counts steps in the axis's walk order.) The persistence decay is what stopped this
-    carry blowing up when it switches on in training. Without it every feature that had
-    fired anywhere earlier in the window was carried at its full attention weight, and the
-    weight is shared by all features last fired at the same step: on the synthetic regions
-    the state jumped to 113 codes a position (22 innovations) within 20 steps of the carry
-    switching on, the training MSE from 0.45 to 14.7, and the dictionary never recovered.
-    The attention starts open (b_h = 4), so the persistences learn first, feature by feature,
-    as the gated carry's do; the attention can then lower what chosen steps carry.
+        hard(sum_h mix[h, f] a[h, t, j]) * prod_{s = j+1..t} hard(g[s, f]) * v,
+
+    where a[h, t, j] = sigmoid(q_t . k_j / sqrt(dh) + b_h); queries read the parent's state,
+    u_t and t's position; keys read u_j and j's position; and g[s] = gate * exp(-(u_s A B)) is
+    the gated carry's step gate: the feature's persistence times the resets that the
+    innovations firing at step s drive (s counts steps in the axis's walk order). Codes and
+    positions only, so the decoder still reads codes only; the value is the feature's own
+    earlier state, so a carried feature stays a row of the one dictionary and is never
+    counted twice. The attention chooses which earlier steps a position reads; persistence
+    and resets decide, feature by feature, what has survived since.
+
+    Both were needed. Without the persistence decay every feature that had fired anywhere
+    earlier in the window was carried at its full attention weight, and the weight is shared
+    by all features last fired at the same step: on the synthetic regions the state jumped to
+    113 codes a position (22 innovations) within 20 steps of the carry switching on, the
+    training MSE from 0.45 to 14.7, and the dictionary never recovered. With the decay but no
+    resets the attention forgot by step, not by feature: a region's old value lingered after a
+    new one fired (held-out FVU 0.212 at k 6 after 1M positions; 0.158 with the resets). The
+    attention starts open (b_h = 4), so the persistences and resets learn first, as the gated
+    carry's do; the attention can then lower what chosen steps carry.
 
     What step t's innovations carry is capped at the prior the encoder coded against (the
-    weight without u_t): firing features may lower what is carried, as the gated carry's
-    resets do, but never raise it, so the state cannot overshoot what the encoder saw. (The
-    cap alone did not stop this carry from diverging; holding earlier codes fixed in `prior` did.)"""
+    weight without u_t): firing features may lower what is carried, as resets do, but never
+    raise it, so the state cannot overshoot what the encoder saw. (The cap alone did not stop
+    this carry from diverging; holding the attention weights' inputs fixed in `prior` did.)"""
 
     def __init__(self, cfg: ContextualConfig, n_position_features: int = 24):
         super().__init__(cfg)
@@ -169,6 +188,7 @@ class AttentionCarry(Carry):
         self.bias = nn.Parameter(torch.full((cfg.heads,), _ATTENTION_INIT_LOGIT))
         self.persistence = nn.Parameter(torch.full((f,), float(cfg.init_persistence)))
         self.mix_logits = nn.Parameter(torch.zeros(cfg.heads, f))
+        self.reset_in_raw, self.reset_out_raw = reset_parameters(cfg)
 
     def _pos(self, positions: Tensor, P: Tensor) -> Tensor:
         return positions.to(P.dtype) @ P[: positions.shape[-1]]  # axes have 8 to 24 position features
@@ -177,7 +197,8 @@ class AttentionCarry(Carry):
         f = self.cfg.width
         return _AttentionMemory(axis.positions, torch.softmax(self.mix_logits, dim=0),
                                 torch.full((batch, f), -1, dtype=torch.long), self.W_k.new_zeros(batch, f),
-                                self.hard(persistence_gate(self.persistence)))
+                                self.hard(persistence_gate(self.persistence)),
+                                reset_factors(self.reset_in_raw, self.reset_out_raw), self.W_k.new_ones(batch, f))
 
     def carried(self, mem: _AttentionMemory, t, s_parent, u_t):
         if mem.keys is None:
@@ -185,30 +206,26 @@ class AttentionCarry(Carry):
         if mem.query_step != t:  # the part of the query both calls at step t share
             mem.query_step, mem.query_base = t, self._query(mem, t, s_parent)
             mem.prior_weight = self._weight(mem, mem.query_base)
-        weight = mem.prior_weight
+        weight, mem.step_gate = mem.prior_weight, mem.gate
         if u_t is not None:
             weight = torch.minimum(weight, self._weight(mem, mem.query_base + u_t @ self.W_q_new))
-        return self.hard(weight) * self._decay(mem, t) * mem.last_value, mem.last_step >= 0
+            mem.step_gate = self.hard(reset_gates(mem.gate, *mem.resets, u_t))
+        return self.hard(weight) * mem.survival * mem.step_gate * mem.last_value, mem.last_step >= 0
 
     def prior(self, mem, t, s_parent):
-        """Unlike the gated carry's, this prior holds earlier codes fixed: the query reads the
-        parent's state without gradient, and the keys and carried values are the memory's,
-        detached; the prior's gradient reaches the query's parameters and the dictionary.
-        Backpropagating the encoder's input into earlier steps through this carry blows the
-        gradients up (W_dec's to 8.6e5, against 11 here, on the tests' random model in float64), and it diverged on
-        every benchmark while it did."""
+        """The query reads the parent's state without gradient and the keys are the memory's,
+        detached: backpropagating the encoder's input into earlier steps through the attention
+        weights blew the gradients up (W_dec's to 8.6e5, against 11 without, on the tests'
+        random model in float64), and this carry diverged on every benchmark while it did. The
+        carried values and their survival since they fired keep their gradient, as the gated
+        carry's prior does (through its parent's state): with them detached too, the synthetic
+        benchmark's k 8 blew up once the carry came on (held-out FVU 0.75; k 4 and 6 trained)."""
         if mem.keys is None:
             return None
         q = self._query(mem, t, None if s_parent is None else s_parent.detach())
         weight = self._weight(mem, q, mem.keys.detach())
-        return self.hard(weight) * self._decay(mem, t) * mem.last_value.detach(), mem.last_step >= 0
-
-    def _decay(self, mem: _AttentionMemory, t: int) -> Tensor:
-        """(B, F): hard(persistence gate) ** (steps since the feature last fired), once a step."""
-        if mem.decay_step != t:
-            age = (t - mem.last_step).clamp(min=1).to(mem.last_value.dtype)
-            mem.decay_step, mem.decay = t, mem.gate ** age
-        return mem.decay
+        survival = mem.survival * mem.gate  # nothing fired at t yet: no resets
+        return self.hard(weight) * survival * mem.last_value, mem.last_step >= 0
 
     def _query(self, mem: _AttentionMemory, t: int, s_parent: Tensor | None) -> Tensor:
         """(B, H * dh): the query from step t's position and the parent's state, before u_t."""
@@ -233,6 +250,9 @@ class AttentionCarry(Carry):
         fired = u_t != 0
         mem.last_step = torch.where(fired, t, mem.last_step)
         mem.last_value = torch.where(fired, s_t, mem.last_value)
+        if mem.step_gate is not None:  # survival: 1 where a feature fires, times the step's gate elsewhere
+            mem.survival = torch.where(fired, torch.ones((), dtype=s_t.dtype), mem.survival * mem.step_gate)
+            mem.step_gate = None
 
 
 def make_carry(cfg: ContextualConfig) -> Carry:

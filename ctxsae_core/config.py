@@ -145,7 +145,7 @@ class ContextualConfig(SAEConfig):
     activation: ActivationConfig = param(BatchTopK(k=8), "how the encoder's pre-activations become innovations")
     carry: str = param("gated", "how the state reaches a position: 'gated' (persistence along the parent "
                        "pointer, reset by features firing) or 'attention' (causal attention over past codes)")
-    reset_rank: int = param(32, "gated carry: rank of the feature -> feature reset map")
+    reset_rank: int = param(32, "rank of the feature -> feature reset map (both carries)")
     heads: int = param(4, "attention carry: number of heads (each feature is carried by a learned mix of heads)")
     head_dim: int = param(16, "attention carry: query/key width per head")
     carry_threshold: float = param(
@@ -158,7 +158,7 @@ class ContextualConfig(SAEConfig):
         -4.0, "initial persistence logit of every feature (sigmoid(-4) = 0.018): training starts as a "
         "per-position SAE, so the dictionary forms first, and features learn to persist where it pays")
     init_reset: float = param(
-        -1.5, "gated carry: initial logit of the reset map's factors (softplus(-1.5) = 0.2): resets "
+        -1.5, "initial logit of the reset map's factors (softplus(-1.5) = 0.2): resets "
         "start strong and are unlearned where they hurt, which happens at most positions")
     carry_lr_scale: float = param(
         10.0, "learning-rate multiplier of the carry's parameters: persistence logits must travel "

@@ -122,9 +122,8 @@ def _hand_model(carry: str = "gated", reset_1_to_0: bool = False):
             for p in (m.carry.W_q_state, m.carry.W_q_new, m.carry.W_k, m.carry.P_q, m.carry.P_k):
                 p.zero_()
             m.carry.bias.fill_(30.0)  # sigmoid(30) = 1 in float32
-        else:
-            m.carry.reset_in_raw.fill_(-30.0)
-            m.carry.reset_out_raw.fill_(-30.0)
+        m.carry.reset_in_raw.fill_(-30.0)
+        m.carry.reset_out_raw.fill_(-30.0)
         if reset_1_to_0:
             m.carry.reset_in_raw[1, 0] = 10.0
             m.carry.reset_out_raw[0, 0] = 10.0
@@ -163,8 +162,9 @@ def test_the_attention_carry_decays_with_the_steps_since_a_feature_last_fired():
     assert out.state[0, :, 1].tolist() == pytest.approx([0.99, 0, 0, 0, 0, 0])
 
 
-def test_a_region_switch_fires_once_and_resets_the_old_feature():
-    m, axis = _hand_model(reset_1_to_0=True), make_axis("tokens", 6)
+@pytest.mark.parametrize("carry", CARRIES)
+def test_a_region_switch_fires_once_and_resets_the_old_feature(carry):
+    m, axis = _hand_model(carry, reset_1_to_0=True), make_axis("tokens", 6)
     x = torch.zeros(1, 6, 4)
     x[0, :3, 0] = 1.0
     x[0, 3:, 1] = 1.0
