@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ctxsae_core.activations import use_sparse_path
+from ctxsae_core.activations import project, use_sparse_path
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.carry import Carry, make_carry
 from ctxsae_core.config import ContextualConfig
 from ctxsae_core.errors import InputError
 from ctxsae_core.registry import ARCHITECTURES
 from ctxsae_core.sae import BaseSAE, Built, SAEOutput
-from ctxsae_core.sparse_ops import SparseCodes, decode_steps, steps_features, steps_support, steps_to_dense
+from ctxsae_core.sparse_ops import decode_steps, steps_features, steps_support, steps_to_dense
 from ctxsae_core.sparse_walk import WalkSpec, bounded, gated_walk
 
 
@@ -80,10 +80,10 @@ class ContextualSAE(BaseSAE):
 
     def _project(self, codes: Tensor, dense: bool, support: Tensor | None = None) -> Tensor:
         """W_dec codes (no bias), normalised units, reading only the rows of `support` (default:
-        the non-zero codes) on the sparse path."""
-        if dense or not self.activation.sparse_grad or not use_sparse_path(codes.shape[0], self.W_dec_FD):
+        the non-zero codes) on the sparse path (`activations.project`)."""
+        if dense or not self.activation.sparse_grad:
             return codes @ self.W_dec_FD
-        return SparseCodes.from_dense(codes, support).decode(self.W_dec_FD)
+        return project(codes, self.W_dec_FD, support)
 
     def _cut(self, c: Tensor, support: Tensor, scale: float) -> Tensor:
         """Carried values `c` (scaled by `scale`) below carry_threshold become exactly zero, so

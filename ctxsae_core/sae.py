@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ctxsae_core.activations import Activation, Encoded, make_activation, use_sparse_path
+from ctxsae_core.activations import Activation, Encoded, make_activation, project
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.config import SAEConfig, TopK
 from ctxsae_core.errors import InputError
@@ -174,10 +174,7 @@ class BaseSAE(nn.Module):
     def decode_codes(self, codes: Tensor) -> Tensor:
         """Codes (..., F) -> reconstruction (..., D), raw units. Reads nothing but the codes."""
         flat = codes.reshape(-1, codes.shape[-1])
-        if self.activation.sparse_grad and use_sparse_path(flat.shape[0], self.W_dec_FD):
-            out = SparseCodes.from_dense(flat).decode(self.W_dec_FD)
-        else:
-            out = flat @ self.W_dec_FD
+        out = project(flat, self.W_dec_FD) if self.activation.sparse_grad else flat @ self.W_dec_FD
         return ((out + self.b_dec_D) / self.act_scale).reshape(*codes.shape[:-1], -1)
 
     def loss(self, x: Tensor, out: SAEOutput, dead_mask: Tensor | None = None,

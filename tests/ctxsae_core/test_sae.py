@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from ctxsae_core import SAE, BatchTopK, JumpReLU, ReLU, SAEConfig, TopK
 from ctxsae_core.errors import InputError
-from ctxsae_core.activations import use_sparse_path
+from ctxsae_core.activations import SPARSE_MAX_DENSITY, project, use_sparse_path
 from ctxsae_core.sae import SAEOutput, geometric_median
 
 # 256 rows x F=1024 x D=16 = 2^22 multiply-adds: wide enough and large enough for the sparse path
@@ -47,6 +47,25 @@ def test_fast_path_matches_dense_reference(act):
     assert g_fast.keys() == g_ref.keys()
     for name in g_ref:
         assert_close(g_fast[name], g_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("density", [0.01, 0.3])
+def test_project_takes_the_sparse_kernels_only_for_few_entries_and_matches_the_product(density):
+    torch.manual_seed(0)
+    W = torch.randn(F, D, dtype=torch.float64, requires_grad=True)
+    support = torch.rand(B * T, F) < density
+    codes = torch.where(support, torch.rand(B * T, F, dtype=torch.float64), 0.0).requires_grad_()
+    g = torch.randn(B * T, D, dtype=torch.float64)
+    out = project(codes, W, support)
+    sparse = density < SPARSE_MAX_DENSITY
+    assert (type(out.grad_fn).__name__ == "_DecodeBackward") == sparse  # dense product above the density
+    assert_close(out, codes @ W)
+    grads = torch.autograd.grad(out, (codes, W), g)
+    ref = torch.autograd.grad(codes @ W, (codes, W), g)
+    assert_close(grads[0][support], ref[0][support])  # entries outside the support: no gradient downstream
+    assert_close(grads[1], ref[1])
+    if sparse:
+        assert (grads[0][~support] == 0).all()
 
 
 def test_topk_keeps_exactly_k_per_position():
