@@ -71,6 +71,12 @@ class Activation(nn.Module):
         shares one budget (BatchTopK in training); otherwise every row is coded alone."""
         raise NotImplementedError
 
+    def select_sampling(self, pre: Tensor, sample: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """`select(pre, pooled=False)`, also appending to `sample` the values of `pre` that
+        `update_statistics_` will read (nothing, for activations without statistics), so that
+        it need not pass over all the pre-activations again."""
+        return self.select(pre, False)
+
     def encode(self, x_c: Tensor, W_FD: Tensor, b_F: Tensor, pooled: bool = False, dense: bool = True) -> Encoded:
         """Codes of the centred inputs `x_c` (N, D) under encoder W (F, D), b (F,). With
         `dense=False`, codes on the sparse path come in COO form only (`Encoded.dense` is None)."""
@@ -104,9 +110,9 @@ class Activation(nn.Module):
         (only called when `has_penalty`)."""
         raise NotImplementedError
 
-    def update_statistics_(self, pre: Tensor, n_positions: int) -> None:
+    def update_statistics_(self, pre: Tensor, n_positions: int, sample: Tensor | None = None) -> None:
         """Update running statistics from a training step's pre-activations (..., F) (called by
-        the trainer)."""
+        the trainer); `sample`: what `select_sampling` collected of them, if it ran."""
 
 
 class _BudgetActivation(Activation):
@@ -184,17 +190,37 @@ class BatchTopKActivation(_BudgetActivation):
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_seen", torch.zeros((), dtype=torch.bool))
 
-    def _cutoff(self, pre: Tensor, n_positions: int) -> Tensor:
-        """The (n_positions * budget)-th largest entry of `pre` (..., F), at least 0."""
+    def _guess(self) -> float | None:
+        """The threshold tracks the pooled cut-off, so most of the time a little below it
+        (0.8 x threshold) is below the cut-off too; None before the threshold is set."""
+        return _GUESS_BELOW_THRESHOLD * float(self.threshold) if float(self.threshold) > 0 else None
+
+    def _cutoff(self, pre: Tensor, n_positions: int, sample: Tensor | None = None) -> Tensor:
+        """The (n_positions * budget)-th largest entry of `pre` (..., F), at least 0. `sample`:
+        every entry of `pre` at or above `_guess()`, as `select_sampling` collects them."""
         n_keep = min(max(1, round(self.budget * n_positions)), pre.numel())
-        # the threshold tracks this cut-off, so most of the time a little below it is below the answer
-        guess = _GUESS_BELOW_THRESHOLD * float(self.threshold) if float(self.threshold) > 0 else None
-        return _kth_largest(pre, n_keep, guess).clamp_min(0)
+        if sample is not None and sample.numel() >= n_keep:  # what `_kth_largest` would search first
+            return sample.topk(n_keep, sorted=False).values.min().clamp_min(0)
+        return _kth_largest(pre, n_keep, self._guess()).clamp_min(0)
 
     def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
         cut = self._cutoff(pre, pre.shape[0]) if pooled else self.threshold
         fire = (pre >= cut) & (pre > 0) if pooled else pre > cut
         return fire.nonzero(as_tuple=True)
+
+    def select_sampling(self, pre: Tensor, sample: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The entries above the threshold, found among those at or above the guess (one pass
+        over `pre` serves both): a contextual walk collects, step by step while `pre` is at
+        hand, what the threshold's update would otherwise find in a second pass over all its
+        pre-activations (36 ms of a 310 ms training step at 64 windows x 64 tokens x 4608)."""
+        guess = self._guess()
+        if guess is None:
+            return self.select(pre, False)
+        rows, cols = (pre >= guess).nonzero(as_tuple=True)
+        vals = pre[rows, cols]
+        sample.append(vals)
+        fire = vals > self.threshold
+        return rows[fire], cols[fire]
 
     def codes(self, pre: Tensor, pooled: bool = False) -> Tensor:
         if pooled:
@@ -202,8 +228,8 @@ class BatchTopKActivation(_BudgetActivation):
         return pre.masked_fill(pre <= self.threshold, 0.0)  # == select's `pre > threshold`, one pass
 
     @torch.no_grad()
-    def update_statistics_(self, pre: Tensor, n_positions: int) -> None:
-        cut = self._cutoff(pre, n_positions)
+    def update_statistics_(self, pre: Tensor, n_positions: int, sample: Tensor | None = None) -> None:
+        cut = self._cutoff(pre, n_positions, sample)
         if not bool(self.threshold_seen):
             self.threshold.copy_(cut)
             self.threshold_seen.fill_(True)

@@ -53,6 +53,7 @@ class _Codes(NamedTuple):
     carried: Built  # (B, S, F)
     carried_support: Built  # (B, S, F) bool
     fired: Built | None  # (F,) bool, features with an innovation; None: from the innovations
+    sample: Tensor | None = None  # `SAEOutput.statistics_sample`
 
 
 class _Decoded(NamedTuple):
@@ -145,7 +146,7 @@ class ContextualSAE(BaseSAE):
         codes, decoded, enc_in = run(axis, xs, out_steps, reference)
         x_hat = (decoded.recon + self.b_dec_D) / self.act_scale
         return SAEOutput(x_hat, codes.innovations, codes.state, codes.pre_acts, enc_in,
-                         codes.carried, codes.carried_support, decoded.carried, codes.fired)
+                         codes.carried, codes.carried_support, decoded.carried, codes.fired, codes.sample)
 
     def _run_sparse(self, axis: ContextAxis, xs: Tensor, out_steps: slice,
                     reference: bool = False) -> tuple[_Codes, _Decoded, Tensor]:
@@ -153,14 +154,15 @@ class ContextualSAE(BaseSAE):
         units), one autograd Function (`ctxsae_core.sparse_walk`); the dense codes are built
         only if read. Returns the encoder's inputs (B, S, D) too."""
         gate, reset_in, reset_out_T = self.carry.sparse_parts()
+        sample: list[Tensor] = []
         spec = WalkSpec(axis.parent.tolist(), self.carry_scale, self.config.carry_threshold, self.config.gate_floor,
-                        lambda pre: self.activation.select(pre, False))
+                        lambda pre: self.activation.select_sampling(pre, sample))
         walk = gated_walk(spec, xs, self.b_dec_D, self.W_dec_FD, self.W_enc_FD, self.b_enc_F, gate, reset_in,
                           reset_out_T)
         states = walk.states[out_steps]
         codes = _Codes(lambda: steps_to_dense(walk.innovations), lambda: steps_to_dense(states), walk.pre_acts,
                        lambda: steps_to_dense(walk.carried), lambda: steps_support(walk.carried),
-                       lambda: steps_features(walk.innovations))
+                       lambda: steps_features(walk.innovations), torch.cat(sample) if sample else None)
         decoded = _Decoded(decode_steps(states, self.W_dec_FD),
                            decode_steps(walk.carried, self.W_dec_FD) if self.config.carry_coeff else None)
         return codes, decoded, walk.enc_in

@@ -62,13 +62,16 @@ class SAEOutput:
 
     def __init__(self, x_hat: Tensor, innovations: Built, state: Built, pre_acts: Built, enc_in: Tensor,
                  carried: Built | None = None, carried_support: Built | None = None,
-                 carried_decoded: Tensor | None = None, fired: Built | None = None):
+                 carried_decoded: Tensor | None = None, fired: Built | None = None,
+                 statistics_sample: Tensor | None = None):
         self.x_hat = x_hat  # (B, T, D) reconstruction, raw units
         self.innovations, self.state, self.pre_acts = innovations, state, pre_acts
         self.enc_in = enc_in  # (B, S, D) encoder inputs (normalised, centred, minus what the state carries)
         self.carried, self.carried_support = carried, carried_support
         self.carried_decoded = carried_decoded  # (B, S, D) W_dec carried (normalised, no b_dec), with autograd
         self._fired = fired if fired is not None else (lambda: (self.innovations != 0).flatten(0, -2).any(0))
+        # what the activation's `select_sampling` collected of pre_acts while coding, if it ran
+        self.statistics_sample = statistics_sample
 
     def fired(self) -> Tensor:
         """(F,) bool: the features with an innovation anywhere in the batch."""
@@ -229,7 +232,7 @@ class BaseSAE(nn.Module):
     def update_statistics_(self, out: SAEOutput, n_positions: int) -> None:
         """After a training step: running statistics of the activation (BatchTopK's threshold)."""
         if self.activation.has_statistics:
-            self.activation.update_statistics_(out.pre_acts.detach(), n_positions)
+            self.activation.update_statistics_(out.pre_acts.detach(), n_positions, out.statistics_sample)
 
 
 class SAE(BaseSAE):

@@ -234,6 +234,11 @@ def test_fast_path_matches_dense_reference(carry, act, kind, T, grid):
     for out in (o1, plain):  # the sparse walk builds its dense fields on read; the same values
         assert_close(out.pre_acts, o2.pre_acts.detach(), rtol=1e-5, atol=1e-6)
         assert torch.equal(out.fired(), (o2.innovations != 0).reshape(-1, f).any(0))
+    if m._walks_sparse(32, reference=False) and act.kind == "batchtopk":
+        pre = o1.pre_acts.detach()  # the walk sampled what the threshold's update reads
+        assert torch.equal(o1.statistics_sample.sort().values, pre[pre >= 0.8 * 0.7].sort().values)
+    else:
+        assert o1.statistics_sample is None
     m.carry_scale = 0.0  # the trainer's warm-up: nothing carried
     with torch.no_grad():
         off, off_reference = m(x, axis), m(x, axis, reference=True)

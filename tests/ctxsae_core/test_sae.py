@@ -9,6 +9,7 @@ from torch.testing import assert_close
 
 from ctxsae_core import SAE, BatchTopK, JumpReLU, ReLU, SAEConfig, TopK
 from ctxsae_core.errors import InputError
+from ctxsae_core import activations
 from ctxsae_core.activations import SPARSE_MAX_DENSITY, project, use_sparse_path
 from ctxsae_core.sae import SAEOutput, geometric_median
 
@@ -94,6 +95,33 @@ def test_batchtopk_pools_the_budget_in_training_and_uses_the_threshold_in_eval()
     out3 = m(x)
     fired = out3.innovations != 0
     assert torch.equal(fired, out3.pre_acts > m.activation.threshold)
+
+
+@pytest.mark.parametrize("k", [4, 400])  # 768 entries kept of the sample's ~41,000; 76,800: too few
+def test_batchtopk_threshold_update_from_what_the_walk_sampled(k, monkeypatch):
+    """A contextual walk codes step by step with `select_sampling`: the same entries as
+    `select`, and the entries at or above 0.8 x threshold collected on the way, from which
+    the threshold's update finds the pooled cut-off without a second pass over the
+    pre-activations; with too few of them it makes that pass, as it would without them."""
+    act = _model(BatchTopK(k=k, threshold_momentum=0.5)).activation
+    act.threshold.fill_(1.0)
+    act.threshold_seen.fill_(True)  # so that the update is an average: 0.5 x 1 + 0.5 x cut-off
+    pre = torch.randn(6, 32, F)  # (windows, steps, F)
+    sample = []
+    for s in range(32):
+        rows, cols = act.select_sampling(pre[:, s], sample)
+        want = act.select(pre[:, s], False)
+        assert torch.equal(rows, want[0]) and torch.equal(cols, want[1])
+    sample = torch.cat(sample)
+    assert torch.equal(sample.sort().values, pre[pre >= 0.8].sort().values)
+    n_keep = k * 6 * 32
+    cut = float(pre.flatten().topk(n_keep).values.min())
+    if n_keep <= sample.numel():
+        monkeypatch.setattr(activations, "_kth_largest", lambda *a: pytest.fail("a second pass over pre"))
+    else:
+        assert cut < 0.8  # the cut-off lies below what was sampled
+    act.update_statistics_(pre, 6 * 32, sample)
+    assert float(act.threshold) == pytest.approx(0.5 + 0.5 * max(cut, 0.0))
 
 
 def test_jumprelu_straight_through_gradients_by_hand():
