@@ -156,7 +156,7 @@ class ContextualSAE(BaseSAE):
         gate, reset_in, reset_out_T = self.carry.sparse_parts()
         sample: list[Tensor] = []
         spec = WalkSpec(axis.parent.tolist(), self.carry_scale, self.config.carry_threshold, self.config.gate_floor,
-                        lambda pre: self.activation.select_sampling(pre, sample))
+                        lambda pre: self.activation.select_sampling(pre, False, sample))
         walk = gated_walk(spec, xs, self.b_dec_D, self.W_dec_FD, self.W_enc_FD, self.b_enc_F, gate, reset_in,
                           reset_out_T)
         states = walk.states[out_steps]

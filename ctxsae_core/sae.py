@@ -262,7 +262,8 @@ class SAE(BaseSAE):
         recon = enc.dense @ self.W_dec_FD if enc.sparse is None else enc.sparse.decode(self.W_dec_FD)
         x_hat = ((recon + self.b_dec_D) / self.act_scale).reshape(b, t, d)
         codes, fired = self._codes_of(enc, (b, t, -1))
-        return SAEOutput(x_hat, codes, codes, enc.pre.reshape(b, t, -1), x_c.reshape(b, t, d), fired=fired)
+        return SAEOutput(x_hat, codes, codes, enc.pre.reshape(b, t, -1), x_c.reshape(b, t, d), fired=fired,
+                         statistics_sample=enc.sample)
 
     @staticmethod
     def _codes_of(enc: Encoded, shape: tuple[int, ...]) -> tuple[Built, Built | None]:

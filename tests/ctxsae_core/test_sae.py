@@ -109,7 +109,7 @@ def test_batchtopk_threshold_update_from_what_the_walk_sampled(k, monkeypatch):
     pre = torch.randn(6, 32, F)  # (windows, steps, F)
     sample = []
     for s in range(32):
-        rows, cols = act.select_sampling(pre[:, s], sample)
+        rows, cols = act.select_sampling(pre[:, s], False, sample)
         want = act.select(pre[:, s], False)
         assert torch.equal(rows, want[0]) and torch.equal(cols, want[1])
     sample = torch.cat(sample)
@@ -122,6 +122,24 @@ def test_batchtopk_threshold_update_from_what_the_walk_sampled(k, monkeypatch):
         assert cut < 0.8  # the cut-off lies below what was sampled
     act.update_statistics_(pre, 6 * 32, sample)
     assert float(act.threshold) == pytest.approx(0.5 + 0.5 * max(cut, 0.0))
+
+
+def test_pooled_batchtopk_finds_its_cutoff_once_a_step(monkeypatch):
+    """Per-position BatchTopK in training: the pooled cut-off is sought among the entries at
+    or above 0.8 x threshold, and the threshold's update reads those same entries rather than
+    passing over all the pre-activations again."""
+    m = _model(BatchTopK(k=4, threshold_momentum=0.5))
+    x = torch.randn(B, T, D)
+    m.prime_statistics_(x)  # sets the threshold, so there is a guess to sample at
+    t0 = float(m.activation.threshold)
+    monkeypatch.setattr(activations, "_kth_largest", lambda *a: pytest.fail("a second pass over pre"))
+    out = m.train()(torch.randn(B, T, D))
+    pre = out.pre_acts.detach().reshape(-1, F)
+    cut = float(pre.flatten().topk(4 * B * T).values.min())
+    assert (out.innovations != 0).sum() == 4 * B * T
+    assert torch.equal(out.statistics_sample.sort().values, pre[pre >= 0.8 * t0].sort().values)
+    m.update_statistics_(out, B * T)
+    assert float(m.activation.threshold) == pytest.approx(0.5 * t0 + 0.5 * cut)
 
 
 def test_jumprelu_straight_through_gradients_by_hand():
