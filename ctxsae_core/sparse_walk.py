@@ -39,12 +39,16 @@ from ctxsae_core.sparse_ops import SparseCodes, csr, entry_dots, feature_row_sum
 RESIDUAL_BOUND = 2.0
 
 
+def _bound_ratio(residual: Tensor, centred: Tensor) -> Tensor:
+    """(rows, 1): RESIDUAL_BOUND x the norm of `centred`'s rows over the norm of `residual`'s;
+    the bound holds where it is at most 1."""
+    return RESIDUAL_BOUND * centred.norm(dim=-1, keepdim=True) / residual.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
 def bounded(residual: Tensor, centred: Tensor) -> Tensor:
     """Rows of `residual` scaled down to at most RESIDUAL_BOUND x the norm of `centred`'s rows;
     a no-op whenever the carried state is not wildly off."""
-    limit = RESIDUAL_BOUND * centred.norm(dim=-1, keepdim=True)
-    norm = residual.norm(dim=-1, keepdim=True)
-    return residual * (limit / norm.clamp_min(1e-12)).clamp(max=1.0)
+    return residual * _bound_ratio(residual, centred).clamp(max=1.0)
 
 
 def bounded_backward(grad: Tensor, residual: Tensor, centred: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,7 +137,7 @@ def _forward_step(tape: _Tape, t: int, x_t: Tensor, b_dec: Tensor, W_dec: Tensor
         step.parent, step.parent_crow, step.hard_gate = parent, parent.row_pointers(), hard_gate[parent.cols]
         step.prior = _cut(step.hard_gate * parent.vals, spec.scale, spec.carry_threshold)
         residual = centred - parent.with_values(step.prior).decode(W_dec, step.parent_crow)
-        ratio = RESIDUAL_BOUND * centred.norm(dim=-1, keepdim=True) / residual.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        ratio = _bound_ratio(residual, centred)
         if bool((ratio <= 1.0).any()):  # `bounded`, whose scale is otherwise exactly 1
             step.bound = (residual, centred)
             residual = residual * ratio.clamp(max=1.0)

@@ -17,6 +17,13 @@ from ctxsae_core.sae import SAEOutput, geometric_median
 B, T, D, F = 8, 32, 16, 1024
 
 
+def _passes_over_pre(monkeypatch) -> list:
+    """Record each search of all of the pre-activations for the entries at or above a guess."""
+    calls, real = [], activations._at_or_above
+    monkeypatch.setattr(activations, "_at_or_above", lambda *a: calls.append(a) or real(*a))
+    return calls
+
+
 def _model(act, seed=0):
     torch.manual_seed(seed)
     m = SAE(SAEConfig(d_in=D, width=F, activation=act))
@@ -99,10 +106,10 @@ def test_batchtopk_pools_the_budget_in_training_and_uses_the_threshold_in_eval()
 
 @pytest.mark.parametrize("k", [4, 400])  # 768 entries kept of the sample's ~41,000; 76,800: too few
 def test_batchtopk_threshold_update_from_what_the_walk_sampled(k, monkeypatch):
-    """A contextual walk codes step by step with `select_sampling`: the same entries as
-    `select`, and the entries at or above 0.8 x threshold collected on the way, from which
+    """A contextual walk codes step by step with `select_sampling`: the entries above the
+    threshold, and the entries at or above 0.8 x threshold collected on the way, from which
     the threshold's update finds the pooled cut-off without a second pass over the
-    pre-activations; with too few of them it makes that pass, as it would without them."""
+    pre-activations; with too few of them it searches the rows' offers (`_kth_largest`)."""
     act = _model(BatchTopK(k=k, threshold_momentum=0.5)).activation
     act.threshold.fill_(1.0)
     act.threshold_seen.fill_(True)  # so that the update is an average: 0.5 x 1 + 0.5 x cut-off
@@ -110,18 +117,18 @@ def test_batchtopk_threshold_update_from_what_the_walk_sampled(k, monkeypatch):
     sample = []
     for s in range(32):
         rows, cols = act.select_sampling(pre[:, s], False, sample)
-        want = act.select(pre[:, s], False)
+        want = (pre[:, s] > act.threshold).nonzero(as_tuple=True)  # the entries above the threshold
         assert torch.equal(rows, want[0]) and torch.equal(cols, want[1])
     sample = torch.cat(sample)
     assert torch.equal(sample.sort().values, pre[pre >= 0.8].sort().values)
     n_keep = k * 6 * 32
     cut = float(pre.flatten().topk(n_keep).values.min())
-    if n_keep <= sample.numel():
-        monkeypatch.setattr(activations, "_kth_largest", lambda *a: pytest.fail("a second pass over pre"))
-    else:
+    if n_keep > sample.numel():
         assert cut < 0.8  # the cut-off lies below what was sampled
+    passes = _passes_over_pre(monkeypatch)
     act.update_statistics_(pre, 6 * 32, sample)
     assert float(act.threshold) == pytest.approx(0.5 + 0.5 * max(cut, 0.0))
+    assert passes == []  # the sample stands in for that pass (then rows' offers, if too few)
 
 
 def test_pooled_batchtopk_finds_its_cutoff_once_a_step(monkeypatch):
@@ -132,7 +139,7 @@ def test_pooled_batchtopk_finds_its_cutoff_once_a_step(monkeypatch):
     x = torch.randn(B, T, D)
     m.prime_statistics_(x)  # sets the threshold, so there is a guess to sample at
     t0 = float(m.activation.threshold)
-    monkeypatch.setattr(activations, "_kth_largest", lambda *a: pytest.fail("a second pass over pre"))
+    passes = _passes_over_pre(monkeypatch)
     out = m.train()(torch.randn(B, T, D))
     pre = out.pre_acts.detach().reshape(-1, F)
     cut = float(pre.flatten().topk(4 * B * T).values.min())
@@ -140,6 +147,7 @@ def test_pooled_batchtopk_finds_its_cutoff_once_a_step(monkeypatch):
     assert torch.equal(out.statistics_sample.sort().values, pre[pre >= 0.8 * t0].sort().values)
     m.update_statistics_(out, B * T)
     assert float(m.activation.threshold) == pytest.approx(0.5 * t0 + 0.5 * cut)
+    assert len(passes) == 1  # coding's; the update reads what it found
 
 
 def test_jumprelu_straight_through_gradients_by_hand():
@@ -235,7 +243,7 @@ def test_shrink_encoder_fixes_the_tied_init_overshoot_when_k_is_near_d():
 
 
 def test_pooled_cutoff_offers_per_row_and_falls_back_when_one_row_holds_the_largest_or_the_guess_is_high():
-    from ctxsae_core.activations import _kth_largest
+    from ctxsae_core.activations import _at_or_above, _kth_largest
 
     torch.manual_seed(0)
     pre = torch.randn(64, 512)
@@ -248,10 +256,10 @@ def test_pooled_cutoff_offers_per_row_and_falls_back_when_one_row_holds_the_larg
     for n_keep in (64, 64 * 8):
         exact = pre.reshape(-1).topk(n_keep).values.min()
         for guess in (exact - 0.5, exact, exact + 0.01, 100.0):  # below, at, above: all exact
-            assert _kth_largest(pre, n_keep, guess=float(guess)) == exact
+            assert _kth_largest(pre, n_keep, _at_or_above(pre, float(guess))) == exact
             # a permuted view (a contextual walk's (B, S, F) pre-activations, stored (S, F, B))
-            stored = pre.reshape(8, 8, 512).permute(1, 2, 0).contiguous()
-            assert _kth_largest(stored.permute(2, 0, 1), n_keep, guess=float(guess)) == exact
+            view = pre.reshape(8, 8, 512).permute(1, 2, 0).contiguous().permute(2, 0, 1)
+            assert _kth_largest(view, n_keep, _at_or_above(view, float(guess))) == exact
 
 
 @pytest.mark.parametrize("act", [TopK(k=8), BatchTopK(k=8), ReLU(l1_coeff=0.01), JumpReLU(init_threshold=0.5)],
