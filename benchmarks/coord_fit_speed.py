@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from scenes.coord_fit import RADIANCE_SAMPLER, FitConfig, fit_image, fit_radiance
-from scenes.io import write_json
+from ctxsae_common.files import write_json_atomic
 from scenes.sampler import sample_scene
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
           f"depth |error| {m['depth_abs_error']:.3f} world units")
     aim = rows["radiance fourier"]["seconds_to"]["25"]
     print(f"aim (25 dB on held-out views within 10 min): {'MET' if aim is not None and aim <= 600 else 'MISSED'}")
-    write_json(args.out, {"scene_seed": args.scene_seed, "fits": rows,
+    write_json_atomic(args.out, {"scene_seed": args.scene_seed, "fits": rows,
                           "machine": machine_info()})
     print(f"wrote {args.out}")
     return 0

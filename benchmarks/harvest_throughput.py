@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ctxsae_core.checkpoint import write_json_atomic
-from visinterp.autoencoders import load_autoencoder
-from visinterp.harvest import harvest
+from ctxsae_common.files import write_json_atomic
+from visinterp.models.autoencoders import load_autoencoder
+from visinterp.harvest.maps import harvest
 import harvest_bench  # benchmarks/harvest_bench.py
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
@@ -42,7 +42,7 @@ def autoencoder(name: str):
         return load_autoencoder(str(TAEF2))
     from diffusers import AutoencoderKL
 
-    from visinterp.autoencoders.adapters import DiffusersKL
+    from visinterp.models.autoencoders.adapters import DiffusersKL
 
     torch.manual_seed(0)  # the SD VAE's architecture (sd-vae-ft-mse config); weights do not change the cost
     return DiffusersKL(AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,

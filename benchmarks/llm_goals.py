@@ -14,10 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from ctxsae_core.checkpoint import write_json_atomic
-from visinterp.llm_compare import compare, load_llm_config
-from visinterp.llm_report import verdict, write_report
-from visinterp.llm_view import LLMRunView
+from ctxsae_common.files import write_json_atomic
+from visinterp.llm.config import load_llm_config
+from visinterp.llm.run import compare
+from visinterp.llm.report import verdict, write_report
+from visinterp.llm.view import LLMRunView
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
 

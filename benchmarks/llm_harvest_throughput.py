@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ctxsae_core.checkpoint import write_json_atomic
-from visinterp.corpus import default_corpus, token_windows
-from visinterp.llm import load_causal_lm
-from visinterp.llm_compare import CorpusConfig, LLMCompareConfig, harvest_tokens
+from ctxsae_common.files import write_json_atomic
+from visinterp.inputs.corpus import default_corpus, token_windows
+from visinterp.models.causal_lm import load_causal_lm
+from visinterp.harvest.tokens import harvest_tokens
 import harvest_bench  # benchmarks/harvest_bench.py
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
@@ -47,16 +47,12 @@ def bare(lm, ids: torch.Tensor, layer: int, batch: int) -> float:
         config.num_hidden_layers = full
 
 
-def harvested(lm, windows, cfg: LLMCompareConfig) -> float:
+def harvested(lm, windows, hook: str, batch: int, shard_windows: int = 1024) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        harvest_tokens(lm, windows, cfg, Path(tmp), progress=False)
+        harvest_tokens(lm, windows.ids, hook, Path(tmp) / "store", {}, batch=batch, shard_windows=shard_windows,
+                       progress=False)
         return time.perf_counter() - start
-
-
-def config(hook: str, window: int, n: int, batch: int, shard_windows: int) -> LLMCompareConfig:
-    return LLMCompareConfig(hook=hook, shard_windows=shard_windows,
-                            corpus=CorpusConfig(window=window, windows=n, batch=batch))
 
 
 def memory_child(n: int, window: int, hook: str, shard_windows: int) -> None:
@@ -64,8 +60,9 @@ def memory_child(n: int, window: int, hook: str, shard_windows: int) -> None:
     lm = load_causal_lm()
     windows = windows_for(lm, n, window)
     with tempfile.TemporaryDirectory() as tmp:
-        harvest_tokens(lm, windows, config(hook, window, n, 16, shard_windows), Path(tmp), progress=False)
-        harvest_bench.child_report(Path(tmp), token_ids_mb=windows.ids.numel() * 8 / 2**20)
+        harvest_tokens(lm, windows.ids, hook, Path(tmp) / "store", {}, batch=16, shard_windows=shard_windows,
+                       progress=False)
+        harvest_bench.child_report(Path(tmp) / "store", token_ids_mb=windows.ids.numel() * 8 / 2**20)
 
 
 def main(argv=None) -> int:
@@ -89,9 +86,9 @@ def main(argv=None) -> int:
     rows = {}
     for hook in args.hooks.split(","):
         layer = int(hook.split(".")[1])
-        cfg = config(hook, args.window, args.windows, args.batch, 1024)
         rows[hook] = harvest_bench.side_by_side(lambda: bare(lm, windows.ids, layer, args.batch),
-                                                lambda: harvested(lm, windows, cfg), args.repeats, windows.ids.numel(),
+                                                lambda: harvested(lm, windows, hook, args.batch), args.repeats,
+                                                windows.ids.numel(),
                                                 "tokens")
     memory = harvest_bench.measure(__file__, [int(v) for v in args.memory_sizes.split(",")],
                                  lambda n: [n, args.window, "resid.15", 128])

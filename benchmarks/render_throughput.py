@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from scenes.io import write_json
+from ctxsae_common.files import write_json_atomic
 from scenes.render import render
 from scenes.sampler import SamplerConfig, sample_scene
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     print(f"\n{'objects (+ plane p=0.8)':>24}{'images/s at 128 px':>20}")
     for n, ips in by_objects.items():
         print(f"{n:>24}{ips:>20.2f}")
-    write_json(args.out, {"aa": args.aa, "scenes": args.scenes, "images_per_s_by_size": by_size,
+    write_json_atomic(args.out, {"aa": args.aa, "scenes": args.scenes, "images_per_s_by_size": by_size,
                           "images_per_s_by_objects_128px": by_objects,
                           "machine": machine_info()})
     print(f"wrote {args.out}")

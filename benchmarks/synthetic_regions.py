@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
-from ctxsae_core.checkpoint import build_sae, write_json_atomic
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
+from ctxsae_common.files import write_json_atomic
 from ctxsae_core.evaluate import evaluate
+from ctxsae_core.sweep import train_sae
 from ctxsae_core.synthetic import RegionsData, RegionsSpec, dictionary_recovery
-from ctxsae_core.trainer import Trainer
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
 GOALS = {"min_ratio_vs_per_position": 2.5, "max_ratio_vs_true_rate": 1.5, "min_gain_lost_by_control": 0.5}
@@ -86,16 +86,15 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
         cfg = ContextualConfig(d_in=setup.d, width=setup.width, activation=BatchTopK(k=k), carry=fam.carry)
     else:
         cfg = SAEConfig(d_in=setup.d, width=setup.width, activation=TopK(k=k))
-    torch.manual_seed(setup.seed)
-    model = build_sae(cfg)
-    train_cfg = TrainConfig(tokens=fam.tokens, batch_tokens=setup.batch_windows * setup.T, lr=setup.lr,
-                            seed=setup.seed, shuffle_context=fam.shuffle, progress=False, eval_every=0)
+    train_cfg = TrainConfig(tokens=fam.tokens, lr=setup.lr, seed=setup.seed, shuffle_context=fam.shuffle,
+                            progress=False, eval_every=0)
     start = time.perf_counter()
     try:
-        Trainer(model, train_cfg, axis).fit(data)
+        trained = train_sae(cfg, train_cfg, data, axis)
     except InputError as e:  # diverged: a point of the sweep all the same, not the end of the benchmark
         return {"family": fam.name, "k": k, "diverged": str(e), "tokens": fam.tokens, "lr": setup.lr}
     seconds = time.perf_counter() - start
+    model = trained.model
     result = evaluate(model, held.x, axis, shuffle_context=fam.shuffle, seed=setup.seed)
     return {"family": fam.name, "k": k, "fvu": result["fvu"], "l0": result["l0"], "state_l0": result["state_l0"],
             "dead_fraction": result["dead_fraction"], "recovery": dictionary_recovery(data.dictionary, model.W_dec_FD.detach()),

@@ -32,13 +32,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ctxsae_core import SAE, BatchTopK, ContextualConfig, ContextualSAE, SAEConfig, TopK, TrainConfig, make_axis
-from ctxsae_core.checkpoint import write_json_atomic
+from ctxsae_common.files import write_json_atomic
+from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
 from ctxsae_core.data import WindowBatches
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.metrics import fvu
+from ctxsae_core.sweep import train_sae
 from ctxsae_core.synthetic import RegionsData, RegionsSpec
-from ctxsae_core.trainer import Trainer, default_lr
+from ctxsae_core.trainer import default_lr
 from machine import cpu_model, machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
 GOALS = {"min_speedup_vs_saelens": 2.0, "max_contextual_cost_ratio": 2.0}
@@ -66,16 +67,15 @@ def _in_child(run, args, data_path: Path, *extra):
 
 
 def train_config(args, tokens: int, **overrides) -> TrainConfig:
-    return TrainConfig(tokens=tokens, batch_tokens=args.batch, lr=args.lr, progress=False, eval_every=0,
-                       checkpoint_every=0, log_every=0, **overrides)
+    return TrainConfig(tokens=tokens, lr=args.lr, progress=False, eval_every=0, checkpoint_every=0, log_every=0,
+                       **overrides)
 
 
 def run_ours(args, train, held) -> dict:
-    torch.manual_seed(0)
-    model = SAE(SAEConfig(d_in=args.d, width=args.width, activation=TopK(k=args.k)))
     batches = WindowBatches(train, args.batch // args.T, seed=0)
     start = time.perf_counter()
-    Trainer(model, train_config(args, args.tokens), None).fit(batches)
+    model = train_sae(SAEConfig(d_in=args.d, width=args.width, activation=TopK(k=args.k)),
+                      train_config(args, args.tokens), batches, None).model
     seconds = time.perf_counter() - start
     return {"tokens_per_s": args.tokens / seconds, "seconds": seconds,
             "heldout_fvu": evaluate(model, held, None)["fvu"]}
@@ -106,12 +106,11 @@ def run_saelens(args, train, held) -> dict:
 
 def run_contextual(args, train, held, carry: str) -> dict:
     tokens = args.tokens if carry == "gated" else args.attention_tokens
-    torch.manual_seed(0)
-    model = ContextualSAE(ContextualConfig(d_in=args.d, width=args.width, activation=BatchTopK(k=args.k), carry=carry))
     batches = WindowBatches(train, args.batch // args.T, seed=0)
     start = time.perf_counter()  # carry on from the first step: the cost of the full model
-    Trainer(model, train_config(args, tokens, carry_warmup_fraction=0.0, k_anneal_fraction=0.0),
-            make_axis("tokens", args.T)).fit(batches)
+    train_sae(ContextualConfig(d_in=args.d, width=args.width, activation=BatchTopK(k=args.k), carry=carry),
+              train_config(args, tokens, carry_warmup_fraction=0.0, k_anneal_fraction=0.0), batches,
+              make_axis("tokens", args.T))
     seconds = time.perf_counter() - start
     return {"tokens_per_s": tokens / seconds, "seconds": seconds, "tokens": tokens}
 

@@ -13,7 +13,7 @@ from ctxsae_core.config import (
     TrainConfig,
 )
 from ctxsae_core.contextual import ContextualSAE
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
 from ctxsae_core.sae import SAE, BaseSAE, LossTerms, SAEOutput
 
 __all__ = [

@@ -19,6 +19,9 @@ from ctxsae_core.sparse_ops import SparseCodes, gather_linear
 
 
 class Encoded(NamedTuple):
+    """What an activation's `encode` returns: the codes (dense and/or COO), the pre-activations,
+    and a sample of them for the running statistics."""
+
     dense: Tensor | None  # (N, F) codes, with autograd (None if not asked for on the sparse path)
     sparse: SparseCodes | None  # the same codes in COO form, when the activation is sparse-grad
     pre: Tensor  # (N, F) pre-activations (with autograd only on the dense path)
@@ -26,18 +29,17 @@ class Encoded(NamedTuple):
 
 
 # The sparse kernels pay off for wide dictionaries and enough work; below these a dense product
-# costs less than the small kernels they launch (measured on 2 CPU cores: at F=512 with 30 codes
-# per row dense wins, at F >= 1024 with <= 60 codes sparse wins by 2-5x). Same numbers either way.
+# costs less than the small kernels they launch. Both paths give the same numbers; the
+# thresholds are timings on a 2-core CPU (CHANGELOG.md).
 SPARSE_MIN_WIDTH = 1024
 SPARSE_MIN_WORK = 2**21  # rows x F x D multiply-adds
 # Decoding through the sparse kernels costs O(entries x D), the dense product O(rows x F x D) at
-# a faster rate per multiply-add: forward and backward at F 4608, D 576 on 2 cores, they cross
-# near 5% of entries (64 rows: 3.7 ms each at 5%, sparse 19 ms against dense 5 ms at 40%; 4096
-# rows: 218 against 180 ms at 5%, 1,724 against 176 ms at 40%).
+# a faster rate per multiply-add; the two cross near 5% of entries at F 4608, D 576.
 SPARSE_MAX_DENSITY = 0.04
 
 
 def use_sparse_path(rows: int, W_FD: Tensor) -> bool:
+    """Whether encoding `rows` rows with dictionary W (F, D) takes the sparse kernels (wide enough, enough work)."""
     f, d = W_FD.shape
     return f >= SPARSE_MIN_WIDTH and rows * f * d >= SPARSE_MIN_WORK
 
@@ -130,11 +132,14 @@ class _BudgetActivation(Activation):
         self.budget: float = float(cfg.k)
 
     def set_budget_(self, k: float) -> None:
+        """Code with budget k (a float: the trainer anneals it) until set again."""
         self.budget = float(k)
 
 
 @ACTIVATION_MODULES.decorator("topk")
 class TopKActivation(_BudgetActivation):
+    """The k largest pre-activations of each position fire, where positive (Gao et al. 2024)."""
+
     def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
         k = min(round(self.budget), pre.shape[1])
         vals, idx = pre.topk(k, dim=1, sorted=False)
@@ -162,10 +167,10 @@ def _at_or_above(pre: Tensor, guess: float) -> Tensor:
 
 def _kth_largest(pre: Tensor, n_keep: int, candidates: Tensor | None = None) -> Tensor:
     """The n_keep-th largest entry of `pre` (..., F), rows along the last axis. A top-k over all
-    N * F entries is slow (0.3 s at 4096 x 4608 on 2 cores), so:
+    N * F entries is slow, so:
 
     - given `candidates`, the entries of `pre` at or above some guess (`_at_or_above`), and at
-      least n_keep of them, only those are searched: exact, 0.02 s against 0.09 s below;
+      least n_keep of them, only those are searched (exact, and the fastest way);
     - otherwise each row first offers its 4 * n_keep / N largest, and the cut-off among those is
       exact whenever every row's smallest offer lies below it: no entry left out can then
       reach it. Failing that (one row holding many of the largest entries) all entries are
@@ -219,8 +224,8 @@ class BatchTopKActivation(_BudgetActivation):
         update then finds the pooled cut-off without a second pass over all the
         pre-activations. Pooled, the cut-off is sought among them first anyway. Against the
         threshold, the entries above it are picked from among them (one pass serves both): a
-        contextual walk collects them step by step while `pre` is at hand (the second pass
-        took 36 ms of a 310 ms training step at 64 windows x 64 tokens x 4608)."""
+        contextual walk collects them step by step while `pre` is at hand, so the update never
+        reads all the walk's pre-activations again."""
         guess = self._guess()
         if pooled:
             candidates = None
@@ -255,6 +260,8 @@ class BatchTopKActivation(_BudgetActivation):
 
 @ACTIVATION_MODULES.decorator("relu")
 class ReLUActivation(Activation):
+    """Every positive pre-activation fires; the penalty is their L1 norm."""
+
     cfg: ReLU
     has_penalty = True
 
@@ -305,6 +312,8 @@ class _StepFn(torch.autograd.Function):
 
 @ACTIVATION_MODULES.decorator("jumprelu")
 class JumpReLUActivation(Activation):
+    """pre * H(pre - theta) with a learned threshold per feature; the penalty counts what fires (L0)."""
+
     cfg: JumpReLU
     sparse_grad = False
     has_penalty = True
@@ -328,4 +337,5 @@ class JumpReLUActivation(Activation):
 
 
 def make_activation(cfg: ActivationConfig, width: int) -> Activation:
+    """The activation module for an activation config, `width` features wide."""
     return ACTIVATION_MODULES[cfg.kind](cfg, width)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor
 
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
 
 AXIS_KINDS = ("tokens", "raster", "quadtree")
 _FOURIER_OCTAVES = 4  # position features sin/cos(2^j pi c), j < 4: resolves 1/16 of the axis
@@ -36,6 +36,7 @@ class ContextAxis:
 
     @property
     def n_steps(self) -> int:
+        """S: the steps a walk takes (T, plus the pooled cells of a quadtree axis)."""
         return int(self.parent.numel())
 
     def expand(self, x: Tensor) -> Tensor:
@@ -56,11 +57,17 @@ class ContextAxis:
         return torch.cat([*reversed(pooled), x], dim=1)
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict (kind, T, grid); `from_dict` rebuilds the axis from it."""
         return {"kind": self.kind, "n_inputs": self.n_inputs, "grid": list(self.grid) if self.grid else None}
 
     @staticmethod
-    def from_dict(values: dict) -> "ContextAxis":
+    def from_dict(values: dict, where: str = "axis") -> "ContextAxis":
+        """Inverse of `to_dict`; a malformed dict is a one-line InputError naming `where`."""
         grid = values.get("grid")
+        if not isinstance(values.get("kind"), str) or not isinstance(values.get("n_inputs"), int) or not (
+                grid is None or (isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) for g in grid))):
+            raise InputError(f"{where}: expected {{'kind': str, 'n_inputs': int, 'grid': [H, W] or null}}, got "
+                             f"{values!r}: save the SAE again")
         return make_axis(values["kind"], values["n_inputs"], tuple(grid) if grid else None)
 
 

@@ -1,7 +1,7 @@
 """Carries: how a contextual SAE's state reaches a step from the codes before it.
 
 A carry sees codes and positions only, never activations, so the reconstruction stays a
-function of the codes (DESIGN.md, invariant 1). Called with the step's innovations `u_t`, it
+function of the codes (docs/design.md, invariant 1). Called with the step's innovations `u_t`, it
 gives what the state carries into the step; called with `u_t=None`, it gives the prior the
 encoder codes against (what would be carried if nothing new fired). The model then cuts
 carried values below `carry_threshold` to exactly zero (`ContextualSAE`)."""
@@ -50,6 +50,8 @@ def reset_gates(gate: Tensor, A: Tensor, B: Tensor, u: Tensor) -> Tensor:
 class Carry(nn.Module):
     # True for the gated carry, whose walk over sparse states (O(state size) entries a step) is
     # written out by hand in `ctxsae_core.sparse_walk`, from its `sparse_parts`
+    """Base of the carries: memory for a walk, what is carried into each step, and the encoder's prior."""
+
     sparse_state = False
 
     def __init__(self, cfg: ContextualConfig):
@@ -80,10 +82,8 @@ class Carry(nn.Module):
     def prior(self, mem: object, t: int, s_parent: Tensor | None) -> tuple[Tensor, Tensor] | None:
         """The prior the encoder codes step t against: what would be carried if nothing new
         fired, as (value, support) before the model's cut. Its gradient, through the encoder's
-        input, reaches earlier steps' codes. The gated carry needs that: with the prior's
-        gradient stopped at the parent's state, training on the synthetic benchmark blew up at
-        k 8 once the carry came on (held-out FVU 0.59, where backpropagating through reaches
-        0.08), although k 4 and 6 trained as well either way."""
+        input, reaches earlier steps' codes: earlier codes then learn what later steps are coded
+        against, which keeps training stable once the carry comes on."""
         return self.carried(mem, t, s_parent, None)
 
 
@@ -123,11 +123,6 @@ class GatedCarry(Carry):
         gate = gate if u_t is None else reset_gates(gate, reset_in, reset_out, u_t)
         return self.hard(gate) * s_parent, s_parent != 0
 
-    def gates(self, u_t: Tensor) -> Tensor:
-        """(B, F) gates after innovations u_t fire, for analysis."""
-        reset_in, reset_out, gate = self._parts()
-        return reset_gates(gate, reset_in, reset_out, u_t)
-
 
 @dataclass
 class _AttentionMemory:
@@ -161,20 +156,18 @@ class AttentionCarry(Carry):
     counted twice. The attention chooses which earlier steps a position reads; persistence
     and resets decide, feature by feature, what has survived since.
 
-    Both were needed. Without the persistence decay every feature that had fired anywhere
-    earlier in the window was carried at its full attention weight, and the weight is shared
-    by all features last fired at the same step: on the synthetic regions the state jumped to
-    113 codes a position (22 innovations) within 20 steps of the carry switching on, the
-    training MSE from 0.45 to 14.7, and the dictionary never recovered. With the decay but no
-    resets the attention forgot by step, not by feature: a region's old value lingered after a
-    new one fired (held-out FVU 0.212 at k 6 after 1M positions; 0.158 with the resets). The
+    Both are needed. The attention weight is shared by every feature last fired at the same
+    step, so without the persistence decay every feature that fired anywhere earlier in the
+    window is carried at once, and the state swells. Without the resets the attention forgets
+    by step, not by feature, and a region's old value lingers after a new one fires. The
     attention starts open (b_h = 4), so the persistences and resets learn first, as the gated
-    carry's do; the attention can then lower what chosen steps carry.
+    carry's do; the attention can then lower what chosen steps carry (CHANGELOG.md has the runs
+    behind these choices).
 
     What step t's innovations carry is capped at the prior the encoder coded against (the
     weight without u_t): firing features may lower what is carried, as resets do, but never
-    raise it, so the state cannot overshoot what the encoder saw. (The cap alone did not stop
-    this carry from diverging; holding the attention weights' inputs fixed in `prior` did.)"""
+    raise it, so the state cannot overshoot what the encoder saw. With `prior` holding the
+    attention weights' inputs fixed, this keeps training stable."""
 
     def __init__(self, cfg: ContextualConfig, n_position_features: int = 24):
         super().__init__(cfg)
@@ -215,11 +208,9 @@ class AttentionCarry(Carry):
     def prior(self, mem, t, s_parent):
         """The query reads the parent's state without gradient and the keys are the memory's,
         detached: backpropagating the encoder's input into earlier steps through the attention
-        weights blew the gradients up (W_dec's to 8.6e5, against 11 without, on the tests'
-        random model in float64), and this carry diverged on every benchmark while it did. The
-        carried values and their survival since they fired keep their gradient, as the gated
-        carry's prior does (through its parent's state): with them detached too, the synthetic
-        benchmark's k 8 blew up once the carry came on (held-out FVU 0.75; k 4 and 6 trained)."""
+        weights makes the gradients explode. The carried values and their survival since they
+        fired keep their gradient, as the gated carry's prior does (through its parent's state),
+        which training needs to stay stable once the carry comes on."""
         if mem.keys is None:
             return None
         q = self._query(mem, t, None if s_parent is None else s_parent.detach())
@@ -256,4 +247,5 @@ class AttentionCarry(Carry):
 
 
 def make_carry(cfg: ContextualConfig) -> Carry:
+    """The carry module a contextual config names."""
     return CARRIES[cfg.carry](cfg)

@@ -5,19 +5,13 @@ SAEs also export to SAELens's `cfg.json` + `sae_weights.safetensors` layout."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from torch import Tensor
-
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.config import BatchTopK, ReLU, JumpReLU, TopK, config_to_dict, sae_config_from_dict
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
+from ctxsae_common.files import load_tensors, read_json_object, save_tensors_atomic, write_json_atomic
 from ctxsae_core.registry import ARCHITECTURES
 from ctxsae_core.sae import BaseSAE
 
@@ -25,65 +19,11 @@ CONFIG_FILE, WEIGHTS_FILE, AXIS_FILE = "config.json", "model.safetensors", "axis
 FORMAT_VERSION = 1
 
 
-# --- atomic files -------------------------------------------------------------------------------
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
-def save_tensors_atomic(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
-
-def read_json(path: str | Path, what: str = "file") -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: missing {what}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file may be truncated") from None
-
-
-def load_tensors(path: str | Path, what: str = "weights") -> dict[str, Tensor]:
-    return load_tensors_and_metadata(path, what)[0]
-
-
-def load_tensors_and_metadata(path: str | Path, what: str = "weights") -> tuple[dict[str, Tensor], dict[str, str]]:
-    """A safetensors file's tensors and its string metadata (as `save_tensors_atomic` wrote
-    them), in one read; a missing or truncated file is a one-line InputError."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: missing {what}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable {what} ({str(e).splitlines()[0]}); the file may be truncated") from None
-
-
 # --- SAEs ---------------------------------------------------------------------------------------
 
 
 def build_sae(config) -> BaseSAE:
+    """A freshly initialised SAE of the architecture the config names."""
     return ARCHITECTURES[config.arch](config)
 
 
@@ -102,8 +42,11 @@ def load_sae(folder: str | Path) -> tuple[BaseSAE, ContextAxis | None]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such SAE folder: pass --sae a folder written by 'ctxsae train'")
-    values = read_json(folder / CONFIG_FILE, "SAE config")
-    values.pop("format_version", None)
+    values = read_json_object(folder / CONFIG_FILE, "SAE config")
+    version = values.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise InputError(f"{folder / CONFIG_FILE}: format_version {version!r} is not {FORMAT_VERSION}, the only one "
+                         "this version of ctxsae reads: save the SAE again with this version")
     model = build_sae(sae_config_from_dict(values, str(folder / CONFIG_FILE)))
     state = load_tensors(folder / WEIGHTS_FILE, "SAE weights")
     expected = model.state_dict()
@@ -115,9 +58,12 @@ def load_sae(folder: str | Path) -> tuple[BaseSAE, ContextAxis | None]:
         if t.shape != expected[name].shape:
             raise InputError(f"{folder / WEIGHTS_FILE}: {name} has shape {list(t.shape)}, config.json implies "
                              f"{list(expected[name].shape)}")
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            raise InputError(f"{folder / WEIGHTS_FILE}: {name} holds NaN or Inf: the run diverged or the file is "
+                             "damaged; train the SAE again")
     model.load_state_dict(state)
     axis_path = folder / AXIS_FILE
-    axis = ContextAxis.from_dict(read_json(axis_path, "axis")) if axis_path.is_file() else None
+    axis = ContextAxis.from_dict(read_json_object(axis_path, "axis"), str(axis_path)) if axis_path.is_file() else None
     return model.eval(), axis
 
 

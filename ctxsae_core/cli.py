@@ -14,38 +14,23 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
-import torch
-
+from ctxsae_common.cli import OneLineParser, run_command
+from ctxsae_common.errors import InputError
+from ctxsae_common.typed import field_help
 from ctxsae_core.axes import AXIS_KINDS, ContextAxis, make_axis, parse_grid
-from ctxsae_core.checkpoint import build_sae, export_saelens, load_sae
-from ctxsae_core.config import (
-    CARRY_KINDS,
-    ContextualConfig,
-    JumpReLU,
-    ReLU,
-    SAEConfig,
-    TopK,
-    TrainConfig,
-    field_help,
-)
+from ctxsae_core.checkpoint import export_saelens, load_sae
+from ctxsae_core.config import CARRY_KINDS, ContextualConfig, JumpReLU, ReLU, SAEConfig, TopK, TrainConfig
 from ctxsae_core.data import WindowBatches, as_windows, load_activations, split_holdout
-from ctxsae_core.errors import InputError
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.registry import ACTIVATION_CONFIGS
-from ctxsae_core.trainer import Trainer
+from ctxsae_core.sweep import train_sae
 
 ARCH_CHOICES = [*ACTIVATION_CONFIGS.names(), "contextual"]
 DEFAULT_K = {"per_position": 32, "contextual": 8}
+DEFAULT_BATCH_TOKENS = 4096
 MIN_DEFAULT_TOKENS = 1_000_000
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line, with exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_axis_flags(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -58,6 +43,7 @@ def _add_axis_flags(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `ctxsae` command line: `train`, `evaluate` and `export`."""
     parser = OneLineParser(prog="ctxsae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
@@ -74,14 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help="topk/batchtopk: active features (innovations) per position "
                                f"(default: {DEFAULT_K['per_position']}, contextual {DEFAULT_K['contextual']})")
     sparsity.add_argument("--l1", type=float, default=None,
-                          help=f"relu: L1 weight (default {ReLU.l1_coeff}); jumprelu: L0 weight (default {JumpReLU.l0_coeff})")
+                          help=f"relu: weight of the L1 penalty (default {ReLU.l1_coeff})")
+    sparsity.add_argument("--l0-coeff", type=float, default=None,
+                          help=f"jumprelu: weight of the L0 penalty (default {JumpReLU.l0_coeff})")
     t.add_argument("--innovation", choices=ACTIVATION_CONFIGS.names(), default="batchtopk",
                    help="contextual: activation that codes the innovations (default: batchtopk)")
     t.add_argument("--carry", choices=CARRY_KINDS, default="gated", help=field_help(ContextualConfig, "carry"))
     _add_axis_flags(t, "tokens")
     t.add_argument("--tokens", type=int, default=None,
                    help=f"training positions (default: one pass over the training windows, at least {MIN_DEFAULT_TOKENS:,})")
-    t.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens, help=field_help(TrainConfig, "batch_tokens"))
+    t.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
+                   help=f"positions per optimiser step; windows per step = batch_tokens // T (default: "
+                        f"{DEFAULT_BATCH_TOKENS})")
     t.add_argument("--lr", type=float, default=None, help=field_help(TrainConfig, "lr"))
     t.add_argument("--seed", type=int, default=0, help=field_help(TrainConfig, "seed"))
     t.add_argument("--shuffle-context", action="store_true", help=field_help(TrainConfig, "shuffle_context"))
@@ -107,35 +97,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _activation(kind: str, k: int | None, l1: float | None, default_k: int):
+_SPARSITY_FLAG = {"topk": "--k", "batchtopk": "--k", "relu": "--l1", "jumprelu": "--l0-coeff"}
+
+
+def _activation(kind: str, args, default_k: int):
+    """The activation config of `kind` from the sparsity flag that applies to it (the others
+    must not be given)."""
     cls = ACTIVATION_CONFIGS[kind]
+    given = {"--k": args.k, "--l1": args.l1, "--l0-coeff": args.l0_coeff}
+    wrong = [flag for flag, value in given.items() if value is not None and flag != _SPARSITY_FLAG[kind]]
+    if wrong:
+        raise InputError(f"{wrong[0]} does not apply to {kind}: set its sparsity with {_SPARSITY_FLAG[kind]}")
     if issubclass(cls, TopK):
-        if l1 is not None:
-            raise InputError(f"--l1 does not apply to {kind}: set its sparsity with --k")
-        return cls(k=k if k is not None else default_k)
-    if k is not None:
-        raise InputError(f"--k does not apply to {kind}: set its sparsity with --l1")
+        return cls(k=args.k if args.k is not None else default_k)
     if cls is ReLU:
-        return ReLU() if l1 is None else ReLU(l1_coeff=l1)
-    return JumpReLU() if l1 is None else JumpReLU(l0_coeff=l1)
+        return ReLU() if args.l1 is None else ReLU(l1_coeff=args.l1)
+    return JumpReLU() if args.l0_coeff is None else JumpReLU(l0_coeff=args.l0_coeff)
 
 
 def _sae_config(args, d: int) -> SAEConfig:
     width = args.width if args.width is not None else 8 * d
     if args.arch == "contextual":
-        act = _activation(args.innovation, args.k, args.l1, min(DEFAULT_K["contextual"], width))
+        act = _activation(args.innovation, args, min(DEFAULT_K["contextual"], width))
         return ContextualConfig(d_in=d, width=width, activation=act, carry=args.carry)
-    return SAEConfig(d_in=d, width=width, activation=_activation(args.arch, args.k, args.l1,
-                                                                 min(DEFAULT_K["per_position"], width)))
+    act = _activation(args.arch, args, min(DEFAULT_K["per_position"], width))
+    return SAEConfig(d_in=d, width=width, activation=act)
 
 
 def cmd_train(args) -> int:
+    """`ctxsae train`: train an SAE on an activations file into --out (resuming from its checkpoint)."""
     acts = load_activations(args.acts)
     if args.arch == "contextual" and acts.ndim != 3:
         raise InputError(f"{args.acts}: a contextual SAE needs windows [N, T, d], got {list(acts.shape)}: "
                          "save activations with a context axis, or pick a per-position --arch")
     if not 0 < args.holdout < 1:
         raise InputError(f"--holdout {args.holdout} must lie strictly between 0 and 1")
+    if args.batch_tokens < 1:
+        raise InputError(f"--batch-tokens {args.batch_tokens} must be at least 1")
     windows = as_windows(acts)
     n, T, d = windows.shape
     cfg = _sae_config(args, d)
@@ -143,13 +141,10 @@ def cmd_train(args) -> int:
     train, held = split_holdout(windows, args.holdout, args.seed)
     batch_windows = max(1, args.batch_tokens // T)
     tokens = args.tokens if args.tokens is not None else max(train.shape[0] * T, MIN_DEFAULT_TOKENS)
-    train_cfg = TrainConfig(tokens=tokens, batch_tokens=batch_windows * T, lr=args.lr, seed=args.seed,
-                            shuffle_context=args.shuffle_context, progress=not args.no_progress)
-    torch.manual_seed(args.seed)
-    model = build_sae(cfg)
-    trainer = Trainer(model, train_cfg, axis, out_dir=args.out, eval_windows=held,
-                      eval_batch_windows=batch_windows)
-    result = trainer.fit(WindowBatches(train, batch_windows, args.seed))
+    train_cfg = TrainConfig(tokens=tokens, lr=args.lr, seed=args.seed, shuffle_context=args.shuffle_context,
+                            progress=not args.no_progress)
+    result = train_sae(cfg, train_cfg, WindowBatches(train, batch_windows, args.seed), axis, args.out, held,
+                       batch_windows).scores
     print(f"{cfg.arch} ({axis.kind}{', shuffled context' if args.shuffle_context else ''}) -> {args.out}: "
           f"fvu {result['fvu']:.4f}  l0 {result['l0']:.2f}  state_l0 {result['state_l0']:.2f}  "
           f"dead {result['dead_fraction']:.1%}  on {result['n_positions']:,} held-out positions")
@@ -165,6 +160,7 @@ def _eval_axis(args, saved: ContextAxis | None, T: int) -> ContextAxis:
 
 
 def cmd_evaluate(args) -> int:
+    """`ctxsae evaluate`: the shared metrics of a trained SAE on an activations file."""
     model, saved_axis = load_sae(args.sae)
     acts = load_activations(args.acts)
     windows = as_windows(acts)
@@ -187,6 +183,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    """`ctxsae export`: a per-position SAE in SAELens's layout."""
     model, _ = load_sae(args.sae)
     export_saelens(model, args.out, args.hook_name)
     print(f"wrote {args.out}/cfg.json and sae_weights.safetensors (SAELens, architecture from {model.config.arch})")
@@ -194,16 +191,8 @@ def cmd_export(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # usage errors (code 2, one line) and --help (code 0)
-        return int(e.code or 0)
-    try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}[args.command](args)
-    except InputError as e:
-        print(f"ctxsae {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    """Run `ctxsae` with `argv`; returns the exit code (2 for bad input, with one line on stderr)."""
+    return run_command(build_parser(), {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}, argv)
 
 
 if __name__ == "__main__":

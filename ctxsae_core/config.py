@@ -2,31 +2,19 @@
 
 Each field carries help text (it doubles as ``--help``), `__post_init__` raises `InputError`
 naming the field and the fix, and every config round-trips through a JSON dict
-(`config_to_dict` / `sae_config_from_dict`, `TrainConfig.from_dict`)."""
+(`config_to_dict` / `sae_config_from_dict`, `TrainConfig.from_dict`), with each value's type
+checked (`ctxsae_common.typed`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
+from ctxsae_common import typed
+from ctxsae_common.typed import param, require
 from ctxsae_core.registry import ACTIVATION_CONFIGS
-
-
-def param(default: Any, help: str) -> Any:
-    """A dataclass field with help text; the text is what ``--help`` shows."""
-    return field(default=default, metadata={"help": help})
-
-
-def field_help(cls: type, name: str) -> str:
-    """The help text of field `name` of dataclass `cls`."""
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
-
-
-def require(ok: bool, message: str) -> None:
-    if not ok:
-        raise InputError(message)
 
 
 # --- activations: how pre-activations become codes -------------------------------------------
@@ -49,9 +37,6 @@ class TopK:
         require(self.aux_k is None or self.aux_k >= 1, f"aux_k={self.aux_k} must be at least 1 or None")
         require(self.aux_coeff >= 0, f"aux_coeff={self.aux_coeff} must be >= 0")
 
-    @property
-    def target_l0(self) -> float:
-        return float(self.k)
 
 
 @ACTIVATION_CONFIGS.decorator("batchtopk")
@@ -80,9 +65,6 @@ class ReLU:
     def __post_init__(self) -> None:
         require(self.l1_coeff >= 0, f"l1_coeff={self.l1_coeff} must be >= 0: pass --l1 0 or more")
 
-    @property
-    def target_l0(self) -> float | None:
-        return None
 
 
 @ACTIVATION_CONFIGS.decorator("jumprelu")
@@ -101,9 +83,6 @@ class JumpReLU:
         require(self.bandwidth > 0, f"bandwidth={self.bandwidth} must be > 0")
         require(self.init_threshold > 0, f"init_threshold={self.init_threshold} must be > 0")
 
-    @property
-    def target_l0(self) -> float | None:
-        return None
 
 
 ActivationConfig = TopK | BatchTopK | ReLU | JumpReLU
@@ -122,6 +101,7 @@ class SAEConfig:
 
     @property
     def arch(self) -> str:
+        """The architecture's registered name: the activation's kind for a per-position SAE."""
         return self.activation.kind
 
     def __post_init__(self) -> None:
@@ -169,6 +149,7 @@ class ContextualConfig(SAEConfig):
 
     @property
     def arch(self) -> str:
+        """The architecture's registered name."""
         return "contextual"
 
     def __post_init__(self) -> None:
@@ -194,27 +175,21 @@ def config_to_dict(cfg: SAEConfig) -> dict[str, Any]:
     return out
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; known fields are {', '.join(sorted(known))}")
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise InputError(f"{where}: {e}") from None
-
-
 def activation_from_dict(values: dict[str, Any], where: str = "activation") -> ActivationConfig:
+    """The activation config a `config_to_dict` entry describes ({"kind": ..., fields...})."""
+    if not isinstance(values, dict):
+        raise InputError(f"{where}: must be a table with a 'kind', found {type(values).__name__}")
     values = dict(values)
     kind = values.pop("kind", None)
     if kind is None:
         raise InputError(f"{where}: missing 'kind'; choose one of {', '.join(ACTIVATION_CONFIGS.names())}")
-    return _build(ACTIVATION_CONFIGS[kind], values, where)
+    return typed.from_dict(ACTIVATION_CONFIGS[kind], values, where)
 
 
 def sae_config_from_dict(values: dict[str, Any], where: str = "config.json") -> SAEConfig:
     """Inverse of `config_to_dict`; names the file and field on any mismatch."""
+    if not isinstance(values, dict):
+        raise InputError(f"{where}: must be a JSON object of SAE config fields, found {type(values).__name__}")
     values = dict(values)
     arch = values.pop("arch", None)
     if arch is None:
@@ -222,8 +197,8 @@ def sae_config_from_dict(values: dict[str, Any], where: str = "config.json") -> 
     if "activation" in values:
         values["activation"] = activation_from_dict(values["activation"], f"{where}: activation")
     if arch == "contextual":
-        return _build(ContextualConfig, values, where)
-    cfg = _build(SAEConfig, values, where)
+        return typed.from_dict(ContextualConfig, values, where)
+    cfg = typed.from_dict(SAEConfig, values, where)
     if cfg.activation.kind != arch:
         raise InputError(f"{where}: arch {arch!r} does not match activation kind {cfg.activation.kind!r}")
     return cfg
@@ -236,8 +211,7 @@ def sae_config_from_dict(values: dict[str, Any], where: str = "config.json") -> 
 class TrainConfig:
     """How to train: budget, optimiser schedule, evaluation and checkpoint cadence."""
 
-    tokens: int = param(2_000_000, "training positions in all (steps = tokens // batch_tokens)")
-    batch_tokens: int = param(4096, "positions per optimiser step; windows per step = batch_tokens // T")
+    tokens: int = param(2_000_000, "training positions in all (steps = tokens // positions per batch)")
     lr: float | None = param(None, "Adam learning rate; None means 2e-4 / sqrt(width / 2**14) (Gao et al. 2024, sec. 2.3)")
     warmup_fraction: float = param(0.05, "fraction of steps over which the learning rate warms up linearly")
     decay_fraction: float = param(0.2, "fraction of steps at the end over which it decays linearly to zero")
@@ -266,7 +240,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.tokens >= 1, f"tokens={self.tokens} must be at least 1: pass --tokens 1 or more")
-        require(self.batch_tokens >= 1, f"batch_tokens={self.batch_tokens} must be at least 1")
         require(self.lr is None or self.lr > 0, f"lr={self.lr} must be > 0")
         require(0 <= self.warmup_fraction <= 1 and 0 <= self.decay_fraction <= 1
                  and self.warmup_fraction + self.decay_fraction <= 1,
@@ -287,8 +260,10 @@ class TrainConfig:
         return warm, anneal
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; `from_dict` inverts it."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "train config") -> "TrainConfig":
-        return _build(cls, values, where)
+        """A TrainConfig from a dict, every value's type checked; names `where` in any error."""
+        return typed.from_dict(cls, values, where)

@@ -7,7 +7,7 @@ Walking the axis in causal order, at step t with parent p:
     s_t     = carry(codes < t, u_t) + u_t                           state (what the decoder uses)
     x_hat_t = W_dec s_t + b_dec
 
-The encoder looks back through the prior; the decoder reads codes only (DESIGN.md, invariant
+The encoder looks back through the prior; the decoder reads codes only (docs/design.md, invariant
 1), every step depends on earlier steps only (2), carried codes are rows of the one
 dictionary (3), and `SAEOutput` keeps innovations and state apart (4)."""
 
@@ -23,7 +23,7 @@ from ctxsae_core.activations import project, use_sparse_path
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.carry import Carry, make_carry
 from ctxsae_core.config import ContextualConfig
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
 from ctxsae_core.registry import ARCHITECTURES
 from ctxsae_core.sae import BaseSAE, Built, SAEOutput
 from ctxsae_core.sparse_ops import decode_steps, steps_features, steps_support, steps_to_dense
@@ -65,14 +65,22 @@ class _Decoded(NamedTuple):
 
 @ARCHITECTURES.decorator("contextual")
 class ContextualSAE(BaseSAE):
+    """The contextual SAE of the module docstring, over any carry and activation."""
+
     config: ContextualConfig
+    has_carry = True
 
     def __init__(self, config: ContextualConfig):
         super().__init__(config)
         self.carry: Carry = make_carry(config)
-        self.carry_scale: float = 1.0  # 0 turns the carry off (the trainer's warm-up); not saved
+        self.carry_scale: float = 1.0  # 0: the carry is off (`set_carry_`); not saved
+
+    def set_carry_(self, on: bool) -> None:
+        """Switch the carry on or off (the trainer's carry warm-up)."""
+        self.carry_scale = 1.0 if on else 0.0
 
     def param_groups(self, lr: float) -> list[dict]:
+        """The carry's parameters get carry_lr_scale times the learning rate."""
         carry = list(self.carry.parameters())
         ids = {id(p) for p in carry}
         rest = [p for p in self.parameters() if id(p) not in ids]
@@ -235,5 +243,6 @@ class ContextualSAE(BaseSAE):
         return self.decode_codes(state)
 
     def output_steps(self, out: SAEOutput) -> Tensor | slice:
+        """The steps of the input positions: the last T of every axis."""
         s, t = out.innovations.shape[1], out.x_hat.shape[1]
         return slice(s - t, s)  # input positions are the last T steps of every axis

@@ -1,24 +1,20 @@
-"""Activation windows on disk and in memory: loading with clear errors, hold-out splits,
-seeded batch streams that can restart at any step, and the shuffled-context permutation."""
+"""Activation windows on disk and in memory: loading with clear errors, the held-out split
+every job uses, seeded batch streams that can restart at any step, and the shuffled-context
+permutation."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
+from ctxsae_common.seeds import seeded_generator
 
 ACTS_SUFFIXES = (".npy", ".safetensors")
-
-
-def seeded_generator(*keys: int) -> torch.Generator:
-    """A torch.Generator determined by integer keys (e.g. seed, step)."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
 def load_activations(path: str | Path) -> Tensor:
@@ -91,14 +87,23 @@ def as_windows(x: Tensor) -> Tensor:
     return x.unsqueeze(1) if x.ndim == 2 else x
 
 
-def split_holdout(windows: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """A seeded random split of windows into (train, held-out); at least one window each."""
-    n = windows.shape[0]
+def split_indices(n: int, fraction: float, seed: int, what: str = "windows") -> tuple[Tensor, Tensor]:
+    """The held-out split every job uses: (train, held-out) indices into n items (windows or
+    images), each sorted, at least one of each; round(n * fraction) are held out, drawn from
+    the seed's "holdout" stream."""
     if n < 2:
-        raise InputError(f"need at least 2 windows to hold one out for evaluation, got {n}")
-    n_eval = min(max(1, round(n * fraction)), n - 1)
-    perm = torch.randperm(n, generator=seeded_generator(seed, 7))
-    return windows[perm[n_eval:]], windows[perm[:n_eval]]
+        raise InputError(f"need at least 2 {what} to hold one out for evaluation, got {n}")
+    if not 0 < fraction < 1:
+        raise InputError(f"held-out fraction {fraction} must lie strictly between 0 and 1")
+    n_held = min(max(1, round(n * fraction)), n - 1)
+    perm = torch.randperm(n, generator=seeded_generator(seed, "holdout"))
+    return perm[n_held:].sort().values, perm[:n_held].sort().values
+
+
+def split_holdout(windows: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """`split_indices` applied to windows (N, T, d): (train windows, held-out windows)."""
+    train, held = split_indices(windows.shape[0], fraction, seed)
+    return windows[train], windows[held]
 
 
 def shuffle_positions(x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -106,6 +111,15 @@ def shuffle_positions(x: Tensor, generator: torch.Generator) -> tuple[Tensor, Te
     Returns the shuffled windows (B, T, D) and the permutations (B, T)."""
     perm = torch.rand(x.shape[:2], generator=generator).argsort(dim=1)
     return x.gather(1, perm.unsqueeze(-1).expand_as(x)), perm
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A batch stream that can restart at any step: the trainer resumes a run through it (a
+    plain iterator is resumed by skipping the batches already seen)."""
+
+    def iter_from(self, step: int) -> Iterator[Tensor]:
+        """The batch stream from `step` on: the same batches a stream from 0 yields there."""
 
 
 class WindowBatches:
@@ -119,9 +133,10 @@ class WindowBatches:
         self.per_epoch = windows.shape[0] // self.batch_windows
 
     def iter_from(self, step: int) -> Iterator[Tensor]:
+        """The batch stream from `step` on, endless: the same batches a stream from 0 yields there."""
         epoch, offset = divmod(step, self.per_epoch)
         while True:
-            perm = torch.randperm(self.windows.shape[0], generator=seeded_generator(self.seed, epoch))
+            perm = torch.randperm(self.windows.shape[0], generator=seeded_generator(self.seed, "batches", epoch))
             for i in range(offset, self.per_epoch):
                 yield self.windows[perm[i * self.batch_windows : (i + 1) * self.batch_windows]]
             epoch, offset = epoch + 1, 0

@@ -9,13 +9,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ctxsae_core.axes import ContextAxis
-from ctxsae_core.data import seeded_generator, shuffle_positions
+from ctxsae_common.seeds import seeded_generator
+from ctxsae_core.data import shuffle_positions
 from ctxsae_core.metrics import ReconstructionSums, SparsitySums
 from ctxsae_core.sae import BaseSAE
 
 
 def state_l0_counting(model: BaseSAE) -> str:
-    """How state L0 is counted, for every report (DESIGN.md, metrics)."""
+    """How state L0 is counted, for every report (docs/design.md, metrics)."""
     if model.config.arch != "contextual":
         return "exact non-zeros; per-position SAE, state == innovations"
     return (f"exact non-zeros; the model sets carried values below carry_threshold="
@@ -23,6 +24,7 @@ def state_l0_counting(model: BaseSAE) -> str:
 
 
 def iter_window_batches(windows: Tensor, batch_windows: int) -> Iterable[Tensor]:
+    """Consecutive batches of `batch_windows` windows (the last may be shorter)."""
     for start in range(0, windows.shape[0], batch_windows):
         yield windows[start : start + batch_windows]
 
@@ -46,7 +48,7 @@ def evaluate(
     model.eval()
     batches = iter_window_batches(windows, batch_windows) if isinstance(windows, Tensor) else windows
     recon, sparsity = ReconstructionSums(), SparsitySums(model.config.width)
-    gen = seeded_generator(seed, 99)
+    gen = seeded_generator(seed, "shuffle_eval")
     n_total = windows.shape[0] if isinstance(windows, Tensor) else None
     bar = tqdm(total=n_total, desc="evaluate", unit="window", disable=not progress, leave=False)
     for x in batches:

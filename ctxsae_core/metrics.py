@@ -23,6 +23,7 @@ class ReconstructionSums:
     sum_x: Tensor | None = None  # (d,) sum of x
 
     def add(self, x: Tensor, x_hat: Tensor) -> "ReconstructionSums":
+        """Add a batch of activations x and their reconstruction x_hat, both (..., d)."""
         x, x_hat = x.detach(), x_hat.detach()  # sums of numbers, not part of any graph
         x64, err = x.reshape(-1, x.shape[-1]).double(), (x - x_hat).reshape(-1, x.shape[-1]).double()
         self.n += x64.shape[0]

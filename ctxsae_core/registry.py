@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
 
 T = TypeVar("T")
 
@@ -20,6 +20,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str, item: T) -> T:
+        """Register `item` under `name`; a name registered twice raises."""
         if name in self._items:
             raise ValueError(f"{self.what} {name!r} is already registered (by {self._items[name]!r})")
         self._items[name] = item
@@ -42,6 +43,7 @@ class Registry(Generic[T]):
         return iter(self._items)
 
     def names(self) -> list[str]:
+        """Every registered name, in registration order."""
         return list(self._items)
 
 

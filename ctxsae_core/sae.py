@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ctxsae_core.activations import Activation, Encoded, make_activation, project
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.config import SAEConfig, TopK
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
 from ctxsae_core.registry import ACTIVATION_CONFIGS, ARCHITECTURES
 from ctxsae_core.sparse_ops import SparseCodes, gather_linear, steps_features
 
@@ -79,6 +79,8 @@ class SAEOutput:
 
 
 class LossTerms(NamedTuple):
+    """The training loss and its parts, each a scalar tensor."""
+
     total: Tensor
     mse: Tensor  # mean over positions of ||x - x_hat||^2, normalised units
     sparsity: Tensor  # the activation's penalty (L1, L0), zero for TopK / BatchTopK
@@ -96,9 +98,14 @@ def geometric_median(x: Tensor, iters: int = 30) -> Tensor:
 
 
 class BaseSAE(nn.Module):
-    """Dictionary W_dec (F, D) with unit rows, encoder W_enc (F, D), biases, activation."""
+    """Dictionary W_dec (F, D) with unit rows, encoder W_enc (F, D), biases, activation.
+
+    What a trainer may set, the model declares: `budget` (the innovation budget k of a
+    TopK-family activation, annealed by `set_budget_`; None otherwise) and `has_carry` (a
+    contextual SAE's carry, switched by `set_carry_`)."""
 
     config: SAEConfig
+    has_carry: bool = False
 
     def __init__(self, config: SAEConfig):
         super().__init__()
@@ -127,8 +134,8 @@ class BaseSAE(nn.Module):
         """Scale W_enc down by the least-squares factor alpha = <x - b, x_hat> / |x_hat|^2 when the
         tied init over-reconstructs the sample (alpha < 1); returns the factor applied. With k
         comparable to d (a 4-channel VAE latent, k = 8) the k unit directions, each coding its full
-        projection, add up to several times x: initial FVU 15, and 300 steps end at FVU 2.0 where
-        the shrunk init ends at 0.005. TopK/BatchTopK pick the same features at any positive scale,
+        projection, add up to several times x, an initial FVU far above 1 that short training does
+        not recover from. TopK/BatchTopK pick the same features at any positive scale,
         so only the code sizes change; other activations are left alone (returns 1)."""
         if self.config.activation.kind not in ("topk", "batchtopk"):
             return 1.0
@@ -153,6 +160,7 @@ class BaseSAE(nn.Module):
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
+        """Rescale every decoder row to unit norm (after each optimiser step)."""
         self.W_dec_FD /= self.W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
     @torch.no_grad()
@@ -166,9 +174,26 @@ class BaseSAE(nn.Module):
         """Optimiser parameter groups; subclasses give some parameters their own rate."""
         return [{"params": list(self.parameters()), "lr": lr, "lr_scale": 1.0}]
 
+    # --- what a trainer may set ---------------------------------------------------------------
+
+    @property
+    def budget(self) -> int | None:
+        """The configured innovation budget k (TopK, BatchTopK), or None (ReLU, JumpReLU)."""
+        return self.config.activation.k if isinstance(self.config.activation, TopK) else None
+
+    def set_budget_(self, k: float) -> None:
+        """Code with budget `k` until set again (a trainer anneals it; not saved)."""
+        if self.budget is None:
+            raise TypeError(f"{self.config.activation.kind} has no innovation budget to set")
+        self.activation.set_budget_(k)
+
+    def set_carry_(self, on: bool) -> None:
+        """Switch the carry on or off (a trainer's warm-up); nothing to switch per position."""
+
     # --- shared pieces ------------------------------------------------------------------------
 
     def check_input(self, x: Tensor, rank: int = 3) -> None:
+        """Raise InputError unless x has `rank` dimensions and the SAE's width d last."""
         if x.ndim != rank or x.shape[-1] != self.config.d_in:
             want = "(batch, T, d)" if rank == 3 else "(N, d)"
             raise InputError(f"expected activations of shape {want} with d={self.config.d_in}, "
@@ -246,6 +271,7 @@ class SAE(BaseSAE):
         return codes.reshape(*x.shape[:-1], -1)
 
     def decode(self, codes: Tensor) -> Tensor:
+        """Codes (..., F) -> reconstruction (..., D), raw units."""
         return self.decode_codes(codes)
 
     def forward(self, x: Tensor, axis: ContextAxis | None = None, reference: bool = False) -> SAEOutput:

@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from ctxsae_core.sparse_ops import SparseCodes, csr, entry_dots, feature_row_sums, feature_sums
 
 # The encoder's residual may be at most this many times the centred input's norm. A state that
-# overshoots would otherwise feed back into ever larger innovations (growth seen: 4x per step).
+# overshoots would otherwise feed back into ever larger innovations, step after step.
 RESIDUAL_BOUND = 2.0
 
 
@@ -142,7 +142,8 @@ def _forward_step(tape: _Tape, t: int, x_t: Tensor, b_dec: Tensor, W_dec: Tensor
             step.bound = (residual, centred)
             residual = residual * ratio.clamp(max=1.0)
         enc_in = tape.enc_in[t].copy_(residual)
-    pre = torch.addmm(b_enc.unsqueeze(1), W_enc, enc_in.T, out=tape.pre_acts[t]).T  # W x^T: faster at 64 rows
+    # W x^T into the step's slice: faster than x W^T at few rows
+    pre = torch.addmm(b_enc.unsqueeze(1), W_enc, enc_in.T, out=tape.pre_acts[t]).T
     rows, cols = spec.select(pre)
     u = step.u = SparseCodes(rows, cols, pre[rows, cols], pre.shape[0], pre.shape[1])
     step.u_crow = u.row_pointers()

@@ -15,11 +15,13 @@ from typing import Iterator, NamedTuple
 import torch
 from torch import Tensor
 
-from ctxsae_core.data import seeded_generator
+from ctxsae_common.seeds import seeded_generator
 
 
 @dataclass(frozen=True)
 class RegionsSpec:
+    """The generator's settings: width, region groups and their values, local features, magnitudes, noise."""
+
     d: int = 128  # activation width
     n_groups: int = 16  # region factors; each position holds one value of every group
     values_per_group: int = 8
@@ -31,6 +33,7 @@ class RegionsSpec:
 
     @property
     def n_features(self) -> int:
+        """Features in the true dictionary: every group's values, then the local ones."""
         return self.n_groups * self.values_per_group + self.n_local
 
     def true_rate(self, T: int) -> float:
@@ -41,6 +44,8 @@ class RegionsSpec:
 
 
 class RegionWindows(NamedTuple):
+    """A drawn set of windows with its truth."""
+
     x: Tensor  # (N, T, d)
     new_features: Tensor  # (N, T) true number of features that start at each position
     regions: Tensor  # (N, T, n_groups) value index of each group at each position
@@ -52,16 +57,18 @@ class RegionsData:
 
     def __init__(self, spec: RegionsSpec, T: int, seed: int = 0, batch_windows: int = 64):
         self.spec, self.T, self.seed, self.batch_windows = spec, T, seed, batch_windows
-        g = seeded_generator(seed, 0)
+        g = seeded_generator(seed, "data", 0)
         dictionary = torch.randn(spec.n_features, spec.d, generator=g)
         self.dictionary = dictionary / dictionary.norm(dim=1, keepdim=True)  # (n_features, d)
 
     def windows(self, n: int, seed: int) -> RegionWindows:
-        return self._draw(n, seeded_generator(self.seed, 1, seed))
+        """A fixed set of n windows drawn from stream `seed` (held-out data)."""
+        return self._draw(n, seeded_generator(self.seed, "data", 1, seed))
 
     def iter_from(self, step: int) -> Iterator[Tensor]:
+        """Fresh training batches from `step` on, endless; each step's batch is determined by it."""
         while True:
-            yield self._draw(self.batch_windows, seeded_generator(self.seed, 2, step)).x
+            yield self._draw(self.batch_windows, seeded_generator(self.seed, "data", 2, step)).x
             step += 1
 
     def __iter__(self) -> Iterator[Tensor]:

@@ -18,17 +18,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ctxsae_core.axes import ContextAxis
-from ctxsae_core.checkpoint import (
-    load_tensors,
-    read_json,
-    save_sae,
-    save_tensors_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
+from ctxsae_common.errors import InputError
+from ctxsae_common.files import load_tensors, read_json, save_tensors_atomic, write_json_atomic, write_text_atomic
+from ctxsae_common.seeds import seeded_generator
+from ctxsae_core.checkpoint import save_sae
 from ctxsae_core.config import TrainConfig, config_to_dict
-from ctxsae_core.data import seeded_generator, shuffle_positions
-from ctxsae_core.errors import InputError
+from ctxsae_core.data import Resumable, shuffle_positions
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.metrics import fvu, l0
 from ctxsae_core.sae import BaseSAE
@@ -38,6 +33,7 @@ _RUN_FIELDS_THAT_MAY_CHANGE = {"progress", "eval_every", "checkpoint_every", "lo
 
 
 def default_lr(width: int) -> float:
+    """OpenAI's learning rate for a dictionary of `width` features (Gao et al. 2024, sec. 2.3)."""
     return 2e-4 / math.sqrt(width / 2**14)  # Gao et al. 2024, sec. 2.3
 
 
@@ -55,11 +51,13 @@ class Trainer:
         self.tokens_since_fired = torch.zeros(model.config.width, dtype=torch.long)
         self.step = 0
         self.total_steps: int | None = None
-        self.carry_warmup_fraction, self.k_anneal_fraction = cfg.schedule_for(model.config.arch == "contextual")
+        self.batch_shape: list[int] | None = None  # [windows, T] of every batch, fixed by the first
+        self.carry_warmup_fraction, self.k_anneal_fraction = cfg.schedule_for(model.has_carry)
 
     # --- schedule and bookkeeping -------------------------------------------------------------
 
     def lr_at(self, step: int) -> float:
+        """The learning rate at `step`: linear warm-up, flat, then linear decay to zero."""
         steps = self.total_steps
         warmup, decay = round(self.cfg.warmup_fraction * steps), round(self.cfg.decay_fraction * steps)
         mult = 1.0
@@ -76,11 +74,21 @@ class Trainer:
             return k
         return k * (self.cfg.k_anneal_start + (1 - self.cfg.k_anneal_start) * step / span)
 
-    def _set_budget(self, step: int) -> None:
-        if hasattr(self.model.activation, "set_budget_"):
-            self.model.activation.set_budget_(self.budget_at(step, self.model.config.activation.k))
+    def _set_schedule(self, step: int) -> None:
+        """What the model lets the trainer set at `step`: the annealed innovation budget, and
+        whether the carry is on (off during the carry warm-up)."""
+        if self.model.budget is not None:
+            self.model.set_budget_(self.budget_at(step, self.model.budget))
+        self.model.set_carry_(step >= round(self.carry_warmup_fraction * self.total_steps))
+
+    def _end_schedule(self) -> None:
+        """The trained model codes with its configured budget, carry on."""
+        if self.model.budget is not None:
+            self.model.set_budget_(self.model.budget)
+        self.model.set_carry_(True)
 
     def dead_mask(self) -> Tensor:
+        """(F,) bool: features that have not fired for dead_tokens training positions."""
         dead_tokens = self.cfg.dead_tokens or min(10_000_000, max(1, self.cfg.tokens // 10))
         return self.tokens_since_fired >= dead_tokens
 
@@ -110,8 +118,8 @@ class Trainer:
                 tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value)
         save_tensors_atomic(tmp / "trainer_state.safetensors", tensors)
         write_json_atomic(tmp / "trainer_state.json", {
-            "step": self.step, "total_steps": self.total_steps, "run": self._run_identity(),
-            "param_groups": opt["param_groups"]})
+            "step": self.step, "total_steps": self.total_steps, "batch_shape": self.batch_shape,
+            "run": self._run_identity(), "param_groups": opt["param_groups"]})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         write_text_atomic(root / "LATEST", final.name + "\n")
@@ -127,6 +135,7 @@ class Trainer:
         return path if path.is_dir() else None
 
     def load_checkpoint(self, path: Path) -> None:
+        """Restore the model, optimiser and schedule from a checkpoint folder of this same run."""
         meta = read_json(path / "trainer_state.json", "trainer state")
         mine = self._run_identity()
         for key in ("model", "train", "axis"):
@@ -144,7 +153,7 @@ class Trainer:
             _, idx, name = key.split(".", 2)
             opt_state.setdefault(int(idx), {})[name] = value
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-        self.step, self.total_steps = meta["step"], meta["total_steps"]
+        self.step, self.total_steps, self.batch_shape = meta["step"], meta["total_steps"], meta.get("batch_shape")
         if (self.out_dir / METRICS_FILE).is_file():  # drop lines logged after the checkpoint
             lines = (self.out_dir / METRICS_FILE).read_text().splitlines()
             kept = [ln for ln in lines if ln and json.loads(ln).get("step", 0) <= self.step]
@@ -154,14 +163,16 @@ class Trainer:
 
     def _train_step(self, x: Tensor) -> dict[str, Any]:
         model, n_positions = self.model, x.shape[0] * x.shape[1]
+        if list(x.shape[:2]) != self.batch_shape:
+            raise InputError(f"a batch of {x.shape[0]} windows x {x.shape[1]} positions, where this run trains on "
+                             f"{self.batch_shape[0]} x {self.batch_shape[1]}: resume with the batch size it started "
+                             "with, or pass a new --out")
         if self.cfg.shuffle_context:
-            x, _ = shuffle_positions(x, seeded_generator(self.cfg.seed, self.step))
+            x, _ = shuffle_positions(x, seeded_generator(self.cfg.seed, "shuffle_train", self.step))
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        self._set_budget(self.step)
-        if hasattr(model, "carry_scale"):
-            model.carry_scale = 0.0 if self.step < round(self.carry_warmup_fraction * self.total_steps) else 1.0
+        self._set_schedule(self.step)
         out = model(x, self.axis)
         terms = model.loss(x, out, self.dead_mask(), self.axis)
         if not torch.isfinite(terms.total):
@@ -194,15 +205,16 @@ class Trainer:
         ckpt = self._latest_checkpoint()
         if ckpt is not None:
             self.load_checkpoint(ckpt)
-        it = batches.iter_from(self.step) if hasattr(batches, "iter_from") else itertools.islice(iter(batches), self.step, None)
-        it = iter(it)
+        it = iter(batches.iter_from(self.step) if isinstance(batches, Resumable)
+                  else itertools.islice(iter(batches), self.step, None))
         if ckpt is None:
             first = next(it)
             self.model.init_from_data_(first)
             if self.cfg.shrink_encoder_init:
                 self.model.shrink_encoder_(first)
             self.total_steps = max(1, round(self.cfg.tokens / (first.shape[0] * first.shape[1])))
-            self._set_budget(0)
+            self.batch_shape = list(first.shape[:2])
+            self._set_schedule(0)
             self.model.prime_statistics_(first)  # at step 0's budget, so an annealed k starts where it should
             it = itertools.chain([first], it)
         self._loop(it)
@@ -243,7 +255,4 @@ class Trainer:
             if self.out_dir is not None and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last):
                 self.save_checkpoint()
         bar.close()
-        if hasattr(self.model, "carry_scale"):
-            self.model.carry_scale = 1.0
-        if hasattr(self.model.activation, "set_budget_"):
-            self.model.activation.set_budget_(self.model.config.activation.k)
+        self._end_schedule()

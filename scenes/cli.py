@@ -14,42 +14,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 from tqdm import tqdm
 
+from ctxsae_common import typed
+from ctxsae_common.cli import OneLineParser, run_command
+from ctxsae_common.cli import positive_int as _positive
+from ctxsae_common.files import read_json_object, write_json_atomic, write_jsonl_atomic
 from scenes.coord_fit import RADIANCE_SAMPLER, FitConfig, fit_image, fit_radiance
 from scenes.coord_mlp import COORD_KINDS
 from scenes.figures import curve_figure, fit_figure
-from scenes.io import contact_sheet, save_fit, write_json, write_jsonl, write_png, write_truth
+from scenes.io import contact_sheet, save_fit, write_png, write_truth
 from scenes.render import factor_table, render
 from scenes.sampler import SamplerConfig, sample_scene
-from scenes.spec import Scene, SceneError
+from scenes.spec import Scene
 
 CONTACT_SHEET_MAX = 16
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="scenes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    """The `scenes` command line: `render` and `coord-fit`."""
+    parser = OneLineParser(prog="scenes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     r = sub.add_parser("render", help="render sampled (or given) scenes with ground truth",
                        description="Render scenes with per-pixel ground truth and a factor table.")
     r.add_argument("--out", required=True, type=Path, help="output folder")
@@ -89,30 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SceneError(f"{what} {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise SceneError(f"{what} {path} is not valid JSON: {e}") from None
-
-
 def _sampler_config(path: Path | None) -> SamplerConfig:
     if path is None:
         return SamplerConfig()
-    values = _read_json(path, "sampler config")
-    known = {f.name for f in dataclasses.fields(SamplerConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SceneError(f"sampler config {path}: unknown field(s) {unknown}; known: {sorted(known)}")
-    tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return SamplerConfig(**tuples)
+    return typed.from_dict(SamplerConfig, read_json_object(path, "sampler config"), f"sampler config {path}")
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    """`scenes render`: render sampled (or given) scenes with their truth into --out."""
     if args.scene is not None:
-        scenes = [Scene.from_dict(_read_json(args.scene, "scene"))]
+        scenes = [Scene.from_dict(read_json_object(args.scene, "scene"))]
     else:
         cfg = _sampler_config(args.sampler)
         scenes = [sample_scene(args.seed + i, cfg) for i in range(args.n)]
@@ -122,21 +97,22 @@ def cmd_render(args: argparse.Namespace) -> int:
         name = f"{i:05d}"
         write_png(args.out / "images" / f"{name}.png", out.rgb.numpy())
         write_truth(args.out / "truth" / f"{name}.npz", out)
-        write_json(args.out / "scenes" / f"{name}.json", scene.to_dict())
+        write_json_atomic(args.out / "scenes" / f"{name}.json", scene.to_dict())
         rows.append({"image": name, "seed": scene.seed, "size": args.size, "objects": factor_table(scene, out),
                      "lights": [dataclasses.asdict(light) for light in scene.lights],
                      "camera": dataclasses.asdict(scene.camera), "background": scene.background.kind})
         if len(sheet) < CONTACT_SHEET_MAX:
             sheet.append(out)
-    write_jsonl(args.out / "factors.jsonl", rows)
+    write_jsonl_atomic(args.out / "factors.jsonl", rows)
     contact_sheet(args.out / "contact_sheet.png", sheet)
     print(f"wrote {len(scenes)} render(s) to {args.out} (contact_sheet.png, factors.jsonl)")
     return 0
 
 
 def cmd_coord_fit(args: argparse.Namespace) -> int:
+    """`scenes coord-fit`: fit a coordinate MLP to one scene and check it against the truth."""
     if args.scene is not None:
-        scene = Scene.from_dict(_read_json(args.scene, "scene"))
+        scene = Scene.from_dict(read_json_object(args.scene, "scene"))
     else:
         cfg = _sampler_config(args.sampler) if args.sampler else (
             RADIANCE_SAMPLER if args.kind == "radiance" else SamplerConfig())
@@ -147,8 +123,8 @@ def cmd_coord_fit(args: argparse.Namespace) -> int:
     result = (fit_image if args.kind == "image" else fit_radiance)(scene, fit_cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     save_fit(args.out, args.kind, scene, fit_cfg, result.model)
-    write_json(args.out / "metrics.json", {"scene_seed": scene.seed, **result.metrics})
-    write_jsonl(args.out / "history.jsonl", result.history)
+    write_json_atomic(args.out / "metrics.json", {"scene_seed": scene.seed, **result.metrics})
+    write_jsonl_atomic(args.out / "history.jsonl", result.history)
     key = "heldout_psnr" if args.kind == "image" else "heldout_view0_psnr"
     fit_figure(result.images, args.out / "fit_vs_truth.png",
                f"{args.kind} fit ({args.mlp}), held-out PSNR {result.metrics['heldout_psnr']:.2f} dB")
@@ -160,12 +136,8 @@ def cmd_coord_fit(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return {"render": cmd_render, "coord-fit": cmd_coord_fit}[args.command](args)
-    except SceneError as e:
-        print(f"scenes {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    """Run `scenes` with `argv`; returns the exit code (2 for bad input, with one line on stderr)."""
+    return run_command(build_parser(), {"render": cmd_render, "coord-fit": cmd_coord_fit}, argv)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ class FitConfig:
 
     @property
     def learning_rate(self) -> float:
+        """The learning rate in use: `lr`, or the default for the MLP kind."""
         return self.lr if self.lr is not None else {"fourier": 5e-3, "siren": 1e-4}[self.kind]
 
 
@@ -99,6 +100,8 @@ def build_model(target: str, cfg: FitConfig) -> torch.nn.Module:
 
 @dataclass
 class FitResult:
+    """What a fit returns: the model, its metrics against the truth, the history and figures' images."""
+
     model: torch.nn.Module
     metrics: dict
     history: list[dict] = field(default_factory=list)
@@ -198,6 +201,8 @@ def _view_rays(camera: Camera, size: int) -> tuple[Tensor, Tensor]:
 
 
 def render_field(field: RadianceField, camera: Camera, size: int, bounds: Bounds, samples: int, chunk: int = 4096):
+    """Volume-render a radiance field from a camera: colour (size * size, 3) and expected depth
+    (size * size,), rays in chunks."""
     o, d = _view_rays(camera, size)
     parts = [render_rays(field, o[i : i + chunk], d[i : i + chunk], bounds, samples) for i in range(0, o.shape[0], chunk)]
     return torch.cat([p.rgb for p in parts]), torch.cat([p.depth for p in parts])

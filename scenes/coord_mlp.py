@@ -92,6 +92,7 @@ class RadianceField(nn.Module):
         self.background = nn.Sequential(nn.Linear(self.dir_encode.out_dim, 64), nn.ReLU(), nn.Linear(64, 3))
 
     def hidden(self, points: Tensor) -> list[Tensor]:
+        """Every hidden layer's activations at points (N, 3), density trunk first."""
         return self.trunk.hidden(points)
 
     def forward(self, points: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,4 +103,5 @@ class RadianceField(nn.Module):
         return sigma, rgb
 
     def background_colour(self, dirs: Tensor) -> Tensor:
+        """The colour seen beyond the bounds along directions (N, 3)."""
         return torch.sigmoid(self.background(self.dir_encode(dirs)))

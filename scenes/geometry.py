@@ -92,6 +92,7 @@ class SceneGeometry:
         self.texture_ids = torch.tensor([TEXTURES.index(o.texture.kind) for o in self.objects])
 
     def to_local(self, i: int, p: Tensor) -> Tensor:
+        """Points p (N, 3) in object i's own frame (N, 3)."""
         return (p - self.positions[i]) @ self.rotations[i]  # row form of R^T (p - c)
 
     def sdf_all(self, p: Tensor) -> Tensor:

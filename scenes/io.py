@@ -3,32 +3,25 @@ sheet. Every file is written to a temporary name and renamed, so none is ever ha
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
-import os
 from pathlib import Path
-
-import dataclasses
 
 import numpy as np
 import torch
 from PIL import Image
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ctxsae_common.files import save_tensors_atomic, write_bytes_atomic, write_json_atomic
 from scenes.coord_fit import FitConfig, build_model
 from scenes.render import RenderOutput, srgb
 from scenes.spec import Scene, SceneError
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as uint8, rounded."""
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -37,26 +30,20 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     as PNG viewers expect, as PNG."""
     buf = io.BytesIO()
     Image.fromarray(rgb if rgb.dtype == np.uint8 else to_uint8(srgb(rgb))).save(buf, format="PNG")
-    _atomic_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def write_truth(path: Path, out: RenderOutput) -> None:
+    """A render's per-pixel truth as a compressed .npz, written whole or not at all."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **out.arrays())
-    _atomic_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def read_truth(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a truth .npz written by `write_truth`."""
     with np.load(path) as f:
         return {k: f[k] for k in f.files}
-
-
-def write_json(path: Path, obj) -> None:
-    _atomic_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    _atomic_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def id_colours(ids: np.ndarray) -> np.ndarray:
@@ -99,11 +86,8 @@ def contact_sheet(path: Path, renders: list[RenderOutput], columns: int = 4) -> 
 
 def save_fit(folder: Path, target: str, scene: Scene, cfg: FitConfig, model: torch.nn.Module) -> None:
     """A fitted coordinate MLP as fit.json (target, config, scene) + model.safetensors."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, folder / "model.safetensors")
-    write_json(folder / "fit.json", {"target": target, "config": dataclasses.asdict(cfg), "scene": scene.to_dict()})
+    save_tensors_atomic(folder / "model.safetensors", dict(model.state_dict()))
+    write_json_atomic(folder / "fit.json", {"target": target, "config": dataclasses.asdict(cfg), "scene": scene.to_dict()})
 
 
 def load_fit(folder: str | Path) -> tuple[str, Scene, FitConfig, torch.nn.Module]:

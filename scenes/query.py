@@ -53,6 +53,7 @@ class PointTruth:
 
 @torch.no_grad()
 def point_truth(scene: Scene | SceneGeometry, points: Tensor) -> PointTruth:
+    """Density, signed distance, object, kind, material, texture and albedo at points (N, 3)."""
     geo = _geometry(scene)
     sdf, oid = geo.sdf(points)
     inside = sdf < 0

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ctxsae_common.errors import InputError
+
 KINDS = ("sphere", "box", "cylinder", "torus", "plane")
 MATERIALS = ("matte", "glossy", "emissive")
 TEXTURES = ("none", "stripes", "checker", "noise")
@@ -27,7 +29,7 @@ SIZE_MEANING = {
 }
 
 
-class SceneError(ValueError):
+class SceneError(InputError):
     """An invalid scene: one line naming the field, the value and the fix."""
 
 
@@ -192,13 +194,16 @@ class Scene:
         _require(self.ambient >= 0, f"ambient={self.ambient} must be >= 0")
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict; `from_dict` inverts it."""
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
+        """The scene as indented JSON."""
         return json.dumps(self.to_dict())
 
     @staticmethod
     def from_dict(values: dict) -> "Scene":
+        """A validated scene from a dict, with one-line errors naming the field."""
         known = {f.name for f in dataclasses.fields(Scene)}
         unknown = sorted(set(values) - known)
         _require(not unknown, f"unknown scene field(s) {unknown}: expected {sorted(known)}")
@@ -209,6 +214,7 @@ class Scene:
 
     @staticmethod
     def from_json(text: str) -> "Scene":
+        """A validated scene from JSON text."""
         try:
             values = json.loads(text)
         except json.JSONDecodeError as e:
@@ -217,12 +223,15 @@ class Scene:
 
 
 def kind_id(kind: str) -> int:
+    """The index of a primitive kind in KINDS."""
     return KINDS.index(kind)
 
 
 def material_id(material: str) -> int:
+    """The index of a material in MATERIALS."""
     return MATERIALS.index(material)
 
 
 def texture_id(texture: str) -> int:
+    """The index of a texture in TEXTURES."""
     return TEXTURES.index(texture)

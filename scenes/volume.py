@@ -40,6 +40,8 @@ def sample_t(near: Tensor, far: Tensor, n: int, generator: torch.Generator | Non
 
 @dataclass
 class VolumeRender:
+    """What volume rendering gives per ray: colour, expected depth, opacity and the samples' weights."""
+
     rgb: Tensor  # (R, 3) composited over the background
     depth: Tensor  # (R,) expected termination distance (far where nothing is hit)
     opacity: Tensor  # (R,) 1 - transmittance through the bounds
@@ -61,6 +63,7 @@ def composite(sigma: Tensor, rgb: Tensor, t: Tensor, far: Tensor, background: Te
 
 def render_rays(field: RadianceField, origins: Tensor, dirs: Tensor, bounds: Bounds, n_samples: int,
                 generator: torch.Generator | None = None) -> VolumeRender:
+    """Render rays through a radiance field in chunks (Mildenhall et al. 2020, eq. 3)."""
     near, far = ray_sphere(origins, dirs, bounds)
     t = sample_t(near, far, n_samples, generator)
     points = origins[:, None] + t[..., None] * dirs[:, None]  # (R, n, 3)

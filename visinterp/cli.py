@@ -14,15 +14,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ctxsae_core.cli import OneLineParser
-from ctxsae_core.errors import InputError
+from ctxsae_common.cli import OneLineParser, run_command
+from ctxsae_common.typed import field_help
 from scenes.io import load_fit
-from scenes.spec import SceneError
-from visinterp.coord_acts import pixel_windows, ray_windows
-from visinterp.scene_features import SceneSAEConfig, analyse
+from visinterp.coords.acts import pixel_windows, ray_windows
+from visinterp.coords.config import CoordsConfig
+from visinterp.coords.run import analyse
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `visinterp` command line: `run`, `llm-compare` and `scene-features`."""
     parser = OneLineParser(prog="visinterp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     r = sub.add_parser("run", help="the main job: SAEs on an image autoencoder's activations, with a report",
@@ -55,22 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--views", type=int, default=4, help="radiance: camera views whose rays make windows (default: 4)")
     s.add_argument("--size", type=int, default=32, help="pixels per side of each view or image grid (default: 32)")
     s.add_argument("--tile", type=int, default=8, help="image: windows are TILE x TILE pixel squares (default: 8)")
-    for f in dataclasses.fields(SceneSAEConfig):
-        if f.name != "progress":
-            s.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                           help=f"SAE setting {f.name} (default: {f.default})")
+    for f in dataclasses.fields(CoordsConfig):
+        s.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=f"{field_help(CoordsConfig, f.name)} (default: {f.default})")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
 def cmd_scene_features(args: argparse.Namespace) -> int:
+    """`visinterp scene-features`: SAEs on a fitted coordinate MLP, scored against the scene."""
     target, scene, fit_cfg, model = load_fit(args.fit)
     if target == "radiance":
         windows = ray_windows(model, scene, fit_cfg, views=args.views, size=args.size, layer=args.layer)
     else:
         windows = pixel_windows(model, scene, args.size, tile=args.tile, layer=args.layer)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SceneSAEConfig) if f.name != "progress"}
-    report = analyse(windows, SceneSAEConfig(**values, progress=not args.no_progress), args.out)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(CoordsConfig)}
+    report = analyse(windows, CoordsConfig(**values), args.out, progress=not args.no_progress)
     print(f"{'model':<38}{'FVU':>7}{'L0':>7}{'state L0':>10}{'best AUROC':>12}{'switch':>8}{'unnamed':>9}")
     for name, m in report["models"].items():
         print(f"{name:<38}{m['fvu']:>7.3f}{m['l0']:>7.2f}{m['state_l0']:>10.2f}{m['mean_best_auroc']:>12.3f}"
@@ -81,8 +82,9 @@ def cmd_scene_features(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from visinterp.image_run import run
-    from visinterp.run_config import load_run_config
+    """`visinterp run`: the image job, then a summary table."""
+    from visinterp.image.config import load_run_config
+    from visinterp.image.run import run
 
     cfg = load_run_config(args.config)
     if args.autoencoder:
@@ -98,9 +100,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_llm_compare(args: argparse.Namespace) -> int:
-    from visinterp.llm_compare import compare, load_llm_config
-    from visinterp.llm_report import verdict, write_report
-    from visinterp.llm_view import LLMRunView
+    """`visinterp llm-compare`: the LLM job and its report, then a summary table and the verdict."""
+    from visinterp.llm.config import load_llm_config
+    from visinterp.llm.report import verdict, write_report
+    from visinterp.llm.run import compare
+    from visinterp.llm.view import LLMRunView
 
     result = compare(load_llm_config(args.config), args.out, progress=not args.no_progress)
     write_report(LLMRunView(args.out))
@@ -114,12 +118,9 @@ def cmd_llm_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return {"run": cmd_run, "llm-compare": cmd_llm_compare, "scene-features": cmd_scene_features}[args.command](args)
-    except (InputError, SceneError) as e:
-        print(f"visinterp {args.command}: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    """Run `visinterp` with `argv`; returns the exit code (2 for bad input, with one line on stderr)."""
+    return run_command(build_parser(), {"run": cmd_run, "llm-compare": cmd_llm_compare,
+                                        "scene-features": cmd_scene_features}, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ctxsae_core.axes import make_axis, parse_grid
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
 
 
 def test_tokens_and_raster_parents_are_the_previous_position():

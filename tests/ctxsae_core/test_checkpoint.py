@@ -10,7 +10,7 @@ from torch.testing import assert_close
 
 from ctxsae_core import SAE, BatchTopK, ContextualConfig, ContextualSAE, JumpReLU, ReLU, SAEConfig, TopK, make_axis
 from ctxsae_core.checkpoint import export_saelens, load_sae, save_sae
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
 
 ACTS = [TopK(k=3), BatchTopK(k=3), ReLU(l1_coeff=0.1), JumpReLU(init_threshold=0.05)]
 

@@ -1,4 +1,4 @@
-"""The contextual SAE's invariants (DESIGN.md): the decoder reads codes only, codes are causal
+"""The contextual SAE's invariants (docs/design.md): the decoder reads codes only, codes are causal
 in the axis order, carried codes are the one dictionary's, innovations and state are counted
 apart; plus hand-built cases whose innovations and state are known exactly."""
 
@@ -8,7 +8,7 @@ from torch.testing import assert_close
 
 from ctxsae_core import BatchTopK, ContextualConfig, ContextualSAE, JumpReLU, ReLU, TopK, make_axis
 from ctxsae_core.activations import use_sparse_path
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
 from ctxsae_core.metrics import l0
 
 AXES = [("tokens", 16, None), ("raster", 16, (4, 4)), ("quadtree", 16, (4, 4)), ("quadtree", 15, (3, 5))]

@@ -3,8 +3,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ctxsae_core.data import WindowBatches, load_activations, shuffle_positions, split_holdout, seeded_generator
-from ctxsae_core.errors import InputError
+from ctxsae_common.seeds import seeded_generator
+from ctxsae_core.data import WindowBatches, load_activations, shuffle_positions, split_holdout
+from ctxsae_common.errors import InputError
 
 
 def test_loads_npy_and_safetensors(tmp_path):
@@ -60,7 +61,7 @@ def test_holdout_split_is_seeded_and_disjoint():
 
 def test_shuffle_permutes_within_each_window_only():
     x = torch.arange(3 * 6 * 2.0).view(3, 6, 2)
-    y, perm = shuffle_positions(x, seeded_generator(0))
+    y, perm = shuffle_positions(x, seeded_generator(0, "shuffle_eval"))
     for b in range(3):
         assert sorted(y[b, :, 0].tolist()) == sorted(x[b, :, 0].tolist())  # same rows, new order
         assert torch.equal(y[b], x[b, perm[b]])

@@ -8,7 +8,7 @@ import torch
 from torch.testing import assert_close
 
 from ctxsae_core import SAE, BatchTopK, JumpReLU, ReLU, SAEConfig, TopK
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
 from ctxsae_core import activations
 from ctxsae_core.activations import SPARSE_MAX_DENSITY, project, use_sparse_path
 from ctxsae_core.sae import SAEOutput, geometric_median

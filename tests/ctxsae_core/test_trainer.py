@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from ctxsae_core import SAE, BatchTopK, ContextualConfig, ContextualSAE, SAEConfig, TopK, TrainConfig, make_axis
+from ctxsae_core import SAE, BatchTopK, ContextualConfig, ContextualSAE, ReLU, SAEConfig, TopK, TrainConfig, make_axis
 from ctxsae_core.checkpoint import load_sae
 from ctxsae_core.data import WindowBatches
-from ctxsae_core.errors import InputError
+from ctxsae_common.errors import InputError
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.trainer import Trainer
 
@@ -39,7 +39,7 @@ def _crashing(batches, after):
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_resumed_run_ends_with_the_same_weights(tmp_path, shuffle):
     data, axis = _data(), make_axis("tokens", T)
-    cfg = TrainConfig(tokens=20 * 4 * T, batch_tokens=4 * T, checkpoint_every=5, eval_every=0,
+    cfg = TrainConfig(tokens=20 * 4 * T, checkpoint_every=5, eval_every=0,
                       progress=False, shuffle_context=shuffle, seed=3)
     whole = _contextual()
     Trainer(whole, cfg, axis, out_dir=tmp_path / "whole").fit(WindowBatches(data, 4, seed=3))
@@ -59,7 +59,7 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, shuffle):
 
 def test_learning_rate_warms_up_and_decays():
     t = Trainer(SAE(SAEConfig(d_in=D, width=16, activation=TopK(k=2))),
-                TrainConfig(tokens=100, batch_tokens=1, lr=1.0, warmup_fraction=0.1, decay_fraction=0.2), None)
+                TrainConfig(tokens=100, lr=1.0, warmup_fraction=0.1, decay_fraction=0.2), None)
     t.total_steps = 100
     assert [t.lr_at(s) for s in (0, 4, 9, 10, 50, 79, 80, 90, 99)] == pytest.approx(
         [0.1, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.05])
@@ -67,7 +67,7 @@ def test_learning_rate_warms_up_and_decays():
 
 def test_budget_anneals_to_k():
     t = Trainer(SAE(SAEConfig(d_in=D, width=16, activation=TopK(k=2))),
-                TrainConfig(tokens=100, batch_tokens=1, k_anneal_fraction=0.5, k_anneal_start=3.0), None)
+                TrainConfig(tokens=100, k_anneal_fraction=0.5, k_anneal_start=3.0), None)
     t.total_steps = 100
     assert [t.budget_at(s, 2) for s in (0, 25, 49, 50, 99)] == pytest.approx([6.0, 4.0, 2.08, 2.0, 2.0])
 
@@ -76,7 +76,7 @@ def test_dead_features_are_those_silent_for_dead_tokens():
     model = SAE(SAEConfig(d_in=D, width=16, activation=TopK(k=2)))
     with torch.no_grad():
         model.b_enc_F[5:] = -100.0  # features 5.. never fire
-    cfg = TrainConfig(tokens=6 * 4 * T, batch_tokens=4 * T, dead_tokens=3 * 4 * T, lr=1e-9, progress=False)
+    cfg = TrainConfig(tokens=6 * 4 * T, dead_tokens=3 * 4 * T, lr=1e-9, progress=False)
     t = Trainer(model, cfg, None)
     t.fit(WindowBatches(_data(), 4))
     dead = t.dead_mask()
@@ -86,7 +86,7 @@ def test_dead_features_are_those_silent_for_dead_tokens():
 
 def test_out_dir_holds_model_log_eval_and_one_checkpoint(tmp_path):
     data, axis = _data(), make_axis("tokens", T)
-    cfg = TrainConfig(tokens=12 * 4 * T, batch_tokens=4 * T, eval_every=5, checkpoint_every=5, log_every=2, progress=False)
+    cfg = TrainConfig(tokens=12 * 4 * T, eval_every=5, checkpoint_every=5, log_every=2, progress=False)
     result = Trainer(_contextual(), cfg, axis, out_dir=tmp_path, eval_windows=data[:8]).fit(WindowBatches(data, 4))
     assert set(result) >= {"fvu", "mse", "l0", "state_l0", "dead_fraction", "n_positions"}
     assert result["n_positions"] == 8 * T
@@ -102,7 +102,7 @@ def test_out_dir_holds_model_log_eval_and_one_checkpoint(tmp_path):
 
 def test_resuming_into_a_folder_of_another_run_is_refused(tmp_path):
     data, axis = _data(), make_axis("tokens", T)
-    cfg = TrainConfig(tokens=4 * 4 * T, batch_tokens=4 * T, progress=False)
+    cfg = TrainConfig(tokens=4 * 4 * T, progress=False)
     Trainer(_contextual(), cfg, axis, out_dir=tmp_path).fit(WindowBatches(data, 4))
     other = ContextualSAE(ContextualConfig(d_in=D, width=16, activation=BatchTopK(k=3)))
     with pytest.raises(InputError, match="different model config.*activation"):
@@ -112,7 +112,7 @@ def test_resuming_into_a_folder_of_another_run_is_refused(tmp_path):
 def test_training_reduces_the_loss():
     data, axis = _data(256), make_axis("tokens", T)
     model = _contextual()
-    cfg = TrainConfig(tokens=150 * 16 * T, batch_tokens=16 * T, lr=3e-3, progress=False)
+    cfg = TrainConfig(tokens=150 * 16 * T, lr=3e-3, progress=False)
     t = Trainer(model, cfg, axis, eval_windows=data[:32])
     model.init_from_data_(data[:16])
     before = evaluate(model, data[:32], axis)["fvu"]
@@ -137,9 +137,36 @@ def test_first_step_codes_at_the_budget_the_schedule_sets(tmp_path, anneal):
     torch.manual_seed(0)
     m = ContextualSAE(ContextualConfig(d_in=32, width=256, activation=BatchTopK(k=4), carry="gated"))
     data = torch.randn(64, T, 32)
-    cfg = TrainConfig(tokens=64 * T * 10, batch_tokens=64 * T, progress=False, eval_every=0, log_every=1,
+    cfg = TrainConfig(tokens=64 * T * 10, progress=False, eval_every=0, log_every=1,
                       k_anneal_fraction=anneal, k_anneal_start=4.0)
     Trainer(m, cfg, make_axis("tokens", T), out_dir=tmp_path).fit(WindowBatches(data, 64, seed=0))
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     budget = 4 * (4.0 if anneal else 1.0)
     assert first["step"] == 1 and first["l0"] == pytest.approx(budget, rel=0.2)
+
+
+def test_resuming_with_another_batch_size_is_refused(tmp_path):
+    data, axis = _data(), make_axis("tokens", T)
+    cfg = TrainConfig(tokens=8 * 4 * T, checkpoint_every=2, progress=False)
+    with pytest.raises(_Crash):
+        Trainer(_contextual(), cfg, axis, out_dir=tmp_path).fit(_crashing(WindowBatches(data, 4), after=3))
+    with pytest.raises(InputError, match="8 windows x 8 positions.*4 x 8"):
+        Trainer(_contextual(), cfg, axis, out_dir=tmp_path).fit(WindowBatches(data, 8))
+
+
+def test_the_trainer_sets_what_the_model_declares_and_restores_it():
+    """Per-position TopK: a budget but no carry; contextual: both; ReLU: neither. After
+    training every model codes at its configured k with the carry on."""
+    assert SAE(SAEConfig(d_in=D, width=16, activation=TopK(k=3))).budget == 3
+    relu = SAE(SAEConfig(d_in=D, width=16, activation=ReLU()))
+    assert relu.budget is None and not relu.has_carry
+    with pytest.raises(TypeError, match="no innovation budget"):
+        relu.set_budget_(2)
+    m = _contextual()
+    cfg = TrainConfig(tokens=4 * 4 * T, progress=False, carry_warmup_fraction=1.0, k_anneal_fraction=1.0)
+    t = Trainer(m, cfg, make_axis("tokens", T))
+    t.total_steps = 4
+    t._set_schedule(0)
+    assert m.carry_scale == 0.0 and m.activation.budget == pytest.approx(4 * 2)
+    t.fit(WindowBatches(_data(), 4))
+    assert m.carry_scale == 1.0 and m.activation.budget == 2

@@ -1,0 +1,145 @@
+"""Training SAEs the way every job does: `train_sae` trains one (build, fit, save, evaluate on
+held-out windows), and `sweep_specs` lists the SAEs a comparison trains (per-position SAEs over
+budgets, contextual SAEs over budgets with their shuffled-context controls)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+from ctxsae_common.typed import param, require
+from ctxsae_core.axes import ContextAxis
+from ctxsae_core.checkpoint import build_sae
+from ctxsae_core.config import CARRY_KINDS, BatchTopK, ContextualConfig, JumpReLU, SAEConfig, TopK, TrainConfig
+from ctxsae_core.sae import BaseSAE
+from ctxsae_core.trainer import Trainer
+
+PER_POSITION_KINDS = ("topk", "batchtopk")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The SAEs a comparison trains on one activation site: each per-position kind at each k,
+    JumpReLU at each L0 coefficient, and for each carry the contextual SAE at each
+    k_contextual with its shuffled-context control."""
+
+    width: int = param(256, "features per SAE")
+    per_position: tuple[str, ...] = param(("topk",), "per-position kinds swept over k: 'topk', 'batchtopk'")
+    k: tuple[int, ...] = param((2, 4, 8, 16), "per-position budgets (active features per position)")
+    jumprelu: tuple[float, ...] = param((), "JumpReLU L0-penalty coefficients, one per-position SAE each (its L0 "
+                                        "is learned, not set); [] trains none")
+    jumprelu_threshold: float = param(0.001, "JumpReLU's initial threshold (Rajamanoharan et al. 2024: 0.001); "
+                                      "short runs barely move it, so there it largely sets L0")
+    carries: tuple[str, ...] = param(("gated",), "contextual carries, each with its shuffled control: 'gated', "
+                                     "'attention'")
+    k_contextual: tuple[int, ...] = param((1, 2, 4, 8), "contextual BatchTopK innovation budgets")
+    k_control: tuple[int, ...] = param((), "budgets of the shuffled-context controls; [] trains one control per "
+                                       "contextual budget")
+    tokens: int = param(300_000, "training positions per SAE")
+    batch_windows: int = param(16, "windows per optimiser step")
+    lr: float = param(3e-3, "Adam learning rate")
+    shrink_encoder_init: bool = param(False, "scale the tied encoder down after the data-dependent init when it "
+                                      "over-reconstructs (needed when k is comparable to d, e.g. a 4-channel "
+                                      "latent; see TrainConfig)")
+    seed: int = param(0, "seed of every SAE")
+
+    def __post_init__(self) -> None:
+        for kind in self.per_position:
+            require(kind in PER_POSITION_KINDS, f"sweep.per_position has {kind!r}: choose from "
+                                                f"{list(PER_POSITION_KINDS)}")
+        for carry in self.carries:
+            require(carry in CARRY_KINDS, f"sweep.carries has {carry!r}: choose from {list(CARRY_KINDS)}")
+        require(len(set(self.carries)) == len(self.carries) and len(set(self.per_position)) == len(self.per_position),
+                "sweep.carries and sweep.per_position must not repeat a name")
+        require(all(k >= 1 for k in (*self.k, *self.k_contextual, *self.k_control)),
+                "sweep.k, sweep.k_contextual and sweep.k_control must be >= 1")
+        require(all(c > 0 for c in self.jumprelu), f"sweep.jumprelu={list(self.jumprelu)}: coefficients must be > 0")
+        require(self.jumprelu_threshold > 0, f"sweep.jumprelu_threshold={self.jumprelu_threshold} must be > 0")
+        require(self.width >= max((*self.k, *self.k_contextual, *self.k_control, 1)),
+                f"sweep.width={self.width} must be >= every k")
+        require(self.tokens >= 1 and self.batch_windows >= 1, "sweep.tokens and sweep.batch_windows must be >= 1")
+        require(self.lr > 0, f"sweep.lr={self.lr} must be > 0")
+        require(self.seed >= 0, f"sweep.seed={self.seed} must be >= 0")
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """One SAE of a sweep."""
+
+    name: str  # e.g. "topk_k4", "jumprelu_c0.01", "contextual_gated_k2", "contextual_gated_k2_control"
+    series: str  # its sweep: "topk", "jumprelu", "contextual_gated", "contextual_gated_control"
+    family: str  # "per-position", "contextual", "control"
+    k: int | None  # the budget; None for JumpReLU, whose L0 is learned
+    config: SAEConfig
+    shuffle: bool  # the shuffled-context control: positions permuted in training and evaluation
+
+    @property
+    def carry(self) -> str | None:
+        """The carry of a contextual SAE; None per position."""
+        return self.config.carry if isinstance(self.config, ContextualConfig) else None
+
+    def describe(self) -> dict[str, Any]:
+        """What a report row says of the spec."""
+        return {"arch": self.config.arch, "series": self.series, "family": self.family, "k": self.k,
+                "carry": self.carry}
+
+
+def sweep_specs(sweep: SweepConfig, d: int) -> list[SAESpec]:
+    """Every SAE of the sweep, per-position first, for activations of width d."""
+    activations = {"topk": TopK, "batchtopk": BatchTopK}
+    specs = [SAESpec(f"{kind}_k{k}", kind, "per-position", k,
+                     SAEConfig(d_in=d, width=sweep.width, activation=activations[kind](k=k)), False)
+             for kind in sweep.per_position for k in sweep.k]
+    specs += [SAESpec(f"jumprelu_c{c:g}", "jumprelu", "per-position", None,
+                      SAEConfig(d_in=d, width=sweep.width,
+                                activation=JumpReLU(l0_coeff=c, init_threshold=sweep.jumprelu_threshold)), False)
+              for c in sweep.jumprelu]
+    for carry in sweep.carries:
+        def contextual(k: int) -> ContextualConfig:
+            return ContextualConfig(d_in=d, width=sweep.width, activation=BatchTopK(k=k), carry=carry)
+
+        for k in sweep.k_contextual:
+            specs.append(SAESpec(f"contextual_{carry}_k{k}", f"contextual_{carry}", "contextual", k, contextual(k),
+                                 False))
+            if not sweep.k_control:
+                specs.append(SAESpec(f"contextual_{carry}_k{k}_control", f"contextual_{carry}_control", "control", k,
+                                     contextual(k), True))
+        for k in sweep.k_control:
+            specs.append(SAESpec(f"contextual_{carry}_k{k}_control", f"contextual_{carry}_control", "control", k,
+                                 contextual(k), True))
+    return specs
+
+
+def train_config(sweep: SweepConfig, spec: SAESpec, progress: bool = True, **overrides: Any) -> TrainConfig:
+    """The training config of one SAE of the sweep (no held-out evaluation during training
+    unless `overrides` ask for it)."""
+    values: dict[str, Any] = {"tokens": sweep.tokens, "lr": sweep.lr, "seed": sweep.seed,
+                              "shuffle_context": spec.shuffle, "progress": progress, "eval_every": 0,
+                              "shrink_encoder_init": sweep.shrink_encoder_init}
+    return TrainConfig(**{**values, **overrides})
+
+
+@dataclass
+class TrainedSAE:
+    """`train_sae`'s result: the model and its held-out scores."""
+
+    model: BaseSAE  # in eval mode
+    scores: dict[str, Any]  # `ctxsae_core.evaluate` on the held-out windows ({} without them)
+
+
+def train_sae(config: SAEConfig, train_cfg: TrainConfig, batches: Iterable[Tensor], axis: ContextAxis | None,
+              out_dir: str | Path | None = None, eval_windows: Tensor | None = None,
+              eval_batch_windows: int = 64) -> TrainedSAE:
+    """Train one SAE: build it from `config` (seeded by train_cfg.seed), fit it on `batches`,
+    and, given `out_dir`, save it there with its metrics and checkpoints (resuming from the
+    last checkpoint found there); given held-out windows, evaluate it on them."""
+    torch.manual_seed(train_cfg.seed)
+    model = build_sae(config)
+    trainer = Trainer(model, train_cfg, axis, out_dir=out_dir, eval_windows=eval_windows,
+                      eval_batch_windows=eval_batch_windows)
+    scores = trainer.fit(batches)
+    return TrainedSAE(model.eval(), scores)

@@ -1,0 +1,39 @@
+from pathlib import Path
+
+import pytest
+
+from ctxsae_common.errors import InputError
+from visinterp.image.config import RunConfig, load_run_config, run_config_from_dict
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+
+def test_default_toml_spells_out_the_built_in_defaults():
+    assert load_run_config(CONFIGS / "default.toml") == RunConfig()
+
+
+def test_quick_toml_overrides_field_by_field():
+    quick = load_run_config(CONFIGS / "quick.toml")
+    assert quick.sweep.k == (2, 4) and quick.sweep.width == 32
+    assert quick.sweep.lr == RunConfig().sweep.lr  # not named in the file: the default
+    assert quick.offline_ae.steps == 300 and quick.offline_ae.crop == RunConfig().offline_ae.crop
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"sweep": {"widht": 4}}, r"\[sweep\]: unknown field\(s\) widht"),
+    ({"harvest": {"axis": "tokens"}}, "harvest.axis='tokens': choose 'raster' or 'quadtree'"),
+    ({"images": {"size": 60}}, "images.size=60 must be a multiple of 8"),
+    ({"sweep": {"width": 4, "k": [8]}}, "sweep.width=4 must be >= every k"),
+    ({"offline_ae": {"norm_groups": 5}}, "norm_groups=5 must divide"),
+    ({"imagse": {}}, r"cfg.toml: unknown field\(s\) imagse; known fields are autoencoder, images"),
+    # the wrong type, named by table and field instead of a Python error from deep inside
+    ({"sweep": {"width": "big"}}, r"cfg.toml \[sweep\]: width = 'big' must be an integer"),
+    ({"sweep": {"k": 4}}, r"cfg.toml \[sweep\]: k = 4 must be a list of integers"),
+    ({"sweep": {"carries": "gated"}}, r"cfg.toml \[sweep\]: carries = 'gated' must be a list of strings"),
+    ({"sweep": {"width": True}}, r"cfg.toml \[sweep\]: width = True must be an integer"),
+    ({"sweep": {"lr": "fast"}}, r"cfg.toml \[sweep\]: lr = 'fast' must be a number"),
+    ({"images": 3}, r"cfg.toml: images = 3 must be a table of ImagesConfig fields"),
+])
+def test_bad_values_are_named(values, message):
+    with pytest.raises(InputError, match=message):
+        run_config_from_dict(values, "cfg.toml")

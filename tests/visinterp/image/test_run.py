@@ -1,0 +1,154 @@
+"""The main job end to end on configs/quick.toml: metrics.json, the report in headless
+Chromium, the notebook, and one-line errors for bad input."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctxsae_core.checkpoint import load_sae
+from ctxsae_core.evaluate import evaluate
+from visinterp.models.autoencoders.offline import CACHE_ENV
+from visinterp.cli import main
+from visinterp.image.config import load_run_config
+from visinterp.image.view import RunView
+
+ROOT = Path(__file__).resolve().parents[3]
+QUICK = ROOT / "configs" / "quick.toml"
+TAEF2 = ROOT.parent / "shared" / "weights" / "taef2"
+REQUIRED = ("arch", "axis", "hook", "l0", "state_l0", "fvu", "dead_fraction", "psnr_vs_clean_decode", "psnr_vs_input")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cache")
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop(CACHE_ENV)
+    else:
+        os.environ[CACHE_ENV] = old
+
+
+@pytest.fixture(scope="module")
+def quick_run(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    assert main(["run", "--config", str(QUICK), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_metrics_hold_every_sae_and_its_control(quick_run):
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    cfg = load_run_config(QUICK)
+    assert metrics["autoencoder"]["autoencoder"].startswith("offline default")
+    names = set(metrics["saes"])
+    for hook in cfg.harvest.hooks:
+        for k in cfg.sweep.k:
+            m = metrics["saes"][f"{hook}/topk_k{k}"]
+            assert k - 0.5 < m["l0"] <= k and m["state_l0"] == m["l0"]  # at most k per patch (ReLU after the top k)
+        for k in cfg.sweep.k_contextual:
+            ctx, ctl = metrics["saes"][f"{hook}/contextual_gated_k{k}"], metrics["saes"][f"{hook}/contextual_gated_k{k}_control"]
+            assert ctx["state_l0"] >= ctx["l0"] - 1e-6 and ctl["family"] == "control" and ctx["family"] == "contextual"
+    assert len(names) == len(cfg.harvest.hooks) * (len(cfg.sweep.k) + 2 * len(cfg.sweep.k_contextual))
+    for m in metrics["saes"].values():
+        assert all(key in m for key in REQUIRED)
+        assert 0 < m["fvu"] < 2 and 0 <= m["dead_fraction"] <= 1 and m["axis"] == "raster"
+        assert m["psnr_vs_clean_decode"] > 5 and m["psnr_vs_input"] > 5
+    n_held = len(metrics["held_out_images"])
+    assert n_held == round(cfg.images.n * cfg.images.held_out)
+    assert metrics["autoencoder_psnr_vs_input"] > 10
+
+
+def test_saved_saes_reload_to_the_reported_metrics(quick_run):
+    """The view reads the run folder alone (run.json's held-out windows, the SAE folders) and
+    gets the figures the job reported from its one pass over the held-out windows."""
+    cfg = load_run_config(QUICK)
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    data = RunView(quick_run).hook("latent")
+    for name in ("topk_k2", "contextual_gated_k1", "contextual_gated_k1_control"):
+        model, axis = load_sae(quick_run / "saes" / "latent" / name)
+        assert axis.kind == "raster" and axis.grid == tuple(metrics["saes"][f"latent/{name}"]["grid"])
+        scores = evaluate(model, data.held_x, axis, shuffle_context=name.endswith("control"), seed=cfg.sweep.seed)
+        assert scores["fvu"] == pytest.approx(metrics["saes"][f"latent/{name}"]["fvu"], rel=1e-5)
+
+
+def test_splicing_the_true_latent_reproduces_the_clean_decode(quick_run):
+    view = RunView(quick_run)
+    torch.testing.assert_close(view.autoencoder.splice(view.held_images, "latent", lambda m: m), view.clean)
+
+
+def test_the_view_needs_only_the_run_folder(quick_run, tmp_path, monkeypatch):
+    """Moved elsewhere, with the autoencoder cache emptied, the run still opens: the view reads
+    its copy of the offline autoencoder, the held-out images and run.json's map shape."""
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(quick_run, moved)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "empty_cache"))
+    view = RunView(moved)
+    run = json.loads((moved / "run.json").read_text())
+    assert run["hooks"]["latent"]["map_hw"] == [8, 8] and run["autoencoder"]["folder"] == "autoencoder"
+    maps = view.state_maps("latent")
+    assert len(maps) == len(run["held_out_images"]) and maps[0].shape[-2:] == (8, 8)
+    view.steer("latent", [0], images=1)
+    assert not (tmp_path / "empty_cache").exists()
+
+
+def test_report_loads_in_headless_chromium_without_console_errors(quick_run, open_in_chromium):
+    page = open_in_chromium(quick_run / "report.html")
+    assert page["errors"] == []
+    figures = sorted(p.stem for p in (quick_run / "figures").glob("*.png"))
+    assert sorted(alt for _, _, alt in page["images"]) == figures  # every figure is on the page...
+    assert all(done and width > 100 for done, width, _ in page["images"])  # ...and decodes
+    assert "pareto" in figures and "latent_steering" in figures and "autoencoder_errors" in figures
+    assert page["title"] == "visinterp run report"
+
+
+def test_notebook_runs_on_the_quick_run(quick_run, cache, run_notebook):
+    nb = run_notebook("explore_unnamed_features.ipynb", "VISINTERP_RUN", quick_run)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    n_unnamed = len(metrics["alignment"]["latent"][metrics["analysed"]["latent"][1]]["unnamed"])
+    assert f"{n_unnamed} unnamed features" in text and "groups: [[" in text
+    pictures = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(pictures) == 2  # the gallery and the steering figure
+
+
+def test_bad_configs_exit_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sweep]\nwidht = 4\n")
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown field(s) widht" in err and err.count("\n") == 1
+    assert main(["run", "--config", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    bad.write_text('autoencoder = "%s"\n[images]\nn = 5\nsize = 16\n[harvest]\nhooks = ["encoder.mid", "nope"]\n' % TAEF2)
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "unknown hook 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_a_folder_of_photos_runs_with_taef2_and_no_scene_truth(tmp_path, capsys):
+    from matplotlib import cbook
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    hopper = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    for i in range(6):  # six crops of one photo, saved as PNG
+        hopper.crop((40 * i, 20 * i, 40 * i + 300, 20 * i + 300)).save(photos / f"crop{i}.png")
+    cfg = tmp_path / "photos.toml"
+    cfg.write_text(f'autoencoder = "{TAEF2}"\n[images]\nsource = "{photos}"\nn = 6\nsize = 32\n'
+                   '[harvest]\nhooks = ["latent"]\n[sweep]\nwidth = 16\nk = [2]\nk_contextual = [1]\ntokens = 2000\n'
+                   '[report]\nfeatures = 2\ntop_images = 2\n')
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"]["files"] == [f"crop{i}.png" for i in range(6)]
+    assert metrics["autoencoder"]["latent_channels"] == 32 and metrics["alignment"]["latent"] == {}
+    assert "autoencoder_error_by_factor" not in metrics  # no scene truth for photos
+    assert metrics["saes"]["latent/topk_k2"]["grid"] == [4, 4]  # 32 px / 8
+    assert (out / "report.html").stat().st_size > 10_000 and "Factor alignment" not in (out / "report.html").read_text()

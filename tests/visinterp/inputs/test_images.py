@@ -1,0 +1,43 @@
+"""Images for the autoencoder jobs are sRGB-encoded, as image files are: renders (linear RGB)
+are encoded on the way in, so a folder of the rendered PNGs gives the same images."""
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from ctxsae_common.errors import InputError
+from scenes.render import render
+from scenes.sampler import sample_scene
+from visinterp.inputs.images import FolderImages, SceneImages, to_batch
+
+
+def test_scene_images_are_srgb_encoded_renders_and_match_their_pngs(tmp_path):
+    scenes = SceneImages(tmp_path / "scenes", n=2, size=16, seed=3)
+    scenes.ensure(progress=False)
+    images = scenes.load(0, 2)  # (2, 3, 16, 16)
+    linear = torch.from_numpy(scenes.truth(1)["rgb"]).permute(2, 0, 1)
+    # the sRGB curve by hand: 12.92 x below 0.0031308, else 1.055 x^(1/2.4) - 0.055
+    x = linear.clamp(0, 1).double()
+    by_hand = torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.pow(1 / 2.4) - 0.055).float()
+    assert_close(images[1], by_hand)
+    lit = (linear > 0.05) & (linear < 0.95)
+    assert (images[1][lit] > linear[lit]).all()  # encoding brightens every mid-tone
+    assert_close(to_batch([render(sample_scene(3), 16)])[0], images[0])
+    # the PNGs the run writes are the same images, to 8 bits
+    folder = FolderImages(tmp_path / "scenes", n=2, size=16)
+    assert folder.names == ["00000.png", "00001.png"]
+    assert (folder.load(0, 2) - images).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_a_folder_without_images_is_a_one_line_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(InputError, match="no images"):
+        FolderImages(tmp_path, n=4, size=16)
+
+
+def test_encoding_a_linear_mid_grey():
+    from visinterp.inputs.images import encoded
+
+    grey = np.full((2, 2, 3), 0.2, dtype=np.float32)
+    assert encoded(grey)[:, 0, 0].tolist() == pytest.approx([0.4845] * 3, abs=1e-4)  # 1.055 * 0.2^(1/2.4) - 0.055

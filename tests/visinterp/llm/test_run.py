@@ -1,0 +1,121 @@
+"""`visinterp llm-compare` on configs/llm/quick.toml with the real SmolLM2, and its metrics on hand cases."""
+
+import html
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctxsae_common.errors import InputError
+from ctxsae_core.metrics import fvu
+from visinterp.cli import main
+from ctxsae_core.sweep import sweep_specs
+from visinterp.llm.config import load_llm_config
+from visinterp.llm.report import verdict
+from visinterp.llm.view import LLMRunView
+from visinterp.analysis.matched_l0 import l0_for_value
+from visinterp.harvest.store import ActivationStore
+
+QUICK = Path(__file__).resolve().parents[3] / "configs" / "llm" / "quick.toml"
+REQUIRED = ("arch", "carry", "l0", "state_l0", "fvu", "ce_clean", "ce_spliced", "ce_zero_ablation", "ce_recovered",
+            "delta_ce", "dead_fraction", "best_auroc_by_region", "switch_rate_of_region_tracking_features",
+            "innovations_near_boundary")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("llm")
+    assert main(["llm-compare", "--config", str(QUICK), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_llm_compare_quick_writes_every_metric(quick):
+    out = quick
+    result = json.loads((out / "comparison.json").read_text())
+    cfg = load_llm_config(QUICK)
+    assert set(result["saes"]) == {s.name for s in sweep_specs(cfg.sweep, 576)}
+    assert {m["series"] for m in result["saes"].values()} == {
+        "topk", "batchtopk", "jumprelu", "contextual_gated", "contextual_gated_control", "contextual_attention",
+        "contextual_attention_control"}
+    assert result["ce_zero_ablation"] > result["ce_clean"] + 3  # zeroing the residual stream wrecks the LM
+    for name, m in result["saes"].items():
+        assert all(key in m for key in REQUIRED)
+        assert m["ce_recovered"] == pytest.approx((m["ce_zero_ablation"] - m["ce_spliced"]) / (m["ce_zero_ablation"] - m["ce_clean"]))
+        assert m["delta_ce"] == pytest.approx(m["ce_spliced"] - m["ce_clean"])
+        assert 0 < m["ce_recovered"] < 1 and 0 < m["fvu"] < 1
+        assert 0 <= m["innovations_near_boundary"] <= 1 and set(m["best_auroc_by_region"]) == {"prose", "code", "licence"}
+    assert result["saes"]["topk_k4"]["l0"] <= 4
+    assert result["saes"]["contextual_attention_k2"]["carry"] == "attention"
+    # the goal check agrees with the curves it reads: TopK's L0 at a contextual SAE's FVU
+    g = result["goals"]["contextual_gated_k2"]
+    topk = sorted((m["l0"], m["fvu"]) for m in result["saes"].values() if m["series"] == "topk")
+    assert g["topk_l0_at_same_fvu"] == pytest.approx(l0_for_value(topk, result["saes"]["contextual_gated_k2"]["fvu"], True))
+    assert g["innovation_ratio"] == pytest.approx(g["topk_l0_at_same_fvu"] / result["saes"]["contextual_gated_k2"]["l0"])
+    assert [row["l0"] for row in result["matched_l0"]] == sorted(
+        m["l0"] for m in result["saes"].values() if m["family"] == "contextual")
+    # windows with a massive activation after position 0 are left out of the store, and counted
+    store_rows = json.loads((out / "store" / "manifest.json").read_text())["n_windows"]
+    assert store_rows == result["windows_harvested"] - result["windows_left_out_as_outliers"] < result["windows_harvested"]
+    acts = ActivationStore(out / "store").gather(torch.arange(store_rows))
+    norms = acts.norm(dim=-1)
+    assert norms.max() < cfg.outlier_norm * 3 * norms.median()
+
+
+def test_run_view_reproduces_the_reported_fvu(quick):
+    view = LLMRunView(quick)
+    for name in ("topk_k4", "contextual_gated_k2", "contextual_gated_k2_control", "contextual_attention_k2"):
+        assert fvu(view.x, view.codes(name)["x_hat"]) == pytest.approx(view.saes[name]["fvu"], rel=1e-4)
+    w = view.windows_with_boundaries(1)[0]
+    assert len(view.tokens(w)) == view.x.shape[1] and bool(view.boundaries[w].any())
+    ctx, control, per_pos = view.analysed()
+    assert ctx.startswith("contextual_gated") and control == f"{ctx}_control" and view.saes[per_pos]["family"] == "per-position"
+    contexts = view.top_contexts(ctx, next(iter(view.region_features(ctx).values())), n=4)
+    values = [c["value"] for c in contexts]
+    assert values == sorted(values, reverse=True) and len({c["window"] for c in contexts}) == len(contexts)
+
+
+def test_llm_report_loads_in_headless_chromium(quick, open_in_chromium):
+    page = open_in_chromium(quick / "report.html", "return document.querySelectorAll('.strip').length;")
+    assert page["errors"] == [] and page["title"] == "llm-compare resid.15"
+    assert [alt for _, _, alt in page["images"]] == ["llm_pareto"] and all(w > 300 for _, w, _ in page["images"])
+    assert page["script"] >= 2 * 3 * 2  # two windows x three SAEs x (features + the innovation count)
+    result = json.loads((quick / "comparison.json").read_text())
+    assert html.escape(verdict(result["goals"])) in (quick / "report.html").read_text()
+
+
+def test_llm_notebook_runs_on_the_quick_run(quick, run_notebook):
+    nb = run_notebook("llm_comparison.ipynb", "VISINTERP_LLM_RUN", quick)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs)
+    result = json.loads((quick / "comparison.json").read_text())
+    assert verdict(result["goals"]) in text and "tokens near a boundary" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1  # the Pareto figure
+    shown = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert len(shown) == 2 and "paid for at" in shown[0] and "context (token in bold)" in shown[1]
+
+
+def test_llm_compare_resumes_with_the_same_numbers(quick):
+    before = json.loads((quick / "comparison.json").read_text())
+    assert main(["llm-compare", "--config", str(QUICK), "--out", str(quick), "--no-progress"]) == 0
+    again = json.loads((quick / "comparison.json").read_text())
+    assert again["saes"]["contextual_gated_k2"]["fvu"] == before["saes"]["contextual_gated_k2"]["fvu"]
+    assert again["goals"] == before["goals"]
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('hook = "resid.99"\n[corpus]\nwindows = 6\nwindow = 8\n', "unknown hook 'resid.99'"),
+    ('[corpus]\nspan_tokens = [9, 3]\n', "span_tokens=[9, 3]"),
+    ('[sweep]\ncarries = ["gated", "lstm"]\n', "sweep.carries has 'lstm'"),
+    ('[sweep]\nper_position = ["relu"]\n', "sweep.per_position has 'relu'"),
+])
+def test_llm_compare_bad_config_exits_2(tmp_path, capsys, toml, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml)
+    assert main(["llm-compare", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_view_of_a_folder_without_a_comparison_says_what_to_run(tmp_path):
+    with pytest.raises(InputError, match="no run.json, so no finished llm run is there: run `visinterp llm-compare"):
+        LLMRunView(tmp_path)

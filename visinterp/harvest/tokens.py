@@ -1,0 +1,32 @@
+"""Harvesting token windows: a causal LM's activations at one hook over token windows, into an
+activation store, resumable where it stopped. Position 0 of every window (the attention sink,
+~100x the norm of the rest) is left out, and so are windows holding a massive activation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from visinterp.harvest.store import ActivationStore, StoreWriter
+from visinterp.models.causal_lm import CausalLM
+
+
+def harvest_tokens(lm: CausalLM, ids: Tensor, hook: str, folder: Path, identity: dict, *, batch: int = 16,
+                   shard_windows: int = 1024, outlier_norm: float = 10.0, progress: bool = True) -> ActivationStore:
+    """Activations at `hook` for positions 1..T-1 of each window of token ids (N, T) into a
+    store at `folder`; each stored window's item index is its row of `ids`. Windows holding a
+    position whose norm exceeds `outlier_norm` times the batch's median norm are left out."""
+    writer = StoreWriter(folder, {**identity, "hook": hook, "axis": "tokens"}, shard_windows)
+    n = ids.shape[0]
+    for a in tqdm(range(writer.done_items, n, batch), desc=f"harvest {hook}", unit="batch", disable=not progress):
+        rows = ids[a : a + batch]
+        acts = lm.capture(rows, [hook])[hook][:, 1:]  # position 0 (the attention sink) is left out
+        norms = acts.norm(dim=-1)
+        keep = ~(norms > outlier_norm * norms.median()).any(1)
+        writer.add(acts[keep], torch.arange(a, a + rows.shape[0])[keep], rows.shape[0])
+    writer.grid = (1, ids.shape[1] - 1)
+    writer.flush()
+    return ActivationStore(folder, verify=True)

@@ -1,0 +1,248 @@
+"""The image job: images -> autoencoder -> activation stores -> SAE sweep per hook -> metrics.json,
+run.json and report.html. Every stage resumes: rendered scenes, stores and SAE checkpoints
+already on disk are reused, so `visinterp run` run again on the same folder picks up where it
+stopped. Each SAE's held-out windows go through it once: the metrics, its codes (for
+alignment, galleries and maps) and the reconstruction spliced into the autoencoder all come
+from that pass."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ctxsae_common.errors import InputError
+from ctxsae_common.files import save_tensors_atomic, write_json_atomic
+from ctxsae_core.axes import ContextAxis, make_axis
+from ctxsae_core.data import split_indices
+from ctxsae_core.sae import BaseSAE
+from ctxsae_core.sweep import sweep_specs, train_config, train_sae
+from visinterp.analysis.codes import evaluate_with_codes, window_codes
+from visinterp.analysis.matched_l0 import analysed_pair
+from visinterp.harvest.maps import harvest, untile
+from visinterp.harvest.store import ActivationStore
+from visinterp.image.config import RunConfig
+from visinterp.image.factors import error_by_factor, feature_alignment, grid_factors
+from visinterp.inputs.images import FolderImages, ImageSource, SceneImages
+from visinterp.models.autoencoders import ImageAutoencoder, load_autoencoder, psnr_per_image
+from visinterp.models.autoencoders.offline import offline_autoencoder, offline_folder
+from visinterp.report.run_json import write_run
+
+HELD_IMAGES_FILE = "held_images.safetensors"  # "images" (N, 3, H, W) and "clean" (their decode), held out
+AUTOENCODER_FOLDER = "autoencoder"  # a copy of the offline default, so the run folder stands alone
+
+
+def build_autoencoder(cfg: RunConfig, progress: bool) -> ImageAutoencoder:
+    """The autoencoder the config names (the offline default is trained and cached on first use)."""
+    if cfg.autoencoder == "offline":
+        return offline_autoencoder(cfg.offline_ae, progress)
+    return load_autoencoder(cfg.autoencoder)
+
+
+def image_source(cfg: RunConfig, out: Path, progress: bool) -> ImageSource:
+    """The run's images: scenes rendered into out/scenes (resumable), or a folder's files."""
+    if cfg.images.source == "scenes":
+        source = SceneImages(out / "scenes", cfg.images.n, cfg.images.size, cfg.images.seed)
+        source.ensure(progress)
+        return source
+    return FolderImages(Path(cfg.images.source), cfg.images.n, cfg.images.size)
+
+
+@dataclass
+class HookData:
+    """One hook's held-out windows (those of the held-out images, image-major), its SAEs, and
+    their codes there: computed once per SAE and kept sparse."""
+
+    hook: str
+    axis: ContextAxis
+    grid: tuple[int, int]
+    map_hw: tuple[int, int]  # each image's map (h, w)
+    tile: int
+    n_images: int  # held-out images
+    held_x: Tensor  # (N_windows, T, d)
+    seed: int
+    models: dict[str, BaseSAE] = field(default_factory=dict)
+    shuffle: dict[str, bool] = field(default_factory=dict)  # name -> whether it is a shuffled-context control
+    codes: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # name -> sparse innovations, state
+
+    def keep_codes(self, name: str, codes: dict[str, Tensor]) -> None:
+        """Keep an SAE's innovations and state on the held-out windows, sparse."""
+        self.codes[name] = {k: codes[k].to_sparse() for k in ("innovations", "state")}
+
+    def code(self, name: str, kind: str = "state") -> Tensor:
+        """(N_windows, T, F) innovations or state of SAE `name` on the held-out windows."""
+        if name not in self.models:
+            raise InputError(f"no SAE {name!r} at hook {self.hook}: choose from {', '.join(self.models)}")
+        if name not in self.codes:
+            codes = window_codes(self.models[name], self.held_x, self.axis, self.shuffle[name], self.seed)
+            self.keep_codes(name, codes)
+        return self.codes[name][kind].to_dense()
+
+    def image_maps(self, codes: Tensor, slot: int) -> Tensor:
+        """(F, h, w) maps of codes (N_windows, T, F) over held-out image `slot`."""
+        per_image = codes.shape[0] // self.n_images
+        windows = codes[slot * per_image : (slot + 1) * per_image]
+        return untile(windows, 1, *self.map_hw, self.tile)[0]
+
+    def maps(self, name: str, kind: str = "state") -> list[Tensor]:
+        """Per held-out image, the SAE's codes as maps (F, h, w)."""
+        codes = self.code(name, kind)
+        return [self.image_maps(codes, i) for i in range(self.n_images)]
+
+
+def hook_store(out: Path, hook: str) -> ActivationStore:
+    """The activation store of one hook of a run folder."""
+    return ActivationStore(out / "store" / hook)
+
+
+def store_map_hw(store: ActivationStore, tile: int) -> tuple[int, int]:
+    """Each image's map size, as the harvest recorded it."""
+    if store.map_hw is None:
+        if tile:
+            raise InputError(f"{store.folder}: the store does not record its map size (an older harvest): delete "
+                             "the store folder and run the job again")
+        return tuple(store.grid)
+    return tuple(store.map_hw)
+
+
+class ImageJob:
+    """One `visinterp run`: what its stages share."""
+
+    def __init__(self, cfg: RunConfig, out: Path, progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ae = build_autoencoder(cfg, progress)
+        self._check_hooks()
+        self.source = image_source(cfg, self.out, progress)
+        _, self.held = split_indices(self.source.n, cfg.images.held_out, cfg.sweep.seed, "images")
+        self.held_images = torch.cat([self.source.load(i, i + 1) for i in self.held.tolist()])
+        with torch.no_grad():
+            self.clean = self.ae.decode(self.ae.encode(self.held_images))
+        self.truths = [self.source.truth(i) for i in self.held.tolist()] if self.source.has_truth else None
+
+    def _check_hooks(self) -> None:
+        unknown = [h for h in self.cfg.harvest.hooks if h not in self.ae.hook_names]
+        if unknown:
+            raise InputError(f"unknown hook {unknown[0]!r} for {self.ae.description}: choose from "
+                             f"{', '.join(self.ae.hook_names)}")
+
+    def harvest(self) -> dict[str, Path]:
+        """Every hook's store under out/store (resumes a partial harvest)."""
+        h = self.cfg.harvest
+        identity = {"images": self.source.describe(), "axis": h.axis}
+        return harvest(self.ae, self.source.load, self.source.n, list(h.hooks), self.out / "store", identity,
+                       h.tile, h.batch_images, h.shard_windows, self.progress)
+
+    def sae_folder(self, hook: str, name: str) -> Path:
+        """Where the SAE `name` of `hook` is saved."""
+        return self.out / "saes" / hook / name
+
+    def hook_data(self, hook: str) -> tuple[HookData, ActivationStore, Tensor, Tensor]:
+        """The hook's HookData (no SAEs yet), its store, and its train / held-out window indices
+        (split by image: a held-out image's windows are all held out)."""
+        store = ActivationStore(self.out / "store" / hook, verify=True)
+        is_held = torch.isin(store.image_index(), self.held)
+        train_idx, held_idx = (~is_held).nonzero()[:, 0], is_held.nonzero()[:, 0]
+        axis = make_axis(self.cfg.harvest.axis, store.window_shape[0], store.grid)
+        tile = self.cfg.harvest.tile
+        data = HookData(hook, axis, tuple(store.grid), store_map_hw(store, tile), tile, len(self.held),
+                        store.gather(held_idx), self.cfg.sweep.seed)
+        return data, store, train_idx, held_idx
+
+    def run_hook(self, hook: str) -> tuple[dict, HookData, list[int]]:
+        """Train and evaluate the sweep on one hook's store: (metrics per SAE, the hook's data,
+        its held-out window indices)."""
+        data, store, train_idx, held_idx = self.hook_data(hook)
+        sweep = self.cfg.sweep
+        steps = max(1, sweep.tokens // (sweep.batch_windows * store.window_shape[0]))
+        metrics = {}
+        for spec in sweep_specs(sweep, store.window_shape[1]):
+            tc = train_config(sweep, spec, self.progress, checkpoint_every=max(50, steps // 4))
+            model = train_sae(spec.config, tc, store.batches(train_idx, sweep.batch_windows, sweep.seed), data.axis,
+                              self.sae_folder(hook, spec.name)).model
+            scores, codes = evaluate_with_codes(model, data.held_x, data.axis, spec.shuffle, sweep.seed)
+            data.models[spec.name], data.shuffle[spec.name] = model, spec.shuffle
+            data.keep_codes(spec.name, codes)
+            metrics[spec.name] = {"hook": hook, **spec.describe(), "axis": data.axis.kind, "grid": list(data.grid),
+                                  **{k: scores[k] for k in ("fvu", "mse", "l0", "state_l0", "dead_fraction",
+                                                            "n_positions", "state_l0_counting")},
+                                  **self.image_quality(data, codes["x_hat"])}
+        return metrics, data, held_idx.tolist()
+
+    def image_quality(self, data: HookData, x_hat: Tensor) -> dict[str, float]:
+        """PSNR of the held-out images decoded with the SAE's reconstruction `x_hat` (its held-out
+        windows) spliced in at the hook, against the images decoded with the true map and
+        against the input images."""
+        maps = untile(x_hat, data.n_images, *data.map_hw, data.tile)
+        with torch.no_grad():
+            spliced = self.ae.splice(self.held_images, data.hook, lambda m: maps.to(m.dtype))
+        return {"psnr_vs_clean_decode": float(psnr_per_image(spliced, self.clean).mean()),
+                "psnr_vs_input": float(psnr_per_image(spliced, self.held_images).mean())}
+
+    def analysed_pair(self, metrics: dict) -> tuple[str, str]:
+        """(per-position SAE, contextual SAE) the report analyses: see matched_l0.analysed_pair."""
+        return analysed_pair(metrics, f"contextual_{self.cfg.sweep.carries[0]}")
+
+    def alignment(self, data: HookData, names: list[str]) -> dict:
+        """Factor alignment of the named SAEs' state on the held-out images ({} without scene truth)."""
+        if self.truths is None:
+            return {}
+        factors = grid_factors(self.truths, data.map_hw, data.tile)
+        return {name: feature_alignment(data.code(name), factors, self.cfg.report.unnamed_threshold)
+                for name in names}
+
+    def save_for_views(self) -> dict:
+        """The held-out images and their clean decode, and the offline autoencoder, into the run
+        folder; returns run.json's autoencoder entry."""
+        save_tensors_atomic(self.out / HELD_IMAGES_FILE, {"images": self.held_images, "clean": self.clean})
+        entry = {"source": self.cfg.autoencoder, "description": self.ae.description, "folder": None}
+        if self.cfg.autoencoder == "offline":
+            target = self.out / AUTOENCODER_FOLDER
+            if not target.is_dir():
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(offline_folder(self.cfg.offline_ae), tmp)
+                tmp.rename(target)
+            entry["folder"] = AUTOENCODER_FOLDER
+        elif Path(self.cfg.autoencoder).exists():
+            entry["source"] = str(Path(self.cfg.autoencoder).resolve())
+        return entry
+
+
+def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict:
+    """Run the whole job into `out`; returns what metrics.json holds."""
+    from visinterp.image.report import write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", cfg.to_dict())
+    job = ImageJob(cfg, out, progress)
+    stores = job.harvest()
+    result = {"autoencoder": job.ae.metadata(), "images": job.source.describe(), "n_images": job.source.n,
+              "held_out_images": job.held.tolist(), "axis": cfg.harvest.axis, "tile": cfg.harvest.tile,
+              "autoencoder_psnr_vs_input": float(psnr_per_image(job.clean, job.held_images).mean()),
+              "saes": {}, "analysed": {}, "alignment": {}}
+    if job.truths is not None:
+        result["autoencoder_error_by_factor"] = error_by_factor(job.clean, job.truths)
+    hooks, record = {}, {}
+    for hook in tqdm(stores, desc="hooks", disable=not progress or len(stores) == 1):
+        metrics, hooks[hook], held_windows = job.run_hook(hook)
+        result["saes"].update({f"{hook}/{k}": v for k, v in metrics.items()})
+        pair = job.analysed_pair(metrics)
+        result["analysed"][hook] = list(pair)
+        result["alignment"][hook] = job.alignment(hooks[hook], [*pair, pair[1] + "_control"])
+        data = hooks[hook]
+        record[hook] = {"store": f"store/{hook}", "axis": data.axis.to_dict(), "grid": list(data.grid),
+                        "map_hw": list(data.map_hw), "tile": data.tile, "held_windows": held_windows,
+                        "saes": {name: {"folder": f"saes/{hook}/{name}", "shuffle": data.shuffle[name]}
+                                 for name in data.models}}
+    write_run(out, "image", autoencoder=job.save_for_views(), images=job.source.describe(),
+              held_out_images=job.held.tolist(), held_images_file=HELD_IMAGES_FILE, seed=cfg.sweep.seed,
+              analysed=result["analysed"], hooks=record)
+    write_json_atomic(out / "metrics.json", result)
+    write_report(job, result, hooks)
+    return result

@@ -1,0 +1,94 @@
+"""report.html of `visinterp llm-compare`: one self-contained page with the L0-FVU and
+L0-delta-CE Pareto plots (controls beside), the goal check at matched FVU, a table at matched
+L0, token strips of innovations vs carried state over real text with region boundaries, and
+top-activating contexts per feature."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from visinterp.llm.view import LLMRunView
+from visinterp.report.page import png, table, write_page
+
+
+def _fmt(v) -> str | float:
+    return "-" if v is None else v
+
+
+def verdict(goals: dict) -> str:
+    """One plain sentence on the goal, with the numbers."""
+    if not goals:
+        return "No contextual SAE was trained, or too few per-position TopK SAEs to compare against."
+    met = [n for n, g in goals.items() if g["goal_met"]]
+    best = max(goals, key=lambda n: goals[n]["innovation_ratio"])
+    g = goals[best]
+    line = (f"best innovation ratio: {best}, {g['innovation_ratio']:.2f}x "
+            f"(TopK needs L0 {g['topk_l0_at_same_fvu']:.2f} for its FVU {g['fvu']:.3f} at L0 {g['l0']:.2f}"
+            f"{', extrapolated beyond the TopK sweep' if g['extrapolated'] else ''})")
+    if met:
+        return f"Goal met by {', '.join(met)}; {line}."
+    return (f"Goal NOT met: no contextual SAE reaches per-position TopK's FVU with >= 1.5x fewer innovations, delta CE "
+            f"no worse and a control that loses most of the gain. The {line}.")
+
+
+def write_report(view: LLMRunView) -> Path:
+    """Write report.html (and figures/*.png) of a finished llm-compare folder."""
+    out, r = view.out, view.result
+    figures = out / "figures"
+    ctx, control, per_pos = view.analysed()
+    parts = [f"<h1>Per-position vs contextual SAEs on {html.escape(r['model'])}, {html.escape(r['hook'])}</h1>",
+             f"<p class=note>Windows of {r['window']} tokens (position 0 never enters an SAE); "
+             f"{r['windows_harvested']} harvested, {r['windows_left_out_as_outliers']} left out for a massive "
+             f"activation after position 0, {r['held_out_windows']} held out for everything below. CE over the held-out "
+             f"tokens: clean {r['ce_clean']:.3f}, hook zero-ablated {r['ce_zero_ablation']:.3f} nats.</p>",
+             "<h2>Sparsity vs reconstruction and vs CE</h2>", png(view.pareto_figure(), figures, "llm_pareto"),
+             "<p class=note>L0 counts innovations (features paid for at a token); dotted lines put the contextual SAE "
+             "at its state L0 (what the decoder reads). Delta CE is the spliced-in model's CE minus the clean CE. "
+             "The shuffled control is the same contextual model trained and evaluated with tokens permuted within "
+             "each window: a contextual gain counts only as far as the control loses it.</p>",
+             "<h2>Goal: fewer innovations than per-position TopK at equal FVU</h2>",
+             f"<p><b>{html.escape(verdict(r['goals']))}</b></p>"]
+    rows = [[n, g["l0"], g["fvu"], g["topk_l0_at_same_fvu"], g["innovation_ratio"], "yes" if g["extrapolated"] else "",
+             g["delta_ce"], _fmt(g["topk_delta_ce_at_that_l0"]), _fmt(g.get("control_fvu")),
+             _fmt(g.get("control_innovation_ratio")), _fmt(g.get("control_keeps_fraction_of_gain")),
+             "met" if g["goal_met"] else "not met"] for n, g in r["goals"].items()]
+    parts += [table(rows, ["contextual SAE", "L0", "FVU", "TopK L0 at that FVU", "innovation ratio", "extrapolated",
+                           "delta CE", "TopK delta CE there", "control FVU", "control ratio", "control keeps",
+                           "goal (>= 1.5x)"]),
+              "<p class=note>TopK values are interpolated between the TopK sweep's points in log-log space "
+              "(extrapolated from the nearest segment where marked). 'Control keeps' is log(control ratio) / "
+              "log(ratio): below 0.5 the control loses most of the gain.</p>",
+              "<h2>At matched L0</h2>"]
+    series = list(dict.fromkeys(m["series"] for m in r["saes"].values()))
+    def cell(row, s):
+        fvu, dce = row[f"{s}/fvu"], row[f"{s}/delta_ce"]
+        return "-" if fvu is None else f"{fvu:.3f} / {dce:.3f}" if dce is not None else f"{fvu:.3f} / -"
+    rows = [[s, *[cell(row, s) for row in r["matched_l0"]]] for s in series]
+    parts += [table(rows, ["series", *[f"L0 {row['l0']:.2f}: FVU / dCE" for row in r["matched_l0"]]]),
+              "<p class=note>Each series interpolated at the contextual SAEs' L0 (FVU log-log; delta CE against log L0, or log-log when positive throughout); '-' where a series does "
+              "not reach that L0.</p>", "<h2>Every SAE</h2>"]
+    rows = [[n, m["series"], m["l0"], m["state_l0"], m["fvu"], m["delta_ce"], m["ce_recovered"], m["dead_fraction"],
+             *[m["best_auroc_by_region"].get(g, float("nan")) for g in r["regions"]],
+             m["switch_rate_of_region_tracking_features"], m["innovations_near_boundary"]] for n, m in r["saes"].items()]
+    near = next(iter(r["saes"].values()))["positions_near_boundary"]
+    parts += [table(rows, ["SAE", "series", "L0", "state L0", "FVU", "delta CE", "CE recovered", "dead",
+                           *[f"AUROC {g}" for g in r["regions"]], "switch rate (region features)",
+                           "innovations near boundary"]),
+              f"<p class=note>AUROC: the best single feature's state against each region label, one label against the "
+              f"rest. Switch rate: how often region-tracking features (best AUROC >= 0.75) turn on or off inside a "
+              f"region. Innovations near boundary: the share of innovations within 2 tokens of a region boundary; "
+              f"{near:.1%} of tokens are that near.</p>",
+              "<h2>Token strips: what is paid for vs what is carried</h2>", view.legend_html(),
+              "<p class=note>Features: each SAE's best feature per region label that is on in the window, then the "
+              f"features on at the most tokens. The contextual SAE {ctx} "
+              f"should pay for a region's feature once, near the region's start, and carry it; the per-position "
+              f"{per_pos} (nearest in FVU) and the control {control} pay wherever the feature is on.</p>"]
+    for w in view.windows_with_boundaries(2):
+        parts += [view.strip_html(name, w) for name in (ctx, control, per_pos)]
+    parts.append("<h2>Top-activating contexts</h2>")
+    for name in (ctx, per_pos):
+        for region, f in view.region_features(name).items():
+            parts += [f"<h3>{html.escape(name)} feature {f} (best for {html.escape(region)})</h3>",
+                      view.top_contexts_html(name, f)]
+    return write_page(out / "report.html", f"llm-compare {r['hook']}", parts)

@@ -1,0 +1,109 @@
+"""The LLM job (`visinterp llm-compare`): per-position vs contextual SAEs on a causal LM's token
+windows, side by side: harvest (resumable, into the activation store), train the sweep with
+shuffled controls, and score reconstruction, spliced-in CE loss and localization against the
+corpus's region labels. Writes comparison.json and run.json (`visinterp.llm.report` turns them
+into report.html). Each SAE's held-out windows go through it once: metrics, codes and the
+reconstruction spliced into the LM come from that pass."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ctxsae_common.files import load_tensors, save_tensors_atomic, write_json_atomic, write_text_atomic
+from ctxsae_core.axes import make_axis
+from ctxsae_core.data import split_indices
+from ctxsae_core.sweep import sweep_specs, train_config, train_sae
+from visinterp.analysis.codes import evaluate_with_codes
+from visinterp.analysis.localization import localization
+from visinterp.analysis.matched_l0 import goals, matched_table
+from visinterp.harvest.tokens import harvest_tokens
+from visinterp.inputs.corpus import Span, TokenWindows, default_corpus, hf_corpus, local_corpus, token_windows
+from visinterp.llm.config import CorpusConfig, LLMCompareConfig
+from visinterp.models.causal_lm import load_causal_lm
+from visinterp.report.run_json import write_run
+
+TOKENS_FILE = "tokens.safetensors"  # the harvested windows' token ids, region labels and span starts
+REGIONS_FILE = "regions.txt"
+
+
+def corpus_spans(cfg: CorpusConfig) -> list[Span]:
+    """The corpus the config names: local files and/or a dataset, or the embedded default."""
+    if not cfg.files and not cfg.hf_dataset:
+        return default_corpus()
+    spans = local_corpus(list(cfg.files)) if cfg.files else []
+    if cfg.hf_dataset:
+        spans += hf_corpus(cfg.hf_dataset, cfg.hf_split, cfg.hf_text_field, cfg.hf_region_field, cfg.hf_rows)
+    return spans
+
+
+def load_windows(out: Path) -> TokenWindows:
+    """The token windows a run harvested (token ids, region labels, span starts, region names)."""
+    saved = load_tensors(out / TOKENS_FILE, "token windows")
+    return TokenWindows(saved["ids"], saved["region"], saved["span_start"].bool(),
+                        tuple((out / REGIONS_FILE).read_text().split("\n")))
+
+
+def _token_windows(cfg: LLMCompareConfig, lm, out: Path) -> TokenWindows:
+    """The run's token windows: read back if already cut, else cut from the corpus and saved."""
+    if (out / TOKENS_FILE).is_file():
+        return load_windows(out)
+    windows = token_windows(corpus_spans(cfg.corpus), lambda t: lm.tokenizer(t)["input_ids"], cfg.corpus.window,
+                            cfg.corpus.windows, cfg.corpus.seed, span_tokens=tuple(cfg.corpus.span_tokens) or None)
+    save_tensors_atomic(out / TOKENS_FILE, {"ids": windows.ids, "region": windows.region,
+                                            "span_start": windows.span_start.to(torch.uint8)})
+    write_text_atomic(out / REGIONS_FILE, "\n".join(windows.regions))
+    return windows
+
+
+def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True) -> dict:
+    """Run the whole job into `out`; returns what comparison.json holds."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
+    lm = load_causal_lm(cfg.model)
+    lm.hook_module(cfg.hook)  # a bad hook fails before any work
+    windows = _token_windows(cfg, lm, out)
+    identity = {"model": lm.description, "window": cfg.corpus.window,
+                "corpus": {k: v for k, v in dataclasses.asdict(cfg.corpus).items() if k not in ("held_out", "batch")}}
+    store = harvest_tokens(lm, windows.ids, cfg.hook, out / "store", identity, batch=cfg.corpus.batch,
+                           shard_windows=cfg.shard_windows, outlier_norm=cfg.outlier_norm, progress=progress)
+    window_of = store.image_index()  # store row -> harvested window (outlier windows are not stored)
+    train, held = split_indices(store.n_windows, cfg.corpus.held_out, cfg.sweep.seed)
+    axis = make_axis("tokens", store.window_shape[0])
+    held_x = store.gather(held)
+    held_w = window_of[held]
+    held_ids = windows.ids[held_w]
+    region, boundaries = windows.region[held_w][:, 1:], windows.boundaries()[held_w][:, 1:]
+    ce_clean = lm.ce_loss(held_ids)
+    ce_zero = lm.ce_loss(held_ids, cfg.hook, torch.zeros_like(held_x))
+    result = {"model": lm.description, "hook": cfg.hook, "window": cfg.corpus.window, "held_out_windows": len(held),
+              "windows_harvested": int(windows.ids.shape[0]),
+              "windows_left_out_as_outliers": int(windows.ids.shape[0] - store.n_windows),
+              "ce_clean": ce_clean, "ce_zero_ablation": ce_zero, "regions": list(windows.regions), "saes": {}}
+    saes = {}
+    for spec in sweep_specs(cfg.sweep, store.window_shape[1]):
+        model = train_sae(spec.config, train_config(cfg.sweep, spec, progress),
+                          store.batches(train, cfg.sweep.batch_windows, cfg.sweep.seed), axis,
+                          out / "saes" / spec.name).model
+        scores, codes = evaluate_with_codes(model, held_x, axis, spec.shuffle, cfg.sweep.seed)
+        # held_x is exactly the hook's output at positions 1.. of held_ids (same model, same ids),
+        # so the reconstruction computed above is what gets spliced in
+        ce_spliced = lm.ce_loss(held_ids, cfg.hook, codes["x_hat"])
+        result["saes"][spec.name] = {
+            **spec.describe(), **{k: scores[k] for k in ("l0", "state_l0", "fvu", "mse", "dead_fraction",
+                                                          "state_l0_counting")},
+            "ce_clean": ce_clean, "ce_spliced": ce_spliced, "ce_zero_ablation": ce_zero,
+            "ce_recovered": (ce_zero - ce_spliced) / (ce_zero - ce_clean), "delta_ce": ce_spliced - ce_clean,
+            **localization(codes["state"], codes["innovations"], region, boundaries, windows.regions)}
+        saes[spec.name] = {"folder": f"saes/{spec.name}", "shuffle": spec.shuffle}
+    ctx_l0 = sorted(m["l0"] for m in result["saes"].values() if m["family"] == "contextual")
+    result["matched_l0"] = matched_table(result["saes"], ctx_l0)
+    result["goals"] = goals(result["saes"])
+    write_run(out, "llm", model=cfg.model, hook=cfg.hook, store="store", axis=axis.to_dict(),
+              held_out_windows=held.tolist(), tokens_file=TOKENS_FILE, regions_file=REGIONS_FILE,
+              seed=cfg.sweep.seed, saes=saes)
+    write_json_atomic(out / "comparison.json", result)
+    return result
