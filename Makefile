@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo test bench-synthetic bench-throughput bench-scenes bench-harvest bench-llm clean
+.PHONY: setup browser demo test docs bench-synthetic bench-throughput bench-scenes bench-harvest bench-llm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: setup
 
 test: setup browser
 	$(PY) -m pytest -q
+
+# docs/cli.md, docs/config.md, docs/results.md and the README's headline block, from the code and
+# benchmarks/results/*.json (a test fails when they are stale)
+docs: setup
+	$(PY) docs/generate.py
 
 bench-synthetic: setup
 	$(PY) benchmarks/synthetic_regions.py --out runs/synthetic_regions
