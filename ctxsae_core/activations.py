@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxsae_core.config import ActivationConfig, BatchTopK, JumpReLU, ReLU, TopK
+from ctxsae_core.distributed import group
 from ctxsae_core.registry import ACTIVATION_MODULES
 from ctxsae_core.sparse_ops import SparseCodes, gather_linear
 
@@ -92,8 +93,8 @@ class Activation(nn.Module):
         """The sparse path of `encode`, without dense codes: codes in COO form, and the
         pre-activations (N, F), computed without autograd; only the entries that fire are
         differentiated."""
-        with torch.no_grad():
-            pre = F.linear(x_c, W_FD, b_F)
+        with torch.no_grad():  # in x_c's dtype after the product, under bfloat16 autocast too
+            pre = F.linear(x_c, W_FD, b_F).to(x_c.dtype)
         sample: list[Tensor] = []
         rows, cols = self.select_sampling(pre, pooled, sample)
         vals = gather_linear(x_c, W_FD, b_F, rows, cols, pre[rows, cols])
@@ -145,7 +146,7 @@ class TopKActivation(_BudgetActivation):
         vals, idx = pre.topk(k, dim=1, sorted=False)
         idx, order = idx.sort(dim=1)
         keep = vals.gather(1, order) > 0  # TopK of ReLU(pre): non-positive winners stay off
-        rows = torch.arange(pre.shape[0]).unsqueeze(1).expand_as(idx)
+        rows = torch.arange(pre.shape[0], device=pre.device).unsqueeze(1).expand_as(idx)
         return rows[keep], idx[keep]
 
 
@@ -209,12 +210,22 @@ class BatchTopKActivation(_BudgetActivation):
 
     def _cutoff(self, pre: Tensor, n_positions: int, candidates: Tensor | None = None) -> Tensor:
         """The (n_positions * budget)-th largest entry of `pre` (..., F), at least 0, sought
-        first among the entries at or above `_guess()`: `candidates` if already found."""
-        n_keep = min(max(1, round(self.budget * n_positions)), pre.numel())
+        first among the entries at or above `_guess()`: `candidates` if already found. Under
+        data-parallel training it is the global batch's cut-off (every rank's `pre` together)."""
+        g = group()
+        n_keep = min(max(1, round(self.budget * n_positions * g.world)), pre.numel() * g.world)
         guess = self._guess()
         if candidates is None and guess is not None:
             candidates = _at_or_above(pre, guess)
-        return _kth_largest(pre, n_keep, candidates).clamp_min(0)
+        if g.world == 1:
+            return _kth_largest(pre, n_keep, candidates).clamp_min(0)
+        if candidates is not None:  # every rank takes the same branch: the gathered count is the same
+            gathered = g.gather_cat(candidates.reshape(-1))
+            if gathered.numel() >= n_keep:
+                return gathered.topk(n_keep, sorted=False).values.min().clamp_min(0)
+        # the global top n_keep lie among the ranks' own top n_keep: exact
+        local = pre.reshape(-1).topk(min(n_keep, pre.numel()), sorted=False).values
+        return g.gather_cat(local).topk(n_keep, sorted=False).values.min().clamp_min(0)
 
     def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
         return self.select_sampling(pre, pooled, [])

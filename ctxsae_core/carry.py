@@ -184,12 +184,13 @@ class AttentionCarry(Carry):
         self.reset_in_raw, self.reset_out_raw = reset_parameters(cfg)
 
     def _pos(self, positions: Tensor, P: Tensor) -> Tensor:
-        return positions.to(P.dtype) @ P[: positions.shape[-1]]  # axes have 8 to 24 position features
+        return positions.to(P) @ P[: positions.shape[-1]]  # axes have 8 to 24 position features
 
     def begin(self, batch: int, axis: ContextAxis) -> object:
         f = self.cfg.width
         return _AttentionMemory(axis.positions, torch.softmax(self.mix_logits, dim=0),
-                                torch.full((batch, f), -1, dtype=torch.long), self.W_k.new_zeros(batch, f),
+                                torch.full((batch, f), -1, dtype=torch.long, device=self.W_k.device),
+                                self.W_k.new_zeros(batch, f),
                                 self.hard(persistence_gate(self.persistence)),
                                 reset_factors(self.reset_in_raw, self.reset_out_raw), self.W_k.new_ones(batch, f))
 
@@ -242,7 +243,7 @@ class AttentionCarry(Carry):
         mem.last_step = torch.where(fired, t, mem.last_step)
         mem.last_value = torch.where(fired, s_t, mem.last_value)
         if mem.step_gate is not None:  # survival: 1 where a feature fires, times the step's gate elsewhere
-            mem.survival = torch.where(fired, torch.ones((), dtype=s_t.dtype), mem.survival * mem.step_gate)
+            mem.survival = torch.where(fired, s_t.new_ones(()), mem.survival * mem.step_gate)
             mem.step_gate = None
 
 

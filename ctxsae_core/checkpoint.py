@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ctxsae_common.device import resolve_device
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.config import BatchTopK, ReLU, JumpReLU, TopK, config_to_dict, sae_config_from_dict
 from ctxsae_common.errors import InputError
@@ -37,8 +40,9 @@ def save_sae(model: BaseSAE, folder: str | Path, axis: ContextAxis | None = None
     return folder
 
 
-def load_sae(folder: str | Path) -> tuple[BaseSAE, ContextAxis | None]:
-    """Inverse of `save_sae`: the model (in eval mode) and the axis it was trained on, if saved."""
+def load_sae(folder: str | Path, device: str | torch.device | None = None) -> tuple[BaseSAE, ContextAxis | None]:
+    """Inverse of `save_sae`: the model (in eval mode, on `device`, default the CPU) and the axis
+    it was trained on, if saved. Weights saved from any device load on any other."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such SAE folder: pass --sae a folder written by 'ctxsae train'")
@@ -64,6 +68,8 @@ def load_sae(folder: str | Path) -> tuple[BaseSAE, ContextAxis | None]:
     model.load_state_dict(state)
     axis_path = folder / AXIS_FILE
     axis = ContextAxis.from_dict(read_json_object(axis_path, "axis"), str(axis_path)) if axis_path.is_file() else None
+    if device is not None:
+        model = model.to(resolve_device(device))
     return model.eval(), axis
 
 

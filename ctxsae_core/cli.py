@@ -16,13 +16,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ctxsae_common.cli import OneLineParser, run_command
+from ctxsae_common.cli import OneLineParser, positive_int, run_command
+from ctxsae_common.device import add_device_flags, check_dtype
 from ctxsae_common.errors import InputError
 from ctxsae_common.typed import field_help
 from ctxsae_core.axes import AXIS_KINDS, ContextAxis, make_axis, parse_grid
 from ctxsae_core.checkpoint import export_saelens, load_sae
 from ctxsae_core.config import CARRY_KINDS, ContextualConfig, JumpReLU, ReLU, SAEConfig, TopK, TrainConfig
 from ctxsae_core.data import WindowBatches, as_windows, load_activations, split_holdout
+from ctxsae_core.distributed import init_from_env, launched_by_torchrun, shutdown
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.registry import ACTIVATION_CONFIGS
 from ctxsae_core.sweep import train_sae
@@ -70,12 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokens", type=int, default=None,
                    help=f"training positions (default: one pass over the training windows, at least {MIN_DEFAULT_TOKENS:,})")
     t.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
-                   help=f"positions per optimiser step; windows per step = batch_tokens // T (default: "
-                        f"{DEFAULT_BATCH_TOKENS})")
+                   help=f"positions per optimiser step on each process; windows per step = batch_tokens // T "
+                        f"(default: {DEFAULT_BATCH_TOKENS}; under torchrun the global batch is the processes times it)")
     t.add_argument("--lr", type=float, default=None, help=field_help(TrainConfig, "lr"))
     t.add_argument("--seed", type=int, default=0, help=field_help(TrainConfig, "seed"))
     t.add_argument("--shuffle-context", action="store_true", help=field_help(TrainConfig, "shuffle_context"))
     t.add_argument("--holdout", type=float, default=0.1, help="fraction of windows held out for evaluation (default: 0.1)")
+    t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, metavar="STEPS",
+                   help=field_help(TrainConfig, "checkpoint_every") + f" (default: {TrainConfig.checkpoint_every})")
+    add_device_flags(t, dtype=True)
+    t.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+                   help="train data-parallel on N processes (torchrun --nproc-per-node N, one GPU each under "
+                        "--device cuda); --tokens stays the global budget (default: 1)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="evaluate a trained SAE on activations",
@@ -88,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-windows", type=int, default=64, help="windows per evaluation batch (default: 64)")
     e.add_argument("--seed", type=int, default=0, help="seed of the shuffled-context permutation (default: 0)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_device_flags(e)
 
     x = sub.add_parser("export", help="export a per-position SAE to SAELens's format",
                        description="Write cfg.json + sae_weights.safetensors that SAELens's SAE.load_from_disk reads.")
@@ -124,8 +133,36 @@ def _sae_config(args, d: int) -> SAEConfig:
     return SAEConfig(d_in=d, width=width, activation=act)
 
 
+def _relaunch_with_torchrun(args, argv: Sequence[str]) -> int:
+    """`ctxsae train --nproc N ...` runs `torchrun --nproc-per-node N -m ctxsae_core.cli train ...`."""
+    import subprocess
+
+    rest, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "ctxsae_core.cli", *rest]
+    return subprocess.run(cmd).returncode
+
+
 def cmd_train(args) -> int:
     """`ctxsae train`: train an SAE on an activations file into --out (resuming from its checkpoint)."""
+    if args.nproc > 1 and not launched_by_torchrun():
+        return _relaunch_with_torchrun(args, args.argv)
+    group, device = init_from_env(args.device)
+    try:
+        return _train(args, group, device)
+    finally:
+        shutdown()
+
+
+def _train(args, group, device) -> int:
+    check_dtype(args.dtype, device)
     acts = load_activations(args.acts)
     if args.arch == "contextual" and acts.ndim != 3:
         raise InputError(f"{args.acts}: a contextual SAE needs windows [N, T, d], got {list(acts.shape)}: "
@@ -142,12 +179,13 @@ def cmd_train(args) -> int:
     batch_windows = max(1, args.batch_tokens // T)
     tokens = args.tokens if args.tokens is not None else max(train.shape[0] * T, MIN_DEFAULT_TOKENS)
     train_cfg = TrainConfig(tokens=tokens, lr=args.lr, seed=args.seed, shuffle_context=args.shuffle_context,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
     result = train_sae(cfg, train_cfg, WindowBatches(train, batch_windows, args.seed), axis, args.out, held,
-                       batch_windows).scores
-    print(f"{cfg.arch} ({axis.kind}{', shuffled context' if args.shuffle_context else ''}) -> {args.out}: "
-          f"fvu {result['fvu']:.4f}  l0 {result['l0']:.2f}  state_l0 {result['state_l0']:.2f}  "
-          f"dead {result['dead_fraction']:.1%}  on {result['n_positions']:,} held-out positions")
+                       batch_windows, device=device, dtype=args.dtype).scores
+    if group.is_main:
+        print(f"{cfg.arch} ({axis.kind}{', shuffled context' if args.shuffle_context else ''}) -> {args.out}: "
+              f"fvu {result['fvu']:.4f}  l0 {result['l0']:.2f}  state_l0 {result['state_l0']:.2f}  "
+              f"dead {result['dead_fraction']:.1%}  on {result['n_positions']:,} held-out positions")
     return 0
 
 
@@ -161,7 +199,7 @@ def _eval_axis(args, saved: ContextAxis | None, T: int) -> ContextAxis:
 
 def cmd_evaluate(args) -> int:
     """`ctxsae evaluate`: the shared metrics of a trained SAE on an activations file."""
-    model, saved_axis = load_sae(args.sae)
+    model, saved_axis = load_sae(args.sae, device=args.device)
     acts = load_activations(args.acts)
     windows = as_windows(acts)
     if windows.shape[-1] != model.config.d_in:
@@ -192,7 +230,10 @@ def cmd_export(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `ctxsae` with `argv`; returns the exit code (2 for bad input, with one line on stderr)."""
-    return run_command(build_parser(), {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}, argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    parser.set_defaults(argv=argv)
+    return run_command(parser, {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}, argv)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ class ContextualSAE(BaseSAE):
         kept = c > self.config.carry_threshold
         if not c.requires_grad:
             return c.masked_fill(~kept, 0.0)
-        ste = torch.where(support, c - c.detach(), torch.zeros((), dtype=c.dtype))  # zero, with gradient
+        ste = torch.where(support, c - c.detach(), c.new_zeros(()))  # zero, with gradient
         return torch.where(kept, c, ste)
 
     def _walk(self, axis: ContextAxis, batch: int, code_at: Callable[[int, Tensor | None], Tensor],
@@ -220,7 +220,7 @@ class ContextualSAE(BaseSAE):
         resets learn from every step, not only where the encoder fails to top a feature up."""
         if self.config.carry_coeff == 0 or axis is None:
             return x.new_zeros(())
-        has_parent = axis.parent >= 0
+        has_parent = (axis.parent >= 0).to(x.device)
         xs = (axis.expand(x) * self.act_scale)[:, has_parent]  # (B, S', D)
         pred = out.carried_decoded[:, has_parent] + self.b_dec_D
         return self.config.carry_coeff * (xs - pred).pow(2).sum(-1).mean()

@@ -13,6 +13,8 @@ from torch import Tensor
 
 from ctxsae_common.errors import InputError
 from ctxsae_common.seeds import seeded_generator
+from ctxsae_core.distributed import Group
+from ctxsae_core.distributed import group as current_group
 
 ACTS_SUFFIXES = (".npy", ".safetensors")
 
@@ -106,10 +108,14 @@ def split_holdout(windows: Tensor, fraction: float, seed: int) -> tuple[Tensor, 
     return windows[train], windows[held]
 
 
-def shuffle_positions(x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def shuffle_positions(x: Tensor, generator: torch.Generator, rows: slice | None = None,
+                      total: int | None = None) -> tuple[Tensor, Tensor]:
     """The shuffled-context control: permute the T positions of each window independently.
-    Returns the shuffled windows (B, T, D) and the permutations (B, T)."""
-    perm = torch.rand(x.shape[:2], generator=generator).argsort(dim=1)
+    Returns the shuffled windows (B, T, D) and the permutations (B, T). Permutations are drawn
+    on the CPU for `total` windows (default B) and `rows` of them are used, so a rank holding
+    part of a global batch shuffles its windows as one process would shuffle the whole."""
+    total = x.shape[0] if total is None else total
+    perm = torch.rand((total, x.shape[1]), generator=generator)[rows or slice(None)].argsort(dim=1).to(x.device)
     return x.gather(1, perm.unsqueeze(-1).expand_as(x)), perm
 
 
@@ -124,21 +130,30 @@ class Resumable(Protocol):
 
 class WindowBatches:
     """Endless batches of `batch_windows` windows from an in-memory tensor (N, T, D), in a
-    fresh seeded order every epoch; `iter_from(step)` restarts the same stream at any step."""
+    fresh seeded order every epoch; `iter_from(step)` restarts the same stream at any step.
 
-    def __init__(self, windows: Tensor, batch_windows: int, seed: int = 0):
-        self.windows = windows
-        self.batch_windows = max(1, min(batch_windows, windows.shape[0]))
-        self.seed = seed
-        self.per_epoch = windows.shape[0] // self.batch_windows
+    Under data-parallel training (`ctxsae_core.distributed`), a global batch holds
+    `batch_windows` windows per rank, drawn as one process would draw it, and each rank reads
+    only its slice: the ranks' parts are disjoint and together are the single-process batch."""
+
+    def __init__(self, windows: Tensor, batch_windows: int, seed: int = 0, group: Group | None = None):
+        self.windows, self.seed = windows, seed
+        self.group = group or current_group()
+        self.batch_windows = max(1, min(batch_windows, windows.shape[0] // self.group.world))
+        self.global_windows = self.batch_windows * self.group.world
+        self.per_epoch = windows.shape[0] // self.global_windows
+        if self.per_epoch == 0:
+            raise InputError(f"{windows.shape[0]} windows cannot fill one batch on each of {self.group.world} ranks: "
+                             "use fewer ranks or more data")
 
     def iter_from(self, step: int) -> Iterator[Tensor]:
         """The batch stream from `step` on, endless: the same batches a stream from 0 yields there."""
         epoch, offset = divmod(step, self.per_epoch)
+        mine = self.group.rank_slice(self.global_windows)
         while True:
             perm = torch.randperm(self.windows.shape[0], generator=seeded_generator(self.seed, "batches", epoch))
             for i in range(offset, self.per_epoch):
-                yield self.windows[perm[i * self.batch_windows : (i + 1) * self.batch_windows]]
+                yield self.windows[perm[i * self.global_windows : (i + 1) * self.global_windows][mine]]
             epoch, offset = epoch + 1, 0
 
     def __iter__(self) -> Iterator[Tensor]:

@@ -43,7 +43,7 @@ def evaluate(
     """FVU, MSE, L0 (innovations), state L0 and dead fraction over held-out windows (N, T, D).
 
     With `shuffle_context`, positions are permuted within each window first (a fixed
-    permutation per seed): the shuffled-context control."""
+    permutation per seed): the shuffled-context control. Batches run on the model's device."""
     was_training = model.training
     model.eval()
     batches = iter_window_batches(windows, batch_windows) if isinstance(windows, Tensor) else windows
@@ -51,7 +51,9 @@ def evaluate(
     gen = seeded_generator(seed, "shuffle_eval")
     n_total = windows.shape[0] if isinstance(windows, Tensor) else None
     bar = tqdm(total=n_total, desc="evaluate", unit="window", disable=not progress, leave=False)
+    device = next(model.parameters()).device
     for x in batches:
+        x = x.to(device, non_blocking=True)
         if shuffle_context:
             x, _ = shuffle_positions(x, gen)
         out = model(x, axis)

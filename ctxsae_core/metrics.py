@@ -66,7 +66,7 @@ class SparsitySums:
         self.positions += positions
         self.innovations += int((innovations != 0).sum())
         self.state += int((state != 0).sum())
-        self.fired |= (innovations != 0).reshape(-1, self.width).any(0)
+        self.fired |= (innovations != 0).reshape(-1, self.width).any(0).cpu()
         return self
 
     @property
@@ -112,5 +112,5 @@ def switch_rate(active: Tensor, regions: Tensor) -> Tensor:
     flips = active[:, 1:] != active[:, :-1]  # (B, T-1, F)
     pairs = int(same.sum())
     if pairs == 0:
-        return torch.full((active.shape[-1],), float("nan"))
+        return torch.full((active.shape[-1],), float("nan"), device=active.device)
     return (flips & same[..., None]).sum((0, 1)).double() / pairs

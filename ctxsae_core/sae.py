@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ctxsae_core.activations import Activation, Encoded, make_activation, project
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.config import SAEConfig, TopK
+from ctxsae_core.distributed import group
 from ctxsae_common.errors import InputError
 from ctxsae_core.registry import ACTIVATION_CONFIGS, ARCHITECTURES
 from ctxsae_core.sparse_ops import SparseCodes, gather_linear, steps_features
@@ -89,11 +90,21 @@ class LossTerms(NamedTuple):
 
 
 def geometric_median(x: Tensor, iters: int = 30) -> Tensor:
-    """Weiszfeld's algorithm on the rows of x (N, D); starts at the mean."""
-    y = x.mean(0)
+    """Weiszfeld's algorithm on the rows of x (N, D); starts at the mean. Under data-parallel
+    training the rows are every rank's together (`ctxsae_core.distributed`)."""
+    g = group()
+    if g.world == 1:
+        y = x.mean(0)
+        for _ in range(iters):
+            w = 1 / (x - y).norm(dim=1).clamp_min(1e-8)
+            y = (w[:, None] * x).sum(0) / w.sum()
+        return y
+    sums = g.sum_(torch.cat([x.sum(0), x.new_tensor([x.shape[0]])]))
+    y = sums[:-1] / sums[-1]
     for _ in range(iters):
         w = 1 / (x - y).norm(dim=1).clamp_min(1e-8)
-        y = (w[:, None] * x).sum(0) / w.sum()
+        sums = g.sum_(torch.cat([(w[:, None] * x).sum(0), w.sum().reshape(1)]))
+        y = sums[:-1] / sums[-1]
     return y
 
 
@@ -125,8 +136,9 @@ class BaseSAE(nn.Module):
     @torch.no_grad()
     def init_from_data_(self, x: Tensor) -> None:
         """Set `act_scale` so the sample's mean squared norm is 1 and `b_dec` to its geometric median."""
-        x = x.reshape(-1, x.shape[-1]).float()
-        self.act_scale.fill_(float(x.pow(2).sum(1).mean().rsqrt()))
+        x = x.reshape(-1, x.shape[-1]).to(self.W_dec_FD.dtype)
+        sq = group().sum_(torch.stack([x.pow(2).sum(), x.new_tensor(float(x.shape[0]))]))
+        self.act_scale.fill_(float((sq[0] / sq[1]).rsqrt()))
         self.b_dec_D.copy_(geometric_median(x * self.act_scale))
 
     @torch.no_grad()
@@ -139,9 +151,10 @@ class BaseSAE(nn.Module):
         so only the code sizes change; other activations are left alone (returns 1)."""
         if self.config.activation.kind not in ("topk", "batchtopk"):
             return 1.0
-        centred = x.reshape(-1, x.shape[-1]).float() * self.act_scale - self.b_dec_D
+        centred = x.reshape(-1, x.shape[-1]).to(self.W_dec_FD.dtype) * self.act_scale - self.b_dec_D
         recon = self.activation.encode_reference(centred, self.W_enc_FD, self.b_enc_F).dense @ self.W_dec_FD
-        alpha = float((centred * recon).sum() / recon.pow(2).sum().clamp(min=1e-12))
+        dots = group().sum_(torch.stack([(centred * recon).sum(), recon.pow(2).sum()]))
+        alpha = float(dots[0] / dots[1].clamp(min=1e-12))
         if not 0 < alpha < 1:
             return 1.0
         self.W_enc_FD.mul_(alpha)
@@ -154,7 +167,7 @@ class BaseSAE(nn.Module):
         from the first step on; at its initial 0, half of all features would fire."""
         if not self.activation.has_statistics:
             return
-        centred = x.reshape(-1, x.shape[-1]).float() * self.act_scale - self.b_dec_D
+        centred = x.reshape(-1, x.shape[-1]).to(self.W_dec_FD.dtype) * self.act_scale - self.b_dec_D
         pre = torch.nn.functional.linear(centred, self.W_enc_FD, self.b_enc_F)
         self.activation.update_statistics_(pre, centred.shape[0])
 
@@ -242,11 +255,16 @@ class BaseSAE(nn.Module):
             local, order = local.sort(dim=1)  # `dead` is ascending, so cols come out sorted per row
             vals = vals.gather(1, order)
             keep = vals > 0
-            rows = torch.arange(pre_dead.shape[0]).unsqueeze(1).expand_as(local)[keep]
+            rows = torch.arange(pre_dead.shape[0], device=local.device).unsqueeze(1).expand_as(local)[keep]
             cols = dead[local[keep]]
         aux_vals = gather_linear(enc_in, self.W_enc_FD, self.b_enc_F, rows, cols, vals[keep])
         e_hat = SparseCodes(rows, cols, aux_vals, pre_dead.shape[0], self.config.width).decode(self.W_dec_FD)
-        variance = (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+        g = group()
+        if g.world == 1:
+            variance = (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+        else:  # the global batch's variance; each rank's share weighted so the ranks' mean is the global loss
+            stats = g.sum_(torch.cat([e.sum(0), e.pow(2).sum().reshape(1), e.new_tensor([e.shape[0]])]))
+            variance = (stats[-2] - stats[:-2].pow(2).sum() / stats[-1]).clamp_min(1e-12) / g.world
         scale = min(dead.numel() / k_aux, 1.0)  # fewer dead features than aux_k: a weaker pull
         return cfg.aux_coeff * scale * (e_hat - e).pow(2).sum() / variance
 

@@ -93,15 +93,15 @@ def steps_to_dense(steps: list[SparseCodes]) -> Tensor:
 
 def steps_features(steps: list[SparseCodes]) -> Tensor:
     """(width,) bool: the features with an entry at any step."""
-    fired = torch.zeros(steps[0].width, dtype=torch.bool)
+    fired = torch.zeros(steps[0].width, dtype=torch.bool, device=steps[0].cols.device)
     return fired.index_fill_(0, torch.cat([c.cols for c in steps]), True)
 
 
 def steps_support(steps: list[SparseCodes]) -> Tensor:
     """Codes of the same n rows at S steps -> (n, S, width) bool: their entries, zero-valued ones too."""
     rows, at_step, cols, _ = stack_steps(steps)
-    mask = torch.zeros(steps[0].n_rows, len(steps), steps[0].width, dtype=torch.bool)
-    return mask.index_put_((rows, at_step, cols), torch.ones((), dtype=torch.bool))
+    mask = torch.zeros(steps[0].n_rows, len(steps), steps[0].width, dtype=torch.bool, device=rows.device)
+    return mask.index_put_((rows, at_step, cols), torch.ones((), dtype=torch.bool, device=rows.device))
 
 
 def decode_steps(steps: list[SparseCodes], W_FD: Tensor) -> Tensor:
@@ -140,7 +140,7 @@ def feature_row_sums(X_ND: Tensor, rows: Tensor, cols: Tensor, w: Tensor, n_feat
 
 def feature_sums(cols: Tensor, w: Tensor, n_features: int) -> Tensor:
     """(n_features,) with entry f = sum of w_i over the pieces with cols_i == f: a bias gradient."""
-    return torch.zeros(n_features, dtype=w.dtype).index_add_(0, cols, w)
+    return torch.zeros(n_features, dtype=w.dtype, device=w.device).index_add_(0, cols, w)
 
 
 class _Decode(torch.autograd.Function):

@@ -142,8 +142,12 @@ def _forward_step(tape: _Tape, t: int, x_t: Tensor, b_dec: Tensor, W_dec: Tensor
             step.bound = (residual, centred)
             residual = residual * ratio.clamp(max=1.0)
         enc_in = tape.enc_in[t].copy_(residual)
-    # W x^T into the step's slice: faster than x W^T at few rows
-    pre = torch.addmm(b_enc.unsqueeze(1), W_enc, enc_in.T, out=tape.pre_acts[t]).T
+    # W x^T into the step's slice: faster than x W^T at few rows. Under bfloat16 autocast the
+    # product runs in bfloat16 and is stored in float32, as everything after it is.
+    if torch.is_autocast_enabled(x_t.device.type):
+        pre = tape.pre_acts[t].copy_(torch.addmm(b_enc.unsqueeze(1), W_enc, enc_in.T)).T
+    else:
+        pre = torch.addmm(b_enc.unsqueeze(1), W_enc, enc_in.T, out=tape.pre_acts[t]).T
     rows, cols = spec.select(pre)
     u = step.u = SparseCodes(rows, cols, pre[rows, cols], pre.shape[0], pre.shape[1])
     step.u_crow = u.row_pointers()
@@ -183,15 +187,15 @@ class _PieceSums:
         self.w.append(w)
         self._n += X.shape[0]
 
-    def weight(self, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    def weight(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
         if not self.X:
-            return torch.zeros(shape, dtype=dtype)
+            return torch.zeros(shape, dtype=dtype, device=device)
         return feature_row_sums(torch.cat(self.X), torch.cat(self.rows), torch.cat(self.cols), torch.cat(self.w),
                                 shape[0])
 
-    def bias(self, width: int, dtype: torch.dtype) -> Tensor:
+    def bias(self, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         if not self.X:
-            return torch.zeros(width, dtype=dtype)
+            return torch.zeros(width, dtype=dtype, device=device)
         return feature_sums(torch.cat(self.cols), torch.cat(self.w), width)
 
 
@@ -280,11 +284,12 @@ class _GatedWalk(torch.autograd.Function):
                 p = spec.parents[t]
                 from_children[p] = g_parent if from_children[p] is None else from_children[p] + g_parent
         width = W_enc.shape[0]
-        g_W_enc = enc.weight(W_enc.shape, dtype) if ctx.needs_input_grad[4] else None
-        g_b_enc = enc.bias(width, dtype) if ctx.needs_input_grad[5] else None
-        g_W_dec = dec.weight(W_dec.shape, dtype) if ctx.needs_input_grad[3] else None
-        g_A = reset_in.weight(A.shape, dtype) if ctx.needs_input_grad[7] else None
-        g_B_T = reset_out.weight(B_T.shape, dtype) if ctx.needs_input_grad[8] else None
+        device = W_enc.device
+        g_W_enc = enc.weight(W_enc.shape, dtype, device) if ctx.needs_input_grad[4] else None
+        g_b_enc = enc.bias(width, dtype, device) if ctx.needs_input_grad[5] else None
+        g_W_dec = dec.weight(W_dec.shape, dtype, device) if ctx.needs_input_grad[3] else None
+        g_A = reset_in.weight(A.shape, dtype, device) if ctx.needs_input_grad[7] else None
+        g_B_T = reset_out.weight(B_T.shape, dtype, device) if ctx.needs_input_grad[8] else None
         return None, g_xs, g_b_dec, g_W_dec, g_W_enc, g_b_enc, g_gate, g_A, g_B_T
 
 

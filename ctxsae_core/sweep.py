@@ -133,13 +133,14 @@ class TrainedSAE:
 
 def train_sae(config: SAEConfig, train_cfg: TrainConfig, batches: Iterable[Tensor], axis: ContextAxis | None,
               out_dir: str | Path | None = None, eval_windows: Tensor | None = None,
-              eval_batch_windows: int = 64) -> TrainedSAE:
-    """Train one SAE: build it from `config` (seeded by train_cfg.seed), fit it on `batches`,
-    and, given `out_dir`, save it there with its metrics and checkpoints (resuming from the
-    last checkpoint found there); given held-out windows, evaluate it on them."""
+              eval_batch_windows: int = 64, device: str | torch.device = "auto", dtype: str = "float32") -> TrainedSAE:
+    """Train one SAE: build it from `config` (seeded by train_cfg.seed), fit it on `batches` on
+    `device` ('auto' picks CUDA when present), and, given `out_dir`, save it there with its
+    metrics and checkpoints (resuming from the last checkpoint found there); given held-out
+    windows, evaluate it on them."""
     torch.manual_seed(train_cfg.seed)
     model = build_sae(config)
     trainer = Trainer(model, train_cfg, axis, out_dir=out_dir, eval_windows=eval_windows,
-                      eval_batch_windows=eval_batch_windows)
+                      eval_batch_windows=eval_batch_windows, device=device, dtype=dtype)
     scores = trainer.fit(batches)
     return TrainedSAE(model.eval(), scores)

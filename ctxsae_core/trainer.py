@@ -1,7 +1,12 @@
 """The training loop. It takes batches of windows [batch, T, d] and never sees a model of
 activations: Adam with warm-up and linear decay, unit-norm decoder rows, dead-feature tracking
 for AuxK, periodic held-out evaluation, a JSONL metrics log, atomic checkpoints, and resume
-(an interrupted run resumed with the same seed ends with the same weights)."""
+(an interrupted run resumed with the same seed ends with the same weights).
+
+It runs on any device (batches are copied there from pinned memory without blocking) and
+data-parallel across the ranks of `ctxsae_core.distributed`: each rank trains on its slice of
+every global batch, gradients and batch statistics are reduced across ranks, and rank 0 alone
+evaluates, logs, writes checkpoints and shows progress."""
 
 from __future__ import annotations
 
@@ -17,13 +22,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ctxsae_core.axes import ContextAxis
+from ctxsae_common.device import autocast, check_dtype, resolve_device
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import load_tensors, read_json, save_tensors_atomic, write_json_atomic, write_text_atomic
 from ctxsae_common.seeds import seeded_generator
+from ctxsae_core.axes import ContextAxis
 from ctxsae_core.checkpoint import save_sae
 from ctxsae_core.config import TrainConfig, config_to_dict
 from ctxsae_core.data import Resumable, shuffle_positions
+from ctxsae_core.distributed import group
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.metrics import fvu, l0
 from ctxsae_core.sae import BaseSAE
@@ -38,20 +45,28 @@ def default_lr(width: int) -> float:
 
 
 class Trainer:
-    """Train `model` on batches of windows walked along `axis`; write into `out_dir` if given."""
+    """Train `model` on batches of windows walked along `axis`; write into `out_dir` if given.
+    The model moves to `device` (default: where its parameters are); `dtype` 'bfloat16'
+    autocasts the forward pass on CUDA; `timed` records each step's wall time in
+    `step_seconds` (for benchmarks: on CUDA it waits for the step to finish)."""
 
     def __init__(self, model: BaseSAE, cfg: TrainConfig, axis: ContextAxis | None,
                  out_dir: str | Path | None = None, eval_windows: Tensor | None = None,
-                 eval_batch_windows: int = 64):
-        self.model, self.cfg, self.axis = model, cfg, axis
+                 eval_batch_windows: int = 64, device: str | torch.device | None = None, dtype: str = "float32",
+                 timed: bool = False):
+        self.device = resolve_device(device) if device is not None else next(model.parameters()).device
+        self.dtype = check_dtype(dtype, self.device)
+        self.model, self.cfg, self.axis, self.group = model.to(self.device), cfg, axis, group()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.eval_windows, self.eval_batch_windows = eval_windows, eval_batch_windows
         self.lr = cfg.lr or default_lr(model.config.width)
         self.optimizer = torch.optim.Adam(model.param_groups(self.lr), lr=self.lr)
-        self.tokens_since_fired = torch.zeros(model.config.width, dtype=torch.long)
+        self.tokens_since_fired = torch.zeros(model.config.width, dtype=torch.long, device=self.device)
         self.step = 0
         self.total_steps: int | None = None
         self.batch_shape: list[int] | None = None  # [windows, T] of every batch, fixed by the first
+        self.timed = timed  # record each step's wall time (waiting for CUDA to finish it) in step_seconds
+        self.step_seconds: list[float] = []
         self.carry_warmup_fraction, self.k_anneal_fraction = cfg.schedule_for(model.has_carry)
 
     # --- schedule and bookkeeping -------------------------------------------------------------
@@ -93,7 +108,7 @@ class Trainer:
         return self.tokens_since_fired >= dead_tokens
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.group.is_main:
             with open(self.out_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -119,7 +134,7 @@ class Trainer:
         save_tensors_atomic(tmp / "trainer_state.safetensors", tensors)
         write_json_atomic(tmp / "trainer_state.json", {
             "step": self.step, "total_steps": self.total_steps, "batch_shape": self.batch_shape,
-            "run": self._run_identity(), "param_groups": opt["param_groups"]})
+            "world": self.group.world, "run": self._run_identity(), "param_groups": opt["param_groups"]})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         write_text_atomic(root / "LATEST", final.name + "\n")
@@ -137,6 +152,9 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         """Restore the model, optimiser and schedule from a checkpoint folder of this same run."""
         meta = read_json(path / "trainer_state.json", "trainer state")
+        if meta.get("world", 1) != self.group.world:
+            raise InputError(f"{self.out_dir} holds a run trained on {meta.get('world', 1)} rank(s), not "
+                             f"{self.group.world}: resume with the same number of processes, or pass a new --out")
         mine = self._run_identity()
         for key in ("model", "train", "axis"):
             if meta["run"][key] != mine[key]:
@@ -147,7 +165,7 @@ class Trainer:
         state = load_tensors(path / "model.safetensors", "checkpoint weights")
         self.model.load_state_dict(state)
         tensors = load_tensors(path / "trainer_state.safetensors", "trainer state")
-        self.tokens_since_fired = tensors.pop("tokens_since_fired")
+        self.tokens_since_fired = tensors.pop("tokens_since_fired").to(self.device)
         opt_state: dict[int, dict[str, Tensor]] = {}
         for key, value in tensors.items():
             _, idx, name = key.split(".", 2)
@@ -161,47 +179,73 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------------
 
+    def _to_device(self, x: Tensor) -> Tensor:
+        """A batch on the training device: pinned and copied without blocking on CUDA."""
+        if x.device == self.device:
+            return x
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
     def _train_step(self, x: Tensor) -> dict[str, Any]:
-        model, n_positions = self.model, x.shape[0] * x.shape[1]
+        model, world = self.model, self.group.world
         if list(x.shape[:2]) != self.batch_shape:
             raise InputError(f"a batch of {x.shape[0]} windows x {x.shape[1]} positions, where this run trains on "
                              f"{self.batch_shape[0]} x {self.batch_shape[1]}: resume with the batch size it started "
                              "with, or pass a new --out")
-        if self.cfg.shuffle_context:
-            x, _ = shuffle_positions(x, seeded_generator(self.cfg.seed, "shuffle_train", self.step))
+        x = self._to_device(x)
+        n_positions = x.shape[0] * x.shape[1]
+        if self.cfg.shuffle_context:  # the global batch's permutations, this rank's rows of them
+            gen = seeded_generator(self.cfg.seed, "shuffle_train", self.step)
+            x, _ = shuffle_positions(x, gen, self.group.rank_slice(x.shape[0] * world), x.shape[0] * world)
         lr = self.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr * param_group["lr_scale"]
         self._set_schedule(self.step)
-        out = model(x, self.axis)
-        terms = model.loss(x, out, self.dead_mask(), self.axis)
-        if not torch.isfinite(terms.total):
+        with autocast(self.device, self.dtype):
+            out = model(x, self.axis)
+            terms = model.loss(x, out, self.dead_mask(), self.axis)
+        finite = torch.isfinite(terms.total.detach()).to(torch.int32).reshape(1)
+        if world > 1:
+            finite = -self.group.max_(-finite)  # every rank stops if any diverged
+        if not bool(finite.item()):
             raise InputError(f"training diverged at step {self.step} (loss is {terms.total.item()}): "
                              f"lower the learning rate (now {lr:.3g}) or check the activations' scale")
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
+        self.group.average_grads_([p for p in model.parameters() if p.requires_grad])
         model.remove_parallel_grads_()
         self.optimizer.step()
         model.normalize_decoder_()
         model.update_statistics_(out, n_positions)
         with torch.no_grad():
             fired = out.fired()
-            self.tokens_since_fired += n_positions
+            if world > 1:
+                fired = self.group.max_(fired.to(torch.int32)).bool()
+            self.tokens_since_fired += n_positions * world
             self.tokens_since_fired[fired] = 0
         self.step += 1
-        return {"out": out, "terms": terms, "x": x, "lr": lr, "n_positions": n_positions}
+        return {"out": out, "terms": terms, "x": x, "lr": lr, "n_positions": n_positions * world,
+                "local_positions": n_positions}
 
     def _evaluate(self) -> dict[str, Any]:
         return evaluate(self.model, self.eval_windows, self.axis, batch_windows=self.eval_batch_windows,
                         shuffle_context=self.cfg.shuffle_context, seed=self.cfg.seed)
 
+    def _checkpoint(self) -> None:
+        """Rank 0 writes the checkpoint; every rank waits for it."""
+        if self.group.is_main:
+            self.save_checkpoint()
+        self.group.barrier()
+
     def fit(self, batches: Iterable[Tensor]) -> dict[str, Any]:
         """Train until the token budget is spent, resuming from out_dir's last checkpoint if
         there is one. Returns the final held-out metrics (or {} without held-out windows)."""
         self.model.train()
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.group.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.out_dir / TRAIN_CONFIG_FILE, self.cfg.to_dict())
+        self.group.barrier()
         ckpt = self._latest_checkpoint()
         if ckpt is not None:
             self.load_checkpoint(ckpt)
@@ -209,50 +253,60 @@ class Trainer:
                   else itertools.islice(iter(batches), self.step, None))
         if ckpt is None:
             first = next(it)
-            self.model.init_from_data_(first)
+            sample = self._to_device(first)
+            self.model.init_from_data_(sample)
             if self.cfg.shrink_encoder_init:
-                self.model.shrink_encoder_(first)
-            self.total_steps = max(1, round(self.cfg.tokens / (first.shape[0] * first.shape[1])))
+                self.model.shrink_encoder_(sample)
+            global_positions = first.shape[0] * first.shape[1] * self.group.world
+            self.total_steps = max(1, round(self.cfg.tokens / global_positions))
             self.batch_shape = list(first.shape[:2])
             self._set_schedule(0)
-            self.model.prime_statistics_(first)  # at step 0's budget, so an annealed k starts where it should
+            self.model.prime_statistics_(sample)  # at step 0's budget, so an annealed k starts where it should
             it = itertools.chain([first], it)
         self._loop(it)
-        final = self._evaluate() if self.eval_windows is not None else {}
+        final = self._evaluate() if self.eval_windows is not None and self.group.is_main else {}
         if final:
             self._log({"step": self.step, "split": "eval", **final})
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.group.is_main:
             save_sae(self.model, self.out_dir, self.axis)
             write_json_atomic(self.out_dir / EVAL_FILE, {**final, "step": self.step})
+        self.group.barrier()
         return final
 
     def _loop(self, it: Iterator[Tensor]) -> None:
         cfg, steps = self.cfg, self.total_steps
-        bar = tqdm(total=steps, initial=self.step, desc=f"train {self.model.config.arch}", unit="step",
-                   disable=not cfg.progress, dynamic_ncols=True)
+        where = f"{self.device}" + (f" x {self.group.world} ranks" if self.group.world > 1 else "")
+        bar = tqdm(total=steps, initial=self.step, desc=f"train {self.model.config.arch} ({where})", unit="step",
+                   disable=not (cfg.progress and self.group.is_main), dynamic_ncols=True)
         t0, tokens0 = time.perf_counter(), 0
         while self.step < steps:
             x = next(it)
+            start = time.perf_counter()
             r = self._train_step(x)
+            if self.timed:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.step_seconds.append(time.perf_counter() - start)
             tokens0 += r["n_positions"]
             bar.update(1)
             last = self.step == steps
-            if cfg.log_every and (self.step % cfg.log_every == 0 or last):
+            if cfg.log_every and self.group.is_main and (self.step % cfg.log_every == 0 or last):
                 with torch.no_grad():
                     out, terms = r["out"], r["terms"]
                     record = {"step": self.step, "split": "train", "tokens": self.step * r["n_positions"],
                               "lr": r["lr"], "loss": terms.total.item(), "mse": terms.mse.item(),
                               "sparsity_loss": terms.sparsity.item(), "aux_loss": terms.aux.item(),
                               "carry_loss": terms.carry.item(),
-                              "fvu": fvu(r["x"], out.x_hat), "l0": l0(out.innovations, r["n_positions"]),
+                              "fvu": fvu(r["x"], out.x_hat), "l0": l0(out.innovations, r["local_positions"]),
                               "state_l0": l0(out.state), "dead_fraction": float(self.dead_mask().float().mean()),
                               "tokens_per_s": tokens0 / (time.perf_counter() - t0)}
                 self._log(record)
                 bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}",
                                 state_l0=f"{record['state_l0']:.1f}", dead=f"{record['dead_fraction']:.0%}")
-            if self.eval_windows is not None and cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
+            if (self.eval_windows is not None and self.group.is_main and cfg.eval_every
+                    and self.step % cfg.eval_every == 0 and not last):
                 self._log({"step": self.step, "split": "eval", **self._evaluate()})
             if self.out_dir is not None and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last):
-                self.save_checkpoint()
+                self._checkpoint()
         bar.close()
         self._end_schedule()

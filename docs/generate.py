@@ -324,6 +324,60 @@ def _coord_single(r: dict) -> list[str]:
             f"({m['train_seconds']:.0f} s); occupancy right at {m['occupancy_accuracy']:.1%} of random points."]
 
 
+def _contextual_cost(r: dict) -> list[str]:
+    rows = []
+    for x in r["rows"]:
+        row = [x["d"], x["width"], x["windows"], x["k"], fmt(x["topk"]["tokens_per_s"], ",.0f")]
+        for carry in ("gated", "attention"):
+            m = x.get(carry)
+            row += ([fmt(m["tokens_per_s"], ",.0f"), f"{m['cost_vs_topk']:.2f}x", fmt(m["l0"], ".1f"),
+                     fmt(m["state_l0"], ".1f")] if m else ["-"] * 4)
+        rows.append([str(v) if isinstance(v, int) else v for v in row])
+    out = [f"Training cost per token on `{r['device']}`, T = {r['T']}, the same k for all three models, every "
+           f"feature of the contextual SAEs persisting with gate {r['carry_gate']} (no resets) so that the walk "
+           f"carries a real state; the median of {r['steps']} timed steps after {r['warmup']} untimed ones.", "",
+           md_table(["d", "width", "windows", "k", "TopK tokens/s", "gated tokens/s", "gated cost", "gated L0",
+                     "gated state L0", "attention tokens/s", "attention cost", "attention L0", "attention state L0"],
+                    rows), ""]
+    for carry, goal in r["goals"].items():
+        measured = [x for x in r["rows"] if carry in x]
+        if not measured:
+            continue
+        missed = [x for x in measured if not x[carry]["meets_goal"]]
+        worst = max(measured, key=lambda x: x[carry]["cost_vs_topk"])
+        out.append(f"- **{carry} carry: at most {goal}x at {len(measured) - len(missed)} of {len(measured)} points.** "
+                   f"The highest cost is {worst[carry]['cost_vs_topk']:.2f}x (d {worst['d']}, width {worst['width']}, "
+                   f"{worst['windows']} windows); the lowest "
+                   f"{min(x[carry]['cost_vs_topk'] for x in measured):.2f}x.")
+    return out
+
+
+def _time_to_quality(r: dict) -> list[str]:
+    s = r["setup"]
+    names = {"ours_topk": "ours: per-position TopK", "saelens_topk": "SAELens TopK", "contextual_gated":
+             "ours: contextual, gated carry"}
+    rows = [[label + (f" {r[key]['version']}" if key == "saelens_topk" else ""), fmt(r[key].get("lr")),
+             fmt(r[key]["final_fvu"], ".4f"), fmt(r[key]["train_seconds"], ",.0f"),
+             fmt(r[key]["gain_over_last_quarter"], ".1%"), fmt(r[key]["converged"])]
+            for key, label in names.items() if key in r]
+    out = [f"d = {s['d']}, width {s['width']}, k = {s['k']}, {s['batch']} positions a step, {s['tokens']:,} "
+           f"training positions per model ({r['epochs']:.1f} epochs of {s['data_tokens']:,}), held-out FVU every "
+           f"{s['eval_every']:,} positions, evaluation time off the clock.", "",
+           md_table(["model", "learning rate", "final held-out FVU", "training seconds", "FVU gained over the last "
+                     "quarter", "converged (< 2%)"], rows), ""]
+    for key, what, goal in (("ours_vs_saelens", "ours against SAELens", r["goals"]["max_time_vs_saelens"]),
+                            ("contextual_vs_topk", "the contextual SAE against our TopK",
+                             r["goals"]["max_contextual_time_vs_topk"])):
+        if key in r:
+            c = r[key]
+            ta, tb = (fmt(t, ",.0f") for t in c["seconds"])
+            ratio = "not reached" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+            met = c["ratio"] is not None and c["ratio"] <= goal
+            out.append(f"- Time to FVU {c['target_fvu']:.4f}, {what}: {ta} s against {tb} s, {ratio} (goal <= "
+                       f"{goal}x): {'met' if met else 'not met'}.")
+    return out
+
+
 # file stem -> (section title, renderer); the order here is the page's order
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_regions": ("Synthetic regions: the contextual SAE against known features", _synthetic),
@@ -331,6 +385,10 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
     "visinterp_demo": ("The image job with its defaults", _image_demo),
     "scene_features_seed3": ("Features of a radiance field", _scene_features),
+    "time_to_quality_cpu": ("Time to quality on the CPU, against SAELens", _time_to_quality),
+    "time_to_quality_cuda": ("Time to quality on a GPU", _time_to_quality),
+    "contextual_cost_cpu": ("The contextual SAE's cost per token on the CPU, over a grid of shapes", _contextual_cost),
+    "contextual_cost_cuda": ("The contextual SAE's cost per token on a GPU, over a grid of shapes", _contextual_cost),
     "train_throughput": ("Training throughput (100 steps)", _throughput),
     "harvest_throughput": ("Harvest throughput: image autoencoders", lambda r: _harvest(r, "images")),
     "llm_harvest_throughput": ("Harvest throughput: SmolLM2", lambda r: _harvest(r, "tokens")),

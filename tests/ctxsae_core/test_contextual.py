@@ -13,6 +13,7 @@ from ctxsae_core.metrics import l0
 
 AXES = [("tokens", 16, None), ("raster", 16, (4, 4)), ("quadtree", 16, (4, 4)), ("quadtree", 15, (3, 5))]
 CARRIES = ["gated", "attention"]
+CUDA = pytest.param("cuda", marks=pytest.mark.gpu)  # runs on a GPU machine (`pytest -m gpu`), skipped elsewhere
 
 
 def _model(carry, act=BatchTopK(k=3), d=6, f=24, persistence=2.0):
@@ -192,11 +193,13 @@ def test_quadtree_pays_for_a_region_at_its_coarsest_cell():
 @pytest.mark.parametrize("act", [TopK(k=4), BatchTopK(k=4), ReLU(l1_coeff=0.01), JumpReLU(init_threshold=0.05)],
                          ids=lambda a: a.kind)
 @pytest.mark.parametrize("kind,T,grid", [("tokens", 8, None), ("quadtree", 16, (4, 4))])
-def test_fast_path_matches_dense_reference(carry, act, kind, T, grid):
-    """The sparse kernels against plain dense autograd: same codes, loss and gradients. In
-    float64, so that rounding differences cannot flip a code across its threshold."""
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_fast_path_matches_dense_reference(carry, act, kind, T, grid, device):
+    """The sparse kernels against plain dense autograd: same codes, loss and gradients, on the
+    CPU and on CUDA. In float64, so that rounding differences cannot flip a code across its
+    threshold."""
     d, f = 64, 1024  # 32 rows x 1024 x 64 = 2^21: the sparse path
-    m = _model(carry, act=act, d=d, f=f, persistence=1.0).train().double()
+    m = _model(carry, act=act, d=d, f=f, persistence=1.0).train().double().to(device)
     with torch.no_grad():
         for name, p in m.carry.named_parameters():
             if name.startswith("reset"):
@@ -207,13 +210,13 @@ def test_fast_path_matches_dense_reference(carry, act, kind, T, grid):
             m.b_enc_F.fill_(-0.3)
     axis = make_axis(kind, T, grid)
     # a component shared by each window's positions: pooled quadtree cells code it too, and carry it
-    x = torch.randn(32, T, d, dtype=torch.float64) + 2 * torch.randn(32, 1, d, dtype=torch.float64)
+    x = (torch.randn(32, T, d, dtype=torch.float64) + 2 * torch.randn(32, 1, d, dtype=torch.float64)).to(device)
     assert use_sparse_path(32, m.W_enc_FD)
     grads = []
     for reference in (False, True):
         m.zero_grad()
         out = m(x, axis, reference=reference)
-        terms = m.loss(x, out, dead_mask=torch.arange(f) % 4 == 0, axis=axis)
+        terms = m.loss(x, out, dead_mask=torch.arange(f, device=device) % 4 == 0, axis=axis)
         terms.total.backward()
         grads.append((out, terms, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
     (o1, t1, g1), (o2, t2, g2) = grads
@@ -234,6 +237,7 @@ def test_fast_path_matches_dense_reference(carry, act, kind, T, grid):
     for out in (o1, plain):  # the sparse walk builds its dense fields on read; the same values
         assert_close(out.pre_acts, o2.pre_acts.detach(), rtol=1e-5, atol=1e-6)
         assert torch.equal(out.fired(), (o2.innovations != 0).reshape(-1, f).any(0))
+        assert out.x_hat.device.type == torch.device(device).type
     if m._walks_sparse(32, reference=False) and act.kind == "batchtopk":
         pre = o1.pre_acts.detach()  # the walk sampled what the threshold's update reads
         assert torch.equal(o1.statistics_sample.sort().values, pre[pre >= 0.8 * 0.7].sort().values)

@@ -1,25 +1,30 @@
-"""The sparse kernels against plain dense autograd: values and gradients."""
+"""The sparse kernels against plain dense autograd: values and gradients, on the CPU and on
+CUDA (the `gpu` cases run on a GPU machine and skip elsewhere)."""
 
+import pytest
 import torch
 from torch.testing import assert_close
 
 from ctxsae_core.sparse_ops import (SparseCodes, decode_steps, entry_dots, gather_linear, steps_features,
                                    steps_support, steps_to_dense)
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
-def _random_entries(n, f, per_row):
+
+def _random_entries(n, f, per_row, device="cpu"):
     cols = torch.rand(n, f).topk(per_row, dim=1).indices.sort(dim=1).values
     rows = torch.arange(n).repeat_interleave(per_row)
-    return rows, cols.flatten()
+    return rows.to(device), cols.flatten().to(device)
 
 
-def test_gather_linear_matches_dense_values_and_gradients():
+@pytest.mark.parametrize("device", DEVICES)
+def test_gather_linear_matches_dense_values_and_gradients(device):
     n, f, d = 40, 30, 12
-    x = torch.randn(n, d, requires_grad=True)
-    W = torch.randn(f, d, requires_grad=True)
-    b = torch.randn(f, requires_grad=True)
-    rows, cols = _random_entries(n, f, 5)
-    weights = torch.randn(rows.numel())
+    x = torch.randn(n, d).to(device).requires_grad_()
+    W = torch.randn(f, d).to(device).requires_grad_()
+    b = torch.randn(f).to(device).requires_grad_()
+    rows, cols = _random_entries(n, f, 5, device)
+    weights = torch.randn(rows.numel()).to(device)
 
     dense = (x @ W.T + b)[rows, cols]
     (dense * weights).sum().backward()
@@ -36,11 +41,12 @@ def test_gather_linear_matches_dense_values_and_gradients():
         assert_close(got, want)
 
 
-def test_sparse_decode_matches_dense_matmul():
-    z = torch.relu(torch.randn(25, 40) - 1.0)  # about 16% non-zero
-    W = torch.randn(40, 7, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_decode_matches_dense_matmul(device):
+    z = torch.relu(torch.randn(25, 40) - 1.0).to(device)  # about 16% non-zero
+    W = torch.randn(40, 7).to(device).requires_grad_()
     z_ref = z.clone().requires_grad_()
-    target = torch.randn(25, 7)
+    target = torch.randn(25, 7).to(device)
     ((z_ref @ W - target) ** 2).sum().backward()
     ref_gW, ref_gz = W.grad.clone(), z_ref.grad.clone()
     W.grad = None
@@ -57,19 +63,21 @@ def test_sparse_decode_matches_dense_matmul():
     assert torch.equal(codes.to_dense().detach(), z)
 
 
-def _codes(n, f, per_row, generator_seed=0):
+def _codes(n, f, per_row, generator_seed=0, device="cpu"):
     """Random codes whose rows hold 1..per_row entries, sparse and dense."""
     g = torch.Generator().manual_seed(generator_seed)
     dense = torch.zeros(n, f)
     for i in range(n):
         cols = torch.randperm(f, generator=g)[: 1 + i % per_row]
         dense[i, cols] = torch.rand(cols.numel(), generator=g) + 0.1
+    dense = dense.to(device)
     return SparseCodes.from_dense(dense), dense
 
 
-def test_walk_operations_on_sparse_codes_match_dense_codes():
-    a, dense_a = _codes(6, 20, 4, 0)
-    b, dense_b = _codes(6, 20, 3, 1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_walk_operations_on_sparse_codes_match_dense_codes(device):
+    a, dense_a = _codes(6, 20, 4, 0, device)
+    b, dense_b = _codes(6, 20, 3, 1, device)
     both, where_a, where_b = a.merge(b)  # shared features summed, the rest kept; row-major like its parts
     assert_close(both.to_dense(), dense_a + dense_b)
     assert both.vals.numel() == int(((dense_a + dense_b) != 0).sum())  # no entry twice
@@ -81,13 +89,14 @@ def test_walk_operations_on_sparse_codes_match_dense_codes():
     assert torch.equal(values, torch.stack([dense_a, dense_b, torch.zeros_like(dense_a)], 1))
     assert torch.equal(support, values != 0)
     assert torch.equal(steps_features([a, b, a.empty()]), (values != 0).any(1).any(0))
-    W = torch.randn(20, 5)
+    W = torch.randn(20, 5).to(device)
     assert_close(decode_steps([a, b], W), torch.stack([dense_a @ W, dense_b @ W], 1))
 
 
-def test_entry_dots_are_the_dense_products_at_the_entries():
-    codes, dense = _codes(9, 30, 5, 3)
-    X, W = torch.randn(9, 7, dtype=torch.float64), torch.randn(30, 7, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_entry_dots_are_the_dense_products_at_the_entries(device):
+    codes, dense = _codes(9, 30, 5, 3, device)
+    X, W = torch.randn(9, 7, dtype=torch.float64).to(device), torch.randn(30, 7, dtype=torch.float64).to(device)
     want = (X @ W.T)[codes.rows, codes.cols]
     assert_close(entry_dots(codes, X, W), want)
     assert entry_dots(codes.empty(), X, W).numel() == 0

@@ -1,6 +1,7 @@
 """The gated carry's hand-written walk against autograd (the whole model's fast path is checked
 against the dense reference in test_contextual.py)."""
 
+import pytest
 import torch
 from torch.testing import assert_close
 
@@ -23,11 +24,13 @@ def test_bounded_backward_matches_autograd_on_rows_cut_and_not():
     assert_close(g_centred, c.grad)
 
 
-def test_the_walk_differentiates_its_input_like_the_dense_reference():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_the_walk_differentiates_its_input_like_the_dense_reference(device):
     torch.manual_seed(0)
     d, f = 64, 1024  # 32 rows x 1024 x 64: the sparse path
     m = ContextualSAE(ContextualConfig(d_in=d, width=f, activation=BatchTopK(k=4), init_persistence=1.0)).double()
-    x = torch.randn(32, 8, d, dtype=torch.float64) + 2 * torch.randn(32, 1, d, dtype=torch.float64)
+    m = m.to(device)
+    x = (torch.randn(32, 8, d, dtype=torch.float64) + 2 * torch.randn(32, 1, d, dtype=torch.float64)).to(device)
     m.init_from_data_(x)
     with torch.no_grad():
         m.carry.reset_in_raw.fill_(-3.0)

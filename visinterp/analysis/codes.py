@@ -20,18 +20,21 @@ def window_codes(model: BaseSAE, x: Tensor, axis: ContextAxis, shuffle: bool, se
     """{"x_hat": (N, T, D), "innovations": (N, T, F) at the input positions, "state": (N, T, F)}.
     With `shuffle`, positions are permuted from the seed's "shuffle_eval" stream, as
     `ctxsae_core.evaluate` permutes them, so codes and reported metrics agree. `on_batch(x,
-    out)` sees each batch as the model saw it (shuffled, for the control)."""
+    out)` sees each batch as the model saw it (shuffled, for the control), on the model's device;
+    the codes come back on the CPU."""
     perm = None
     if shuffle:
         x, perm = shuffle_positions(x, seeded_generator(seed, "shuffle_eval"))
     parts: dict[str, list[Tensor]] = {"x_hat": [], "innovations": [], "state": []}
+    device = next(model.parameters()).device
     for i in range(0, x.shape[0], batch):
-        out = model(x[i : i + batch], axis)
+        xb = x[i : i + batch].to(device)
+        out = model(xb, axis)
         if on_batch is not None:
-            on_batch(x[i : i + batch], out)
-        parts["x_hat"].append(out.x_hat)
-        parts["innovations"].append(out.innovations[:, model.output_steps(out)])
-        parts["state"].append(out.state)
+            on_batch(xb, out)
+        parts["x_hat"].append(out.x_hat.cpu())
+        parts["innovations"].append(out.innovations[:, model.output_steps(out)].cpu())
+        parts["state"].append(out.state.cpu())
     codes = {k: torch.cat(v) for k, v in parts.items()}
     if perm is not None:
         codes = {k: torch.empty_like(v).scatter_(1, perm[..., None].expand_as(v), v) for k, v in codes.items()}

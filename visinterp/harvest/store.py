@@ -25,6 +25,7 @@ from torch import Tensor
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import read_json_object, write_json_atomic
 from ctxsae_common.seeds import seeded_generator
+from ctxsae_core.distributed import group
 
 MANIFEST = "manifest.json"
 FORMAT = "ctxsae-activation-store/1"
@@ -208,15 +209,21 @@ class ActivationStore:
 class StoreBatches:
     """Endless seeded batches over a subset of a store's windows, holding one shard at a time:
     each epoch visits the shards in a fresh order and the windows of each shard in a fresh
-    order. `iter_from(step)` restarts the same stream at any step (for trainer resume)."""
+    order. `iter_from(step)` restarts the same stream at any step (for trainer resume). Under
+    data-parallel training each rank reads only its slice of every global batch of
+    `batch_windows` x ranks windows (`ctxsae_core.data.WindowBatches` does the same)."""
 
     def __init__(self, store: ActivationStore, indices: Tensor, batch_windows: int, seed: int = 0):
         if len(indices) == 0:
             raise InputError(f"{store.folder}: no windows to train on: harvest more images")
-        self.store, self.seed = store, seed
+        self.store, self.seed, self.group = store, seed, group()
         self.indices = indices.long().sort().values
-        self.batch_windows = max(1, min(batch_windows, len(indices)))
-        self.per_epoch = len(indices) // self.batch_windows
+        self.batch_windows = max(1, min(batch_windows, len(indices) // self.group.world))
+        self.global_windows = self.batch_windows * self.group.world
+        self.per_epoch = len(indices) // self.global_windows
+        if self.per_epoch == 0:
+            raise InputError(f"{store.folder}: {len(indices)} windows cannot fill a batch on each of "
+                             f"{self.group.world} ranks: use fewer ranks or more data")
 
     def _epoch_order(self, epoch: int) -> Tensor:
         gen = seeded_generator(self.seed, "batches", epoch)
@@ -239,10 +246,11 @@ class StoreBatches:
                 cache[i] = self.store.read_shard(i)["activations"]
             return cache[i]
 
+        mine = self.group.rank_slice(self.global_windows)
         while True:
             order = self._epoch_order(epoch)
             for b in range(offset, self.per_epoch):
-                yield self.store.gather(order[b * self.batch_windows : (b + 1) * self.batch_windows], shard_acts)
+                yield self.store.gather(order[b * self.global_windows : (b + 1) * self.global_windows][mine], shard_acts)
             epoch, offset = epoch + 1, 0
 
     def __iter__(self) -> Iterator[Tensor]:

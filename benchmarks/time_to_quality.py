@@ -1,0 +1,221 @@
+"""Time to quality: the wall time each trainer needs to reach a held-out FVU, measured on models
+trained until converged, not speed at step 100.
+
+On the same activations (d 576, width 4608, k 32 by default: synthetic windows with ~40 true
+features active of ~4,500, `ctxsae_core.synthetic`), it trains:
+
+1. our per-position TopK, and SAELens's TopK with its own trainer (`SAETrainer`), each at its own
+   default learning rate and the same batch, warm-up and decay;
+2. our contextual SAE (gated carry, BatchTopK innovations at the same k).
+
+Every model is evaluated on held-out windows at fixed token counts, with the evaluation's time
+left off the clock (the evaluation runs when the trainer asks for its next batch, so SAELens's
+trainer is timed as it is). A model has converged when its held-out FVU improved by less than 2%
+over the last quarter of its tokens. For each pair, the target is the worse of the two final
+FVUs, and the time to quality is when each curve first reaches it (interpolated between
+evaluations). Goals: ours at most 0.5x SAELens's time at no worse converged FVU; the contextual
+SAE at most 2x our TopK's time.
+
+    python benchmarks/time_to_quality.py --out benchmarks/results/time_to_quality_cpu.json   # SAELens from .venv-bench
+    python benchmarks/time_to_quality.py --device cuda --out benchmarks/results/time_to_quality_cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from ctxsae_common.device import resolve_device
+from ctxsae_common.files import write_json_atomic
+from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
+from ctxsae_core.checkpoint import build_sae
+from ctxsae_core.data import WindowBatches
+from ctxsae_core.metrics import ReconstructionSums
+from ctxsae_core.synthetic import RegionsData, RegionsSpec
+from ctxsae_core.trainer import Trainer
+from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
+
+GOALS = {"max_time_vs_saelens": 0.5, "max_contextual_time_vs_topk": 2.0, "converged_gain": 0.02}
+
+
+def make_data(args) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training windows [N, T, d] (a pass is args.data_tokens positions) and held-out windows."""
+    spec = RegionsSpec(d=args.d, n_groups=24, values_per_group=16, n_local=4096, local_per_position=16)
+    data = RegionsData(spec, args.T, seed=0)
+    n = -(-args.data_tokens // args.T)
+    train = torch.cat([data.windows(min(256, n - i), seed=100 + i).x for i in range(0, n, 256)])
+    return train, data.windows(args.heldout_windows, seed=1).x
+
+
+class Curve:
+    """Held-out FVU against training tokens and training seconds (evaluation time excluded)."""
+
+    def __init__(self, held: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                 every_tokens: int, batch_tokens: int):
+        self.held, self.forward, self.device = held, forward, device
+        self.every, self.batch_tokens = every_tokens, batch_tokens
+        self.points: list[dict] = []
+        self.tokens, self.eval_seconds, self.start = 0, 0.0, None
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def evaluate(self) -> None:
+        self.sync()
+        t0 = time.perf_counter()
+        sums = ReconstructionSums()
+        for i in range(0, self.held.shape[0], 64):
+            x = self.held[i : i + 64].to(self.device)
+            sums.add(x, self.forward(x))
+        fvu = sums.fvu
+        self.points.append({"tokens": self.tokens, "seconds": t0 - self.start - self.eval_seconds, "fvu": fvu})
+        self.eval_seconds += time.perf_counter() - t0
+
+    def wrap(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The batches, evaluating every `every` tokens when the trainer asks for the next one."""
+        self.start = time.perf_counter()
+        for batch in batches:
+            if self.tokens and self.tokens % self.every < self.batch_tokens:
+                self.evaluate()
+            self.tokens += self.batch_tokens
+            yield batch
+
+    def finish(self) -> dict:
+        self.evaluate()
+        last_quarter = [p for p in self.points if p["tokens"] >= 0.75 * self.tokens]
+        start, end = last_quarter[0]["fvu"], self.points[-1]["fvu"]
+        gain = (start - end) / start if start > 0 else 0.0
+        return {"curve": self.points, "final_fvu": end, "train_seconds": self.points[-1]["seconds"],
+                "gain_over_last_quarter": gain, "converged": gain < GOALS["converged_gain"]}
+
+
+def time_to(curve: list[dict], target: float) -> float | None:
+    """Seconds at which the curve first reaches FVU <= target (linear between evaluations)."""
+    for a, b in zip(curve, curve[1:]):
+        if b["fvu"] <= target:
+            if a["fvu"] <= target:
+                return a["seconds"]
+            w = (a["fvu"] - target) / (a["fvu"] - b["fvu"])
+            return a["seconds"] + w * (b["seconds"] - a["seconds"])
+    return None
+
+
+def schedule(args) -> dict:
+    steps = args.tokens // args.batch
+    return {"steps": steps, "warmup": round(0.05 * steps), "decay": round(0.2 * steps)}
+
+
+def run_ours(args, train, held, device, arch: str) -> dict:
+    if arch == "topk":
+        cfg = SAEConfig(d_in=args.d, width=args.width, activation=TopK(k=args.k))
+        axis = None
+    else:
+        cfg = ContextualConfig(d_in=args.d, width=args.width, activation=BatchTopK(k=args.k), carry="gated")
+        axis = make_axis("tokens", args.T)
+    torch.manual_seed(0)
+    model = build_sae(cfg)
+    tc = TrainConfig(tokens=args.tokens, lr=args.lr, progress=False, eval_every=0, checkpoint_every=0,
+                     log_every=0)
+    trainer = Trainer(model, tc, axis, device=device, dtype=args.dtype)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:  # the model as it stands, in inference mode
+        model.eval()
+        out = model(x, axis).x_hat
+        model.train()
+        return out
+
+    curve = Curve(held, forward, device, args.eval_every, args.batch)
+    trainer.fit(curve.wrap(iter(WindowBatches(train, args.batch // args.T, seed=0))))
+    return {"lr": trainer.lr, **curve.finish()}
+
+
+def run_saelens(args, train, held, device) -> dict:
+    import sae_lens
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(0)
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d, d_sae=args.width, k=args.k, device=str(device)))
+    s = schedule(args)
+    kwargs = {} if args.saelens_lr is None else {"lr": args.saelens_lr}
+    cfg = SAETrainerConfig(total_training_samples=args.tokens, train_batch_size_samples=args.batch, lr_end=0.0,
+                           lr_warm_up_steps=s["warmup"], lr_decay_steps=s["decay"], device=str(device),
+                           logger=LoggingConfig(log_to_wandb=False), **kwargs)
+    curve = Curve(held, lambda x: sae(x.reshape(-1, args.d)).reshape(x.shape), device, args.eval_every, args.batch)
+    batches = (b.reshape(-1, args.d).to(device) for b in WindowBatches(train, args.batch // args.T, seed=0))
+    SAETrainer(cfg, sae, curve.wrap(batches)).fit()
+    return {"version": sae_lens.__version__, "lr": cfg.lr, **curve.finish()}
+
+
+def compare(a: dict, b: dict) -> dict:
+    """Time for each to reach the worse of the two final FVUs, and their ratio a / b."""
+    target = max(a["final_fvu"], b["final_fvu"])
+    ta, tb = time_to(a["curve"], target), time_to(b["curve"], target)
+    return {"target_fvu": target, "seconds": [ta, tb], "ratio": ta / tb if ta and tb else None}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--dtype", default="float32", help="float32, or bfloat16 autocast on CUDA (ours)")
+    p.add_argument("--d", type=int, default=576)
+    p.add_argument("--width", type=int, default=4608)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--T", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4096, help="positions per step")
+    p.add_argument("--tokens", type=int, default=8_000_000, help="training positions per model")
+    p.add_argument("--data-tokens", type=int, default=2_000_000, help="distinct training positions (epochs reuse them)")
+    p.add_argument("--heldout-windows", type=int, default=64)
+    p.add_argument("--eval-every", type=int, default=400_000, help="tokens between held-out evaluations")
+    p.add_argument("--lr", type=float, default=None, help="our learning rate (default: ours by width)")
+    p.add_argument("--saelens-lr", type=float, default=None, help="SAELens's learning rate (default: its own)")
+    p.add_argument("--skip-saelens", action="store_true")
+    p.add_argument("--skip-contextual", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/time_to_quality_cpu.json"))
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    start = time.perf_counter()
+    train, held = make_data(args)
+    print(f"time to quality on {device}: d {args.d}, width {args.width}, k {args.k}, batch {args.batch}, "
+          f"{args.tokens:,} tokens per model ({args.tokens / (train.shape[0] * args.T):.1f} epochs)", flush=True)
+    results: dict = {"setup": {k: v for k, v in vars(args).items() if k != "out"}, "goals": GOALS,
+                     "epochs": args.tokens / (train.shape[0] * args.T)}
+    runs = {"ours_topk": lambda: run_ours(args, train, held, device, "topk")}
+    if not args.skip_saelens:
+        runs["saelens_topk"] = lambda: run_saelens(args, train, held, device)
+    if not args.skip_contextual:
+        runs["contextual_gated"] = lambda: run_ours(args, train, held, device, "contextual")
+    for name, run in runs.items():
+        print(f"training {name}...", flush=True)
+        results[name] = run()
+        r = results[name]
+        print(f"  final held-out FVU {r['final_fvu']:.4f} after {r['train_seconds']:.0f} s; "
+              f"{'converged' if r['converged'] else 'NOT converged'} (last quarter gained {r['gain_over_last_quarter']:.1%})",
+              flush=True)
+    if "saelens_topk" in results:
+        results["ours_vs_saelens"] = compare(results["ours_topk"], results["saelens_topk"])
+    if "contextual_gated" in results:
+        results["contextual_vs_topk"] = compare(results["contextual_gated"], results["ours_topk"])
+    for key, goal in (("ours_vs_saelens", GOALS["max_time_vs_saelens"]),
+                      ("contextual_vs_topk", GOALS["max_contextual_time_vs_topk"])):
+        if key in results:
+            c = results[key]
+            ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+            print(f"{key}: time to FVU {c['target_fvu']:.4f}: {ratio} (goal <= {goal}x)")
+    results["seconds"] = time.perf_counter() - start
+    results["machine"] = machine_info(device)
+    write_json_atomic(args.out, results)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
