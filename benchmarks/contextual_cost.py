@@ -116,6 +116,19 @@ def print_row(r: dict) -> None:
     print("  ".join(cells), flush=True)
 
 
+def misses(rows: list[dict]) -> dict[str, list[tuple[int, int, int]]]:
+    """Per carry, the (d, width, windows) points where it misses its goal."""
+    return {c: [(r["d"], r["width"], r["windows"]) for r in rows if c in r and not r[c]["meets_goal"]]
+            for c in ("gated", "attention")}
+
+
+def save(args, device: torch.device, rows: list[dict], complete: bool, start: float) -> None:
+    write_json_atomic(args.out, {"device": str(device), "T": T, "goals": GOALS, "carry_gate": CARRY_GATE,
+                                 "carry_threshold": CARRY_THRESHOLD, "steps": args.steps, "warmup": args.warmup,
+                                 "quick": args.quick, "complete": complete, "rows": rows, "misses": misses(rows),
+                                 "seconds": time.perf_counter() - start, "machine": machine_info(device)})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -131,21 +144,16 @@ def main(argv=None) -> int:
     print(f"contextual cost per token on {device} ({torch.get_num_threads()} threads), T = {T}, k = min(16, width/8)")
     print(f"{'d':>5}{'width':>7}{'B':>4}  {'TopK tok/s':>11}  {'gated tok/s':>11}{'cost':>8}{'state/L0':>8}  "
           f"{'attn tok/s':>11}{'cost':>8}{'state/L0':>8}")
-    rows = []
-    for d, width, windows in itertools.product(grid["d"], grid["width"], grid["windows"]):
+    rows: list[dict] = []
+    points = list(itertools.product(grid["d"], grid["width"], grid["windows"]))
+    for d, width, windows in sorted(points, key=lambda p: p[0] * p[1] * p[2]):  # small shapes first
         rows.append(run_point(d, width, windows, device, args.steps, args.warmup, not args.no_attention))
         print_row(rows[-1])
-    misses = {c: [(r["d"], r["width"], r["windows"]) for r in rows if c in r and not r[c]["meets_goal"]]
-              for c in ("gated", "attention")}
-    for carry, missed in misses.items():
+        save(args, device, rows, len(rows) == len(points), start)  # after every point: a cut-off run keeps its rows
+    for carry, missed in misses(rows).items():
         measured = sum(carry in r for r in rows)
         print(f"{carry}: at most {GOALS[carry]}x at {measured - len(missed)} of {measured} points"
               + (f"; misses at (d, width, windows) {missed}" if missed else ""))
-    write_json_atomic(args.out, {"device": str(device), "T": T, "goals": GOALS, "carry_gate": CARRY_GATE,
-                                 "carry_threshold": CARRY_THRESHOLD,
-                                 "steps": args.steps, "warmup": args.warmup, "quick": args.quick, "rows": rows,
-                                 "misses": misses, "seconds": time.perf_counter() - start,
-                                 "machine": machine_info(device)})
     print(f"wrote {args.out}")
     return 0
 

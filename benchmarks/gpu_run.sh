@@ -2,7 +2,7 @@
 # Every GPU check of the workbench in one run, for a machine with CUDA and PyTorch already
 # installed (as the lent H100/H200 machines are): the gpu-marked tests, the contextual-cost grid
 # and the time-to-quality benchmark on CUDA, and a 2-GPU torchrun check when there are 2 GPUs.
-# About 8 minutes on one H100. Results and logs go to the folder given (default runs/gpu):
+# About 6 minutes on one H100 (each step has a time limit: 2, 3.3 and 3 minutes). Results and logs go to the folder given (default runs/gpu):
 #
 #     bash benchmarks/gpu_run.sh runs/gpu
 #
@@ -20,16 +20,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
 echo "== gpu-marked tests"
-timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/ctxsae_core 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/ctxsae_core 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 
 echo "== contextual cost grid on CUDA"
-timeout 240 python3 benchmarks/contextual_cost.py --device cuda --out "$OUT/contextual_cost_cuda.json" 2>&1 \
+timeout 200 python3 benchmarks/contextual_cost.py --device cuda --out "$OUT/contextual_cost_cuda.json" 2>&1 \
     | tee "$OUT/contextual_cost_cuda.log"
 
 echo "== time to quality on CUDA"
 SKIP=""
 python3 -c "import sae_lens" 2>"$OUT/saelens_import.log" || SKIP="--skip-saelens"
-timeout 300 python3 benchmarks/time_to_quality.py --device cuda --tokens 4000000 --eval-every 250000 $SKIP \
+timeout 180 python3 benchmarks/time_to_quality.py --device cuda --tokens 2000000 --data-tokens 1000000 \
+    --eval-every 125000 $SKIP \
     --out "$OUT/time_to_quality_cuda.json" 2>&1 | tee "$OUT/time_to_quality_cuda.log"
 
 if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then

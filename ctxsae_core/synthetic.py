@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ctxsae_common.seeds import seeded_generator
@@ -88,10 +89,14 @@ class RegionsData:
         starts = (switch * torch.arange(T)).cummax(-1).values  # position where each region began
         magnitude = self._uniform((n, G, T), g).gather(-1, starts)  # constant over a region
         feature = torch.arange(G)[None, :, None] * V + values  # (n, G, T) dictionary index
-        x = torch.einsum("ngt,ngtd->ntd", magnitude, self.dictionary[feature])
         local = torch.rand(n, T, s.n_local, generator=g).topk(s.local_per_position, dim=-1).indices
         local_mag = self._uniform((n, T, s.local_per_position), g)
-        x = x + torch.einsum("ntk,ntkd->ntd", local_mag, self.dictionary[G * V + local])
+        # every position's active features and magnitudes: (n, T, G + L), summed over their rows
+        # of the dictionary without materialising (n, T, G + L, d)
+        index = torch.cat([feature.transpose(1, 2), G * V + local], -1)
+        weight = torch.cat([magnitude.transpose(1, 2), local_mag], -1)
+        x = F.embedding_bag(index.reshape(n * T, -1), self.dictionary, mode="sum",
+                            per_sample_weights=weight.reshape(n * T, -1)).reshape(n, T, s.d)
         x = x + s.noise * torch.randn(x.shape, generator=g)
         new = switch.sum(1) + s.local_per_position  # (n, T)
         return RegionWindows(x, new, values.transpose(1, 2))
