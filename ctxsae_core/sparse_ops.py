@@ -47,7 +47,8 @@ class SparseCodes(NamedTuple):
         """sum_i vals_i * W[cols_i] per row: (n_rows, D), reading only the rows used (given
         `row_pointers()` if known)."""
         crow = self.row_pointers() if row_pointers is None else row_pointers
-        return _Decode.apply(self.rows, crow, self.cols, self.vals, W_FD)
+        # in W's dtype: under bfloat16 autocast, values computed by a product come in bfloat16
+        return _Decode.apply(self.rows, crow, self.cols, self.vals.to(W_FD.dtype), W_FD)
 
     def to_dense(self) -> Tensor:
         """The codes as a dense (n_rows, width) tensor, with autograd through the values."""
