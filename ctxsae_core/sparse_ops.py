@@ -190,5 +190,6 @@ class _GatherLinear(torch.autograd.Function):
 
 def gather_linear(x_ND: Tensor, W_FD: Tensor, b_F: Tensor, rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
     """Entries (rows, cols) of x @ W.T + b, with gradients for x, W and b; `values` (nnz,) must
-    hold those entries already (computed without autograd)."""
-    return _GatherLinear.apply(x_ND, W_FD, b_F, values, rows, cols)
+    hold those entries already (computed without autograd; taken in x's dtype, as a product
+    under bfloat16 autocast gives them in bfloat16)."""
+    return _GatherLinear.apply(x_ND, W_FD, b_F, values.to(x_ND.dtype), rows, cols)
