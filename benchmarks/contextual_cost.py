@@ -4,9 +4,9 @@ of 64 positions a step. Goals: the gated carry at most 2x TopK's cost per token,
 carry at most 4x.
 
 A walk's cost grows with the state it carries, so the contextual SAEs are timed where the state
-is real: every feature persists with gate 0.65 and no resets, and carried values are cut at 0.1,
-so a value lives a few steps and the state holds several times the innovations, as in trained
-models (each point reports both). The innovations are TopK's, so every model pays exactly k codes a position
+is real: every feature persists with gate 0.65 and no resets, and carried values are cut at 0.3x
+the median innovation's value, so a value lives about three steps and the state holds several
+times the innovations, as in trained models (each point reports both). The innovations are TopK's, so every model pays exactly k codes a position
 and the ratio isolates the carry's cost. Windows are synthetic with persistent regions
 (`ctxsae_core.synthetic`). Each model trains `--warmup` untimed steps, then `--steps` timed ones
 (the median step is reported), one model after another in one process, on the same batches.
@@ -41,7 +41,10 @@ QUICK = {"d": (64,), "width": (256, 1024), "windows": (16,)}
 T = 64
 GOALS = {"gated": 2.0, "attention": 4.0}
 CARRY_GATE = 0.65  # every feature's persistence gate in the timed models
-CARRY_THRESHOLD = 0.1  # carried values at or below this are cut: with the gate, a state of 2-4x the innovations
+# carried values are cut at this fraction of the median innovation: with the gate, a value lives
+# about 3 steps, and the state holds 2-4x the innovations at every d (a fixed cut carries nothing
+# at large d, where codes are small in normalised units)
+CARRY_CUT = 0.3
 RESET_OFF = -30.0  # raw reset factors: softplus(-30) ~ 1e-13, no resets
 
 
@@ -62,6 +65,16 @@ def batches_for(d: int, windows: int, n: int, seed: int = 0) -> list[torch.Tenso
     return list(itertools.islice(data.iter_from(0), n))
 
 
+@torch.no_grad()
+def typical_innovation(d: int, width: int, k: int, batch: torch.Tensor) -> float:
+    """The median value of the k codes a position pays for at initialisation (normalised units)."""
+    torch.manual_seed(0)
+    model = build_sae(SAEConfig(d_in=d, width=width, activation=TopK(k=k)))
+    model.init_from_data_(batch)
+    centred = batch.reshape(-1, d) * model.act_scale - model.b_dec_D
+    return float(torch.nn.functional.linear(centred, model.W_enc_FD, model.b_enc_F).topk(k).values.median())
+
+
 def time_model(kind: str, d: int, width: int, k: int, batches: list[torch.Tensor], device: torch.device,
                warmup: int) -> dict:
     """Train `kind` on the batches; the median seconds of the steps after `warmup`, and its
@@ -69,7 +82,8 @@ def time_model(kind: str, d: int, width: int, k: int, batches: list[torch.Tensor
     if kind == "topk":
         cfg = SAEConfig(d_in=d, width=width, activation=TopK(k=k))
     else:
-        cfg = ContextualConfig(d_in=d, width=width, activation=TopK(k=k), carry=kind, carry_threshold=CARRY_THRESHOLD)
+        cut = CARRY_CUT * typical_innovation(d, width, k, batches[0])
+        cfg = ContextualConfig(d_in=d, width=width, activation=TopK(k=k), carry=kind, carry_threshold=cut)
     torch.manual_seed(0)
     model = build_sae(cfg)
     if kind != "topk":
@@ -124,7 +138,7 @@ def misses(rows: list[dict]) -> dict[str, list[tuple[int, int, int]]]:
 
 def save(args, device: torch.device, rows: list[dict], complete: bool, start: float) -> None:
     write_json_atomic(args.out, {"device": str(device), "T": T, "goals": GOALS, "carry_gate": CARRY_GATE,
-                                 "carry_threshold": CARRY_THRESHOLD, "steps": args.steps, "warmup": args.warmup,
+                                 "carry_cut": CARRY_CUT, "steps": args.steps, "warmup": args.warmup,
                                  "quick": args.quick, "complete": complete, "rows": rows, "misses": misses(rows),
                                  "seconds": time.perf_counter() - start, "machine": machine_info(device)})
 

@@ -26,7 +26,10 @@ def cpu_model() -> str:
 
 
 def commit() -> str:
-    """The checkout's commit (short hash), with '+changes' when the working tree differs from it."""
+    """The checkout's commit (short hash), with '+changes' when the working tree differs from it;
+    $CTXSAE_COMMIT when set (a copy of the tree on another machine may carry another HEAD)."""
+    if os.environ.get("CTXSAE_COMMIT"):
+        return os.environ["CTXSAE_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
