@@ -227,6 +227,18 @@ class BatchTopKActivation(_BudgetActivation):
         local = pre.reshape(-1).topk(min(n_keep, pre.numel()), sorted=False).values
         return g.gather_cat(local).topk(n_keep, sorted=False).values.min().clamp_min(0)
 
+    def cutoff(self, pre: Tensor, n_positions: int) -> Tensor:
+        """The pooled cut-off of pre-activations `pre` (..., F) of n_positions positions at the
+        current budget: the entry above which k codes a position fire on average (over every
+        rank under data-parallel training)."""
+        return self._cutoff(pre, n_positions)
+
+    @torch.no_grad()
+    def set_threshold_(self, value: Tensor | float) -> None:
+        """Set the inference threshold (the trainer calibrates it at the end of training)."""
+        self.threshold.fill_(float(value))
+        self.threshold_seen.fill_(True)
+
     def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
         return self.select_sampling(pre, pooled, [])
 

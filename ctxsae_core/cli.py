@@ -181,12 +181,30 @@ def _train(args, group, device) -> int:
     train_cfg = TrainConfig(tokens=tokens, lr=args.lr, seed=args.seed, shuffle_context=args.shuffle_context,
                             progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
     result = train_sae(cfg, train_cfg, WindowBatches(train, batch_windows, args.seed), axis, args.out, held,
-                       batch_windows, device=device, dtype=args.dtype).scores
+                       batch_windows, device=device, dtype=args.dtype, data_identity=data_identity(args.acts, acts)).scores
     if group.is_main:
         print(f"{cfg.arch} ({axis.kind}{', shuffled context' if args.shuffle_context else ''}) -> {args.out}: "
               f"fvu {result['fvu']:.4f}  l0 {result['l0']:.2f}  state_l0 {result['state_l0']:.2f}  "
-              f"dead {result['dead_fraction']:.1%}  on {result['n_positions']:,} held-out positions")
+              f"dead {result['dead_fraction']:.1%}  on {result['n_positions']:,} held-out positions; "
+              f"{result['tokens']:,} training positions ({result['epochs']:.2g} epochs)")
+        if cfg.arch == "contextual" and not result["state_l0"] > result["l0"] * (1 + 1e-3):
+            print("note: the contextual SAE carried nothing on the held-out windows (state L0 = L0): it is a "
+                  "per-position SAE there; train longer so that its carry learns to persist", file=sys.stderr)
+        if result["converged"] is False:
+            print(f"warning: held-out FVU still improved by {result['fvu_gain_last_quarter']:.1%} over the last "
+                  "quarter of training (converged: under 2%): train longer (--tokens) before comparing this SAE",
+                  file=sys.stderr)
     return 0
+
+
+def data_identity(path: Path, acts) -> dict:
+    """What a run trains on: the file, the tensor's shape and a hash of a sample of its rows
+    (the first and last 64), so that resuming into the folder with other data is refused."""
+    import hashlib
+
+    sample = acts[:64].contiguous().numpy().tobytes() + acts[-64:].contiguous().numpy().tobytes()
+    return {"acts": str(Path(path).resolve()), "shape": list(acts.shape),
+            "sample_sha256": hashlib.sha256(sample).hexdigest()[:16]}
 
 
 def _eval_axis(args, saved: ContextAxis | None, T: int) -> ContextAxis:

@@ -227,13 +227,15 @@ class TrainConfig:
         "for contextual SAEs (whose k counts only what is new) and 0 for per-position ones")
     k_anneal_start: float = param(4.0, "TopK/BatchTopK: starting multiple of k when annealing")
     shrink_encoder_init: bool = param(
-        False, "TopK/BatchTopK: after the data-dependent init, scale the tied encoder down by the "
-        "least-squares factor when it over-reconstructs the first batch; needed when k is comparable "
-        "to d (e.g. a 4-channel VAE latent), where the tied init starts at FVU >> 1")
+        True, "TopK/BatchTopK: after the data-dependent init, scale the tied encoder down by the "
+        "least-squares factor when it over-reconstructs the first batch (a no-op otherwise); needed "
+        "when k is comparable to d (e.g. a 4-channel VAE latent), where the tied init starts at FVU >> 1")
     dead_tokens: int | None = param(
         None, "a feature is dead if it has not fired for this many training positions; None means "
         "min(10M, tokens // 10) (10M in Gao et al. 2024)")
-    eval_every: int = param(200, "held-out evaluation every this many steps (0: only at the end)")
+    eval_every: int | None = param(None, "held-out evaluation every this many steps, logged to metrics.jsonl as the "
+                                   "learning curve; None: 16 times over the run, so that convergence can be judged; "
+                                   "0: only at the end")
     checkpoint_every: int = param(200, "write a resumable checkpoint every this many steps (0: only at the end)")
     log_every: int = param(10, "write a training metrics line every this many steps")
     progress: bool = param(True, "show a progress bar")
@@ -251,7 +253,8 @@ class TrainConfig:
         require(self.k_anneal_start >= 1, f"k_anneal_start={self.k_anneal_start} must be >= 1")
         require(self.dead_tokens is None or self.dead_tokens >= 1, f"dead_tokens={self.dead_tokens} must be >= 1")
         for name in ("eval_every", "checkpoint_every", "log_every"):
-            require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+            value = getattr(self, name)
+            require(value is None or value >= 0, f"{name}={value} must be >= 0")
 
     def schedule_for(self, contextual: bool) -> tuple[float, float]:
         """(carry_warmup_fraction, k_anneal_fraction) with the defaults filled in."""

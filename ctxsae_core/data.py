@@ -128,6 +128,15 @@ class Resumable(Protocol):
         """The batch stream from `step` on: the same batches a stream from 0 yields there."""
 
 
+@runtime_checkable
+class Epochs(Protocol):
+    """A batch stream that knows how many training positions one pass over its data holds."""
+
+    @property
+    def epoch_positions(self) -> int:
+        """Positions in one epoch: the whole batches of one pass over the data, every rank's."""
+
+
 class WindowBatches:
     """Endless batches of `batch_windows` windows from an in-memory tensor (N, T, D), in a
     fresh seeded order every epoch; `iter_from(step)` restarts the same stream at any step.
@@ -145,6 +154,11 @@ class WindowBatches:
         if self.per_epoch == 0:
             raise InputError(f"{windows.shape[0]} windows cannot fill one batch on each of {self.group.world} ranks: "
                              "use fewer ranks or more data")
+
+    @property
+    def epoch_positions(self) -> int:
+        """Positions in one epoch: the whole batches of one pass over the data, every rank's."""
+        return self.per_epoch * self.global_windows * self.windows.shape[1]
 
     def iter_from(self, step: int) -> Iterator[Tensor]:
         """The batch stream from `step` on, endless: the same batches a stream from 0 yields there."""

@@ -42,9 +42,9 @@ class SweepConfig:
     tokens: int = param(300_000, "training positions per SAE")
     batch_windows: int = param(16, "windows per optimiser step")
     lr: float = param(3e-3, "Adam learning rate")
-    shrink_encoder_init: bool = param(False, "scale the tied encoder down after the data-dependent init when it "
-                                      "over-reconstructs (needed when k is comparable to d, e.g. a 4-channel "
-                                      "latent; see TrainConfig)")
+    shrink_encoder_init: bool = param(True, "scale the tied encoder down after the data-dependent init when it "
+                                      "over-reconstructs (a no-op otherwise; needed when k is comparable to d, e.g. "
+                                      "a 4-channel latent; see TrainConfig)")
     seed: int = param(0, "seed of every SAE")
 
     def __post_init__(self) -> None:
@@ -115,32 +115,37 @@ def sweep_specs(sweep: SweepConfig, d: int) -> list[SAESpec]:
 
 
 def train_config(sweep: SweepConfig, spec: SAESpec, progress: bool = True, **overrides: Any) -> TrainConfig:
-    """The training config of one SAE of the sweep (no held-out evaluation during training
-    unless `overrides` ask for it)."""
+    """The training config of one SAE of the sweep (held-out evaluations along the way, for the
+    learning curve, when the trainer is given held-out windows)."""
     values: dict[str, Any] = {"tokens": sweep.tokens, "lr": sweep.lr, "seed": sweep.seed,
-                              "shuffle_context": spec.shuffle, "progress": progress, "eval_every": 0,
+                              "shuffle_context": spec.shuffle, "progress": progress,
                               "shrink_encoder_init": sweep.shrink_encoder_init}
     return TrainConfig(**{**values, **overrides})
 
 
 @dataclass
 class TrainedSAE:
-    """`train_sae`'s result: the model and its held-out scores."""
+    """`train_sae`'s result: the model, its held-out scores and the trainer (its learning curve,
+    `trainer.summary(final)` for tokens, epochs and convergence)."""
 
     model: BaseSAE  # in eval mode
-    scores: dict[str, Any]  # `ctxsae_core.evaluate` on the held-out windows ({} without them)
+    scores: dict[str, Any]  # `ctxsae_core.evaluate` on the held-out windows, with convergence ({} without them)
+    trainer: Trainer
 
 
 def train_sae(config: SAEConfig, train_cfg: TrainConfig, batches: Iterable[Tensor], axis: ContextAxis | None,
               out_dir: str | Path | None = None, eval_windows: Tensor | None = None,
-              eval_batch_windows: int = 64, device: str | torch.device = "auto", dtype: str = "float32") -> TrainedSAE:
+              eval_batch_windows: int = 64, device: str | torch.device = "auto", dtype: str = "float32",
+              final_eval: bool = True, data_identity: dict[str, Any] | None = None) -> TrainedSAE:
     """Train one SAE: build it from `config` (seeded by train_cfg.seed), fit it on `batches` on
     `device` ('auto' picks CUDA when present), and, given `out_dir`, save it there with its
-    metrics and checkpoints (resuming from the last checkpoint found there); given held-out
-    windows, evaluate it on them."""
+    metrics and checkpoints (resuming from the last checkpoint found there, which must have
+    trained on the same `data_identity`); given held-out windows, evaluate it on them along the
+    way (the learning curve) and, unless `final_eval` is False, at the end."""
     torch.manual_seed(train_cfg.seed)
     model = build_sae(config)
     trainer = Trainer(model, train_cfg, axis, out_dir=out_dir, eval_windows=eval_windows,
-                      eval_batch_windows=eval_batch_windows, device=device, dtype=dtype)
+                      eval_batch_windows=eval_batch_windows, device=device, dtype=dtype, final_eval=final_eval,
+                      data_identity=data_identity)
     scores = trainer.fit(batches)
-    return TrainedSAE(model.eval(), scores)
+    return TrainedSAE(model.eval(), scores, trainer)

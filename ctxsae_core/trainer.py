@@ -29,7 +29,7 @@ from ctxsae_common.seeds import seeded_generator
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.checkpoint import save_sae
 from ctxsae_core.config import TrainConfig, config_to_dict
-from ctxsae_core.data import Resumable, shuffle_positions
+from ctxsae_core.data import Epochs, Resumable, shuffle_positions
 from ctxsae_core.distributed import group
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.metrics import fvu, l0
@@ -37,6 +37,33 @@ from ctxsae_core.sae import BaseSAE
 
 METRICS_FILE, EVAL_FILE, TRAIN_CONFIG_FILE = "metrics.jsonl", "eval.json", "train_config.json"
 _RUN_FIELDS_THAT_MAY_CHANGE = {"progress", "eval_every", "checkpoint_every", "log_every"}
+CURVE_POINTS = 16  # held-out evaluations over a run when TrainConfig.eval_every is None
+CONVERGED_GAIN = 0.02  # converged: held-out FVU improved by less than this fraction over the last quarter
+CALIBRATION_BATCHES = 8  # training batches BatchTopK's inference threshold is set on at the end
+CALIBRATION_ROUNDS = 3  # a contextual walk's innovations feed back into its prior: the threshold is set again
+
+
+def convergence(curve: list[dict], total_tokens: int) -> dict[str, Any]:
+    """Whether a run converged, from its learning curve [{"tokens", "fvu"}, ...] (held-out FVU
+    at increasing token counts, the last at the end of training): converged when the FVU improved
+    by less than CONVERGED_GAIN (2%) of its value over the last quarter of the tokens, the value
+    at three quarters interpolated between the evaluations around it."""
+    points = sorted((p["tokens"], p["fvu"]) for p in curve)
+    if len(points) < 2:
+        return {"converged": None, "fvu_gain_last_quarter": None,
+                "convergence_note": "fewer than 2 held-out evaluations: convergence cannot be judged"}
+    t = 0.75 * total_tokens
+    at = points[0][1]
+    for (t0, f0), (t1, f1) in zip(points, points[1:]):
+        if t0 <= t <= t1:
+            at = f0 + (f1 - f0) * ((t - t0) / (t1 - t0) if t1 > t0 else 0.0)
+            break
+    else:
+        if t > points[-1][0]:
+            at = points[-1][1]
+    end = points[-1][1]
+    gain = (at - end) / at if at > 0 else 0.0
+    return {"converged": bool(gain < CONVERGED_GAIN), "fvu_gain_last_quarter": gain}
 
 
 def default_lr(width: int) -> float:
@@ -48,15 +75,19 @@ class Trainer:
     """Train `model` on batches of windows walked along `axis`; write into `out_dir` if given.
     The model moves to `device` (default: where its parameters are); `dtype` 'bfloat16'
     autocasts the forward pass on CUDA; `timed` records each step's wall time in
-    `step_seconds` (for benchmarks: on CUDA it waits for the step to finish)."""
+    `step_seconds` (for benchmarks: on CUDA it waits for the step to finish). With held-out
+    windows it evaluates on them along the way (the learning curve, `curve`) and, unless
+    `final_eval` is False (a job that evaluates the model itself), at the end."""
 
     def __init__(self, model: BaseSAE, cfg: TrainConfig, axis: ContextAxis | None,
                  out_dir: str | Path | None = None, eval_windows: Tensor | None = None,
                  eval_batch_windows: int = 64, device: str | torch.device | None = None, dtype: str = "float32",
-                 timed: bool = False):
+                 timed: bool = False, final_eval: bool = True, data_identity: dict[str, Any] | None = None):
         self.device = resolve_device(device) if device is not None else next(model.parameters()).device
         self.dtype = check_dtype(dtype, self.device)
         self.model, self.cfg, self.axis, self.group = model.to(self.device), cfg, axis, group()
+        self.final_eval = final_eval  # False: the caller evaluates the trained model itself (see `summary`)
+        self.data_identity = data_identity  # what the run trains on (path, shape, a hash): a resume must match it
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.eval_windows, self.eval_batch_windows = eval_windows, eval_batch_windows
         self.lr = cfg.lr or default_lr(model.config.width)
@@ -67,6 +98,8 @@ class Trainer:
         self.batch_shape: list[int] | None = None  # [windows, T] of every batch, fixed by the first
         self.timed = timed  # record each step's wall time (waiting for CUDA to finish it) in step_seconds
         self.step_seconds: list[float] = []
+        self.curve: list[dict] = []  # the held-out learning curve: {"step", "tokens", "fvu"} per evaluation
+        self.epoch_positions: int | None = None  # training positions in one pass over the data, when known
         self.carry_warmup_fraction, self.k_anneal_fraction = cfg.schedule_for(model.has_carry)
 
     # --- schedule and bookkeeping -------------------------------------------------------------
@@ -117,7 +150,7 @@ class Trainer:
     def _run_identity(self) -> dict[str, Any]:
         train = {k: v for k, v in self.cfg.to_dict().items() if k not in _RUN_FIELDS_THAT_MAY_CHANGE}
         return {"model": config_to_dict(self.model.config), "train": train,
-                "axis": self.axis.to_dict() if self.axis else None}
+                "axis": self.axis.to_dict() if self.axis else None, "data": self.data_identity}
 
     def save_checkpoint(self) -> Path:
         """Write a resumable checkpoint under out_dir/checkpoints and point LATEST at it."""
@@ -156,10 +189,10 @@ class Trainer:
             raise InputError(f"{self.out_dir} holds a run trained on {meta.get('world', 1)} rank(s), not "
                              f"{self.group.world}: resume with the same number of processes, or pass a new --out")
         mine = self._run_identity()
-        for key in ("model", "train", "axis"):
-            if meta["run"][key] != mine[key]:
-                diff = sorted(k for k in set(mine[key] or {}) | set(meta["run"][key] or {})
-                              if (mine[key] or {}).get(k) != (meta["run"][key] or {}).get(k))
+        for key in ("model", "train", "axis", "data"):
+            if meta["run"].get(key) != mine[key]:
+                theirs = meta["run"].get(key) or {}
+                diff = sorted(k for k in set(mine[key] or {}) | set(theirs) if (mine[key] or {}).get(k) != theirs.get(k))
                 raise InputError(f"{self.out_dir} holds a run with a different {key} config (differs in "
                                  f"{', '.join(diff)}): pass a new --out, or delete the folder to start over")
         state = load_tensors(path / "model.safetensors", "checkpoint weights")
@@ -176,6 +209,8 @@ class Trainer:
             lines = (self.out_dir / METRICS_FILE).read_text().splitlines()
             kept = [ln for ln in lines if ln and json.loads(ln).get("step", 0) <= self.step]
             write_text_atomic(self.out_dir / METRICS_FILE, "".join(ln + "\n" for ln in kept))
+            self.curve = [{k: r[k] for k in ("step", "tokens", "fvu")} for r in map(json.loads, kept)
+                          if r.get("split") == "eval" and "tokens" in r]
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -232,6 +267,71 @@ class Trainer:
         return evaluate(self.model, self.eval_windows, self.axis, batch_windows=self.eval_batch_windows,
                         shuffle_context=self.cfg.shuffle_context, seed=self.cfg.seed)
 
+    @property
+    def positions_per_step(self) -> int:
+        """Training positions in one step, over every rank."""
+        return self.batch_shape[0] * self.batch_shape[1] * self.group.world
+
+    def eval_interval(self) -> int:
+        """Steps between held-out evaluations (0: only at the end)."""
+        if self.cfg.eval_every is None:
+            return max(1, self.total_steps // CURVE_POINTS)
+        return self.cfg.eval_every
+
+    def _curve_point(self) -> dict[str, Any]:
+        """A held-out evaluation now, added to the learning curve and the log. A held-out FVU
+        above 1 (worse than predicting the mean) in the last quarter of training stops the run:
+        it has diverged, or never learned."""
+        scores = self._evaluate()
+        point = {"step": self.step, "tokens": self.step * self.positions_per_step, "fvu": scores["fvu"]}
+        self.curve.append(point)
+        self._log({**point, "split": "eval", **scores})
+        if self.step > 3 * self.total_steps // 4 and not scores["fvu"] <= 1.0:
+            raise InputError(f"held-out FVU {scores['fvu']:.3g} at step {self.step} of {self.total_steps} is worse than "
+                             f"predicting the mean: training diverged; lower the learning rate (now "
+                             f"{self.lr_at(self.step - 1):.3g}) or check the activations")
+        return scores
+
+    def summary(self, final: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Tokens, epochs and convergence of the run; `final` (held-out scores at the end, e.g.
+        from a job's own evaluation) closes the learning curve."""
+        tokens = self.step * self.positions_per_step
+        curve = list(self.curve)
+        if final is not None and "fvu" in final and (not curve or curve[-1]["step"] != self.step):
+            curve.append({"step": self.step, "tokens": tokens, "fvu": final["fvu"]})
+        epochs = tokens / self.epoch_positions if self.epoch_positions else None
+        return {"tokens": tokens, "epochs": epochs, **convergence(curve, tokens), "curve": curve}
+
+    @torch.no_grad()
+    def _calibrate_threshold(self, it: Iterator[Tensor]) -> None:
+        """BatchTopK's inference threshold set on the trained model: the pooled cut-off of a few
+        training batches together (k codes a position on average over all of them), so that
+        inference pays k codes a position whatever the run's length (the running average it
+        tracked in training lags far behind in short runs). A contextual walk's innovations
+        change its prior, so its threshold is set again on the walk it gives."""
+        act = self.model.activation
+        if not act.has_statistics:
+            return
+        batches = [self._to_device(x) for x in itertools.islice(it, CALIBRATION_BATCHES)]
+        if not batches:  # a stream that ended with training: the running threshold stays
+            return
+        was_training = self.model.training
+        self.model.eval()
+        for _ in range(CALIBRATION_ROUNDS if self.model.has_carry else 1):
+            act.set_threshold_(self._pooled_cutoff(batches))
+        self.model.train(was_training)
+
+    def _pooled_cutoff(self, batches: list[Tensor]) -> Tensor:
+        """The k-codes-a-position cut-off of the pre-activations of all `batches` together: each
+        batch has its own cut-off's worth of entries at or above it, so the pooled cut-off lies
+        at or above the lowest of them, and only those entries are kept to find it."""
+        act, positions = self.model.activation, sum(x.shape[0] * x.shape[1] for x in batches)
+        lowest = min(float(act.cutoff(self.model(x, self.axis).pre_acts, x.shape[0] * x.shape[1])) for x in batches)
+        kept = [p[p >= lowest] for p in (self.model(x, self.axis).pre_acts for x in batches)]
+        candidates = self.group.gather_cat(torch.cat(kept))
+        n_keep = min(max(1, round(act.budget * positions * self.group.world)), candidates.numel())
+        return candidates.topk(n_keep, sorted=False).values.min().clamp_min(0)
+
     def _checkpoint(self) -> None:
         """Rank 0 writes the checkpoint; every rank waits for it."""
         if self.group.is_main:
@@ -251,6 +351,8 @@ class Trainer:
             self.load_checkpoint(ckpt)
         it = iter(batches.iter_from(self.step) if isinstance(batches, Resumable)
                   else itertools.islice(iter(batches), self.step, None))
+        if isinstance(batches, Epochs):
+            self.epoch_positions = batches.epoch_positions
         if ckpt is None:
             first = next(it)
             sample = self._to_device(first)
@@ -264,9 +366,11 @@ class Trainer:
             self.model.prime_statistics_(sample)  # at step 0's budget, so an annealed k starts where it should
             it = itertools.chain([first], it)
         self._loop(it)
-        final = self._evaluate() if self.eval_windows is not None and self.group.is_main else {}
-        if final:
-            self._log({"step": self.step, "split": "eval", **final})
+        self._calibrate_threshold(it)
+        final = {}
+        if self.eval_windows is not None and self.group.is_main and self.final_eval:
+            final = self._curve_point()
+            final = {**final, **{k: v for k, v in self.summary().items() if k != "curve"}}
         if self.out_dir is not None and self.group.is_main:
             save_sae(self.model, self.out_dir, self.axis)
             write_json_atomic(self.out_dir / EVAL_FILE, {**final, "step": self.step})
@@ -303,9 +407,9 @@ class Trainer:
                 self._log(record)
                 bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}",
                                 state_l0=f"{record['state_l0']:.1f}", dead=f"{record['dead_fraction']:.0%}")
-            if (self.eval_windows is not None and self.group.is_main and cfg.eval_every
-                    and self.step % cfg.eval_every == 0 and not last):
-                self._log({"step": self.step, "split": "eval", **self._evaluate()})
+            every = self.eval_interval()
+            if self.eval_windows is not None and self.group.is_main and every and self.step % every == 0 and not last:
+                self._curve_point()
             if self.out_dir is not None and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last):
                 self._checkpoint()
         bar.close()

@@ -349,6 +349,13 @@ def _contextual_cost(r: dict) -> list[str]:
                    f"The highest cost is {worst[carry]['cost_vs_topk']:.2f}x (d {worst['d']}, width {worst['width']}, "
                    f"{worst['windows']} windows); the lowest "
                    f"{min(x[carry]['cost_vs_topk'] for x in measured):.2f}x.")
+        flat = [x for x in measured if x[carry]["state_l0"] < 1.5 * x[carry]["l0"]]
+        if flat:
+            out.append(f"- At {len(flat)} of these points the {carry} carry's state held under 1.5x its innovations "
+                       f"(d {', '.join(str(v) for v in sorted({x['d'] for x in flat}))}): the walk carried little there, so "
+                       "those costs understate what a carrying model pays.")
+    if not r.get("complete", True):
+        out.append("- The run ended before the whole grid: the points above are those it measured.")
     return out
 
 
@@ -365,17 +372,40 @@ def _time_to_quality(r: dict) -> list[str]:
            f"{s['eval_every']:,} positions, evaluation time off the clock.", "",
            md_table(["model", "learning rate", "final held-out FVU", "training seconds", "FVU gained over the last "
                      "quarter", "converged (< 2%)"], rows), ""]
-    for key, what, goal in (("ours_vs_saelens", "ours against SAELens", r["goals"]["max_time_vs_saelens"]),
-                            ("contextual_vs_topk", "the contextual SAE against our TopK",
-                             r["goals"]["max_contextual_time_vs_topk"])):
+    pairs = (("ours_vs_saelens", "ours against SAELens", ("ours_topk", "saelens_topk"),
+              r["goals"]["max_time_vs_saelens"]),
+             ("contextual_vs_topk", "the contextual SAE against our TopK", ("contextual_gated", "ours_topk"),
+              r["goals"]["max_contextual_time_vs_topk"]))
+    for key, what, models, goal in pairs:
         if key in r:
             c = r[key]
-            ta, tb = (fmt(t, ",.0f") for t in c["seconds"])
+            ta, tb = (fmt(t, ",.1f") for t in c["seconds"])
             ratio = "not reached" if c["ratio"] is None else f"{c['ratio']:.2f}x"
             met = c["ratio"] is not None and c["ratio"] <= goal
+            unconverged = [names[m] for m in models if not r[m]["converged"]]
+            verdict = (f"does not count, as {' and '.join(unconverged)} did not converge" if unconverged
+                       else ("met" if met else "not met"))
             out.append(f"- Time to FVU {c['target_fvu']:.4f}, {what}: {ta} s against {tb} s, {ratio} (goal <= "
-                       f"{goal}x): {'met' if met else 'not met'}.")
+                       f"{goal}x): {verdict}.")
     return out
+
+
+def _time_to_quality_bf16(r: dict) -> list[str]:
+    out = _time_to_quality(r)
+    sibling = RESULTS / "time_to_quality_h200.json"
+    if sibling.is_file():
+        base = json.loads(sibling.read_text())
+        for key, label in (("ours_topk", "TopK"), ("contextual_gated", "the contextual SAE")):
+            if key in r and key in base:
+                out.append(f"- bfloat16 autocast against float32 on the same machine kind, {label}: final held-out FVU "
+                           f"{r[key]['final_fvu']:.4f} against {base[key]['final_fvu']:.4f} "
+                           f"({r[key]['final_fvu'] - base[key]['final_fvu']:+.4f}), in {r[key]['train_seconds']:.1f} s "
+                           f"against {base[key]['train_seconds']:.1f} s.")
+    return out
+
+
+def _gpu_tests(r: dict) -> list[str]:
+    return [f"`{r['command']}` on {r['machine'].get('gpu', 'a GPU')}: {r['summary']}."]
 
 
 # file stem -> (section title, renderer); the order here is the page's order
@@ -386,9 +416,11 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "visinterp_demo": ("The image job with its defaults", _image_demo),
     "scene_features_seed3": ("Features of a radiance field", _scene_features),
     "time_to_quality_cpu": ("Time to quality on the CPU, against SAELens", _time_to_quality),
-    "time_to_quality_cuda": ("Time to quality on a GPU", _time_to_quality),
+    "time_to_quality_h200": ("Time to quality on an H200, against SAELens", _time_to_quality),
+    "time_to_quality_h200_bf16": ("Time to quality on an H200 with bfloat16 autocast", _time_to_quality_bf16),
     "contextual_cost_cpu": ("The contextual SAE's cost per token on the CPU, over a grid of shapes", _contextual_cost),
-    "contextual_cost_cuda": ("The contextual SAE's cost per token on a GPU, over a grid of shapes", _contextual_cost),
+    "contextual_cost_h200": ("The contextual SAE's cost per token on an H200, over a grid of shapes", _contextual_cost),
+    "gpu_tests_h200": ("The gpu-marked tests on an H200", _gpu_tests),
     "train_throughput": ("Training throughput (100 steps)", _throughput),
     "harvest_throughput": ("Harvest throughput: image autoencoders", lambda r: _harvest(r, "images")),
     "llm_harvest_throughput": ("Harvest throughput: SmolLM2", lambda r: _harvest(r, "tokens")),

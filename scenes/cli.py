@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ctxsae_common import typed
 from ctxsae_common.cli import OneLineParser, run_command
 from ctxsae_common.cli import positive_int as _positive
+from ctxsae_common.device import add_device_flags, resolve_device
 from ctxsae_common.files import read_json_object, write_json_atomic, write_jsonl_atomic
 from scenes.coord_fit import RADIANCE_SAMPLER, FitConfig, fit_image, fit_radiance
 from scenes.coord_mlp import COORD_KINDS
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON file of SamplerConfig fields (factor distributions), e.g. "
                         '{"n_objects": [2, 3], "materials": {"matte": 1}}')
     r.add_argument("--scene", type=Path, default=None, help="render this scene JSON instead of sampling (--n ignored)")
+    add_device_flags(r)
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     f = sub.add_parser("coord-fit", help="fit a coordinate MLP (image or radiance field) and check it",
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, default=None, help="learning rate (default: 5e-3 fourier, 1e-4 siren)")
     f.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
     f.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batches (default: 0)")
+    add_device_flags(f)
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -86,14 +89,15 @@ def _sampler_config(path: Path | None) -> SamplerConfig:
 
 def cmd_render(args: argparse.Namespace) -> int:
     """`scenes render`: render sampled (or given) scenes with their truth into --out."""
+    device = resolve_device(args.device)
     if args.scene is not None:
         scenes = [Scene.from_dict(read_json_object(args.scene, "scene"))]
     else:
         cfg = _sampler_config(args.sampler)
         scenes = [sample_scene(args.seed + i, cfg) for i in range(args.n)]
     rows, sheet = [], []
-    for i, scene in enumerate(tqdm(scenes, desc="rendering", unit="image", disable=args.no_progress)):
-        out = render(scene, args.size, aa=args.aa)
+    for i, scene in enumerate(tqdm(scenes, desc=f"rendering ({device})", unit="image", disable=args.no_progress)):
+        out = render(scene, args.size, aa=args.aa, device=device)
         name = f"{i:05d}"
         write_png(args.out / "images" / f"{name}.png", out.rgb.numpy())
         write_truth(args.out / "truth" / f"{name}.npz", out)
@@ -111,6 +115,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_coord_fit(args: argparse.Namespace) -> int:
     """`scenes coord-fit`: fit a coordinate MLP to one scene and check it against the truth."""
+    device = resolve_device(args.device)
     if args.scene is not None:
         scene = Scene.from_dict(read_json_object(args.scene, "scene"))
     else:
@@ -119,7 +124,8 @@ def cmd_coord_fit(args: argparse.Namespace) -> int:
         scene = sample_scene(args.scene_seed, cfg)
     fit_cfg = FitConfig(kind=args.mlp, size=args.size, hidden=args.hidden, layers=args.layers, steps=args.steps,
                         max_minutes=args.max_minutes, lr=args.lr, batch=args.batch, views=args.views,
-                        samples=args.samples, seed=args.seed, progress=not args.no_progress)
+                        samples=args.samples, seed=args.seed, progress=not args.no_progress,
+                        device=str(device))
     result = (fit_image if args.kind == "image" else fit_radiance)(scene, fit_cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     save_fit(args.out, args.kind, scene, fit_cfg, result.model)

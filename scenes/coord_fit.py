@@ -53,6 +53,7 @@ class FitConfig:
     samples: int = 48  # radiance: samples per ray
     seed: int = 0
     progress: bool = True
+    device: str = "cpu"  # where the model and the rays live ("cuda" on a GPU); random draws stay on the CPU
 
     def __post_init__(self) -> None:
         if self.kind not in COORD_KINDS:
@@ -137,18 +138,41 @@ def _image_coords(xy: Tensor, size: int) -> Tensor:
 
 def fit_image(scene: Scene, cfg: FitConfig) -> FitResult:
     """Fit RGB(x, y) to a render of `scene` at cfg.size, holding out a quarter of the pixels."""
+    with torch.device(cfg.device):
+        return _on_cpu(_fit_image(scene, cfg))
+
+
+def fit_radiance(scene: Scene, cfg: FitConfig) -> FitResult:
+    """Fit a radiance field to cfg.views renders (centre ray per pixel, so a render is exactly
+    the colour along the rays the field is trained on) and check it on held-out views."""
+    with torch.device(cfg.device):
+        return _on_cpu(_fit_radiance(scene, cfg))
+
+
+def _on_cpu(result: FitResult) -> FitResult:
+    """The fit's model and figure images moved to the CPU."""
+    return FitResult(result.model.cpu(), result.metrics, result.history, {k: v.cpu() for k, v in result.images.items()})
+
+
+def _cpu_draw(draw, *args, **kwargs) -> Tensor:
+    """A seeded draw made on the CPU (where the generators live), moved to the current device."""
+    return draw(*args, **kwargs, device="cpu").to(torch.get_default_device())
+
+
+def _fit_image(scene: Scene, cfg: FitConfig) -> FitResult:
     torch.manual_seed(cfg.seed)
-    target = render(scene, cfg.size, aa=2).rgb.reshape(-1, 3)
+    target = render(scene, cfg.size, aa=2, device=torch.get_default_device()).rgb.reshape(-1, 3).to(
+        torch.get_default_device())
     xy = pixel_grid(cfg.size, cfg.size, [(0.5, 0.5)])[0]
     coords = _image_coords(xy, cfg.size)
-    perm = torch.randperm(coords.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+    perm = _cpu_draw(torch.randperm, coords.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
     n_train = int(0.75 * coords.shape[0])
     train, held = perm[:n_train], perm[n_train:]
     model = build_model("image", cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     def step_loss(step: int) -> Tensor:
-        idx = train[torch.randint(n_train, (min(cfg.batch, n_train),), generator=gen)]
+        idx = train[_cpu_draw(torch.randint, n_train, (min(cfg.batch, n_train),), generator=gen)]
         return ((model(coords[idx]) - target[idx]) ** 2).mean()
 
     def evaluate() -> dict:
@@ -158,7 +182,7 @@ def fit_image(scene: Scene, cfg: FitConfig) -> FitResult:
     with torch.no_grad():
         fit = model(coords).clamp(0, 1)
         # the scene's own colour at random continuous coordinates (no pixel filter)
-        cont = torch.rand(8192, 2, generator=torch.Generator().manual_seed(cfg.seed + 2)) * cfg.size
+        cont = _cpu_draw(torch.rand, 8192, 2, generator=torch.Generator().manual_seed(cfg.seed + 2)) * cfg.size
         geo = SceneGeometry(scene)
         truth = trace(geo, *camera_rays(scene.camera, cont, cfg.size, cfg.size))
         pred = model(_image_coords(cont, cfg.size)).clamp(0, 1)
@@ -208,9 +232,7 @@ def render_field(field: RadianceField, camera: Camera, size: int, bounds: Bounds
     return torch.cat([p.rgb for p in parts]), torch.cat([p.depth for p in parts])
 
 
-def fit_radiance(scene: Scene, cfg: FitConfig) -> FitResult:
-    """Fit a radiance field to cfg.views renders (centre ray per pixel, so a render is exactly
-    the colour along the rays the field is trained on) and check it on held-out views."""
+def _fit_radiance(scene: Scene, cfg: FitConfig) -> FitResult:
     torch.manual_seed(cfg.seed)
     geo = SceneGeometry(scene)
     bounds = scene_bounds(scene)
@@ -226,7 +248,7 @@ def fit_radiance(scene: Scene, cfg: FitConfig) -> FitResult:
     batch = max(1, cfg.batch // 4)
 
     def step_loss(step: int) -> Tensor:
-        idx = torch.randint(origins.shape[0], (batch,), generator=gen)
+        idx = _cpu_draw(torch.randint, origins.shape[0], (batch,), generator=gen)
         out = render_rays(field, origins[idx], dirs[idx], bounds, cfg.samples, gen)
         return ((out.rgb - target[idx]) ** 2).mean()
 
@@ -253,8 +275,8 @@ def _pointwise_checks(field, geo, bounds, held, held_truth, held_depth, cfg) -> 
     """Occupancy at random points, colour at surface points and depth along held-out rays
     (`held_depth`: the field's expected depth per held-out view, already rendered)."""
     gen = torch.Generator().manual_seed(cfg.seed + 3)
-    d = torch.nn.functional.normalize(torch.randn(20000, 3, generator=gen), dim=-1)
-    r = bounds.radius * torch.rand(20000, 1, generator=gen) ** (1 / 3)
+    d = torch.nn.functional.normalize(_cpu_draw(torch.randn, 20000, 3, generator=gen), dim=-1)
+    r = bounds.radius * _cpu_draw(torch.rand, 20000, 1, generator=gen) ** (1 / 3)
     points = torch.tensor(bounds.centre) + d * r  # uniform in the bounding sphere
     truth = point_truth(geo, points)
     sigma, _ = field(points, d)

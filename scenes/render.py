@@ -60,11 +60,18 @@ def subpixel_offsets(aa: int) -> list[tuple[float, float]]:
 
 
 @torch.no_grad()
-def render(scene: Scene, size: int | tuple[int, int], aa: int = 2) -> RenderOutput:
-    """Render `scene` at `size` (S or (H, W)) pixels with aa x aa samples per pixel."""
+def render(scene: Scene, size: int | tuple[int, int], aa: int = 2, device: str | torch.device = "cpu") -> RenderOutput:
+    """Render `scene` at `size` (S or (H, W)) pixels with aa x aa samples per pixel, computing
+    on `device`; the output is on the CPU."""
     height, width = (size, size) if isinstance(size, int) else size
     if height < 1 or width < 1 or aa < 1:
         raise ValueError(f"size {height}x{width} and aa={aa} must be positive")
+    with torch.device(device):
+        out = _render(scene, height, width, aa)
+    return RenderOutput(**{f: getattr(out, f).cpu() for f in RenderOutput.__dataclass_fields__})
+
+
+def _render(scene: Scene, height: int, width: int, aa: int) -> RenderOutput:
     geo = SceneGeometry(scene)
     offsets = [(0.5, 0.5)] + (subpixel_offsets(aa) if aa > 1 else [])
     xy = pixel_grid(height, width, offsets)  # (samples, H*W, 2): centre first, then the AA grid

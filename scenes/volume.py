@@ -33,7 +33,10 @@ def ray_sphere(origins: Tensor, dirs: Tensor, bounds: Bounds) -> tuple[Tensor, T
 def sample_t(near: Tensor, far: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
     """(R, n) distances: one per equal bin of [near, far], jittered within it when a generator is
     given (stratified sampling, training) and at bin centres otherwise (evaluation)."""
-    u = torch.rand(near.shape[0], n, generator=generator) if generator is not None else torch.full((near.shape[0], n), 0.5)
+    if generator is not None:  # drawn where the generator lives, used where the rays are
+        u = torch.rand(near.shape[0], n, generator=generator, device=generator.device).to(near.device)
+    else:
+        u = torch.full((near.shape[0], n), 0.5, device=near.device)
     bins = (torch.arange(n, dtype=near.dtype) + u) / n
     return near[:, None] + (far - near)[:, None] * bins
 

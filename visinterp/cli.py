@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ctxsae_common.cli import OneLineParser, run_command
+from ctxsae_common.device import add_device_flags, resolve_device
 from ctxsae_common.typed import field_help
 from scenes.io import load_fit
 from visinterp.coords.acts import pixel_windows, ray_windows
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=Path("runs/visinterp"), help="output folder (default: runs/visinterp)")
     r.add_argument("--autoencoder", default=None,
                    help="override the config's autoencoder: 'offline', a TAESD-family or diffusers folder, or a hub id")
+    add_device_flags(r)
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     c = sub.add_parser("llm-compare", help="per-position vs contextual SAEs on a causal LM, with spliced CE",
                        description="Harvest a causal LM's activations at one hook over region-labelled token windows "
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "self-contained report.html. Run it again on the same --out to resume.")
     c.add_argument("--config", type=Path, required=True, help="a TOML file, e.g. configs/llm/quick.toml")
     c.add_argument("--out", type=Path, required=True, help="output folder")
+    add_device_flags(c)
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     s = sub.add_parser("scene-features", help="SAEs on a coordinate MLP, aligned with the scene's factors",
                        description="Train per-position and contextual SAEs (and the shuffled-context control) on "
@@ -59,19 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(CoordsConfig):
         s.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                        help=f"{field_help(CoordsConfig, f.name)} (default: {f.default})")
+    add_device_flags(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
 def cmd_scene_features(args: argparse.Namespace) -> int:
     """`visinterp scene-features`: SAEs on a fitted coordinate MLP, scored against the scene."""
+    device = resolve_device(args.device)
     target, scene, fit_cfg, model = load_fit(args.fit)
     if target == "radiance":
         windows = ray_windows(model, scene, fit_cfg, views=args.views, size=args.size, layer=args.layer)
     else:
         windows = pixel_windows(model, scene, args.size, tile=args.tile, layer=args.layer)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(CoordsConfig)}
-    report = analyse(windows, CoordsConfig(**values), args.out, progress=not args.no_progress)
+    report = analyse(windows, CoordsConfig(**values), args.out, progress=not args.no_progress, device=device)
     print(f"{'model':<38}{'FVU':>7}{'L0':>7}{'state L0':>10}{'best AUROC':>12}{'switch':>8}{'unnamed':>9}")
     for name, m in report["models"].items():
         print(f"{name:<38}{m['fvu']:>7.3f}{m['l0']:>7.2f}{m['state_l0']:>10.2f}{m['mean_best_auroc']:>12.3f}"
@@ -86,10 +91,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from visinterp.image.config import load_run_config
     from visinterp.image.run import run
 
+    device = resolve_device(args.device)
     cfg = load_run_config(args.config)
     if args.autoencoder:
         cfg = dataclasses.replace(cfg, autoencoder=args.autoencoder)
-    result = run(cfg, args.out, progress=not args.no_progress)
+    result = run(cfg, args.out, progress=not args.no_progress, device=device)
     print(f"autoencoder: {result['autoencoder']['autoencoder']}")
     print(f"{'hook / SAE':<44}{'L0':>7}{'state L0':>10}{'FVU':>8}{'dead':>7}{'PSNR clean':>12}")
     for name, m in result["saes"].items():
@@ -106,7 +112,8 @@ def cmd_llm_compare(args: argparse.Namespace) -> int:
     from visinterp.llm.run import compare
     from visinterp.llm.view import LLMRunView
 
-    result = compare(load_llm_config(args.config), args.out, progress=not args.no_progress)
+    device = resolve_device(args.device)
+    result = compare(load_llm_config(args.config), args.out, progress=not args.no_progress, device=device)
     write_report(LLMRunView(args.out))
     print(f"{result['model']} {result['hook']}: CE clean {result['ce_clean']:.3f}, zero-ablated {result['ce_zero_ablation']:.3f}")
     print(f"{'SAE':<36}{'L0':>7}{'state L0':>10}{'FVU':>8}{'delta CE':>10}{'CE rec.':>9}")

@@ -117,3 +117,25 @@ def test_evaluate_rejects_activations_of_another_width(tmp_path, capsys):
     assert code == 2 and "d=5" in err and "d=8" in err and err.count("\n") == 1
     code, _, err = _run(capsys, "evaluate", "--sae", tmp_path / "missing", "--acts", acts)
     assert code == 2 and "no such SAE folder" in err
+
+
+def test_resuming_into_a_folder_trained_on_other_data_is_refused(tmp_path, capsys):
+    first, other = _acts(tmp_path, name="a.npy", seed=0), _acts(tmp_path, name="b.npy", seed=1)
+    common = ["--width", 32, "--k", 4, "--tokens", 3000, "--batch-tokens", 256, "--no-progress", "--out", tmp_path / "run"]
+    assert _run(capsys, "train", "--acts", first, *common)[0] == 0
+    before = (tmp_path / "run" / "eval.json").read_text()
+    code, _, err = _run(capsys, "train", "--acts", other, *common)
+    assert code == 2 and err.count("\n") == 1
+    assert "holds a run with a different data config (differs in acts, sample_sha256)" in err
+    assert (tmp_path / "run" / "eval.json").read_text() == before  # nothing overwritten
+
+
+def test_a_run_reports_its_epochs_and_warns_when_it_has_not_converged(tmp_path, capsys):
+    acts = _acts(tmp_path, shape=(200, 16, 8))  # 180 training windows of 16: 2880 positions an epoch
+    code, out, err = _run(capsys, "train", "--acts", acts, "--width", 32, "--k", 4, "--tokens", 256 * 6,
+                          "--batch-tokens", 256, "--lr", "1e-2", "--no-progress", "--out", tmp_path / "run")
+    assert code == 0
+    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert saved["tokens"] == 1536 and saved["epochs"] == pytest.approx(1536 / 2816)  # 11 whole batches of 16 windows
+    assert ("warning: held-out FVU still improved" in err) == (saved["converged"] is False)
+    assert "epochs)" in out

@@ -170,3 +170,56 @@ def test_the_trainer_sets_what_the_model_declares_and_restores_it():
     assert m.carry_scale == 0.0 and m.activation.budget == pytest.approx(4 * 2)
     t.fit(WindowBatches(_data(), 4))
     assert m.carry_scale == 1.0 and m.activation.budget == 2
+
+
+def test_convergence_is_judged_on_the_last_quarter_of_the_tokens():
+    from ctxsae_core.trainer import convergence
+
+    # FVU at 3/4 of 100 tokens: between (50, 0.5) and (100, 0.3) -> 0.4; gain (0.4 - 0.3) / 0.4 = 25%
+    curve = [{"tokens": 25, "fvu": 0.8}, {"tokens": 50, "fvu": 0.5}, {"tokens": 100, "fvu": 0.3}]
+    c = convergence(curve, 100)
+    assert c["fvu_gain_last_quarter"] == pytest.approx(0.25) and c["converged"] is False
+    flat = [{"tokens": 50, "fvu": 0.30}, {"tokens": 75, "fvu": 0.30}, {"tokens": 100, "fvu": 0.295}]
+    assert convergence(flat, 100)["converged"] is True  # 1.7% < 2%
+    assert convergence(flat[-1:], 100)["converged"] is None  # one point: cannot be judged
+
+
+def test_the_learning_curve_is_logged_and_eval_json_says_converged_and_epochs(tmp_path):
+    data, axis = _data(), make_axis("tokens", T)
+    cfg = TrainConfig(tokens=32 * 4 * T, progress=False, checkpoint_every=0)  # eval_every None: 16 points
+    result = Trainer(_contextual(), cfg, axis, out_dir=tmp_path, eval_windows=data[:8]).fit(WindowBatches(data, 4))
+    evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "eval"]
+    assert [e["step"] for e in evals] == list(range(2, 33, 2))  # every 32 // 16 steps, the last at the end
+    assert [e["tokens"] for e in evals] == [e["step"] * 4 * T for e in evals]
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["epochs"] == pytest.approx(32 * 4 / 64) and saved["tokens"] == 32 * 4 * T
+    assert isinstance(saved["converged"], bool) and saved["fvu"] == pytest.approx(result["fvu"])
+
+
+def test_a_held_out_fvu_above_one_late_in_training_stops_the_run():
+    data, axis = _data(), make_axis("tokens", T)
+    model = SAE(SAEConfig(d_in=D, width=16, activation=TopK(k=2)))
+    cfg = TrainConfig(tokens=16 * 4 * T, lr=50.0, progress=False, warmup_fraction=0.0, decay_fraction=0.0)
+    with pytest.raises(InputError, match="worse than predicting the mean: training diverged; lower the learning rate"):
+        Trainer(model, cfg, axis, eval_windows=data[:8]).fit(WindowBatches(data, 4))
+
+
+def test_batchtopk_codes_k_a_position_after_a_short_run():
+    """The inference threshold is set on the trained model at the end, not left where a slow
+    running average got to: held-out L0 lands near k whatever the run's length."""
+    from ctxsae_core.synthetic import RegionsData, RegionsSpec
+
+    spec = RegionsSpec(d=32, n_groups=4, values_per_group=4, n_local=32, local_per_position=3)
+    data = RegionsData(spec, T=16, seed=0, batch_windows=16)
+    held = data.windows(64, seed=1).x
+    for arch, k in (("batchtopk", 8), ("contextual", 4)):
+        torch.manual_seed(0)
+        if arch == "batchtopk":
+            model = SAE(SAEConfig(d_in=32, width=128, activation=BatchTopK(k=k)))
+        else:
+            model = ContextualSAE(ContextualConfig(d_in=32, width=128, activation=BatchTopK(k=k)))
+        axis = make_axis("tokens", 16)
+        Trainer(model, TrainConfig(tokens=30 * 16 * 16, lr=3e-3, progress=False), axis).fit(data)
+        scores = evaluate(model, held, axis)
+        assert scores["l0"] == pytest.approx(k, rel=0.15), arch

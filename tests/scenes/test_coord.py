@@ -106,3 +106,10 @@ def test_coord_fit_cli_saves_a_fit_that_loads_equal(tmp_path):
         load_fit(out)
     with pytest.raises(SceneError, match="not a coord-fit folder"):
         load_fit(tmp_path)
+
+
+@pytest.mark.gpu
+def test_an_image_fit_runs_on_cuda_and_returns_to_the_cpu():
+    result = fit_image(sample_scene(3), FitConfig(size=16, steps=30, hidden=32, eval_every=10, progress=False,
+                                                  device="cuda"))
+    assert next(result.model.parameters()).device.type == "cpu" and result.metrics["heldout_psnr"] > 10

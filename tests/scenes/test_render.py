@@ -133,3 +133,14 @@ def test_pngs_are_srgb_encoded_for_display_while_the_truth_stays_linear(tmp_path
     assert shown[8, 8, 0] == pytest.approx(float(srgb(np.array(centre))), abs=1 / 255)
     assert shown[8, 8, 0] > centre + 0.2  # visibly brighter than the linear value
     assert np.array_equal(np.load(tmp_path / "im.npz")["rgb"], out.rgb.numpy())
+
+
+@pytest.mark.gpu
+def test_rendering_on_cuda_matches_the_cpu():
+    from scenes.sampler import sample_scene
+
+    scene = sample_scene(3)
+    cpu, cuda = render(scene, 24, aa=2), render(scene, 24, aa=2, device="cuda")
+    assert cuda.rgb.device.type == "cpu"  # the output comes back to the CPU
+    assert torch.equal(cpu.object_id, cuda.object_id)
+    torch.testing.assert_close(cpu.rgb, cuda.rgb, rtol=1e-4, atol=1e-4)

@@ -67,6 +67,13 @@ def matched_table(saes: dict[str, dict], l0s: list[float], ys: tuple[str, ...] =
             for l0 in l0s]
 
 
+def carried(sae: dict) -> bool:
+    """Whether a contextual SAE carried anything on the held-out windows: its state holds more
+    than its innovations (state L0 > L0). One that did not is a per-position SAE there, and no
+    verdict about context can come from it."""
+    return sae["state_l0"] > sae["l0"] * (1 + 1e-3)
+
+
 def goals(saes: dict[str, dict], reference: str = "topk", min_ratio: float = 1.5, control_keeps: float = 0.5) -> dict:
     """Per contextual SAE: the reference sweep's L0 at the contextual SAE's FVU over its own L0
     (innovation ratio, goal >= min_ratio), the reference's delta CE at that L0 beside the
@@ -83,7 +90,8 @@ def goals(saes: dict[str, dict], reference: str = "topk", min_ratio: float = 1.5
         ref_dce = value_at_l0(ref_ce, need)
         row = {"l0": m["l0"], "fvu": m["fvu"], f"{reference}_l0_at_same_fvu": need, "innovation_ratio": ratio,
                "extrapolated": not lo <= m["fvu"] <= hi, "delta_ce": m["delta_ce"],
-               f"{reference}_delta_ce_at_that_l0": ref_dce}
+               f"{reference}_delta_ce_at_that_l0": ref_dce, "carried": carried(m),
+               "converged": m.get("converged")}
         control = saes.get(f"{name}_control")
         kept = None
         if control is not None:
@@ -92,6 +100,7 @@ def goals(saes: dict[str, dict], reference: str = "topk", min_ratio: float = 1.5
             row |= {"control_l0": control["l0"], "control_fvu": control["fvu"], "control_innovation_ratio": c_ratio,
                     "control_extrapolated": not lo <= control["fvu"] <= hi, "control_keeps_fraction_of_gain": kept}
         row["goal_met"] = bool(ratio >= min_ratio and not row["extrapolated"] and ref_dce is not None
-                               and m["delta_ce"] <= ref_dce and kept is not None and kept < control_keeps)
+                               and m["delta_ce"] <= ref_dce and kept is not None and kept < control_keeps
+                               and row["carried"])
         out[name] = row
     return out

@@ -35,8 +35,10 @@ FACTOR_NAMES = {"kind_id": KINDS, "material_id": MATERIALS, "texture_id": TEXTUR
 HELD_FILE = "held_windows.safetensors"  # the held-out windows: acts, where, factor/<name>; axis in the metadata
 
 
-def analyse(windows: Windows, cfg: CoordsConfig, out: Path, progress: bool = True) -> dict:
-    """Train the three SAEs, score them against the factors, write report.json, run.json and figures."""
+def analyse(windows: Windows, cfg: CoordsConfig, out: Path, progress: bool = True,
+            device: str | torch.device = "cpu") -> dict:
+    """Train the three SAEs on `device`, score them against the factors, write report.json,
+    run.json and figures."""
     out = Path(out)
     n, t, d = windows.acts.shape
     axis = make_axis(windows.axis, t, windows.grid)
@@ -52,8 +54,10 @@ def analyse(windows: Windows, cfg: CoordsConfig, out: Path, progress: bool = Tru
     saes = {}
     for spec in sweep_specs(sweep, d):
         folder = f"saes/{spec.name}"
-        model = train_sae(spec.config, train_config(sweep, spec, progress),
-                          WindowBatches(windows.acts[train], sweep.batch_windows, sweep.seed), axis, out / folder).model
+        trained = train_sae(spec.config, train_config(sweep, spec, progress),
+                            WindowBatches(windows.acts[train], sweep.batch_windows, sweep.seed), axis, out / folder, x,
+                            device=device, final_eval=False)
+        model = trained.model
         scores, codes = evaluate_with_codes(model, x, axis, spec.shuffle, sweep.seed)
         states = codes["state"]
         flat = states.reshape(-1, states.shape[-1])
@@ -68,7 +72,7 @@ def analyse(windows: Windows, cfg: CoordsConfig, out: Path, progress: bool = Tru
             "mean_best_auroc": _mean_auroc(table["factors"]),
             "within_object_switch_rate": float(rates[live].nanmean()) if live.any() else math.nan,
             "unnamed": unnamed[:20], "n_unnamed": len(unnamed), "n_live": int(live.sum()),
-            "folder": folder, "shuffle_context": spec.shuffle}
+            "folder": folder, "shuffle_context": spec.shuffle, **trained.trainer.summary(scores)}
         saes[spec.name] = {"folder": folder, "shuffle": spec.shuffle}
         if unnamed:
             feature_pictures(states, windows.where[held], unnamed[:6], out / f"unnamed_{spec.name}.png",

@@ -98,8 +98,8 @@ class StoreWriter:
             self.shape = tuple(windows.shape[1:])
         elif tuple(windows.shape[1:]) != self.shape:
             raise InputError(f"windows of shape {list(windows.shape[1:])} do not match the store's {list(self.shape)}")
-        self._acts.append(windows.detach().float().contiguous())
-        self._index.append(item_index.long())
+        self._acts.append(windows.detach().float().cpu().contiguous())
+        self._index.append(item_index.long().cpu())
         self.pending_items += items
         if sum(a.shape[0] for a in self._acts) >= self.shard_windows:
             self.flush()
@@ -224,6 +224,11 @@ class StoreBatches:
         if self.per_epoch == 0:
             raise InputError(f"{store.folder}: {len(indices)} windows cannot fill a batch on each of "
                              f"{self.group.world} ranks: use fewer ranks or more data")
+
+    @property
+    def epoch_positions(self) -> int:
+        """Positions in one epoch: the whole batches of one pass over the data, every rank's."""
+        return self.per_epoch * self.global_windows * self.store.window_shape[0]
 
     def _epoch_order(self, epoch: int) -> Tensor:
         gen = seeded_generator(self.seed, "batches", epoch)

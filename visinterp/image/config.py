@@ -61,9 +61,6 @@ class ReportConfig:
     unnamed_threshold: float = param(0.75, "a feature whose best factor AUROC stays below this is unnamed")
 
 
-IMAGE_SWEEP = SweepConfig(shrink_encoder_init=True)  # a 4-channel latent has k comparable to d
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of `visinterp run`, one field per TOML table (configs/default.toml)."""
@@ -73,7 +70,7 @@ class RunConfig:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     offline_ae: OfflineAEConfig = field(default_factory=OfflineAEConfig)
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
-    sweep: SweepConfig = field(default_factory=lambda: IMAGE_SWEEP)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:

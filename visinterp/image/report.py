@@ -12,7 +12,17 @@ from torch import Tensor
 
 from scenes.figures import pyplot
 from visinterp.image.steering import steer
-from visinterp.report.page import pareto_panel, png, table, write_page
+from visinterp.report.page import converged_cell, learning_curve_panel, pareto_panel, png, table, write_page
+
+
+def curves_figure(result: dict):
+    """Held-out FVU against training tokens, one panel per hook, every SAE."""
+    hooks = sorted({m["hook"] for m in result["saes"].values()})
+    fig, axes = pyplot().subplots(1, len(hooks), figsize=(6.2 * len(hooks), 3.6), squeeze=False)
+    for ax, hook in zip(axes[0], hooks):
+        learning_curve_panel(ax, {n: m for n, m in result["saes"].items() if m["hook"] == hook}, hook)
+    fig.tight_layout()
+    return fig
 
 
 def pareto_figure(result: dict):
@@ -130,9 +140,13 @@ def write_report(job, result: dict, hook_data: dict) -> Path:
              "(exact non-zeros). The shuffled control is the same contextual model trained and evaluated with patches "
              "permuted within each window: a contextual SAE's gain counts only as far as the control loses it.</p>"]
     rows = [[m["hook"], name.split("/", 1)[1], m["family"], m["l0"], m["state_l0"], m["fvu"], m["dead_fraction"],
-             m["psnr_vs_clean_decode"], m["psnr_vs_input"]] for name, m in result["saes"].items()]
+             m["psnr_vs_clean_decode"], m["psnr_vs_input"], converged_cell(m)] for name, m in result["saes"].items()]
     parts.append(table(rows, ["hook", "SAE", "family", "L0", "state L0", "FVU", "dead", "PSNR vs clean decode (dB)",
-                               "PSNR vs input (dB)"]))
+                               "PSNR vs input (dB)", "converged"]))
+    parts += ["<h2>Learning curves</h2>", png(curves_figure(result), figures, "learning_curves"),
+              "<p class=note>Held-out FVU against training tokens. A run has converged when its FVU improved by "
+              "less than 2% over the last quarter of its tokens; dashed lines (and 'no' in the table) have not, so "
+              "their figures are not yet a verdict.</p>"]
     images = job.held_images
     for hook, data in hook_data.items():
         parts.append(f"<h2>Hook {html.escape(hook)}</h2>")

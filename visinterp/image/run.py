@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ctxsae_common.device import resolve_device
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import save_tensors_atomic, write_json_atomic
 from ctxsae_core.axes import ContextAxis, make_axis
@@ -36,11 +37,12 @@ HELD_IMAGES_FILE = "held_images.safetensors"  # "images" (N, 3, H, W) and "clean
 AUTOENCODER_FOLDER = "autoencoder"  # a copy of the offline default, so the run folder stands alone
 
 
-def build_autoencoder(cfg: RunConfig, progress: bool) -> ImageAutoencoder:
-    """The autoencoder the config names (the offline default is trained and cached on first use)."""
+def build_autoencoder(cfg: RunConfig, progress: bool, device: torch.device) -> ImageAutoencoder:
+    """The autoencoder the config names, on `device` (the offline default is trained there and
+    cached on first use)."""
     if cfg.autoencoder == "offline":
-        return offline_autoencoder(cfg.offline_ae, progress)
-    return load_autoencoder(cfg.autoencoder)
+        return offline_autoencoder(cfg.offline_ae, progress, device).to(device)
+    return load_autoencoder(cfg.autoencoder).to(device)
 
 
 def image_source(cfg: RunConfig, out: Path, progress: bool) -> ImageSource:
@@ -112,16 +114,15 @@ def store_map_hw(store: ActivationStore, tile: int) -> tuple[int, int]:
 class ImageJob:
     """One `visinterp run`: what its stages share."""
 
-    def __init__(self, cfg: RunConfig, out: Path, progress: bool = True):
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
+    def __init__(self, cfg: RunConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu"):
+        self.cfg, self.out, self.progress, self.device = cfg, Path(out), progress, resolve_device(device)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.ae = build_autoencoder(cfg, progress)
+        self.ae = build_autoencoder(cfg, progress, self.device)
         self._check_hooks()
         self.source = image_source(cfg, self.out, progress)
         _, self.held = split_indices(self.source.n, cfg.images.held_out, cfg.sweep.seed, "images")
         self.held_images = torch.cat([self.source.load(i, i + 1) for i in self.held.tolist()])
-        with torch.no_grad():
-            self.clean = self.ae.decode(self.ae.encode(self.held_images))
+        self.clean = self.ae.reconstruct(self.held_images)
         self.truths = [self.source.truth(i) for i in self.held.tolist()] if self.source.has_truth else None
 
     def _check_hooks(self) -> None:
@@ -162,15 +163,17 @@ class ImageJob:
         metrics = {}
         for spec in sweep_specs(sweep, store.window_shape[1]):
             tc = train_config(sweep, spec, self.progress, checkpoint_every=max(50, steps // 4))
-            model = train_sae(spec.config, tc, store.batches(train_idx, sweep.batch_windows, sweep.seed), data.axis,
-                              self.sae_folder(hook, spec.name)).model
+            trained = train_sae(spec.config, tc, store.batches(train_idx, sweep.batch_windows, sweep.seed), data.axis,
+                                self.sae_folder(hook, spec.name), data.held_x, device=self.device, final_eval=False)
+            model = trained.model
             scores, codes = evaluate_with_codes(model, data.held_x, data.axis, spec.shuffle, sweep.seed)
+            training = trained.trainer.summary(scores)
             data.models[spec.name], data.shuffle[spec.name] = model, spec.shuffle
             data.keep_codes(spec.name, codes)
             metrics[spec.name] = {"hook": hook, **spec.describe(), "axis": data.axis.kind, "grid": list(data.grid),
                                   **{k: scores[k] for k in ("fvu", "mse", "l0", "state_l0", "dead_fraction",
                                                             "n_positions", "state_l0_counting")},
-                                  **self.image_quality(data, codes["x_hat"])}
+                                  **self.image_quality(data, codes["x_hat"]), **training}
         return metrics, data, held_idx.tolist()
 
     def image_quality(self, data: HookData, x_hat: Tensor) -> dict[str, float]:
@@ -179,7 +182,7 @@ class ImageJob:
         against the input images."""
         maps = untile(x_hat, data.n_images, *data.map_hw, data.tile)
         with torch.no_grad():
-            spliced = self.ae.splice(self.held_images, data.hook, lambda m: maps.to(m.dtype))
+            spliced = self.ae.splice(self.held_images, data.hook, lambda m: maps.to(m))
         return {"psnr_vs_clean_decode": float(psnr_per_image(spliced, self.clean).mean()),
                 "psnr_vs_input": float(psnr_per_image(spliced, self.held_images).mean())}
 
@@ -213,14 +216,14 @@ class ImageJob:
         return entry
 
 
-def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict:
-    """Run the whole job into `out`; returns what metrics.json holds."""
+def run(cfg: RunConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu") -> dict:
+    """Run the whole job into `out` on `device`; returns what metrics.json holds."""
     from visinterp.image.report import write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", cfg.to_dict())
-    job = ImageJob(cfg, out, progress)
+    job = ImageJob(cfg, out, progress, device)
     stores = job.harvest()
     result = {"autoencoder": job.ae.metadata(), "images": job.source.describe(), "n_images": job.source.n,
               "held_out_images": job.held.tolist(), "axis": cfg.harvest.axis, "tile": cfg.harvest.tile,

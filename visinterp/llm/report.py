@@ -9,7 +9,7 @@ import html
 from pathlib import Path
 
 from visinterp.llm.view import LLMRunView
-from visinterp.report.page import png, table, write_page
+from visinterp.report.page import converged_cell, png, table, write_page
 
 
 def _fmt(v) -> str | float:
@@ -20,16 +20,22 @@ def verdict(goals: dict) -> str:
     """One plain sentence on the goal, with the numbers."""
     if not goals:
         return "No contextual SAE was trained, or too few per-position TopK SAEs to compare against."
+    if not any(g.get("carried", True) for g in goals.values()):
+        return ("No verdict: no contextual SAE carried anything on the held-out windows (state L0 = L0), so each "
+                "was a per-position SAE there; train longer so that the carry learns to persist.")
     met = [n for n, g in goals.items() if g["goal_met"]]
     best = max(goals, key=lambda n: goals[n]["innovation_ratio"])
     g = goals[best]
     line = (f"best innovation ratio: {best}, {g['innovation_ratio']:.2f}x "
             f"(TopK needs L0 {g['topk_l0_at_same_fvu']:.2f} for its FVU {g['fvu']:.3f} at L0 {g['l0']:.2f}"
             f"{', extrapolated beyond the TopK sweep' if g['extrapolated'] else ''})")
+    unconverged = [n for n, g in goals.items() if g.get("converged") is False]
+    caveat = (f" Not converged (held-out FVU still falling): {', '.join(unconverged)}; the verdict is provisional."
+              if unconverged else "")
     if met:
-        return f"Goal met by {', '.join(met)}; {line}."
+        return f"Goal met by {', '.join(met)}; {line}.{caveat}"
     return (f"Goal NOT met: no contextual SAE reaches per-position TopK's FVU with >= 1.5x fewer innovations, delta CE "
-            f"no worse and a control that loses most of the gain. The {line}.")
+            f"no worse and a control that loses most of the gain. The {line}.{caveat}")
 
 
 def write_report(view: LLMRunView) -> Path:
@@ -69,16 +75,20 @@ def write_report(view: LLMRunView) -> Path:
               "<p class=note>Each series interpolated at the contextual SAEs' L0 (FVU log-log; delta CE against log L0, or log-log when positive throughout); '-' where a series does "
               "not reach that L0.</p>", "<h2>Every SAE</h2>"]
     rows = [[n, m["series"], m["l0"], m["state_l0"], m["fvu"], m["delta_ce"], m["ce_recovered"], m["dead_fraction"],
-             *[m["best_auroc_by_region"].get(g, float("nan")) for g in r["regions"]],
-             m["switch_rate_of_region_tracking_features"], m["innovations_near_boundary"]] for n, m in r["saes"].items()]
+             converged_cell(m), *[m["best_auroc_by_region"].get(g, float("nan")) for g in r["regions"]],
+             m["n_region_tracking_features"], m["switch_rate_of_region_tracking_features"],
+             m["innovations_near_boundary"]] for n, m in r["saes"].items()]
     near = next(iter(r["saes"].values()))["positions_near_boundary"]
-    parts += [table(rows, ["SAE", "series", "L0", "state L0", "FVU", "delta CE", "CE recovered", "dead",
-                           *[f"AUROC {g}" for g in r["regions"]], "switch rate (region features)",
-                           "innovations near boundary"]),
+    parts += [table(rows, ["SAE", "series", "L0", "state L0", "FVU", "delta CE", "CE recovered", "dead", "converged",
+                           *[f"AUROC {g}" for g in r["regions"]], "region-tracking features",
+                           "their switch rate", "innovations near boundary"]),
               f"<p class=note>AUROC: the best single feature's state against each region label, one label against the "
-              f"rest. Switch rate: how often region-tracking features (best AUROC >= 0.75) turn on or off inside a "
-              f"region. Innovations near boundary: the share of innovations within 2 tokens of a region boundary; "
-              f"{near:.1%} of tokens are that near.</p>",
+              f"rest. Region-tracking features are those whose best AUROC reaches 0.75; their switch rate is how often "
+              f"they turn on or off inside a region ('-' where an SAE has none). Innovations near boundary: the share "
+              f"of innovations within 2 tokens of a region boundary; {near:.1%} of tokens are that near.</p>",
+              "<h2>Learning curves</h2>", png(view.curves_figure(), figures, "llm_learning_curves"),
+              "<p class=note>Held-out FVU against training tokens; dashed: not converged (FVU still improving by 2% "
+              "or more over the last quarter of the tokens).</p>",
               "<h2>Token strips: what is paid for vs what is carried</h2>", view.legend_html(),
               "<p class=note>Features: each SAE's best feature per region label that is on in the window, then the "
               f"features on at the most tokens. The contextual SAE {ctx} "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ctxsae_common.device import resolve_device
 from ctxsae_common.files import load_tensors, save_tensors_atomic, write_json_atomic, write_text_atomic
 from ctxsae_core.axes import make_axis
 from ctxsae_core.data import split_indices
@@ -58,12 +59,14 @@ def _token_windows(cfg: LLMCompareConfig, lm, out: Path) -> TokenWindows:
     return windows
 
 
-def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True) -> dict:
-    """Run the whole job into `out`; returns what comparison.json holds."""
+def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu") -> dict:
+    """Run the whole job into `out`, the LM and the SAEs on `device`; returns what
+    comparison.json holds."""
+    device = resolve_device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
-    lm = load_causal_lm(cfg.model)
+    lm = load_causal_lm(cfg.model, device)
     lm.hook_module(cfg.hook)  # a bad hook fails before any work
     windows = _token_windows(cfg, lm, out)
     identity = {"model": lm.description, "window": cfg.corpus.window,
@@ -85,9 +88,10 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True) -> dict:
               "ce_clean": ce_clean, "ce_zero_ablation": ce_zero, "regions": list(windows.regions), "saes": {}}
     saes = {}
     for spec in sweep_specs(cfg.sweep, store.window_shape[1]):
-        model = train_sae(spec.config, train_config(cfg.sweep, spec, progress),
-                          store.batches(train, cfg.sweep.batch_windows, cfg.sweep.seed), axis,
-                          out / "saes" / spec.name).model
+        trained = train_sae(spec.config, train_config(cfg.sweep, spec, progress),
+                            store.batches(train, cfg.sweep.batch_windows, cfg.sweep.seed), axis,
+                            out / "saes" / spec.name, held_x, device=device, final_eval=False)
+        model = trained.model
         scores, codes = evaluate_with_codes(model, held_x, axis, spec.shuffle, cfg.sweep.seed)
         # held_x is exactly the hook's output at positions 1.. of held_ids (same model, same ids),
         # so the reconstruction computed above is what gets spliced in
@@ -97,7 +101,8 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True) -> dict:
                                                           "state_l0_counting")},
             "ce_clean": ce_clean, "ce_spliced": ce_spliced, "ce_zero_ablation": ce_zero,
             "ce_recovered": (ce_zero - ce_spliced) / (ce_zero - ce_clean), "delta_ce": ce_spliced - ce_clean,
-            **localization(codes["state"], codes["innovations"], region, boundaries, windows.regions)}
+            **localization(codes["state"], codes["innovations"], region, boundaries, windows.regions),
+            **trained.trainer.summary(scores)}
         saes[spec.name] = {"folder": f"saes/{spec.name}", "shuffle": spec.shuffle}
     ctx_l0 = sorted(m["l0"] for m in result["saes"].values() if m["family"] == "contextual")
     result["matched_l0"] = matched_table(result["saes"], ctx_l0)

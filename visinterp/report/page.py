@@ -60,6 +60,33 @@ def pareto_panel(ax, saes: dict[str, dict], y: str, ylabel: str, xlabel: str, lo
         ax.legend(fontsize=7)
 
 
+def converged_cell(m: dict) -> str:
+    """A table cell saying whether an SAE converged: 'yes', 'no (the gain in the last quarter)' or '-'."""
+    c = m.get("converged")
+    return "-" if c is None else ("yes" if c else f"no ({m['fvu_gain_last_quarter']:.0%} in the last quarter)")
+
+
+def learning_curve_panel(ax, saes: dict[str, dict], title: str = "") -> None:
+    """Held-out FVU against training tokens, one line per SAE (its `curve`), styled by series;
+    an SAE that did not converge (FVU still falling by 2% or more over the last quarter) is
+    drawn dashed and named in the legend."""
+    for name, m in saes.items():
+        curve = m.get("curve") or []
+        if not curve:
+            continue
+        colour, marker, ls = series_style(m["series"])
+        unconverged = m.get("converged") is False
+        ax.plot([p["tokens"] for p in curve], [p["fvu"] for p in curve], color=colour, ls="--" if unconverged else ls,
+                marker=marker, ms=3, lw=1, label=f"{name.split('/')[-1]}{' (not converged)' if unconverged else ''}")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("held-out FVU")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def png(fig, figures: Path, name: str) -> str:
     """Save the figure under figures/ and return an <img> tag embedding the same PNG."""
     path = figures / f"{name}.png"
@@ -69,10 +96,10 @@ def png(fig, figures: Path, name: str) -> str:
 
 
 def table(rows: list[list], header: list[str]) -> str:
-    """An HTML table of rows under a header; floats with 4 significant digits."""
+    """An HTML table of rows under a header; floats with 4 significant digits, NaN as '-'."""
     def cell(v):
         if isinstance(v, float):
-            return "nan" if math.isnan(v) else f"{v:.4g}"
+            return "-" if math.isnan(v) else f"{v:.4g}"
         return html.escape(str(v))
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)

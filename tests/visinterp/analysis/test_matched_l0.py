@@ -20,8 +20,9 @@ def test_log_log_interpolation_and_its_range():
     assert value_at_l0([(2.0, 0.1), (8.0, -0.02)], 4.0) == pytest.approx(0.04)
 
 
-def sae(series, family, l0, fvu, dce):
-    return {"series": series, "family": family, "l0": l0, "fvu": fvu, "delta_ce": dce}
+def sae(series, family, l0, fvu, dce, state_l0=None):
+    return {"series": series, "family": family, "l0": l0, "fvu": fvu, "delta_ce": dce,
+            "state_l0": 3 * l0 if state_l0 is None else state_l0}
 
 
 def test_goal_met_needs_the_ratio_the_ce_and_a_control_that_loses_the_gain():
@@ -41,6 +42,18 @@ def test_goal_met_needs_the_ratio_the_ce_and_a_control_that_loses_the_gain():
     assert g["control_keeps_fraction_of_gain"] == pytest.approx(math.log(1.6) / math.log(2)) and not g["goal_met"]
     small = dict(saes, c=sae("c", "contextual", 3, 0.2, 0.15))  # ratio 4 / 3 < 1.5
     assert not goals(small)["c"]["goal_met"]
+
+
+def test_a_contextual_sae_that_carried_nothing_gets_no_verdict():
+    from visinterp.llm.report import verdict
+
+    saes = {"topk_k2": sae("topk", "per-position", 2, 0.4, 0.4), "topk_k8": sae("topk", "per-position", 8, 0.1, 0.1),
+            "c": sae("c", "contextual", 2, 0.2, 0.15, state_l0=2.0), "c_control": sae("cc", "control", 2, 0.4, 0.3)}
+    g = goals(saes)
+    assert g["c"]["carried"] is False and g["c"]["innovation_ratio"] == pytest.approx(2.0) and not g["c"]["goal_met"]
+    assert verdict(g).startswith("No verdict: no contextual SAE carried anything")
+    saes["c"]["state_l0"] = 5.0
+    assert goals(saes)["c"]["goal_met"] and verdict(goals(saes)).startswith("Goal met by c")
 
 
 def test_matched_table_reads_every_series_at_the_given_l0():

@@ -46,6 +46,12 @@ def test_llm_compare_quick_writes_every_metric(quick):
         assert 0 < m["ce_recovered"] < 1 and 0 < m["fvu"] < 1
         assert 0 <= m["innovations_near_boundary"] <= 1 and set(m["best_auroc_by_region"]) == {"prose", "code", "licence"}
     assert result["saes"]["topk_k4"]["l0"] <= 4
+    for k in cfg.sweep.k:  # BatchTopK's threshold is set on the trained model: k codes a token on the training
+        # windows, and near k held out (19 windows of correlated tokens: within 30% here; it was 3.7x k before)
+        assert result["saes"][f"batchtopk_k{k}"]["l0"] == pytest.approx(k, rel=0.3)
+    for m in result["saes"].values():  # a learning curve per SAE, ending where training ended
+        assert len(m["curve"]) >= 8 and m["curve"][-1]["tokens"] == m["tokens"] and m["curve"][-1]["fvu"] == m["fvu"]
+        assert isinstance(m["converged"], bool) and m["epochs"] > 0
     assert result["saes"]["contextual_attention_k2"]["carry"] == "attention"
     # the goal check agrees with the curves it reads: TopK's L0 at a contextual SAE's FVU
     g = result["goals"]["contextual_gated_k2"]
@@ -78,7 +84,8 @@ def test_run_view_reproduces_the_reported_fvu(quick):
 def test_llm_report_loads_in_headless_chromium(quick, open_in_chromium):
     page = open_in_chromium(quick / "report.html", "return document.querySelectorAll('.strip').length;")
     assert page["errors"] == [] and page["title"] == "llm-compare resid.15"
-    assert [alt for _, _, alt in page["images"]] == ["llm_pareto"] and all(w > 300 for _, w, _ in page["images"])
+    assert [alt for _, _, alt in page["images"]] == ["llm_pareto", "llm_learning_curves"]
+    assert all(w > 300 for _, w, _ in page["images"])
     assert page["script"] >= 2 * 3 * 2  # two windows x three SAEs x (features + the innovation count)
     result = json.loads((quick / "comparison.json").read_text())
     assert html.escape(verdict(result["goals"])) in (quick / "report.html").read_text()

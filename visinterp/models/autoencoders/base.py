@@ -75,10 +75,21 @@ class ImageAutoencoder(nn.Module):
         if not torch.isfinite(images).all():
             raise InputError("images hold NaN or Inf: check how they were loaded")
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are; `capture`, `splice` and `reconstruct` run there."""
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """decode(encode(images)) on the model's device, returned on the CPU."""
+        return self.decode(self.encode(images.to(self.device))).cpu()
+
     @torch.no_grad()
     def capture(self, images: Tensor, hooks: list[str]) -> dict[str, Tensor]:
         """Feature maps (N, C, h, w) at each named hook, from one encode (and one decode of the
-        latents when a decoder hook is asked for)."""
+        latents when a decoder hook is asked for), computed on the model's device and returned
+        on the CPU as float32."""
         modules = self.hook_modules()
         unknown = [h for h in hooks if h != LATENT and h not in modules]
         if unknown:
@@ -89,7 +100,7 @@ class ImageAutoencoder(nn.Module):
         handles = [modules[h].register_forward_hook(lambda _m, _i, out, h=h: maps.__setitem__(h, out))
                    for h in hooks if h != LATENT]
         try:
-            latents = self.encode(images)
+            latents = self.encode(images.to(self.device))
             if any(h.startswith("decoder.") for h in hooks):
                 self.decode(latents)
         finally:
@@ -97,21 +108,23 @@ class ImageAutoencoder(nn.Module):
                 handle.remove()
         if LATENT in hooks:
             maps[LATENT] = latents
-        return {h: maps[h].float() for h in hooks}
+        return {h: maps[h].float().cpu() for h in hooks}
 
     @torch.no_grad()
     def splice(self, images: Tensor, hook: str, replace) -> Tensor:
         """Images decoded with the map at `hook` replaced by `replace(map)` on the way: the
         latent (decode(replace(encode(x)))) or any encoder/decoder stage (a forward hook that
-        returns the replacement, so the rest of the network runs on it)."""
+        returns the replacement, so the rest of the network runs on it). `replace` sees the map
+        on the model's device and returns it there; the images come back on the CPU."""
+        images = images.to(self.device)
         if hook == LATENT:
-            return self.decode(replace(self.encode(images)))
+            return self.decode(replace(self.encode(images))).cpu()
         module = self.hook_modules().get(hook)
         if module is None:
             raise InputError(f"unknown hook {hook!r} for {self.description}: choose from {', '.join(self.hook_names)}")
         handle = module.register_forward_hook(lambda _m, _i, out: replace(out))
         try:
-            return self.decode(self.encode(images))
+            return self.decode(self.encode(images)).cpu()
         finally:
             handle.remove()
 

@@ -76,23 +76,23 @@ def _build(cfg: OfflineAEConfig):
         norm_num_groups=cfg.norm_groups, sample_size=cfg.size)
 
 
-def _train(cfg: OfflineAEConfig, progress: bool) -> tuple[torch.nn.Module, dict]:
+def _train(cfg: OfflineAEConfig, progress: bool, device: torch.device) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(cfg.seed)
     images = render_scenes(range(cfg.scene_seed, cfg.scene_seed + cfg.images), cfg.size, progress=progress,
                            desc="render offline-AE scenes")
     n_held = max(1, cfg.images // 16)
     held, train = images[:n_held], images[n_held:]
-    vae = _build(cfg)
+    vae = _build(cfg).to(device)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr / 10)
     gen = seeded_generator(cfg.seed, "model")
-    bar = tqdm(range(cfg.steps), desc="train offline autoencoder", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc=f"train offline autoencoder ({device})", disable=not progress)
     for _ in bar:
         x = train[torch.randint(len(train), (cfg.batch,), generator=gen)]
         top, left = torch.randint(0, cfg.size - cfg.crop + 1, (2,), generator=gen).tolist()
         x = x[:, :, top : top + cfg.crop, left : left + cfg.crop]
         flip = torch.rand(x.shape[0], generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x) * 2 - 1
+        x = (torch.where(flip[:, None, None, None], x.flip(-1), x) * 2 - 1).to(device)
         post = vae.encode(x).latent_dist
         # the posterior mean, not a sample: with a KL weight this small the encoder's initial
         # variance (~1) drowns the latent in noise and training stalls at the mean colour
@@ -103,10 +103,8 @@ def _train(cfg: OfflineAEConfig, progress: bool) -> tuple[torch.nn.Module, dict]
         sched.step()
         bar.set_postfix(mse=f"{loss.item():.4f}")
     vae.eval()
-    adapter = DiffusersKL(vae, "offline")
-    with torch.no_grad():
-        held_psnr = float(psnr_per_image(held, adapter.decode(adapter.encode(held))).mean())
-    return vae, {"config": asdict(cfg), "held_out_psnr_db": held_psnr, "held_out_images": n_held}
+    held_psnr = float(psnr_per_image(held, DiffusersKL(vae, "offline").reconstruct(held)).mean())
+    return vae.cpu(), {"config": asdict(cfg), "held_out_psnr_db": held_psnr, "held_out_images": n_held}
 
 
 def offline_folder(cfg: OfflineAEConfig) -> Path:
@@ -114,13 +112,15 @@ def offline_folder(cfg: OfflineAEConfig) -> Path:
     return cache_root() / f"offline-vae-{cfg.key()}"
 
 
-def offline_autoencoder(cfg: OfflineAEConfig | None = None, progress: bool = True) -> DiffusersKL:
-    """The cached offline default for `cfg`, training it first if it is not cached. The cache
-    folder is written under a temporary name and renamed, so a killed run leaves no half model."""
+def offline_autoencoder(cfg: OfflineAEConfig | None = None, progress: bool = True,
+                        device: str | torch.device = "cpu") -> DiffusersKL:
+    """The cached offline default for `cfg` (on the CPU), training it first on `device` if it is
+    not cached. The cache folder is written under a temporary name and renamed, so a killed run
+    leaves no half model."""
     cfg = cfg or OfflineAEConfig()
     folder = offline_folder(cfg)
     if not (folder / TRAINING_FILE).is_file():
-        vae, info = _train(cfg, progress)
+        vae, info = _train(cfg, progress, torch.device(device))
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         vae.save_pretrained(tmp)
