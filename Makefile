@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo test docs bench-synthetic bench-throughput bench-scenes bench-harvest bench-llm clean
+.PHONY: setup browser demo test docs bench-synthetic bench-throughput bench-scenes bench-threads bench-harvest bench-llm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ bench-throughput: $(BENCH_VENV)/.installed
 bench-scenes: setup
 	$(PY) benchmarks/render_throughput.py --out benchmarks/results/render_throughput.json
 	$(PY) benchmarks/coord_fit_speed.py --out benchmarks/results/coord_fit_speed.json
+
+bench-threads: setup
+	$(PY) benchmarks/threads_under_load.py --out benchmarks/results/threads_under_load.json
 
 bench-harvest: setup
 	$(PY) benchmarks/harvest_throughput.py --out benchmarks/results/harvest_throughput.json

@@ -9,6 +9,7 @@ import sys
 from typing import Callable, NoReturn, Sequence
 
 from ctxsae_common.errors import InputError
+from ctxsae_common.threads import set_threads
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -39,6 +40,8 @@ def run_command(parser: argparse.ArgumentParser, commands: dict[str, Callable[[a
     except SystemExit as e:
         return int(e.code or 0)
     try:
+        if hasattr(args, "threads"):  # commands that compute take --threads (`threads.add_threads_flag`)
+            set_threads(args.threads)
         return commands[args.command](args)
     except InputError as e:
         print(f"{parser.prog} {args.command}: error: {str(e).splitlines()[0]}", file=sys.stderr)

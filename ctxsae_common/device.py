@@ -10,6 +10,7 @@ from typing import Iterator
 import torch
 
 from ctxsae_common.errors import InputError
+from ctxsae_common.threads import add_threads_flag
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 DTYPES = ("float32", "bfloat16")
@@ -60,7 +61,8 @@ def autocast(device: torch.device, dtype: str = "float32") -> Iterator[None]:
 
 
 def add_device_flags(parser: argparse.ArgumentParser, dtype: bool = False) -> None:
-    """Add --device (and with `dtype`, --dtype) to a command's parser."""
+    """Add --device and --threads (and with `dtype`, --dtype) to a command's parser."""
+    add_threads_flag(parser)
     parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help=f"where to compute: {DEVICE_CHOICES} (default: auto, CUDA when present)")
     if dtype:

@@ -379,7 +379,9 @@ class Trainer:
 
     def _loop(self, it: Iterator[Tensor]) -> None:
         cfg, steps = self.cfg, self.total_steps
-        where = f"{self.device}" + (f" x {self.group.world} ranks" if self.group.world > 1 else "")
+        n = torch.get_num_threads()
+        where = f"{self.device}" + (f", {n} thread{'s' * (n != 1)}" if self.device.type == "cpu" else "")
+        where += f" x {self.group.world} ranks" if self.group.world > 1 else ""
         bar = tqdm(total=steps, initial=self.step, desc=f"train {self.model.config.arch} ({where})", unit="step",
                    disable=not (cfg.progress and self.group.is_main), dynamic_ncols=True)
         t0, tokens0 = time.perf_counter(), 0

@@ -404,6 +404,20 @@ def _time_to_quality_bf16(r: dict) -> list[str]:
     return out
 
 
+def _threads(r: dict) -> list[str]:
+    settings = list(dict.fromkeys(x["setting"] for x in r["rows"]))
+    out = [f"Seconds per command (fresh process, wall clock) with busy-loop processes on 0 to {r['cores']} of the "
+           f"{r['cores']} cores; `default` names the threads the command chose.", ""]
+    for workload in dict.fromkeys(x["workload"] for x in r["rows"]):
+        rows = []
+        for load in sorted({x["busy_cores"] for x in r["rows"] if x["workload"] == workload}):
+            cell = {x["setting"]: x for x in r["rows"] if x["workload"] == workload and x["busy_cores"] == load}
+            rows.append([str(load)] + [fmt(cell[s]["seconds"], ".2f") + (f" ({cell[s]['threads']})" if s == "default"
+                                                                        else "") for s in settings])
+        out += [f"`{workload}`", "", md_table(["busy cores"] + [f"`{s}`" for s in settings], rows), ""]
+    return out
+
+
 def _gpu_tests(r: dict) -> list[str]:
     return [f"`{r['command']}` on {r['machine'].get('gpu', 'a GPU')}: {r['summary']}."]
 
@@ -421,6 +435,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "contextual_cost_cpu": ("The contextual SAE's cost per token on the CPU, over a grid of shapes", _contextual_cost),
     "contextual_cost_h200": ("The contextual SAE's cost per token on an H200, over a grid of shapes", _contextual_cost),
     "gpu_tests_h200": ("The gpu-marked tests on an H200", _gpu_tests),
+    "threads_under_load": ("Commands on a busy machine: CPU threads", _threads),
     "train_throughput": ("Training throughput (100 steps)", _throughput),
     "harvest_throughput": ("Harvest throughput: image autoencoders", lambda r: _harvest(r, "images")),
     "llm_harvest_throughput": ("Harvest throughput: SmolLM2", lambda r: _harvest(r, "tokens")),

@@ -18,7 +18,7 @@ from ctxsae_core.checkpoint import load_sae
 from visinterp.analysis.codes import window_codes
 from visinterp.coords.figures import pictures_figure
 from visinterp.coords.run import FACTOR_NAMES
-from visinterp.report.run_json import read_run
+from visinterp.report.run_json import find_run_folder, read_run
 
 
 class SceneFeaturesView:
@@ -26,7 +26,7 @@ class SceneFeaturesView:
     factors, and the SAEs, read back from the folder alone."""
 
     def __init__(self, folder: str | Path):
-        self.out = Path(folder)
+        self.out = find_run_folder(folder)
         self.run = read_run(self.out, "coords")
         self.report = read_json_object(self.out / "report.json", "scene-features report")
         held, meta = load_tensors_and_metadata(self.out / self.run["held_file"], "held-out windows")

@@ -21,7 +21,7 @@ from visinterp.image.run import HookData
 from visinterp.image.steering import steer
 from visinterp.models.autoencoders import ImageAutoencoder, load_autoencoder
 from visinterp.models.autoencoders.offline import load_offline
-from visinterp.report.run_json import read_run
+from visinterp.report.run_json import find_run_folder, read_run
 
 
 class RunView:
@@ -31,7 +31,7 @@ class RunView:
     hub id the run named."""
 
     def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+        self.folder = find_run_folder(folder)
         self.run = read_run(self.folder, "image")
         self.metrics = read_json_object(self.folder / "metrics.json", "run metrics")
         self.config = run_config_from_dict(read_json_object(self.folder / "config.json", "run config"),

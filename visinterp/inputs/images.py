@@ -5,6 +5,7 @@ TAESD) were trained on sRGB images, and a linear render fed to them is far too d
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -18,7 +19,7 @@ from ctxsae_common.errors import InputError
 from scenes.render import RenderOutput, render, srgb
 from scenes.sampler import sample_scene
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def render_outputs(seeds: Iterable[int], size: int, progress: bool = True, desc: str = "render scenes") -> list[RenderOutput]:
@@ -42,23 +43,62 @@ def render_scenes(seeds: Iterable[int], size: int, progress: bool = True, desc: 
     return to_batch(render_outputs(seeds, size, progress, desc))
 
 
-def load_image_files(folder: str | Path, size: int) -> tuple[Tensor, list[str]]:
-    """Every image file in `folder`, centre-cropped to a square and resized to `size`."""
+MAX_PIXELS = 40_000_000  # larger images are refused before decoding (PIL's decompression-bomb limit is ~179M)
+BACKGROUND = (1.0, 1.0, 1.0)  # transparent pixels are composited on white
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files under `folder` (subfolders too), sorted by path; hidden files and folders
+    are skipped. A folder without any is a one-line InputError naming what was found."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder: pass [images] source a folder of image files, or 'scenes'")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not files:
-        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found: pass a folder of images")
-    out = []
-    for p in files:
-        try:
-            im = Image.open(p).convert("RGB")
-        except OSError as e:
-            raise InputError(f"{p}: not a readable image ({e}): remove or replace it") from None
-        side = min(im.size)
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
-        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1))
-    return torch.stack(out), [p.name for p in files]
+        others = sorted({p.suffix.lower() or p.name for p in folder.rglob("*") if p.is_file()})[:6]
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found"
+                         + (f" (found {', '.join(others)})" if others else "") + ": pass a folder of images")
+    return files
+
+
+def read_image(path: Path, size: int) -> Tensor:
+    """One image file as (3, size, size) in [0, 1]: centre-cropped to a square and resized.
+    16-bit images keep their precision; transparency is composited on BACKGROUND (white)."""
+    _check_header(path)
+    try:
+        with Image.open(path) as im:
+            rgb = _as_float_rgb(im)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable image ({e}): remove or replace it") from None
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = torch.from_numpy(np.ascontiguousarray(rgb[top : top + side, left : left + side])).permute(2, 0, 1)
+    return torch.nn.functional.interpolate(square[None], size=(size, size), mode="bicubic", antialias=True,
+                                           align_corners=False)[0].clamp(0, 1)
+
+
+def _as_float_rgb(im: Image.Image) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] from any PIL mode, 16-bit ones at full precision."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale (PNG) or 32-bit integer
+        grey = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode != "I" or np.asarray(im).max() > 255 else 255.0)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:]
+        return rgba[..., :3] * alpha + np.asarray(BACKGROUND, np.float32) * (1 - alpha)
+    arr = np.asarray(im)
+    if arr.dtype == np.uint16 and arr.ndim == 3:  # 16-bit RGB
+        return arr[..., :3].astype(np.float32) / 65535.0
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image_files(folder: str | Path, size: int, n: int | None = None) -> tuple[Tensor, list[str]]:
+    """The first `n` image files under `folder` (all by default) as (n, 3, size, size) in [0, 1],
+    and their paths relative to the folder."""
+    files = image_files(folder)[:n]
+    return torch.stack([read_image(p, size) for p in files]), [str(p.relative_to(Path(folder))) for p in files]
 
 
 class ImageSource:
@@ -115,15 +155,37 @@ class SceneImages(ImageSource):
 
 
 class FolderImages(ImageSource):
-    """The first n image files of a folder, centre-cropped and resized (held in memory)."""
+    """The first n image files under a folder, centre-cropped and resized, decoded when loaded
+    (only the n used are ever read). Fewer files than n is a warning, not an error."""
 
     def __init__(self, folder: Path, n: int, size: int):
-        images, self.names = load_image_files(folder, size)
-        super().__init__(min(n, images.shape[0]), size)
-        self.images, self.folder = images[: self.n], Path(folder)
+        self.folder = Path(folder)
+        files = image_files(self.folder)
+        if len(files) < n:
+            warnings.warn(f"{self.folder}: {len(files)} image file(s), fewer than the {n} asked for "
+                          "([images] n): using all of them", stacklevel=2)
+        self.files = files[:n]
+        self.names = [str(p.relative_to(self.folder)) for p in self.files]
+        super().__init__(len(self.files), size)
+        for p in self.files:  # fail early on an unreadable or oversized file, before any work
+            _check_header(p)
 
     def load(self, a: int, b: int) -> Tensor:
-        return self.images[a:b]
+        return torch.stack([read_image(p, self.size) for p in self.files[a:b]])
 
     def describe(self) -> dict:
-        return {"source": str(self.folder), "files": self.names[: self.n], "size": self.size}
+        return {"source": str(self.folder), "files": self.names, "size": self.size}
+
+
+def _check_header(path: Path) -> None:
+    """Open the file's header only: a one-line InputError for an unreadable or oversized image."""
+    too_big = f"{path}: over the limit of {MAX_PIXELS:,} pixels an image: downscale it first"
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise InputError(f"{path}: {im.width} x {im.height} pixels is over the limit of {MAX_PIXELS:,}: "
+                                 "downscale it first")
+    except Image.DecompressionBombError:
+        raise InputError(too_big) from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable image ({e}): remove or replace it") from None

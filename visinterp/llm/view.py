@@ -26,7 +26,7 @@ from visinterp.llm.config import llm_config_from_dict
 from visinterp.llm.run import load_windows
 from visinterp.models.causal_lm import load_tokenizer
 from visinterp.report.page import CSS, learning_curve_panel, pareto_panel
-from visinterp.report.run_json import read_run
+from visinterp.report.run_json import find_run_folder, read_run
 
 STATE_RGB = "31,119,180"  # carried state: blue, its opacity the feature's value
 REGION_RGB = ("148,103,189", "44,160,44", "255,127,14", "140,86,75", "227,119,194", "127,127,127")
@@ -41,7 +41,7 @@ class LLMRunView:
     Activations and codes are at positions 1..T-1 of each window (position 0 is never SAE data)."""
 
     def __init__(self, folder: str | Path):
-        self.out = Path(folder)
+        self.out = find_run_folder(folder)
         self.run = read_run(self.out, "llm")
         self.result = read_json_object(self.out / "comparison.json", "comparison")
         self.cfg = llm_config_from_dict(read_json_object(self.out / "config.json", "run config"),

@@ -11,6 +11,7 @@ from typing import Any
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import read_json_object, write_json_atomic
 
+REPO_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: where `make demo` writes runs/
 RUN_FILE = "run.json"
 RUN_FORMAT = 1
 COMMANDS = {"image": "visinterp run --out {out}", "llm": "visinterp llm-compare --config FILE --out {out}",
@@ -20,6 +21,16 @@ COMMANDS = {"image": "visinterp run --out {out}", "llm": "visinterp llm-compare 
 def write_run(folder: str | Path, job: str, **fields: Any) -> Path:
     """Write folder/run.json for a finished `job` ('image', 'llm' or 'coords')."""
     return write_json_atomic(Path(folder) / RUN_FILE, {"job": job, "format": RUN_FORMAT, **fields})
+
+
+def find_run_folder(folder: str | Path) -> Path:
+    """`folder` as given when it exists or is absolute; a relative path that does not exist here is
+    looked up from the repository root too, so a notebook opened from notebooks/ finds runs/quick."""
+    folder = Path(folder).expanduser()
+    if folder.is_absolute() or folder.exists():
+        return folder
+    from_root = REPO_ROOT / folder
+    return from_root if (from_root / RUN_FILE).is_file() else folder
 
 
 def read_run(folder: str | Path, job: str) -> dict[str, Any]:

@@ -41,3 +41,48 @@ def test_encoding_a_linear_mid_grey():
 
     grey = np.full((2, 2, 3), 0.2, dtype=np.float32)
     assert encoded(grey)[:, 0, 0].tolist() == pytest.approx([0.4845] * 3, abs=1e-4)  # 1.055 * 0.2^(1/2.4) - 0.055
+
+
+def test_image_folders_read_as_a_user_expects(tmp_path):
+    """16-bit PNGs keep their values, transparency is composited on white, subfolders and .tif
+    are read, hidden files skipped, only the n files used are decoded, and fewer files than n
+    is a warning."""
+    from PIL import Image
+
+    from visinterp.inputs.images import BACKGROUND, read_image
+
+    (tmp_path / "sub").mkdir()
+    grey16 = np.full((8, 8), 0.25 * 65535, dtype=np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "a16.png")
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, 128  # red at half opacity
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "b_alpha.png")
+    Image.fromarray(np.full((8, 8, 3), 60, np.uint8)).save(tmp_path / "sub" / "c.tif")
+    (tmp_path / ".hidden.png").write_bytes(b"not an image")
+    assert read_image(tmp_path / "a16.png", 8).mean().item() == pytest.approx(0.25, abs=1e-3)  # not near-white
+    blended = read_image(tmp_path / "b_alpha.png", 8)[:, 4, 4]
+    a = 128 / 255
+    assert blended.tolist() == pytest.approx([1.0 * a + BACKGROUND[0] * (1 - a), BACKGROUND[1] * (1 - a),
+                                              BACKGROUND[2] * (1 - a)], abs=2e-3)
+    with pytest.warns(UserWarning, match="3 image file\\(s\\), fewer than the 20 asked for"):
+        folder = FolderImages(tmp_path, n=20, size=8)
+    assert folder.names == ["a16.png", "b_alpha.png", "sub/c.tif"] and folder.n == 3
+    assert folder.load(2, 3)[0].mean().item() == pytest.approx(60 / 255, abs=1e-3)
+
+
+def test_oversized_and_broken_images_are_one_line_errors(tmp_path):
+    from PIL import Image
+
+    from visinterp.inputs import images
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "big.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    old = images.MAX_PIXELS
+    images.MAX_PIXELS = 1000
+    try:
+        with pytest.raises(InputError, match="40 x 30 pixels is over the limit of 1,000: downscale it first"):
+            images.FolderImages(tmp_path, n=1, size=8)
+    finally:
+        images.MAX_PIXELS = old
+    with pytest.raises(InputError, match="broken.png: not a readable image"):
+        images.FolderImages(tmp_path, n=2, size=8)
