@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo test docs bench-synthetic bench-throughput bench-scenes bench-threads bench-harvest bench-llm clean
+.PHONY: setup browser demo test docs bench-synthetic bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ $(BENCH_VENV)/.installed: pyproject.toml
 
 bench-throughput: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
+
+bench-saelens: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/saelens_roundtrip.py --out benchmarks/results/saelens_roundtrip.json
 
 bench-scenes: setup
 	$(PY) benchmarks/render_throughput.py --out benchmarks/results/render_throughput.json

@@ -12,8 +12,9 @@ import torch
 
 from ctxsae_common.device import resolve_device
 from ctxsae_core.axes import ContextAxis
-from ctxsae_core.config import BatchTopK, ReLU, JumpReLU, TopK, config_to_dict, sae_config_from_dict
+from ctxsae_core.config import BatchTopK, JumpReLU, ReLU, SAEConfig, TopK, config_to_dict, sae_config_from_dict
 from ctxsae_common.errors import InputError
+from ctxsae_common.hub import hub_folder, is_hub_id
 from ctxsae_common.files import load_tensors, read_json_object, save_tensors_atomic, write_json_atomic
 from ctxsae_core.registry import ARCHITECTURES
 from ctxsae_core.sae import BaseSAE
@@ -42,10 +43,15 @@ def save_sae(model: BaseSAE, folder: str | Path, axis: ContextAxis | None = None
 
 def load_sae(folder: str | Path, device: str | torch.device | None = None) -> tuple[BaseSAE, ContextAxis | None]:
     """Inverse of `save_sae`: the model (in eval mode, on `device`, default the CPU) and the axis
-    it was trained on, if saved. Weights saved from any device load on any other."""
+    it was trained on, if saved. `folder` is a local folder or a Hugging Face hub id
+    (`user/repo`, or `user/repo/sub/folder`; `ctxsae_common.hub`). Weights saved from any device
+    load on any other."""
+    if not Path(folder).is_dir() and is_hub_id(folder):
+        folder = hub_folder(str(folder), "SAE")
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: no such SAE folder: pass --sae a folder written by 'ctxsae train'")
+        raise InputError(f"{folder}: no such SAE folder: pass --sae a folder written by 'ctxsae train' or a hub id "
+                         "(user/repo or user/repo/sub/folder)")
     values = read_json_object(folder / CONFIG_FILE, "SAE config")
     version = values.pop("format_version", None)
     if version != FORMAT_VERSION:
@@ -111,3 +117,54 @@ def export_saelens(model: BaseSAE, folder: str | Path, hook_name: str | None = N
     save_tensors_atomic(folder / "sae_weights.safetensors", weights)
     write_json_atomic(folder / "cfg.json", cfg)
     return folder
+
+
+SAELENS_ARCHITECTURES = ("standard", "topk", "jumprelu")
+
+
+def import_saelens(folder: str | Path) -> BaseSAE:
+    """A SAELens SAE (`cfg.json` + `sae_weights.safetensors`, a local folder or a hub id) as a
+    per-position SAE of ours with the same reconstruction, so it can be scored with our metrics
+    and controls. The inverse of `export_saelens`: weights are read in raw units (act_scale 1);
+    without `apply_b_dec_to_input`, b_dec's share of the pre-activation is folded into b_enc."""
+    if not Path(folder).is_dir() and is_hub_id(folder):
+        folder = hub_folder(str(folder), "SAELens SAE")
+    folder = Path(folder)
+    if not (folder / "cfg.json").is_file():
+        raise InputError(f"{folder}: no cfg.json, so not a SAELens SAE folder: pass the folder SAELens's "
+                         "save_model wrote (cfg.json + sae_weights.safetensors)")
+    cfg = read_json_object(folder / "cfg.json", "SAELens config")
+    arch = cfg.get("architecture", "standard")
+    if arch not in SAELENS_ARCHITECTURES:
+        raise InputError(f"{folder / 'cfg.json'}: architecture {arch!r} is not one this tool reads: "
+                         f"{', '.join(SAELENS_ARCHITECTURES)}")
+    for key, plain in (("normalize_activations", "none"), ("reshape_activations", "none")):
+        if cfg.get(key, plain) != plain:
+            raise InputError(f"{folder / 'cfg.json'}: {key} {cfg[key]!r} is not supported: only SAEs that read raw "
+                             f"activations ({key} 'none') import")
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        raise InputError(f"{folder / 'cfg.json'}: rescale_acts_by_decoder_norm is not supported")
+    w = {k: v.float() for k, v in load_tensors(folder / "sae_weights.safetensors", "SAELens weights").items()}
+    missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec", *(("threshold",) if arch == "jumprelu" else ()))
+               if k not in w]
+    if missing:
+        raise InputError(f"{folder / 'sae_weights.safetensors'}: no {missing[0]} tensor for a {arch} SAE")
+    d_in, width = w["W_enc"].shape
+    if w["W_dec"].shape != (width, d_in) or w["b_enc"].shape != (width,) or w["b_dec"].shape != (d_in,):
+        raise InputError(f"{folder / 'sae_weights.safetensors'}: shapes W_enc {list(w['W_enc'].shape)}, W_dec "
+                         f"{list(w['W_dec'].shape)}, b_enc {list(w['b_enc'].shape)}, b_dec {list(w['b_dec'].shape)} "
+                         "do not fit together")
+    if not all(bool(t.isfinite().all()) for t in w.values()):
+        raise InputError(f"{folder / 'sae_weights.safetensors'}: holds NaN or Inf")
+    activation = {"standard": ReLU(), "topk": TopK(k=int(cfg.get("k", 0)) or width), "jumprelu": JumpReLU()}[arch]
+    model = build_sae(SAEConfig(d_in=d_in, width=width, activation=activation))
+    b_enc = w["b_enc"] if cfg.get("apply_b_dec_to_input", True) else w["b_enc"] + w["b_dec"] @ w["W_enc"]
+    with torch.no_grad():
+        model.W_enc_FD.copy_(w["W_enc"].T)
+        model.b_enc_F.copy_(b_enc)
+        model.W_dec_FD.copy_(w["W_dec"])
+        model.b_dec_D.copy_(w["b_dec"])
+        model.act_scale.fill_(1.0)
+        if arch == "jumprelu":
+            model.activation.log_threshold.copy_(w["threshold"].clamp_min(1e-12).log())
+    return model.eval()

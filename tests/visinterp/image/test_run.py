@@ -128,7 +128,17 @@ def test_bad_configs_exit_2_with_one_line(tmp_path, capsys):
     bad.write_text('autoencoder = "%s"\n[images]\nn = 5\nsize = 16\n[harvest]\nhooks = ["encoder.mid", "nope"]\n' % TAEF2)
     assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "unknown hook 'nope'" in capsys.readouterr().err
-    assert not (tmp_path / "o" / "metrics.json").exists()
+    assert not (tmp_path / "o").exists()  # checked before any scene was rendered
+
+
+def test_offline_hooks_are_checked_before_the_autoencoder_trains(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CTXSAE_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('autoencoder = "offline"\n[harvest]\nhooks = ["latent", "encoder.down.7"]\n')
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown hook 'encoder.down.7' for the offline autoencoder: choose from latent, encoder.down.0" in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "o").exists()
 
 
 def test_a_folder_of_photos_runs_with_taef2_and_no_scene_truth(tmp_path, capsys):

