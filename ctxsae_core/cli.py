@@ -13,10 +13,14 @@ Activations are one float tensor [N, T, d] ([N, d] for per-position SAEs) in a .
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Sequence
+
+import torch
+from torch import Tensor
 
 from ctxsae_common.cli import OneLineParser, positive_int, run_command
 from ctxsae_common.device import add_device_flags, check_dtype
@@ -26,10 +30,11 @@ from ctxsae_common.typed import field_help
 from ctxsae_core.axes import AXIS_KINDS, ContextAxis, make_axis, parse_grid
 from ctxsae_core.checkpoint import export_saelens, import_saelens, load_sae, save_sae
 from ctxsae_core.config import CARRY_KINDS, ContextualConfig, JumpReLU, ReLU, SAEConfig, TopK, TrainConfig
-from ctxsae_core.data import WindowBatches, as_windows, load_activations, split_holdout
+from ctxsae_core.data import WindowBatches, as_windows, load_activations, split_holdout, split_indices
 from ctxsae_core.distributed import init_from_env, launched_by_torchrun, shutdown
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.registry import ACTIVATION_CONFIGS
+from ctxsae_core.store import ActivationStore, is_store, store_shard
 from ctxsae_core.sweep import train_sae
 
 ARCH_CHOICES = [*ACTIVATION_CONFIGS.names(), "contextual"]
@@ -44,7 +49,7 @@ def _add_axis_flags(p: argparse.ArgumentParser, default: str | None) -> None:
                         "grid), 'quadtree' (coarse-to-fine cells of an HxW grid)"
                         + (f" (default: {default})" if default else " (default: the one the SAE was trained on)"))
     p.add_argument("--grid", type=parse_grid, default=None, metavar="HxW",
-                   help="grid of image axes; H*W must equal T (default: a square grid)")
+                   help="grid of image axes; H*W must equal T (default: the store's grid with a store, else a square grid)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an SAE on an activations file",
                        description="Train a per-position or contextual SAE. Holds out --holdout of the "
                                    "windows for evaluation; resumes from DIR's last checkpoint if one exists.")
-    t.add_argument("--acts", required=True, type=Path, help="activations: .npy or .safetensors, [N, T, d] or [N, d]")
+    t.add_argument("--acts", required=True, type=Path,
+                   help="activations: a .npy or .safetensors file, [N, T, d] or [N, d], or an activation store folder "
+                        "(streamed shard by shard) or one of its shards, checked against its checksums")
     t.add_argument("--out", required=True, type=Path, help="run folder: the SAE, metrics.jsonl, eval.json, checkpoints")
     t.add_argument("--arch", choices=ARCH_CHOICES, default="topk",
                    help="SAE architecture: a per-position activation, or 'contextual' (default: topk)")
@@ -93,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print FVU, MSE, L0 (innovations), state L0, dead fraction and positions.")
     e.add_argument("--sae", required=True, help="an SAE folder written by 'ctxsae train', or a hub id "
                    "(user/repo or user/repo/sub/folder)")
-    e.add_argument("--acts", required=True, type=Path, help="activations: .npy or .safetensors, [N, T, d] or [N, d]")
+    e.add_argument("--acts", required=True, type=Path,
+                   help="activations: a .npy or .safetensors file, [N, T, d] or [N, d], or an activation store folder "
+                        "or one of its shards, checked against its checksums")
     e.add_argument("--shuffle-context", action="store_true",
                    help="the shuffled-context control: permute positions within each window first")
     _add_axis_flags(e, None)
@@ -180,27 +189,58 @@ def cmd_train(args) -> int:
         shutdown()
 
 
+def read_acts(path: Path) -> Tensor:
+    """What --acts names, whole: a .npy / .safetensors file, a store folder (every shard checked
+    against its checksum), or one shard of a store (checked likewise)."""
+    if is_store(path):
+        store = ActivationStore(path, verify=True)
+        return store.gather(torch.arange(store.n_windows))
+    shard = store_shard(path)
+    if shard is not None:
+        store, i = shard
+        store.verify([i])
+        return store.read_shard(i)["activations"]
+    return load_activations(path)
+
+
+def _training_data(args, batch_tokens: int):
+    """(train batches, held-out windows, (n, T, d), the store's grid or None, the data's identity)
+    for --acts; a store is streamed shard by shard, never loaded whole."""
+    if not is_store(args.acts):
+        acts = read_acts(args.acts)
+        if args.arch == "contextual" and acts.ndim != 3:
+            raise InputError(f"{args.acts}: a contextual SAE needs windows [N, T, d], got {list(acts.shape)}: "
+                             "save activations with a context axis, or pick a per-position --arch")
+        windows = as_windows(acts)
+        T = windows.shape[1]
+        train, held = split_holdout(windows, args.holdout, args.seed)
+        batches = WindowBatches(train, max(1, batch_tokens // T), args.seed)
+        return batches, held, tuple(windows.shape), None, data_identity(args.acts, acts)
+    store = ActivationStore(args.acts, verify=True)
+    n, (T, d) = store.n_windows, store.window_shape
+    train, held = split_indices(n, args.holdout, args.seed)
+    identity = {"acts": str(Path(args.acts).resolve()), "shape": [n, T, d],
+                "shards_sha256": hashlib.sha256("".join(s.sha256 for s in store.shards).encode()).hexdigest()[:16]}
+    return (store.batches(train, max(1, batch_tokens // T), args.seed), store.gather(held), (n, T, d), store.grid,
+            identity)
+
+
 def _train(args, group, device) -> int:
     check_dtype(args.dtype, device)
-    acts = load_activations(args.acts)
-    if args.arch == "contextual" and acts.ndim != 3:
-        raise InputError(f"{args.acts}: a contextual SAE needs windows [N, T, d], got {list(acts.shape)}: "
-                         "save activations with a context axis, or pick a per-position --arch")
     if not 0 < args.holdout < 1:
         raise InputError(f"--holdout {args.holdout} must lie strictly between 0 and 1")
     if args.batch_tokens < 1:
         raise InputError(f"--batch-tokens {args.batch_tokens} must be at least 1")
-    windows = as_windows(acts)
-    n, T, d = windows.shape
+    batches, held, (n, T, d), store_grid, identity = _training_data(args, args.batch_tokens)
     cfg = _sae_config(args, d)
-    axis = make_axis(args.axis, T, args.grid)
-    train, held = split_holdout(windows, args.holdout, args.seed)
+    grid = args.grid if args.grid is not None or args.axis == "tokens" else store_grid
+    axis = make_axis(args.axis, T, grid)
     batch_windows = max(1, args.batch_tokens // T)
-    tokens = args.tokens if args.tokens is not None else max(train.shape[0] * T, MIN_DEFAULT_TOKENS)
+    tokens = args.tokens if args.tokens is not None else max((n - held.shape[0]) * T, MIN_DEFAULT_TOKENS)
     train_cfg = TrainConfig(tokens=tokens, lr=args.lr, seed=args.seed, shuffle_context=args.shuffle_context,
                             progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
-    result = train_sae(cfg, train_cfg, WindowBatches(train, batch_windows, args.seed), axis, args.out, held,
-                       batch_windows, device=device, dtype=args.dtype, data_identity=data_identity(args.acts, acts)).scores
+    result = train_sae(cfg, train_cfg, batches, axis, args.out, held, batch_windows, device=device, dtype=args.dtype,
+                       data_identity=identity).scores
     if group.is_main:
         print(f"{cfg.arch} ({axis.kind}{', shuffled context' if args.shuffle_context else ''}) -> {args.out}: "
               f"fvu {result['fvu']:.4f}  l0 {result['l0']:.2f}  state_l0 {result['state_l0']:.2f}  "
@@ -219,8 +259,6 @@ def _train(args, group, device) -> int:
 def data_identity(path: Path, acts) -> dict:
     """What a run trains on: the file, the tensor's shape and a hash of a sample of its rows
     (the first and last 64), so that resuming into the folder with other data is refused."""
-    import hashlib
-
     sample = acts[:64].contiguous().numpy().tobytes() + acts[-64:].contiguous().numpy().tobytes()
     return {"acts": str(Path(path).resolve()), "shape": list(acts.shape),
             "sample_sha256": hashlib.sha256(sample).hexdigest()[:16]}
@@ -237,7 +275,7 @@ def _eval_axis(args, saved: ContextAxis | None, T: int) -> ContextAxis:
 def cmd_evaluate(args) -> int:
     """`ctxsae evaluate`: the shared metrics of a trained SAE on an activations file."""
     model, saved_axis = load_sae(args.sae, device=args.device)
-    acts = load_activations(args.acts)
+    acts = read_acts(args.acts)
     windows = as_windows(acts)
     if windows.shape[-1] != model.config.d_in:
         raise InputError(f"{args.acts}: activations have d={windows.shape[-1]} but the SAE in {args.sae} "

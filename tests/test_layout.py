@@ -81,10 +81,10 @@ def test_the_rule_catches_an_upward_import():
     importing visinterp and the plumbing importing the core are all refused."""
     for mine, theirs in [("visinterp.analysis.codes", "visinterp.image.run"),
                          ("visinterp.llm.run", "visinterp.image.config"),
-                         ("ctxsae_core.trainer", "visinterp.harvest.store"),
+                         ("ctxsae_core.trainer", "visinterp.harvest.maps"),
                          ("ctxsae_common.files", "ctxsae_core.data"),
                          ("scenes.render", "ctxsae_core.axes"),
-                         ("visinterp.models.causal_lm", "visinterp.harvest.store")]:
+                         ("visinterp.models.causal_lm", "visinterp.harvest.tokens")]:
         assert unit_of(theirs) not in ALLOWED[unit_of(mine)], (mine, theirs)
     assert unit_of("visinterp.image.run") in ALLOWED[unit_of("visinterp.cli")]
 

@@ -146,3 +146,43 @@ def test_a_run_reports_its_epochs_and_warns_when_it_has_not_converged(tmp_path, 
     assert saved["tokens"] == 1536 and saved["epochs"] == pytest.approx(1536 / 2816)  # 11 whole batches of 16 windows
     assert ("warning: held-out FVU still improved" in err) == (saved["converged"] is False)
     assert "epochs)" in out
+
+
+def _store(folder, n=40, grid=(2, 4), d=6, shard_windows=16):
+    """A store of n windows on a 2x4 grid, written as the jobs write one."""
+    from ctxsae_core.store import StoreWriter
+
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(n, grid[0] * grid[1], d)).astype(np.float32))
+    writer = StoreWriter(folder, {"hook": "latent", "axis": "raster"}, shard_windows)
+    writer.grid = grid
+    for i in range(0, n, 4):
+        writer.add(x[i:i + 4], torch.full((4,), i // 4), 1)
+    writer.flush()
+    return x
+
+
+def test_train_and_evaluate_on_a_store_and_on_one_shard(tmp_path, capsys):
+    from ctxsae_core.store import ActivationStore
+
+    x = _store(tmp_path / "store")
+    code, _, err = _run(capsys, "train", "--acts", tmp_path / "store", "--arch", "contextual", "--axis", "raster",
+                        "--k", 2, "--tokens", 1024, "--no-progress", "--out", tmp_path / "run")
+    assert code == 0, err
+    axis = json.loads((tmp_path / "run" / "axis.json").read_text())
+    assert axis["grid"] == [2, 4]  # the store's grid, not a square one (8 positions have none)
+    np.save(tmp_path / "all.npy", x.numpy())
+    whole, from_store = (json.loads(_run(capsys, "evaluate", "--sae", tmp_path / "run", "--acts", a, "--json")[1])
+                         for a in (tmp_path / "all.npy", tmp_path / "store"))
+    assert from_store["fvu"] == pytest.approx(whole["fvu"], rel=1e-6)
+    store = ActivationStore(tmp_path / "store")
+    shard = tmp_path / "store" / store.shards[1].name
+    one = json.loads(_run(capsys, "evaluate", "--sae", tmp_path / "run", "--acts", shard, "--json")[1])
+    assert one["n_positions"] == store.shards[1].n_windows * 8
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF  # same size, one byte of a value flipped: only the checksum sees it
+    shard.write_bytes(bytes(data))
+    for acts in (shard, tmp_path / "store"):
+        code, _, err = _run(capsys, "evaluate", "--sae", tmp_path / "run", "--acts", acts)
+        assert code == 2 and "checksum mismatch, the shard is corrupted" in err
+    code, _, err = _run(capsys, "train", "--acts", tmp_path / "store", "--out", tmp_path / "run2")
+    assert code == 2 and "checksum mismatch" in err and not (tmp_path / "run2").exists()

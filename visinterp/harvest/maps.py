@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ctxsae_common.errors import InputError
-from visinterp.harvest.store import StoreWriter
+from ctxsae_core.store import StoreWriter
 from visinterp.models.autoencoders.base import ImageAutoencoder
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from visinterp.harvest.store import ActivationStore, StoreWriter
+from ctxsae_core.store import ActivationStore, StoreWriter
 from visinterp.models.causal_lm import CausalLM
 
 

@@ -25,7 +25,7 @@ from ctxsae_core.sweep import sweep_specs, train_config, train_sae
 from visinterp.analysis.codes import evaluate_with_codes, window_codes
 from visinterp.analysis.matched_l0 import analysed_pair
 from visinterp.harvest.maps import harvest, untile
-from visinterp.harvest.store import ActivationStore
+from ctxsae_core.store import ActivationStore
 from visinterp.image.config import RunConfig
 from visinterp.image.factors import error_by_factor, feature_alignment, grid_factors
 from visinterp.inputs.images import FolderImages, ImageSource, SceneImages

@@ -14,7 +14,7 @@ from ctxsae_common.errors import InputError
 from ctxsae_common.files import load_tensors, read_json_object
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.checkpoint import load_sae
-from visinterp.harvest.store import ActivationStore
+from ctxsae_core.store import ActivationStore
 from visinterp.image.config import run_config_from_dict
 from visinterp.image.report import gallery_figure, steering_figure
 from visinterp.image.run import HookData

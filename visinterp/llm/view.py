@@ -21,7 +21,7 @@ from ctxsae_core.sae import BaseSAE
 from scenes.figures import pyplot
 from visinterp.analysis.codes import window_codes
 from visinterp.analysis.matched_l0 import analysed_pair
-from visinterp.harvest.store import ActivationStore
+from ctxsae_core.store import ActivationStore
 from visinterp.llm.config import llm_config_from_dict
 from visinterp.llm.run import load_windows
 from visinterp.models.causal_lm import load_tokenizer

@@ -5,7 +5,7 @@ import torch
 
 from visinterp.models.autoencoders import load_autoencoder
 from visinterp.harvest.maps import harvest
-from visinterp.harvest.store import ActivationStore
+from ctxsae_core.store import ActivationStore
 
 TAEF2 = Path(__file__).resolve().parents[3].parent / "shared" / "weights" / "taef2"
 

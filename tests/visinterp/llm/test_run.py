@@ -15,7 +15,7 @@ from visinterp.llm.config import load_llm_config
 from visinterp.llm.report import verdict
 from visinterp.llm.view import LLMRunView
 from visinterp.analysis.matched_l0 import l0_for_value
-from visinterp.harvest.store import ActivationStore
+from ctxsae_core.store import ActivationStore
 
 QUICK = Path(__file__).resolve().parents[3] / "configs" / "llm" / "quick.toml"
 REQUIRED = ("arch", "carry", "l0", "state_l0", "fvu", "ce_clean", "ce_spliced", "ce_zero_ablation", "ce_recovered",

@@ -5,7 +5,7 @@ import torch
 
 from ctxsae_common.errors import InputError
 from visinterp.harvest.maps import tile_windows
-from visinterp.harvest.store import ActivationStore, StoreWriter
+from ctxsae_core.store import ActivationStore, StoreWriter
 
 IDENTITY = {"hook": "latent", "axis": "raster"}
 

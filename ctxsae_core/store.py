@@ -4,6 +4,9 @@ SHA-256 per shard, resumable writing and streamed reading, so data larger than R
     store/manifest.json        identity (hook, axis, grid, model...), shard list with checksums
     store/shard_00000.safetensors   {"activations": (n, T, d) float32, "image_index": (n,) int64}
 
+`visinterp run` and `llm-compare` write stores (store/<hook>/); `ctxsae train --acts` and
+`ctxsae evaluate --acts` read a whole store folder, or one shard, checked against its checksum.
+
 A shard is written under a temporary name, hashed and renamed, and only then listed in the
 manifest (itself replaced atomically): a killed writer leaves whole shards only, and a writer
 opened again on the same folder with the same identity continues after the last listed one."""
@@ -137,6 +140,21 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def is_store(path: str | Path) -> bool:
+    """Whether `path` is a store folder (it holds a manifest)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def store_shard(path: str | Path) -> tuple["ActivationStore", int] | None:
+    """(the store, the shard's index) when `path` is a shard file its folder's manifest lists, else None."""
+    path = Path(path)
+    if not is_store(path.parent):
+        return None
+    store = ActivationStore(path.parent)
+    names = [s.name for s in store.shards]
+    return (store, names.index(path.name)) if path.name in names else None
+
+
 class ActivationStore:
     """A finished store, read shard by shard. Every read checks the shard's size, and `verify()`
     its checksum, so a truncated or corrupted shard is named instead of training on garbage."""
@@ -157,9 +175,10 @@ class ActivationStore:
         if verify:
             self.verify()
 
-    def verify(self) -> None:
-        """Check every shard's SHA-256 against the manifest; a mismatch is a one-line InputError."""
-        for s in self.shards:
+    def verify(self, shards: list[int] | None = None) -> None:
+        """Check the SHA-256 of every shard (or of those at `shards`) against the manifest; a
+        mismatch is a one-line InputError."""
+        for s in self.shards if shards is None else [self.shards[i] for i in shards]:
             path = self._path(s)
             if _sha256(path) != s.sha256:
                 raise InputError(f"{path}: checksum mismatch, the shard is corrupted: harvest the store again "
