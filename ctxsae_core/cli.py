@@ -249,10 +249,13 @@ def _train(args, group, device) -> int:
         if cfg.arch == "contextual" and not result["state_l0"] > result["l0"] * (1 + 1e-3):
             print("note: the contextual SAE carried nothing on the held-out windows (state L0 = L0): it is a "
                   "per-position SAE there; train longer so that its carry learns to persist", file=sys.stderr)
-        if result["converged"] is False:
-            print(f"warning: held-out FVU still improved by {result['fvu_gain_last_quarter']:.1%} over the last "
-                  "quarter of training (converged: under 2%): train longer (--tokens) before comparing this SAE",
-                  file=sys.stderr)
+        gain = result["fvu_gain_last_quarter"]
+        if result["converged"] is False and gain > 0:
+            print(f"warning: held-out FVU still improved by {gain:.1%} over the last quarter of training (converged: "
+                  "under 2%): train longer (--tokens) before comparing this SAE", file=sys.stderr)
+        elif result["converged"] is False:
+            print(f"warning: held-out FVU rose by {-gain:.1%} over the last quarter of training: the run is unstable; "
+                  "lower the learning rate (--lr) before comparing this SAE", file=sys.stderr)
     return 0
 
 

@@ -39,6 +39,10 @@ class SweepConfig:
     k_contextual: tuple[int, ...] = param((1, 2, 4, 8), "contextual BatchTopK innovation budgets")
     k_control: tuple[int, ...] = param((), "budgets of the shuffled-context controls; [] trains one control per "
                                        "contextual budget")
+    init_persistence: float = param(
+        ContextualConfig.init_persistence, "contextual SAEs' initial persistence logit (ContextualConfig): a carried "
+        "feature needs a logit above 0 to survive the gate floor, and the carry's Adam steps move it about "
+        "carry_lr_scale x lr a step, so short runs start nearer 0 to carry for most of training")
     tokens: int = param(300_000, "training positions per SAE")
     batch_windows: int = param(16, "windows per optimiser step")
     lr: float = param(3e-3, "Adam learning rate")
@@ -100,7 +104,8 @@ def sweep_specs(sweep: SweepConfig, d: int) -> list[SAESpec]:
               for c in sweep.jumprelu]
     for carry in sweep.carries:
         def contextual(k: int) -> ContextualConfig:
-            return ContextualConfig(d_in=d, width=sweep.width, activation=BatchTopK(k=k), carry=carry)
+            return ContextualConfig(d_in=d, width=sweep.width, activation=BatchTopK(k=k), carry=carry,
+                                    init_persistence=sweep.init_persistence)
 
         for k in sweep.k_contextual:
             specs.append(SAESpec(f"contextual_{carry}_k{k}", f"contextual_{carry}", "contextual", k, contextual(k),

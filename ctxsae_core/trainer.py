@@ -47,7 +47,9 @@ def convergence(curve: list[dict], total_tokens: int) -> dict[str, Any]:
     """Whether a run converged, from its learning curve [{"tokens", "fvu"}, ...] (held-out FVU
     at increasing token counts, the last at the end of training): converged when the FVU improved
     by less than CONVERGED_GAIN (2%) of its value over the last quarter of the tokens, the value
-    at three quarters interpolated between the evaluations around it."""
+    at three quarters interpolated between the evaluations around it. A run whose FVU rose by
+    CONVERGED_GAIN or more over that quarter has not converged either: it is unstable (typically
+    a learning rate too high), and its end point is not its best."""
     points = sorted((p["tokens"], p["fvu"]) for p in curve)
     if len(points) < 2:
         return {"converged": None, "fvu_gain_last_quarter": None,
@@ -63,7 +65,7 @@ def convergence(curve: list[dict], total_tokens: int) -> dict[str, Any]:
             at = points[-1][1]
     end = points[-1][1]
     gain = (at - end) / at if at > 0 else 0.0
-    return {"converged": bool(gain < CONVERGED_GAIN), "fvu_gain_last_quarter": gain}
+    return {"converged": bool(abs(gain) < CONVERGED_GAIN), "fvu_gain_last_quarter": gain}
 
 
 def default_lr(width: int) -> float:
@@ -279,10 +281,22 @@ class Trainer:
         return self.cfg.eval_every
 
     def _curve_point(self) -> dict[str, Any]:
-        """A held-out evaluation now, added to the learning curve and the log. A held-out FVU
-        above 1 (worse than predicting the mean) in the last quarter of training stops the run:
-        it has diverged, or never learned."""
-        scores = self._evaluate()
+        """A held-out evaluation now, added to the learning curve and the log. BatchTopK evaluates
+        with the last training batch's cut-off (at the budget in use now, as the threshold
+        calibrated at the end will be), not with its lagging running average, so that every
+        point of the curve is at the L0 training had then. A held-out FVU above 1
+        (worse than predicting the mean) in the last quarter of training stops the run: it has
+        diverged, or never learned."""
+        act = self.model.activation
+        recent = getattr(act, "last_cutoff", None)
+        if recent is not None:
+            running = act.threshold.clone()
+            act.set_threshold_(recent)
+        try:
+            scores = self._evaluate()
+        finally:
+            if recent is not None:
+                act.threshold.copy_(running)
         point = {"step": self.step, "tokens": self.step * self.positions_per_step, "fvu": scores["fvu"]}
         self.curve.append(point)
         self._log({**point, "split": "eval", **scores})

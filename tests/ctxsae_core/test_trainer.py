@@ -182,6 +182,10 @@ def test_convergence_is_judged_on_the_last_quarter_of_the_tokens():
     flat = [{"tokens": 50, "fvu": 0.30}, {"tokens": 75, "fvu": 0.30}, {"tokens": 100, "fvu": 0.295}]
     assert convergence(flat, 100)["converged"] is True  # 1.7% < 2%
     assert convergence(flat[-1:], 100)["converged"] is None  # one point: cannot be judged
+    # rising: 0.05 at 3/4 (between (50, 0.04) and (100, 0.06)), 0.06 at the end: rose 20%, unstable
+    rising = [{"tokens": 50, "fvu": 0.04}, {"tokens": 100, "fvu": 0.06}]
+    c = convergence(rising, 100)
+    assert c["fvu_gain_last_quarter"] == pytest.approx(-0.2) and c["converged"] is False
 
 
 def test_the_learning_curve_is_logged_and_eval_json_says_converged_and_epochs(tmp_path):
@@ -223,3 +227,25 @@ def test_batchtopk_codes_k_a_position_after_a_short_run():
         Trainer(model, TrainConfig(tokens=30 * 16 * 16, lr=3e-3, progress=False), axis).fit(data)
         scores = evaluate(model, held, axis)
         assert scores["l0"] == pytest.approx(k, rel=0.15), arch
+
+
+def test_batchtopk_learning_curve_follows_the_annealed_budget(tmp_path):
+    """Held-out evaluations during training use the last training batch's cut-off, so each point
+    of the learning curve is at the L0 training had then (with the running average, momentum
+    0.99, the evaluations lagged far behind the anneal; with the mean of the last 8 cut-offs,
+    24.4 at step 8 for a budget of 13.4)."""
+    from ctxsae_core.synthetic import RegionsData, RegionsSpec
+
+    spec = RegionsSpec(d=32, n_groups=4, values_per_group=4, n_local=32, local_per_position=3)
+    data = RegionsData(spec, T=16, seed=0, batch_windows=16)
+    torch.manual_seed(0)
+    model = SAE(SAEConfig(d_in=32, width=128, activation=BatchTopK(k=4)))
+    cfg = TrainConfig(tokens=64 * 16 * 16, lr=3e-3, progress=False, k_anneal_fraction=0.5, eval_every=8)
+    trainer = Trainer(model, cfg, make_axis("tokens", 16), out_dir=tmp_path, eval_windows=data.windows(64, seed=1).x)
+    trainer.fit(data)
+    evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e["split"] == "eval" and 0 < e["step"] < trainer.total_steps]
+    assert len(evals) >= 6
+    for e in evals:  # measured: within 11% of the budget of the step before
+        assert e["l0"] == pytest.approx(trainer.budget_at(e["step"] - 1, 4), rel=0.15), e["step"]
+    assert model.activation.threshold > 0  # the running average itself is left as it was

@@ -55,3 +55,18 @@ def run_notebook():
         return nb
 
     return run
+
+
+@pytest.fixture
+def carry_start():
+    """carry_start(sae_folder) -> (the first held-out evaluation's step at which the SAE carried,
+    state L0 above L0 by 0.05 codes a position, or None; the run's last step), from the SAE's
+    metrics.jsonl."""
+    import json
+
+    def start(sae_folder: Path) -> tuple[int | None, int]:
+        evals = [json.loads(line) for line in (sae_folder / "metrics.jsonl").read_text().splitlines()]
+        evals = [e for e in evals if e["split"] == "eval"]
+        return next((e["step"] for e in evals if e["state_l0"] > e["l0"] + 0.05), None), evals[-1]["step"]
+
+    return start

@@ -63,7 +63,8 @@ def alignment_table(codes: Tensor, factors: dict[str, Tensor], continuous: tuple
     negatives are skipped) the best feature and its AUROC, and for continuous factors the best
     |correlation|. For factors in `within_labelled`, a value >= 0 is scored against the other
     values >= 0 only (positions labelled -1, e.g. empty space, left out), so a feature that
-    merely marks labelled positions does not win. Returns {factor: {value: {"feature",
+    merely marks labelled positions does not win, and -1 itself gets no row (labelled against
+    unlabelled is a factor of its own, such as the scenes' background). Returns {factor: {value: {"feature",
     "auroc"}}} and per feature its best score over all factors in "best_by_feature" (F,)."""
     names = names or {}
     table: dict = {}
@@ -77,6 +78,8 @@ def alignment_table(codes: Tensor, factors: dict[str, Tensor], continuous: tuple
             continue
         table[name] = {}
         for v in lab.unique().tolist():
+            if name in within_labelled and v < 0:
+                continue
             keep, positive = _value_masks(name, lab, v, within_labelled)
             if min(int(positive.sum()), int((~positive).sum())) < min_count:
                 continue
@@ -123,6 +126,8 @@ def probe_table(train_x: Tensor, train_factors: dict[str, Tensor], held_x: Tenso
             continue
         groups: dict[bool, list] = {}  # within the labelled positions or not -> scored values
         for v in lab.unique().tolist():
+            if name in within_labelled and v < 0:
+                continue
             keep, positive = _value_masks(name, lab, v, within_labelled)
             train_keep, train_positive = _value_masks(name, train_lab, v, within_labelled)
             if min(int(positive.sum()), int((~positive).sum()), int(train_positive.sum()),

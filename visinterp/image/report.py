@@ -31,8 +31,11 @@ def pareto_figure(result: dict):
     fig, axes = pyplot().subplots(1, len(hooks), figsize=(4.6 * len(hooks), 3.6), squeeze=False)
     for ax, hook in zip(axes[0], hooks):
         pareto_panel(ax, {n: m for n, m in result["saes"].items() if m["hook"] == hook}, "fvu", "held-out FVU",
-                     "L0 (innovations per patch)")
+                     "L0 (innovations per patch)", legend=False)
         ax.set_title(hook)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout()
     return fig
 
 
@@ -64,32 +67,39 @@ def innovation_figure(images: Tensor, innov_maps: dict[str, list[Tensor]], state
     names = list(innov_maps)
     fig, axes = plt.subplots(len(slots), 1 + 2 * len(names), figsize=(1.9 * (1 + 2 * len(names)), 1.9 * len(slots)),
                              squeeze=False)
+    # one colour scale for every map compared, so a patch's colour means the same count everywhere
+    vmax = max(float((m[i] > 0).sum(0).max()) for d in (innov_maps, state_maps) for m in d.values() for i in slots) or 1.0
     for r, i in enumerate(slots):
         axes[r][0].imshow(images[i].permute(1, 2, 0).numpy())
         axes[r][0].set_title(f"held-out image {i}", fontsize=7)
         axes[r][0].axis("off")
-        vmax = max(float((m[i] > 0).sum(0).max()) for d in (innov_maps, state_maps) for m in d.values()) or 1.0
         for c, name in enumerate(names):
             for j, (kind, maps) in enumerate((("innovations", innov_maps), ("state", state_maps))):
                 ax = axes[r][1 + 2 * c + j]
                 count = (maps[name][i] > 0).sum(0).float()
-                ax.imshow(count.numpy(), cmap="viridis", vmin=0, vmax=vmax)
+                shown = ax.imshow(count.numpy(), cmap="viridis", vmin=0, vmax=vmax)
                 ax.set_title(f"{name}\n{kind} (mean {float(count.mean()):.1f})", fontsize=6)
                 ax.axis("off")
+    bar = fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
+    bar.set_label("features per patch", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
     return fig
 
 
-def steering_figure(before: Tensor, after: dict[int, Tensor], slots: list[int], scale: float):
-    """Per held-out image (row): the unsteered decode, then the decode steered by each feature."""
+def steering_figure(original: Tensor, before: Tensor, after: dict[int, Tensor], slots: list[int], scale: float):
+    """Per held-out image (row): the image itself, its unsteered decode, then the decode steered
+    by each feature."""
     plt = pyplot()
     feats = list(after)
-    fig, axes = plt.subplots(len(slots), 1 + len(feats), figsize=(1.9 * (1 + len(feats)), 1.9 * len(slots)), squeeze=False)
+    fig, axes = plt.subplots(len(slots), 2 + len(feats), figsize=(1.9 * (2 + len(feats)), 1.9 * len(slots)), squeeze=False)
     for r, i in enumerate(slots):
-        axes[r][0].imshow(before[i].permute(1, 2, 0).numpy())
-        axes[r][0].set_title("decoded, unsteered", fontsize=7)
+        axes[r][0].imshow(original[i].permute(1, 2, 0).numpy())
+        axes[r][0].set_title("original", fontsize=7)
+        axes[r][1].imshow(before[i].permute(1, 2, 0).numpy())
+        axes[r][1].set_title("decoded, unsteered", fontsize=7)
         for c, f in enumerate(feats):
-            axes[r][1 + c].imshow(after[f][i].permute(1, 2, 0).numpy())
-            axes[r][1 + c].set_title(f"+ feature {f} (x{scale:g})", fontsize=7)
+            axes[r][2 + c].imshow(after[f][i].permute(1, 2, 0).numpy())
+            axes[r][2 + c].set_title(f"+ feature {f} (x{scale:g})", fontsize=7)
         for ax in axes[r]:
             ax.axis("off")
     return fig
@@ -128,7 +138,7 @@ def write_report(job, result: dict, hook_data: dict) -> Path:
     """Write out/report.html (and out/figures/*.png) for an `ImageJob` and its `HookData` per hook."""
     out = job.out
     figures = out / "figures"
-    parts = [f"<h1>Contextual SAEs on {html.escape(result['autoencoder']['autoencoder'])}</h1>",
+    parts = [f"<h1>Contextual SAEs: {html.escape(out.resolve().name)}</h1>",
              f"<p class=note>Autoencoder: <b>{html.escape(result['autoencoder']['autoencoder'])}</b> "
              f"(family {html.escape(result['autoencoder']['family'])}, {result['autoencoder']['latent_channels']} latent "
              f"channels, latents stored unscaled; scaling factor {result['autoencoder']['scaling_factor']}). "
@@ -156,7 +166,7 @@ def write_report(job, result: dict, hook_data: dict) -> Path:
                   png(error_figure(result["autoencoder_error_by_factor"]), figures, "autoencoder_errors"),
                   "<p class=note>Mean squared error per pixel of decode(encode(image)) against the render, by the "
                   "ground-truth factor of each pixel.</p>"]
-    return write_page(out / "report.html", "visinterp run report", parts)
+    return write_page(out / "report.html", f"visinterp run: {out.resolve().name}", parts)
 
 
 def _hook_sections(job, result, hook, data, images, figures) -> list[str]:
@@ -201,7 +211,7 @@ def _steering(job, hook, data, name, state, feats, figures, slug) -> list[str]:
     scale = job.cfg.report.steer_scale
     slots = list(range(min(3, len(job.held))))
     after = steer(job.ae, model, hook, job.held_images[slots], state, feats, scale)
-    fig = steering_figure(job.clean[slots], after, slots, scale)
+    fig = steering_figure(job.held_images[slots], job.clean[slots], after, slots, scale)
     return ["<h3>Steering</h3>", png(fig, figures, f"{slug}_steering"),
             f"<p class=note>Each column adds one feature's decoder direction of {name}, scaled to {scale:g}x its mean "
             "active value, at every patch of the map, then decodes.</p>"]

@@ -106,11 +106,11 @@ class RunView:
     def steer(self, hook: str, features: list[int], name: str | None = None, scale: float | None = None,
               images: int = 3):
         """Add each feature's decoder direction (scale x its mean active value) at every patch of
-        the hook's map and decode: a figure of before | after per feature."""
+        the hook's map and decode: a figure of original | decoded | steered by each feature."""
         name = name or self.contextual(hook)
         scale = self.config.report.steer_scale if scale is None else scale
         model = self.hook(hook).models[name]
         state = self.state(hook, name).reshape(-1, model.config.width)
         slots = list(range(min(images, len(self.held_images))))
         after = steer(self.autoencoder, model, hook, self.held_images[slots], state, features, scale)
-        return steering_figure(self.clean[slots], after, slots, scale)
+        return steering_figure(self.held_images[slots], self.clean[slots], after, slots, scale)

@@ -43,7 +43,8 @@ def write_report(view: LLMRunView) -> Path:
     out, r = view.out, view.result
     figures = out / "figures"
     ctx, control, per_pos = view.analysed()
-    parts = [f"<h1>Per-position vs contextual SAEs on {html.escape(r['model'])}, {html.escape(r['hook'])}</h1>",
+    parts = [f"<h1>Per-position vs contextual SAEs: {html.escape(out.resolve().name)}</h1>",
+             f"<p class=note>Model <b>{html.escape(r['model'])}</b>, hook <b>{html.escape(r['hook'])}</b>.</p>",
              f"<p class=note>Windows of {r['window']} tokens (position 0 never enters an SAE); "
              f"{r['windows_harvested']} harvested, {r['windows_left_out_as_outliers']} left out for a massive "
              f"activation after position 0, {r['held_out_windows']} held out for everything below. CE over the held-out "
@@ -101,4 +102,4 @@ def write_report(view: LLMRunView) -> Path:
         for region, f in view.region_features(name).items():
             parts += [f"<h3>{html.escape(name)} feature {f} (best for {html.escape(region)})</h3>",
                       view.top_contexts_html(name, f)]
-    return write_page(out / "report.html", f"llm-compare {r['hook']}", parts)
+    return write_page(out / "report.html", f"llm-compare: {out.resolve().name} ({r['hook']})", parts)

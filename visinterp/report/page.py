@@ -39,8 +39,6 @@ def pareto_panel(ax, saes: dict[str, dict], y: str, ylabel: str, xlabel: str, lo
                  legend: bool = True) -> None:
     """One point per SAE at (L0, saes[name][y]), joined per series; contextual series also
     drawn dotted at their state L0 (what the decoder reads)."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
     for series in dict.fromkeys(m["series"] for m in saes.values()):
         colour, marker, ls = series_style(series)
         pts = sorted((m["l0"], m[y], m["state_l0"]) for m in saes.values() if m["series"] == series)
@@ -49,38 +47,61 @@ def pareto_panel(ax, saes: dict[str, dict], y: str, ylabel: str, xlabel: str, lo
             ax.plot([p[2] for p in pts], [p[1] for p in pts], marker=marker, color=colour, ls=":", mfc="none",
                     label=f"{series_label(series)}, state L0")
     ax.set_xscale("log")
+    label_log_axis(ax.xaxis)
     if log_y:
         ax.set_yscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())  # matplotlib labels minor log ticks on short spans; they collide
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+        label_log_axis(ax.yaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
     if legend:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def _thousands():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if abs(v) >= 1e6 else f"{v / 1e3:g}k" if abs(v) >= 1e3 else f"{v:g}")
+
+
+def label_log_axis(axis) -> None:
+    """Ticks labelled at 1, 2 and 5 of every decade as plain numbers (matplotlib's default labels
+    only powers of ten, so a span such as L0 2-40 shows one '10' or none) and no minor labels."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def converged_cell(m: dict) -> str:
-    """A table cell saying whether an SAE converged: 'yes', 'no (the gain in the last quarter)' or '-'."""
-    c = m.get("converged")
-    return "-" if c is None else ("yes" if c else f"no ({m['fvu_gain_last_quarter']:.0%} in the last quarter)")
+    """A table cell saying whether an SAE converged: 'yes', 'no (improved / rose N% in the last quarter)' or '-'."""
+    c, gain = m.get("converged"), m.get("fvu_gain_last_quarter")
+    if c is None:
+        return "-"
+    if c:
+        return "yes"
+    return f"no (improved {gain:.0%} in the last quarter)" if gain > 0 else f"no (rose {-gain:.0%} in the last quarter)"
 
 
 def learning_curve_panel(ax, saes: dict[str, dict], title: str = "") -> None:
     """Held-out FVU against training tokens, one line per SAE (its `curve`), styled by series;
     an SAE that did not converge (FVU still falling by 2% or more over the last quarter) is
-    drawn dashed and named in the legend."""
+    drawn dashed and named in the legend; so is one whose FVU rose as much (unstable)."""
     for name, m in saes.items():
         curve = m.get("curve") or []
         if not curve:
             continue
         colour, marker, ls = series_style(m["series"])
         unconverged = m.get("converged") is False
+        why = " (rose)" if unconverged and (m.get("fvu_gain_last_quarter") or 0) < 0 else " (not converged)"
         ax.plot([p["tokens"] for p in curve], [p["fvu"] for p in curve], color=colour, ls="--" if unconverged else ls,
-                marker=marker, ms=3, lw=1, label=f"{name.split('/')[-1]}{' (not converged)' if unconverged else ''}")
+                marker=marker, ms=3, lw=1, label=f"{name.split('/')[-1]}{why if unconverged else ''}")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("held-out FVU")
     ax.set_yscale("log")
+    label_log_axis(ax.yaxis)
+    ax.xaxis.set_major_formatter(_thousands())
     ax.grid(alpha=0.3, which="both")
     if title:
         ax.set_title(title, fontsize=9)

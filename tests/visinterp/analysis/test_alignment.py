@@ -52,7 +52,7 @@ def test_within_labelled_scores_identity_among_labelled_positions_only():
     assert plain["0"] == {"feature": 0, "auroc": pytest.approx(0.8)}
     # among surface positions only the marker says nothing (0.5), and no feature fires on object 0 alone
     assert inside["0"]["auroc"] == pytest.approx(0.5) and inside["1"] == {"feature": 1, "auroc": 1.0}
-    assert inside["-1"] == plain["-1"]
+    assert "-1" not in inside and "-1" in plain  # unlabelled positions get no row of their own inside
 
 
 def test_a_linear_probe_finds_a_factor_that_is_spread_over_features():

@@ -40,6 +40,12 @@ def quick_run(cache, tmp_path_factory):
     return out
 
 
+def test_the_quick_configs_contextual_saes_carry_for_most_of_training(quick_run, carry_start):
+    for folder in sorted((quick_run / "saes").glob("*/contextual_*")):
+        start, last = carry_start(folder)
+        assert start is not None and start < last / 2, (folder.name, start, last)  # measured: step 45 of 144
+
+
 def test_metrics_hold_every_sae_and_its_control(quick_run):
     metrics = json.loads((quick_run / "metrics.json").read_text())
     cfg = load_run_config(QUICK)
@@ -104,7 +110,7 @@ def test_report_loads_in_headless_chromium_without_console_errors(quick_run, ope
     assert sorted(alt for _, _, alt in page["images"]) == figures  # every figure is on the page...
     assert all(done and width > 100 for done, width, _ in page["images"])  # ...and decodes
     assert "pareto" in figures and "latent_steering" in figures and "autoencoder_errors" in figures
-    assert page["title"] == "visinterp run report"
+    assert page["title"] == f"visinterp run: {quick_run.name}"
 
 
 def test_notebook_runs_on_the_quick_run(quick_run, cache, run_notebook):

@@ -30,6 +30,12 @@ def quick(tmp_path_factory):
     return out
 
 
+def test_the_quick_configs_contextual_saes_carry_for_most_of_training(quick, carry_start):
+    for folder in sorted((quick / "saes").glob("contextual_*")):
+        start, last = carry_start(folder)
+        assert start is not None and start < last / 2, (folder.name, start, last)  # measured: step 18 of 57
+
+
 def test_llm_compare_quick_writes_every_metric(quick):
     out = quick
     result = json.loads((out / "comparison.json").read_text())
@@ -83,7 +89,7 @@ def test_run_view_reproduces_the_reported_fvu(quick):
 
 def test_llm_report_loads_in_headless_chromium(quick, open_in_chromium):
     page = open_in_chromium(quick / "report.html", "return document.querySelectorAll('.strip').length;")
-    assert page["errors"] == [] and page["title"] == "llm-compare resid.15"
+    assert page["errors"] == [] and page["title"] == f"llm-compare: {quick.name} (resid.15)"
     assert [alt for _, _, alt in page["images"]] == ["llm_pareto", "llm_learning_curves"]
     assert all(w > 300 for _, w, _ in page["images"])
     assert page["script"] >= 2 * 3 * 2  # two windows x three SAEs x (features + the innovation count)
