@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo test docs bench-synthetic bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm clean
+.PHONY: setup browser demo notebooks test docs bench-synthetic bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ browser:
 
 demo: setup
 	$(VENV)/bin/visinterp run --out runs/visinterp
+
+# The quick image and LLM runs (once), JupyterLab, then the notebooks, which read those runs
+notebooks: setup
+	$(PY) -m pip install --quiet -e '.[notebooks]'
+	test -f runs/quick/run.json || $(VENV)/bin/visinterp run --config configs/quick.toml --out runs/quick
+	test -f runs/llm_quick/run.json || $(VENV)/bin/visinterp llm-compare --config configs/llm/quick.toml --out runs/llm_quick
+	$(VENV)/bin/jupyter lab notebooks/
 
 test: setup browser
 	$(PY) -m pytest -q
