@@ -65,11 +65,17 @@ def _thousands():
 
 
 def label_log_axis(axis) -> None:
-    """Ticks labelled at 1, 2 and 5 of every decade as plain numbers (matplotlib's default labels
-    only powers of ten, so a span such as L0 2-40 shows one '10' or none) and no minor labels."""
+    """Plain-number labels on a log axis of the data drawn so far (matplotlib's default labels only
+    powers of ten, so a span such as L0 2-40 shows one '10' or none): at 1, 2 and 5 of each decade
+    over a decade or more, more steps on shorter spans, so at least two labels show (with fewer,
+    matplotlib falls back to linear ticks, eleven of them on FVU 0.11-0.33)."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.axes.autoscale_view()
+    lo, hi = sorted(axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 else 1.0
+    subs = (1.0, 2.0, 5.0) if decades >= 1 else (1.0, 2.0, 3.0, 5.0, 7.0) if decades >= 0.4 else tuple(range(1, 10))
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FormatStrFormatter("%g"))
     axis.set_minor_formatter(NullFormatter())
 
