@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
 
 from ctxsae_common.device import resolve_device
 from ctxsae_common.errors import InputError
+
+T = TypeVar("T")
 
 
 class Group:
@@ -138,6 +141,29 @@ def init_from_env(device: str = "auto") -> tuple[Group, torch.device]:
         dist.init_process_group("nccl" if want.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
     _GROUP = TorchGroup()
     return _GROUP, want
+
+
+def main_first(make: Callable[[bool], T]) -> T:
+    """`make(is_main)` on rank 0, then, once it has returned, on every other rank: for set-up
+    that writes (rendered scenes, a cached model, token windows) which the others then read."""
+    g = group()
+    if g.is_main:
+        made = make(True)
+    g.barrier()
+    if not g.is_main:
+        made = make(False)
+    return made
+
+
+def leave_after_harvest() -> bool:
+    """After a harvest shared among torchrun's ranks: leave the process group, and say whether
+    this rank stops here (every rank but 0, which trains and reports alone). One process: False."""
+    g = group()
+    if g.world == 1:
+        return False
+    stops = not g.is_main
+    shutdown()
+    return stops
 
 
 def shutdown() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -69,11 +70,7 @@ class StoreWriter:
         manifest = self.folder / MANIFEST
         if manifest.is_file():
             old = _read_manifest(self.folder)
-            if old["identity"] != self.identity:
-                changed = sorted(k for k in set(old["identity"]) | set(self.identity)
-                                 if old["identity"].get(k) != self.identity.get(k))
-                raise InputError(f"{self.folder}: holds a store made with other settings ({', '.join(changed)}): "
-                                 "pass another output folder or delete this one")
+            _check_identity(self.folder, old, self.identity)
             self.shards = [Shard(**s) for s in old["shards"]]
             self.done_items = int(old["done_items"])
             self.shape = tuple(old["window_shape"]) if old["window_shape"] else None
@@ -130,6 +127,16 @@ class StoreWriter:
             "map_hw": list(self.map_hw) if self.map_hw else None, "shards": [s.__dict__ for s in self.shards]})
 
 
+def _check_identity(folder: Path, manifest: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Raise InputError naming the settings in which a store's manifest differs from `identity`."""
+    identity = json.loads(json.dumps(identity))  # as JSON reads it back (tuples become lists)
+    if manifest["identity"] != identity:
+        changed = sorted(k for k in set(manifest["identity"]) | set(identity)
+                         if manifest["identity"].get(k) != identity.get(k))
+        raise InputError(f"{folder}: holds a store made with other settings ({', '.join(changed)}): "
+                         "pass another output folder or delete this one")
+
+
 def _read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.is_file():
@@ -138,6 +145,78 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise InputError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}: harvest the store again")
     return manifest
+
+
+# --- harvesting under torchrun -------------------------------------------------------------------
+# Each rank harvests a contiguous run of whole units (a harvest's batches) into a store of its own
+# (a hidden sub-folder, resumable like any store); `merge_rank_stores` then moves every rank's
+# shards, in rank order, into the one store: the same windows in the same order, with the same
+# item indices, as one process harvesting everything.
+
+
+def rank_items(n_items: int, unit: int, world: int, rank: int) -> tuple[int, int]:
+    """Rank `rank`'s items [lo, hi) of n_items among `world` ranks: whole units of `unit` items
+    (so batch-dependent choices fall as in one process), contiguous, in rank order."""
+    units = -(-n_items // max(1, unit))
+    per, extra = divmod(units, world)
+    first = rank * per + min(rank, extra)
+    last = first + per + (1 if rank < extra else 0)
+    return min(n_items, first * unit), min(n_items, last * unit)
+
+
+def rank_folder(folder: str | Path) -> Path:
+    """Where this rank harvests: `folder` itself in one process, else a hidden sub-folder of it."""
+    g = group()
+    return Path(folder) if g.world == 1 else Path(folder) / f".rank{g.rank}-of-{g.world}"
+
+
+def finished(folder: str | Path, n_items: int, identity: dict[str, Any]) -> bool:
+    """Whether `folder` holds a finished store of `n_items` items made with `identity` (a harvest
+    then has nothing to do); a store made with other settings is a one-line error. Under torchrun,
+    so is a store one process left unfinished: ranks harvest only from the start."""
+    folder = Path(folder)
+    if not is_store(folder):
+        return False
+    manifest = _read_manifest(folder)
+    _check_identity(folder, manifest, identity)
+    done = int(manifest["done_items"])
+    if done >= n_items:
+        return True
+    if group().world > 1:
+        raise InputError(f"{folder}: a store one process left at {done} of {n_items} items: finish it without "
+                         "torchrun, or delete the folder to harvest it with several ranks")
+    return False
+
+
+def merge_rank_stores(folder: str | Path, n_items: int) -> None:
+    """After every rank has flushed its store: rank 0 moves the shards of each rank's store into
+    `folder` (renamed in order) and writes the one manifest; every rank waits for it. One process:
+    nothing to do."""
+    g = group()
+    if g.world == 1:
+        return
+    folder = Path(folder)
+    g.barrier()
+    if g.is_main:
+        parts = [folder / f".rank{r}-of-{g.world}" for r in range(g.world)]
+        manifests = [_read_manifest(p) for p in parts]
+        done = sum(int(m["done_items"]) for m in manifests)
+        if done != n_items:
+            raise InputError(f"{folder}: the ranks' stores hold {done} of {n_items} items: harvest again")
+        first = next(m for m in manifests if m["window_shape"])
+        shards = []
+        for part, manifest in zip(parts, manifests):
+            for entry in manifest["shards"]:
+                name = f"shard_{len(shards):05d}.safetensors"
+                os.replace(part / entry["name"], folder / name)
+                shards.append({**entry, "name": name})
+        write_json_atomic(folder / MANIFEST, {
+            "format": FORMAT, "identity": first["identity"], "window_shape": first["window_shape"],
+            "done_items": done, "n_windows": sum(s["n_windows"] for s in shards), "grid": first.get("grid"),
+            "map_hw": first.get("map_hw"), "shards": shards})
+        for part in parts:
+            shutil.rmtree(part)
+    g.barrier()
 
 
 def is_store(path: str | Path) -> bool:

@@ -17,6 +17,7 @@ from typing import Sequence
 from ctxsae_common.cli import OneLineParser, run_command
 from ctxsae_common.device import add_device_flags, resolve_device
 from ctxsae_common.typed import field_help
+from ctxsae_core.distributed import init_from_env
 from scenes.io import load_fit
 from visinterp.coords.acts import pixel_windows, ray_windows
 from visinterp.coords.config import CoordsConfig
@@ -91,11 +92,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from visinterp.image.config import load_run_config
     from visinterp.image.run import run
 
-    device = resolve_device(args.device)
     cfg = load_run_config(args.config)
     if args.autoencoder:
         cfg = dataclasses.replace(cfg, autoencoder=args.autoencoder)
+    _, device = init_from_env(args.device)  # under torchrun: the harvest is shared among the ranks
     result = run(cfg, args.out, progress=not args.no_progress, device=device)
+    if not result:  # a torchrun rank other than 0: its share of the harvest is done
+        return 0
     print(f"autoencoder: {result['autoencoder']['autoencoder']}")
     print(f"{'hook / SAE':<44}{'L0':>7}{'state L0':>10}{'FVU':>8}{'dead':>7}{'PSNR clean':>12}")
     for name, m in result["saes"].items():
@@ -112,8 +115,11 @@ def cmd_llm_compare(args: argparse.Namespace) -> int:
     from visinterp.llm.run import compare
     from visinterp.llm.view import LLMRunView
 
-    device = resolve_device(args.device)
-    result = compare(load_llm_config(args.config), args.out, progress=not args.no_progress, device=device)
+    cfg = load_llm_config(args.config)
+    _, device = init_from_env(args.device)  # under torchrun: the harvest is shared among the ranks
+    result = compare(cfg, args.out, progress=not args.no_progress, device=device)
+    if not result:  # a torchrun rank other than 0: its share of the harvest is done
+        return 0
     write_report(LLMRunView(args.out))
     print(f"{result['model']} {result['hook']}: CE clean {result['ce_clean']:.3f}, zero-ablated {result['ce_zero_ablation']:.3f}")
     print(f"{'SAE':<36}{'L0':>7}{'state L0':>10}{'FVU':>8}{'delta CE':>10}{'CE rec.':>9}")

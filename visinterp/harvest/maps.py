@@ -16,7 +16,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ctxsae_common.errors import InputError
-from ctxsae_core.store import StoreWriter
+from ctxsae_core.distributed import group
+from ctxsae_core.store import StoreWriter, finished, merge_rank_stores, rank_folder, rank_items
 from visinterp.models.autoencoders.base import ImageAutoencoder
 
 
@@ -44,25 +45,32 @@ def harvest(ae: ImageAutoencoder, load_images: Callable[[int, int], Tensor], n_i
             progress: bool = True) -> dict[str, Path]:
     """Write one store per hook under out/<hook>/ for images [0, n_images); `load_images(a, b)`
     returns images a..b-1 as (b - a, 3, H, W) in [0, 1]. Stores already holding some images
-    (same identity) continue after them."""
+    (same identity) continue after them. Under torchrun each rank harvests its own run of
+    batches and the stores are merged at the end (`ctxsae_core.store.merge_rank_stores`): the
+    same stores as one process."""
+    g = group()
     folders = {h: out / h for h in hooks}
-    writers = {h: StoreWriter(folders[h], {**identity, **ae.metadata(), "hook": h, "tile": tile}, shard_windows)
-               for h in hooks}
-    start = min(w.done_items for w in writers.values())
-    bar = tqdm(total=n_images, initial=start, desc=f"harvest {', '.join(hooks)}", unit="image", disable=not progress)
-    for a in range(start, n_images, batch_images):
-        b = min(a + batch_images, n_images)
-        maps = ae.capture(load_images(a, b), hooks)
+    identities = {h: {**identity, **ae.metadata(), "hook": h, "tile": tile} for h in hooks}
+    todo = [h for h in hooks if not finished(folders[h], n_images, identities[h])]
+    lo, hi = rank_items(n_images, batch_images, g.world, g.rank)
+    writers = {h: StoreWriter(rank_folder(folders[h]), identities[h], shard_windows) for h in todo}
+    start = lo + min((w.done_items for w in writers.values()), default=hi - lo)
+    bar = tqdm(total=hi - lo, initial=start - lo, desc=f"harvest {', '.join(hooks)}", unit="image",
+               disable=not progress or not g.is_main or not todo)
+    for a in range(start, hi, batch_images):
+        b = min(a + batch_images, hi)
+        maps = ae.capture(load_images(a, b), todo)
         for h, writer in writers.items():
             windows, grid = tile_windows(maps[h], tile)
             per_image = windows.shape[0] // (b - a)
             image_index = torch.arange(a, b).repeat_interleave(per_image)
-            keep = image_index >= writer.done_items + writer.pending_items
+            keep = image_index >= lo + writer.done_items + writer.pending_items
             if keep.any():
                 writer.grid, writer.map_hw = grid, tuple(maps[h].shape[-2:])
                 writer.add(windows[keep], image_index[keep], int(image_index[keep].unique().numel()))
         bar.update(b - a)
     bar.close()
-    for writer in writers.values():
+    for h, writer in writers.items():
         writer.flush()
+        merge_rank_stores(folders[h], n_images)
     return folders

@@ -20,6 +20,7 @@ from ctxsae_common.errors import InputError
 from ctxsae_common.files import save_tensors_atomic, write_json_atomic
 from ctxsae_core.axes import ContextAxis, make_axis
 from ctxsae_core.data import split_indices
+from ctxsae_core.distributed import leave_after_harvest, main_first
 from ctxsae_core.sae import BaseSAE
 from ctxsae_core.sweep import sweep_specs, train_config, train_sae
 from visinterp.analysis.codes import evaluate_with_codes, window_codes
@@ -221,13 +222,18 @@ class ImageJob:
 
 
 def run(cfg: RunConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu") -> dict:
-    """Run the whole job into `out` on `device`; returns what metrics.json holds."""
+    """Run the whole job into `out` on `device`; returns what metrics.json holds ({} on the
+    torchrun ranks other than 0, which stop after the shared harvest)."""
     from visinterp.image.report import write_report
 
     out = Path(out)
-    job = ImageJob(cfg, out, progress, device)  # checks inputs and hooks, then creates `out`
-    write_json_atomic(out / "config.json", cfg.to_dict())
+    # under torchrun, rank 0 checks the inputs, renders and trains what is missing, then every
+    # rank harvests its share of the images; rank 0 alone goes on to train and report
+    job = main_first(lambda first: ImageJob(cfg, out, progress and first, device))
     stores = job.harvest()
+    if leave_after_harvest():
+        return {}
+    write_json_atomic(out / "config.json", cfg.to_dict())
     result = {"autoencoder": job.ae.metadata(), "images": job.source.describe(), "n_images": job.source.n,
               "held_out_images": job.held.tolist(), "axis": cfg.harvest.axis, "tile": cfg.harvest.tile,
               "autoencoder_psnr_vs_input": float(psnr_per_image(job.clean, job.held_images).mean()),

@@ -16,6 +16,7 @@ from ctxsae_common.device import resolve_device
 from ctxsae_common.files import load_tensors, save_tensors_atomic, write_json_atomic, write_text_atomic
 from ctxsae_core.axes import make_axis
 from ctxsae_core.data import split_indices
+from ctxsae_core.distributed import leave_after_harvest, main_first
 from ctxsae_core.sweep import sweep_specs, train_config, train_sae
 from visinterp.analysis.codes import evaluate_with_codes
 from visinterp.analysis.localization import localization
@@ -61,7 +62,8 @@ def _token_windows(cfg: LLMCompareConfig, spans, lm, out: Path) -> TokenWindows:
 
 def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu") -> dict:
     """Run the whole job into `out`, the LM and the SAEs on `device`; returns what
-    comparison.json holds."""
+    comparison.json holds ({} on the torchrun ranks other than 0, which stop after the shared
+    harvest)."""
     device = resolve_device(device)
     out = Path(out)
     # the corpus (files, dataset) is read before the model loads, and the hook checked before any
@@ -69,13 +71,20 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
     spans = None if (out / TOKENS_FILE).is_file() else corpus_spans(cfg.corpus)
     lm = load_causal_lm(cfg.model, device)
     lm.hook_module(cfg.hook)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
-    windows = _token_windows(cfg, spans, lm, out)
+
+    def cut_windows(first: bool) -> TokenWindows:  # under torchrun rank 0 cuts them, the others read them
+        if first:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
+        return _token_windows(cfg, spans, lm, out)
+
+    windows = main_first(cut_windows)
     identity = {"model": lm.description, "window": cfg.corpus.window,
                 "corpus": {k: v for k, v in dataclasses.asdict(cfg.corpus).items() if k not in ("held_out", "batch")}}
     store = harvest_tokens(lm, windows.ids, cfg.hook, out / "store", identity, batch=cfg.corpus.batch,
                            shard_windows=cfg.shard_windows, outlier_norm=cfg.outlier_norm, progress=progress)
+    if leave_after_harvest():  # every rank harvested its share; rank 0 alone trains and reports
+        return {}
     window_of = store.image_index()  # store row -> harvested window (outlier windows are not stored)
     train, held = split_indices(store.n_windows, cfg.corpus.held_out, cfg.sweep.seed)
     axis = make_axis("tokens", store.window_shape[0])

@@ -168,3 +168,32 @@ def test_a_folder_of_photos_runs_with_taef2_and_no_scene_truth(tmp_path, capsys)
     assert "autoencoder_error_by_factor" not in metrics  # no scene truth for photos
     assert metrics["saes"]["latent/topk_k2"]["grid"] == [4, 4]  # 32 px / 8
     assert (out / "report.html").stat().st_size > 10_000 and "Factor alignment" not in (out / "report.html").read_text()
+
+
+def test_visinterp_run_under_torchrun_shares_the_harvest_and_reports_once(tmp_path):
+    """`torchrun --nproc-per-node 2 -m visinterp.cli run`: rank 0 renders the scenes, both ranks
+    harvest half the images each into the one store a single process writes, and rank 0 alone
+    trains and reports (the same SAE figures as one process)."""
+    import subprocess
+    import sys
+
+    from ctxsae_core.store import ActivationStore
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(f'autoencoder = "{TAEF2}"\n[images]\nn = 8\nsize = 32\nheld_out = 0.25\n[harvest]\n'
+                   'hooks = ["latent"]\nbatch_images = 2\n[sweep]\nwidth = 16\nk = [2]\nk_contextual = [1]\n'
+                   'tokens = 3000\n[report]\nfeatures = 2\ntop_images = 2\n')
+    assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "one"), "--no-progress", "--device", "cpu"]) == 0
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                          "visinterp.cli", "run", "--config", str(cfg), "--out", str(tmp_path / "two"), "--no-progress",
+                          "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("wrote ") == 1  # one report, from rank 0
+    a, b = ActivationStore(tmp_path / "one" / "store" / "latent"), ActivationStore(tmp_path / "two" / "store" / "latent")
+    assert a.n_windows == b.n_windows == 8 and a.identity == b.identity
+    torch.testing.assert_close(b.gather(torch.arange(8)), a.gather(torch.arange(8)), rtol=0, atol=1e-5)
+    one, two = (json.loads((tmp_path / f / "metrics.json").read_text())["saes"] for f in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:  # rank 0 trains with its share of the cores: other thread counts round otherwise
+        assert two[name]["l0"] == pytest.approx(one[name]["l0"], rel=0.05), name
+        assert two[name]["fvu"] == pytest.approx(one[name]["fvu"], rel=0.02), name
