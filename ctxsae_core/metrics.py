@@ -6,6 +6,7 @@ size streams through `ReconstructionSums` / `SparsitySums`; the tensor helpers (
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -114,3 +115,23 @@ def switch_rate(active: Tensor, regions: Tensor) -> Tensor:
     if pairs == 0:
         return torch.full((active.shape[-1],), float("nan"), device=active.device)
     return (flips & same[..., None]).sum((0, 1)).double() / pairs
+
+
+def persistence(active: Tensor) -> dict[str, float]:
+    """How much of a per-position SAE's code merely repeats the previous position: the ceiling on
+    what any carry can save. active (B, T, F) bool ->
+
+    - persistent_fraction: among active (position, feature) pairs at t >= 1, the share also active
+      at t - 1 (a carry could at best not pay for those again);
+    - mean_run_length: mean length of the runs of consecutive positions a feature is active in;
+    - best_innovation_ratio: 1 / (1 - persistent_fraction), the fewest innovations a carry could
+      leave, as a ratio to L0 (inf when every active pair persists)."""
+    active = active.bool()
+    later, before = active[:, 1:], active[:, :-1]
+    on = int(later.sum())
+    kept = int((later & before).sum())
+    fraction = kept / on if on else float("nan")
+    starts = int(active[:, :1].sum()) + int((later & ~before).sum())  # a run starts where it was off before
+    run_length = int(active.sum()) / starts if starts else float("nan")
+    best = float("inf") if fraction == 1.0 else 1.0 / (1.0 - fraction) if not math.isnan(fraction) else float("nan")
+    return {"persistent_fraction": fraction, "mean_run_length": run_length, "best_innovation_ratio": best}

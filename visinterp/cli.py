@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_llm_compare(args: argparse.Namespace) -> int:
     """`visinterp llm-compare`: the LLM job and its report, then a summary table and the verdict."""
     from visinterp.llm.config import load_llm_config
-    from visinterp.llm.report import verdict, write_report
+    from visinterp.llm.report import ceiling_line, verdict, write_report
     from visinterp.llm.run import compare
     from visinterp.llm.view import LLMRunView
 
@@ -126,6 +126,11 @@ def cmd_llm_compare(args: argparse.Namespace) -> int:
     for name, m in result["saes"].items():
         print(f"{name:<36}{m['l0']:>7.2f}{m['state_l0']:>10.2f}{m['fvu']:>8.3f}{m['delta_ce']:>10.3f}{m['ce_recovered']:>9.3f}")
     print(verdict(result["goals"]))
+    b = result["baselines"]
+    print(f"null baselines (held-out FVU): unigram {b['unigram']:.3f}, previous token {b['previous_1']:.3f}, "
+          f"mean of previous 4 {b['previous_4']:.3f}")
+    if ceiling_line(result["saes"]):
+        print(ceiling_line(result["saes"]))
     print(f"wrote {args.out / 'comparison.json'} and {args.out / 'report.html'}")
     return 0
 

@@ -58,3 +58,16 @@ def test_switch_rate_by_hand():
 def test_switch_rate_without_pairs_is_nan():
     rate = switch_rate(torch.ones(1, 3, 2, dtype=torch.bool), torch.tensor([[0, 1, 2]]))
     assert all(math.isnan(v) for v in rate.tolist())
+
+
+def test_persistence_counts_what_a_carry_could_skip():
+    from ctxsae_core.metrics import persistence
+
+    # feature 0 on at 0,1,3,4; feature 1 on at 1,2,3. At t >= 1 six pairs are on, four of them on
+    # the position before (f0 at 1 and 4, f1 at 2 and 3); three runs hold seven active pairs.
+    active = torch.tensor([[[1, 0], [1, 1], [0, 1], [1, 1], [1, 0]]], dtype=torch.bool)
+    p = persistence(active)
+    assert p["persistent_fraction"] == pytest.approx(4 / 6)
+    assert p["mean_run_length"] == pytest.approx(7 / 3)
+    assert p["best_innovation_ratio"] == pytest.approx(3.0)
+    assert persistence(torch.ones(2, 4, 3, dtype=torch.bool))["best_innovation_ratio"] == float("inf")

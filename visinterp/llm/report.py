@@ -38,6 +38,39 @@ def verdict(goals: dict) -> str:
             f"no worse and a control that loses most of the gain. The {line}.{caveat}")
 
 
+def ceiling_line(saes: dict) -> str:
+    """The persistence ceiling in one sentence: the most a carry could save, per per-position TopK SAE."""
+    rows = [(n, m["persistence"]) for n, m in saes.items() if m.get("series") == "topk" and "persistence" in m]
+    if not rows:
+        return ""
+    parts = ", ".join(f"{n} {p['best_innovation_ratio']:.2f}x ({p['persistent_fraction']:.0%} of its active features "
+                      f"were active the token before)" for n, p in rows)
+    return f"Persistence ceiling, the best innovation ratio any carry could reach: {parts}."
+
+
+def _baselines(r: dict) -> list[str]:
+    """The null baselines and the persistence ceiling, beside the verdict."""
+    out = []
+    if "baselines" in r:
+        b = r["baselines"]
+        out += ["<h3>What the activations give away without an SAE</h3>",
+                table([["token's mean activation (unigram null)", b["unigram"]],
+                       ["previous token's activation", b["previous_1"]],
+                       ["mean of the previous 4 tokens", b["previous_4"]]], ["prediction", "held-out FVU"]),
+                "<p class=note>Each held-out activation predicted from its token alone (the mean over the training "
+                "windows) or from the activations before it, over positions 1.. of each window. An SAE's FVU counts "
+                "against these.</p>"]
+    rows = [[n, m["l0"], m["fvu"], m["persistence"]["persistent_fraction"], m["persistence"]["mean_run_length"],
+             m["persistence"]["best_innovation_ratio"]] for n, m in r["saes"].items() if "persistence" in m]
+    if rows:
+        out += ["<h3>Persistence ceiling: what a carry could save at most</h3>",
+                table(rows, ["per-position SAE", "L0", "FVU", "active the token before", "mean run (tokens)",
+                             "best innovation ratio"]),
+                f"<p class=note>{html.escape(ceiling_line(r['saes']))} A contextual SAE that pays only for features "
+                "that were off the token before reaches at most this ratio against the per-position SAE's L0.</p>"]
+    return out
+
+
 def write_report(view: LLMRunView) -> Path:
     """Write report.html (and figures/*.png) of a finished llm-compare folder."""
     out, r = view.out, view.result
@@ -55,7 +88,7 @@ def write_report(view: LLMRunView) -> Path:
              "The shuffled control is the same contextual model trained and evaluated with tokens permuted within "
              "each window: a contextual gain counts only as far as the control loses it.</p>",
              "<h2>Goal: fewer innovations than per-position TopK at equal FVU</h2>",
-             f"<p><b>{html.escape(verdict(r['goals']))}</b></p>"]
+             f"<p><b>{html.escape(verdict(r['goals']))}</b></p>", *_baselines(r)]
     rows = [[n, g["l0"], g["fvu"], g["topk_l0_at_same_fvu"], g["innovation_ratio"], "yes" if g["extrapolated"] else "",
              g["delta_ce"], _fmt(g["topk_delta_ce_at_that_l0"]), _fmt(g.get("control_fvu")),
              _fmt(g.get("control_innovation_ratio")), _fmt(g.get("control_keeps_fraction_of_gain")),

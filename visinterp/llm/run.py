@@ -17,7 +17,9 @@ from ctxsae_common.files import load_tensors, save_tensors_atomic, write_json_at
 from ctxsae_core.axes import make_axis
 from ctxsae_core.data import split_indices
 from ctxsae_core.distributed import leave_after_harvest, main_first
+from ctxsae_core.metrics import persistence
 from ctxsae_core.sweep import sweep_specs, train_config, train_sae
+from visinterp.analysis.baselines import null_fvus, unigram_table
 from visinterp.analysis.codes import evaluate_with_codes
 from visinterp.analysis.localization import localization
 from visinterp.analysis.matched_l0 import goals, matched_table
@@ -60,6 +62,17 @@ def _token_windows(cfg: LLMCompareConfig, spans, lm, out: Path) -> TokenWindows:
     return windows
 
 
+def _training_tokens(store, train: torch.Tensor, windows: TokenWindows):
+    """(token ids (n, T-1), activations (n, T-1, d)) of the training windows, shard by shard."""
+    rows = torch.zeros(store.n_windows, dtype=torch.bool)
+    rows[train] = True
+    for i in range(len(store.shards)):
+        tensors = store.read_shard(i)
+        mine = rows[int(store.offsets[i]) : int(store.offsets[i + 1])]
+        if mine.any():
+            yield windows.ids[tensors["image_index"][mine]][:, 1:], tensors["activations"][mine]
+
+
 def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu") -> dict:
     """Run the whole job into `out`, the LM and the SAEs on `device`; returns what
     comparison.json holds ({} on the torchrun ranks other than 0, which stop after the shared
@@ -97,7 +110,9 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
     result = {"model": lm.description, "hook": cfg.hook, "window": cfg.corpus.window, "held_out_windows": len(held),
               "windows_harvested": int(windows.ids.shape[0]),
               "windows_left_out_as_outliers": int(windows.ids.shape[0] - store.n_windows),
-              "ce_clean": ce_clean, "ce_zero_ablation": ce_zero, "regions": list(windows.regions), "saes": {}}
+              "ce_clean": ce_clean, "ce_zero_ablation": ce_zero, "regions": list(windows.regions),
+              "baselines": null_fvus(held_x, held_ids[:, 1:], unigram_table(_training_tokens(store, train, windows))),
+              "saes": {}}
     saes = {}
     for spec in sweep_specs(cfg.sweep, store.window_shape[1]):
         trained = train_sae(spec.config, train_config(cfg.sweep, spec, progress),
@@ -114,6 +129,7 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
             "ce_clean": ce_clean, "ce_spliced": ce_spliced, "ce_zero_ablation": ce_zero,
             "ce_recovered": (ce_zero - ce_spliced) / (ce_zero - ce_clean), "delta_ce": ce_spliced - ce_clean,
             **localization(codes["state"], codes["innovations"], region, boundaries, windows.regions),
+            **({"persistence": persistence(codes["state"] != 0)} if spec.family == "per-position" else {}),
             **trained.trainer.summary(scores)}
         saes[spec.name] = {"folder": f"saes/{spec.name}", "shuffle": spec.shuffle}
     ctx_l0 = sorted(m["l0"] for m in result["saes"].values() if m["family"] == "contextual")

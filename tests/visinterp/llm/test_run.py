@@ -52,6 +52,14 @@ def test_llm_compare_quick_writes_every_metric(quick):
         assert 0 < m["ce_recovered"] < 1 and 0 < m["fvu"] < 1
         assert 0 <= m["innovations_near_boundary"] <= 1 and set(m["best_auroc_by_region"]) == {"prose", "code", "licence"}
     assert result["saes"]["topk_k4"]["l0"] <= 4
+    b = result["baselines"]  # SmolLM2's residual stream is far from a function of the token or its past
+    assert set(b) == {"unigram", "previous_1", "previous_4"} and all(0.2 < v < 2 for v in b.values())
+    for m in result["saes"].values():
+        assert ("persistence" in m) == (m["family"] == "per-position")
+        if "persistence" in m:
+            p = m["persistence"]
+            assert 0 <= p["persistent_fraction"] < 1 and p["mean_run_length"] >= 1
+            assert p["best_innovation_ratio"] == pytest.approx(1 / (1 - p["persistent_fraction"]))
     for k in cfg.sweep.k:  # BatchTopK's threshold is set on the trained model: k codes a token on the training
         # windows, and near k held out (19 windows of correlated tokens: within 30% here; it was 3.7x k before)
         assert result["saes"][f"batchtopk_k{k}"]["l0"] == pytest.approx(k, rel=0.3)
