@@ -19,7 +19,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -302,6 +302,25 @@ class ActivationStore:
     def batches(self, indices: Tensor, batch_windows: int, seed: int = 0) -> "StoreBatches":
         """Endless seeded batches over the windows at `indices` (see StoreBatches)."""
         return StoreBatches(self, indices, batch_windows, seed)
+
+
+def derived_store(source: ActivationStore, folder: str | Path, identity: dict[str, Any],
+                  transform: Callable[[Tensor, Tensor], Tensor]) -> ActivationStore:
+    """A store at `folder` holding `transform(activations, image_index)` of every shard of
+    `source`, shard for shard (same windows, same order, same item indices), e.g. activations
+    minus a per-token table. `identity` names the transform; with the source's identity and
+    checksums it is recorded, so a folder made from other data or another transform is a
+    one-line error, and an interrupted one continues where it stopped. One process writes it."""
+    full = {"source": source.identity, "source_sha256": [s.sha256 for s in source.shards], "transform": identity}
+    if not finished(folder, len(source.shards), full):
+        writer = StoreWriter(folder, full, shard_windows=1)  # one shard out per shard in
+        for i in range(writer.done_items, len(source.shards)):
+            tensors = source.read_shard(i)
+            writer.add(transform(tensors["activations"], tensors["image_index"]), tensors["image_index"], 1)
+            writer.flush()
+        writer.grid, writer.map_hw = source.grid, source.map_hw
+        writer.flush()
+    return ActivationStore(folder)
 
 
 class StoreBatches:

@@ -19,6 +19,7 @@ from ctxsae_core.sae import BaseSAE
 from ctxsae_core.trainer import Trainer
 
 PER_POSITION_KINDS = ("topk", "batchtopk")
+SUBTRACT = ("none", "unigram")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class SweepConfig:
                                       "over-reconstructs (a no-op otherwise; needed when k is comparable to d, e.g. "
                                       "a 4-channel latent; see TrainConfig)")
     seed: int = param(0, "seed of every SAE")
+    subtract: str = param("none", "what every SAE's input has subtracted: 'none', or 'unigram' (token windows "
+                          "only): each activation minus its token's mean over the training windows, so the SAEs "
+                          "code what the token alone does not give away; FVU is then reported on that residual "
+                          "and on the raw activations (the SAE's output plus the table)")
 
     def __post_init__(self) -> None:
         for kind in self.per_position:
@@ -68,6 +73,7 @@ class SweepConfig:
         require(self.tokens >= 1 and self.batch_windows >= 1, "sweep.tokens and sweep.batch_windows must be >= 1")
         require(self.lr > 0, f"sweep.lr={self.lr} must be > 0")
         require(self.seed >= 0, f"sweep.seed={self.seed} must be >= 0")
+        require(self.subtract in SUBTRACT, f"sweep.subtract={self.subtract!r}: choose from {list(SUBTRACT)}")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import torch
 
 from ctxsae_common.errors import InputError
 from visinterp.harvest.maps import tile_windows
-from ctxsae_core.store import ActivationStore, StoreWriter
+from ctxsae_core.store import ActivationStore, StoreWriter, derived_store
 
 IDENTITY = {"hook": "latent", "axis": "raster"}
 
@@ -90,6 +90,38 @@ def test_manifest_records_identity_grid_and_checksums(tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["identity"] == IDENTITY and manifest["grid"] == [2, 3] and manifest["n_windows"] == 4
     assert all(len(s["sha256"]) == 64 for s in manifest["shards"])
+
+
+def test_a_derived_store_holds_the_transform_of_each_window_and_resumes(tmp_path):
+    x = torch.randn(12, 4, 3)
+    _write(tmp_path / "src", x, 2, 4).flush()
+    source = ActivationStore(tmp_path / "src")
+    plus_item = lambda acts, index: acts + index[:, None, None]  # noqa: E731 - depends on the item index too
+    seen = []
+
+    def dies_at_shard_2(acts, index):
+        seen.append(int(index[0]))
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return plus_item(acts, index)
+
+    with pytest.raises(KeyboardInterrupt):
+        derived_store(source, tmp_path / "out", {"add": "item"}, dies_at_shard_2)
+    assert ActivationStore(tmp_path / "out").n_windows == 8  # the two shards done survive
+    calls = []
+    store = derived_store(source, tmp_path / "out", {"add": "item"},
+                          lambda a, i: calls.append(1) or plus_item(a, i))
+    assert len(calls) == 1  # only the missing shard was computed
+    index = source.image_index()
+    assert torch.equal(store.gather(torch.arange(12)), x + index[:, None, None])
+    assert torch.equal(store.image_index(), index) and store.window_shape == source.window_shape
+    assert derived_store(source, tmp_path / "out", {"add": "item"}, None).n_windows == 12  # finished: nothing to do
+    with pytest.raises(InputError, match="other settings"):
+        derived_store(source, tmp_path / "out", {"add": "twice"}, plus_item)
+    changed = torch.randn(12, 4, 3)
+    _write(tmp_path / "src2", changed, 2, 4).flush()
+    with pytest.raises(InputError, match="other settings"):  # same identity, other data (checksums differ)
+        derived_store(ActivationStore(tmp_path / "src2"), tmp_path / "out", {"add": "item"}, plus_item)
 
 
 def test_tile_windows_cut_row_major_tiles():

@@ -73,6 +73,10 @@ class RunConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
+    def __post_init__(self) -> None:
+        require(self.sweep.subtract == "none", f"sweep.subtract={self.sweep.subtract!r} needs token ids: image "
+                "maps have none, so set it to 'none' (llm-compare supports 'unigram')")
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (config.json of a run); `run_config_from_dict` inverts it."""
         return dataclasses.asdict(self)

@@ -71,6 +71,16 @@ def _baselines(r: dict) -> list[str]:
     return out
 
 
+def _subtract_note(r: dict) -> list[str]:
+    """What the SAEs were trained on, when it was not the raw activations."""
+    if r.get("subtract", "none") == "none":
+        return []
+    return [f"<p class=note><b>Every SAE coded the activations minus the unigram table</b> (each token's mean "
+            f"activation over the training windows, held-out FVU {r['baselines']['unigram']:.3f} on its own). FVU "
+            "and delta CE below are of the raw activations, rebuilt as the SAE's output plus the table; 'FVU of the "
+            "residual' is of what the SAE coded. Learning curves are on the residual.</p>"]
+
+
 def write_report(view: LLMRunView) -> Path:
     """Write report.html (and figures/*.png) of a finished llm-compare folder."""
     out, r = view.out, view.result
@@ -82,6 +92,7 @@ def write_report(view: LLMRunView) -> Path:
              f"{r['windows_harvested']} harvested, {r['windows_left_out_as_outliers']} left out for a massive "
              f"activation after position 0, {r['held_out_windows']} held out for everything below. CE over the held-out "
              f"tokens: clean {r['ce_clean']:.3f}, hook zero-ablated {r['ce_zero_ablation']:.3f} nats.</p>",
+             *_subtract_note(r),
              "<h2>Sparsity vs reconstruction and vs CE</h2>", png(view.pareto_figure(), figures, "llm_pareto"),
              "<p class=note>L0 counts innovations (features paid for at a token); dotted lines put the contextual SAE "
              "at its state L0 (what the decoder reads). Delta CE is the spliced-in model's CE minus the clean CE. "
@@ -112,8 +123,12 @@ def write_report(view: LLMRunView) -> Path:
              converged_cell(m), *[m["best_auroc_by_region"].get(g, float("nan")) for g in r["regions"]],
              m["n_region_tracking_features"], m["switch_rate_of_region_tracking_features"],
              m["innovations_near_boundary"]] for n, m in r["saes"].items()]
+    residual = [m.get("fvu_residual") for m in r["saes"].values()]
+    if any(v is not None for v in residual):
+        rows = [[*row[:5], _fmt(v), *row[5:]] for row, v in zip(rows, residual)]
     near = next(iter(r["saes"].values()))["positions_near_boundary"]
-    parts += [table(rows, ["SAE", "series", "L0", "state L0", "FVU", "delta CE", "CE recovered", "dead", "converged",
+    parts += [table(rows, ["SAE", "series", "L0", "state L0", "FVU", *(["FVU of the residual"] if any(
+                               v is not None for v in residual) else []), "delta CE", "CE recovered", "dead", "converged",
                            *[f"AUROC {g}" for g in r["regions"]], "region-tracking features",
                            "their switch rate", "innovations near boundary"]),
               f"<p class=note>AUROC: the best single feature's state against each region label, one label against the "

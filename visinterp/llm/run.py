@@ -17,7 +17,8 @@ from ctxsae_common.files import load_tensors, save_tensors_atomic, write_json_at
 from ctxsae_core.axes import make_axis
 from ctxsae_core.data import split_indices
 from ctxsae_core.distributed import leave_after_harvest, main_first
-from ctxsae_core.metrics import persistence
+from ctxsae_core.store import derived_store
+from ctxsae_core.metrics import fvu, mse, persistence
 from ctxsae_core.sweep import sweep_specs, train_config, train_sae
 from visinterp.analysis.baselines import null_fvus, unigram_table
 from visinterp.analysis.codes import evaluate_with_codes
@@ -111,21 +112,33 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
               "windows_harvested": int(windows.ids.shape[0]),
               "windows_left_out_as_outliers": int(windows.ids.shape[0] - store.n_windows),
               "ce_clean": ce_clean, "ce_zero_ablation": ce_zero, "regions": list(windows.regions),
-              "baselines": null_fvus(held_x, held_ids[:, 1:], unigram_table(_training_tokens(store, train, windows))),
-              "saes": {}}
+              "subtract": cfg.sweep.subtract, "saes": {}}
+    table = unigram_table(_training_tokens(store, train, windows))
+    result["baselines"] = null_fvus(held_x, held_ids[:, 1:], table)
+    sae_store, offset = store, torch.zeros_like(held_x)  # what the SAEs code: x - offset
+    if cfg.sweep.subtract == "unigram":
+        sae_store = derived_store(store, out / "store_unigram", {"subtract": "unigram", "held_out": cfg.corpus.held_out,
+                                                                 "split_seed": cfg.sweep.seed},
+                                  lambda acts, index: acts - table.predict(windows.ids[index][:, 1:]))
+        offset = table.predict(held_ids[:, 1:])
+    held_in = held_x - offset
     saes = {}
     for spec in sweep_specs(cfg.sweep, store.window_shape[1]):
         trained = train_sae(spec.config, train_config(cfg.sweep, spec, progress),
-                            store.batches(train, cfg.sweep.batch_windows, cfg.sweep.seed), axis,
-                            out / "saes" / spec.name, held_x, device=device, final_eval=False)
+                            sae_store.batches(train, cfg.sweep.batch_windows, cfg.sweep.seed), axis,
+                            out / "saes" / spec.name, held_in, device=device, final_eval=False)
         model = trained.model
-        scores, codes = evaluate_with_codes(model, held_x, axis, spec.shuffle, cfg.sweep.seed)
+        scores, codes = evaluate_with_codes(model, held_in, axis, spec.shuffle, cfg.sweep.seed)
         # held_x is exactly the hook's output at positions 1.. of held_ids (same model, same ids),
-        # so the reconstruction computed above is what gets spliced in
-        ce_spliced = lm.ce_loss(held_ids, cfg.hook, codes["x_hat"])
+        # so the reconstruction (plus the subtracted table) is what gets spliced in
+        x_hat = codes["x_hat"] + offset
+        ce_spliced = lm.ce_loss(held_ids, cfg.hook, x_hat)
+        if cfg.sweep.subtract != "none":  # "fvu" and "mse" stay on the raw activations, as for every run
+            scores = {**scores, "fvu_residual": scores["fvu"], "fvu": fvu(held_x, x_hat),
+                      "mse": mse(held_x, x_hat)}
         result["saes"][spec.name] = {
             **spec.describe(), **{k: scores[k] for k in ("l0", "state_l0", "fvu", "mse", "dead_fraction",
-                                                          "state_l0_counting")},
+                                                          "state_l0_counting", "fvu_residual") if k in scores},
             "ce_clean": ce_clean, "ce_spliced": ce_spliced, "ce_zero_ablation": ce_zero,
             "ce_recovered": (ce_zero - ce_spliced) / (ce_zero - ce_clean), "delta_ce": ce_spliced - ce_clean,
             **localization(codes["state"], codes["innovations"], region, boundaries, windows.regions),
@@ -135,7 +148,7 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
     ctx_l0 = sorted(m["l0"] for m in result["saes"].values() if m["family"] == "contextual")
     result["matched_l0"] = matched_table(result["saes"], ctx_l0)
     result["goals"] = goals(result["saes"])
-    write_run(out, "llm", model=cfg.model, hook=cfg.hook, store="store", axis=axis.to_dict(),
+    write_run(out, "llm", model=cfg.model, hook=cfg.hook, store=sae_store.folder.name, axis=axis.to_dict(),
               held_out_windows=held.tolist(), tokens_file=TOKENS_FILE, regions_file=REGIONS_FILE,
               seed=cfg.sweep.seed, saes=saes)
     write_json_atomic(out / "comparison.json", result)

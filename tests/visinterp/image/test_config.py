@@ -33,6 +33,8 @@ def test_quick_toml_overrides_field_by_field():
     ({"sweep": {"width": True}}, r"cfg.toml \[sweep\]: width = True must be an integer"),
     ({"sweep": {"lr": "fast"}}, r"cfg.toml \[sweep\]: lr = 'fast' must be a number"),
     ({"images": 3}, r"cfg.toml: images = 3 must be a table of ImagesConfig fields"),
+    ({"sweep": {"subtract": "bigram"}}, r"sweep.subtract='bigram': choose from \['none', 'unigram'\]"),
+    ({"sweep": {"subtract": "unigram"}}, r"sweep.subtract='unigram' needs token ids: image maps have none"),
 ])
 def test_bad_values_are_named(values, message):
     with pytest.raises(InputError, match=message):

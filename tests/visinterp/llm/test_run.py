@@ -13,6 +13,7 @@ from visinterp.cli import main
 from ctxsae_core.sweep import sweep_specs
 from visinterp.llm.config import load_llm_config
 from visinterp.llm.report import verdict
+from visinterp.llm.run import load_windows
 from visinterp.llm.view import LLMRunView
 from visinterp.analysis.matched_l0 import l0_for_value
 from ctxsae_core.store import ActivationStore
@@ -129,6 +130,7 @@ def test_llm_compare_resumes_with_the_same_numbers(quick):
     ('[corpus]\nspan_tokens = [9, 3]\n', "span_tokens=[9, 3]"),
     ('[sweep]\ncarries = ["gated", "lstm"]\n', "sweep.carries has 'lstm'"),
     ('[sweep]\nper_position = ["relu"]\n', "sweep.per_position has 'relu'"),
+    ('[sweep]\nsubtract = "bigram"\n', "sweep.subtract='bigram': choose from ['none', 'unigram']"),
 ])
 def test_llm_compare_bad_config_exits_2(tmp_path, capsys, toml, message):
     bad = tmp_path / "bad.toml"
@@ -152,3 +154,40 @@ def test_a_missing_corpus_file_fails_before_the_model_loads(tmp_path, capsys, mo
 def test_run_view_of_a_folder_without_a_comparison_says_what_to_run(tmp_path):
     with pytest.raises(InputError, match="no run.json, so no finished llm run is there: run `visinterp llm-compare"):
         LLMRunView(tmp_path)
+
+
+def test_subtract_unigram_trains_on_the_residual_and_reports_both_fvus(tmp_path):
+    cfg = tmp_path / "unigram.toml"
+    cfg.write_text('model = "smollm2"\nhook = "resid.15"\n[corpus]\nwindow = 32\nwindows = 96\n'
+                   '[sweep]\nwidth = 128\nk = [4]\ncarries = ["gated"]\nk_contextual = [2]\ntokens = 15000\n'
+                   'init_persistence = 0.0\nsubtract = "unigram"\n')
+    out = tmp_path / "run"
+    assert main(["llm-compare", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    run = json.loads((out / "run.json").read_text())
+    raw, residual = ActivationStore(out / "store"), ActivationStore(out / "store_unigram")
+    assert result["subtract"] == "unigram" and run["store"] == "store_unigram"
+    assert torch.equal(residual.image_index(), raw.image_index())
+    # the residual of the training windows has mean zero for every token: the table was their means
+    held = set(run["held_out_windows"])
+    train = torch.tensor([i for i in range(raw.n_windows) if i not in held])
+    ids = load_windows(out).ids[raw.image_index()[train]][:, 1:]
+    res = residual.gather(train)
+    per_token = torch.zeros(int(ids.max()) + 1, res.shape[-1]).index_add_(0, ids.reshape(-1), res.reshape(-1, res.shape[-1]))
+    counts = torch.bincount(ids.reshape(-1), minlength=per_token.shape[0]).clamp_min(1)
+    scale = raw.gather(train).abs().mean()
+    assert (per_token / counts[:, None]).abs().max() < 1e-4 * scale
+    assert not torch.allclose(res, raw.gather(train))
+    # FVU on raw and on residual share their squared error: their ratio is the ratio of the variances
+    held_idx = torch.tensor(run["held_out_windows"])
+    def spread(x):
+        x = x.reshape(-1, x.shape[-1]).double()
+        return float((x - x.mean(0)).pow(2).sum())
+    ratio = spread(residual.gather(held_idx)) / spread(raw.gather(held_idx))
+    view = LLMRunView(out)
+    for name, m in result["saes"].items():
+        assert m["fvu"] == pytest.approx(m["fvu_residual"] * ratio, rel=1e-4)
+        assert fvu(view.x, view.codes(name)["x_hat"]) == pytest.approx(m["fvu_residual"], rel=1e-4)
+    assert result["saes"]["topk_k4"]["fvu"] < result["baselines"]["unigram"]  # the SAE adds to what the table explains
+    page = (out / "report.html").read_text()
+    assert "minus the unigram table" in page and "FVU of the residual" in page
