@@ -212,7 +212,8 @@ class TrainConfig:
     """How to train: budget, optimiser schedule, evaluation and checkpoint cadence."""
 
     tokens: int = param(2_000_000, "training positions in all (steps = tokens // positions per batch)")
-    lr: float | None = param(None, "Adam learning rate; None means 2e-4 / sqrt(width / 2**14) (Gao et al. 2024, sec. 2.3)")
+    lr: float | None = param(None, "Adam learning rate; None means 2e-3 / sqrt(width / 2**14), at most 1e-2 "
+                             "(benchmarks/recipe_sweep.py)")
     warmup_fraction: float = param(0.05, "fraction of steps over which the learning rate warms up linearly")
     decay_fraction: float = param(0.2, "fraction of steps at the end over which it decays linearly to zero")
     seed: int = param(0, "seed of the model's initialisation and of every random choice in training")

@@ -68,9 +68,17 @@ def convergence(curve: list[dict], total_tokens: int) -> dict[str, Any]:
     return {"converged": bool(abs(gain) < CONVERGED_GAIN), "fvu_gain_last_quarter": gain}
 
 
+DEFAULT_LR_AT_16K = 2e-3  # chosen by benchmarks/recipe_sweep.py (docs/results.md)
+MAX_DEFAULT_LR = 1e-2
+
+
 def default_lr(width: int) -> float:
-    """OpenAI's learning rate for a dictionary of `width` features (Gao et al. 2024, sec. 2.3)."""
-    return 2e-4 / math.sqrt(width / 2**14)  # Gao et al. 2024, sec. 2.3
+    """The default learning rate for a dictionary of `width` features: 2e-3 / sqrt(width / 2**14),
+    at most 1e-2. The 1/sqrt(width) scaling is Gao et al. 2024's (sec. 2.3); their constant, 2e-4,
+    was set for their normalisation and trains activations scaled to unit mean squared norm (as
+    here) about ten times too slowly. The cap keeps narrow dictionaries, and the contextual SAE
+    (which diverges at 3e-2 where TopK still trains), away from instability."""
+    return min(DEFAULT_LR_AT_16K / math.sqrt(width / 2**14), MAX_DEFAULT_LR)
 
 
 class Trainer:

@@ -207,7 +207,10 @@ def _synthetic(r: dict) -> list[str]:
         out.append(f"- **{carry} carry: {'meets' if c['meets_goals'] else 'misses'} the goals.** "
                    f"{fmt(c['ratio_vs_per_position'], '.2f')}x fewer innovations than per-position TopK (goal >= "
                    f"{g['min_ratio_vs_per_position']}), {fmt(c['ratio_vs_true_rate'], '.2f')}x the true rate of new "
-                   f"features (goal <= {g['max_ratio_vs_true_rate']}), the shuffled control loses "
+                   f"features (goal <= {g['max_ratio_vs_true_rate']}), "
+                   + (f"state L0 {fmt(c.get('state_vs_true_active'), '.2f')}x the true active count (goal <= "
+                      f"{g['max_state_vs_true_active']}), " if "max_state_vs_true_active" in g else "")
+                   + "the shuffled control loses "
                    f"{'-' if lost is None else f'{lost:.0%}'} of the gain (goal >= {g['min_gain_lost_by_control']:.0%}).")
     return out + ["", "![Pareto curves](../benchmarks/results/synthetic_regions_pareto.png)"]
 
@@ -429,6 +432,32 @@ def _saelens_roundtrip(r: dict) -> list[str]:
             f"({'within' if r['within_tolerance'] else 'above'} the tolerance {r['tolerance']:g})."]
 
 
+def _recipe_sweep(r: dict) -> list[str]:
+    s, lrs = r["setup"], r["setup"]["lrs"]
+
+    def cell(points: list[dict], lr: float) -> str:
+        p = next((p for p in points if not p.get("default") and p.get("lr") == lr), None)
+        if p is None:
+            return ""
+        if "fvu" not in p:
+            return "diverged"
+        return fmt(p["fvu"], ".4f") + ("" if p["converged"] else " (nc)")
+
+    rows = [[x["site"]["name"], x["site"]["batch_tokens"], *[cell(x["points"], lr) for lr in lrs],
+             fmt(x["best"]["lr"]), fmt(x["default"]["lr"]),
+             fmt(x["default"].get("fvu"), ".4f") + ("" if x["default"].get("converged", True) else " (nc)"),
+             fmt(x.get("default_vs_best"), ".3f"), "met" if x.get("met") else "not met"] for x in r["results"]]
+    out = [f"Held-out FVU after {s['tokens']:,} training positions ({s['data_tokens']:,} unique positions of "
+           f"synthetic windows, half that of SmolLM2 activations; windows of {s['T']}), default `TrainConfig` but "
+           "for the learning rate; '(nc)': not converged (held-out FVU still moving 2% or more over the last "
+           f"quarter). Goal: the default recipe within {r['goals']['max_default_vs_best'] - 1:.0%} of the sweep's "
+           "best FVU at every site.", "",
+           md_table(["site", "batch", *[f"lr {lr:g}" for lr in lrs], "best lr", "default lr", "default FVU",
+                     "default / best", "goal"], rows), "",
+           "![FVU against the learning rate](../benchmarks/results/recipe_sweep.png)"]
+    return out
+
+
 def _gpu_tests(r: dict) -> list[str]:
     return [f"`{r['command']}` on {r['machine'].get('gpu', 'a GPU')}: {r['summary']}."]
 
@@ -438,6 +467,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_regions": ("Synthetic regions: the contextual SAE against known features", _synthetic),
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
+    "recipe_sweep": ("The training recipe's defaults, from a learning-rate sweep", _recipe_sweep),
     "visinterp_demo": ("The image job with its defaults", _image_demo),
     "scene_features_seed3": ("Features of a radiance field", _scene_features),
     "time_to_quality_cpu": ("Time to quality on the CPU, against SAELens", _time_to_quality),

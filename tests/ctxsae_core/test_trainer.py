@@ -10,7 +10,7 @@ from ctxsae_core.checkpoint import load_sae
 from ctxsae_core.data import WindowBatches
 from ctxsae_common.errors import InputError
 from ctxsae_core.evaluate import evaluate
-from ctxsae_core.trainer import Trainer
+from ctxsae_core.trainer import Trainer, default_lr
 
 T, D = 8, 6
 
@@ -249,3 +249,13 @@ def test_batchtopk_learning_curve_follows_the_annealed_budget(tmp_path):
     for e in evals:  # measured: within 11% of the budget of the step before
         assert e["l0"] == pytest.approx(trainer.budget_at(e["step"] - 1, 4), rel=0.15), e["step"]
     assert model.activation.threshold > 0  # the running average itself is left as it was
+
+
+def test_the_default_learning_rate_scales_as_one_over_sqrt_width_with_a_cap():
+    assert default_lr(2**14) == pytest.approx(2e-3)
+    assert default_lr(4096) == pytest.approx(4e-3)  # 1 / sqrt(width): a quarter of the width, twice the rate
+    assert default_lr(4608) == pytest.approx(2e-3 / (4608 / 2**14) ** 0.5)
+    assert default_lr(256) == default_lr(64) == 1e-2  # capped for narrow dictionaries
+    model = SAE(SAEConfig(d_in=8, width=1024, activation=TopK(k=2)))
+    assert Trainer(model, TrainConfig(tokens=64, progress=False), None).lr == pytest.approx(8e-3)
+    assert Trainer(model, TrainConfig(tokens=64, lr=1e-4, progress=False), None).lr == 1e-4
