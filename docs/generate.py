@@ -446,12 +446,14 @@ def _recipe_sweep(r: dict) -> list[str]:
     rows = [[x["site"]["name"], x["site"]["batch_tokens"], *[cell(x["points"], lr) for lr in lrs],
              fmt(x["best"]["lr"]), fmt(x["default"]["lr"]),
              fmt(x["default"].get("fvu"), ".4f") + ("" if x["default"].get("converged", True) else " (nc)"),
-             fmt(x.get("default_vs_best"), ".3f"), "met" if x.get("met") else "not met"] for x in r["results"]]
+             fmt(x.get("default_vs_best"), ".3f"), "-" if "met" not in x else "met" if x["met"] else "not met"]
+            for x in r["results"]]
     out = [f"Held-out FVU after {s['tokens']:,} training positions ({s['data_tokens']:,} unique positions of "
            f"synthetic windows, half that of SmolLM2 activations; windows of {s['T']}), default `TrainConfig` but "
            "for the learning rate; '(nc)': not converged (held-out FVU still moving 2% or more over the last "
            f"quarter). Goal: the default recipe within {r['goals']['max_default_vs_best'] - 1:.0%} of the sweep's "
-           "best FVU at every site.", "",
+           "best FVU at every site trained at the default batch (4096 positions); the sites at other batches show "
+           "what the batch costs and carry no goal.", "",
            md_table(["site", "batch", *[f"lr {lr:g}" for lr in lrs], "best lr", "default lr", "default FVU",
                      "default / best", "goal"], rows), "",
            "![FVU against the learning rate](../benchmarks/results/recipe_sweep.png)"]
