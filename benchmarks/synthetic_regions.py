@@ -185,7 +185,9 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    from visinterp.report.page import label_log_axis
+
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     styles = {"per-position topk": ("k", "o", "-"), "contextual gated": ("C0", "s", "-"),
               "gated, shuffled control": ("C0", "s", ":"), "contextual attention": ("C1", "^", "-"),
               "attention, shuffled control": ("C1", "^", ":")}
@@ -198,7 +200,8 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_xlabel("L0: innovations paid per position")
     ax.set_ylabel("held-out FVU")
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    label_log_axis(ax.yaxis)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Synthetic regions: sparsity vs reconstruction")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")

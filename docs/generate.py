@@ -198,7 +198,8 @@ def _synthetic(r: dict) -> list[str]:
            f"are new per position on average ({r['true_per_position_l0']} active). Width {s['width']}, "
            f"{s['batch_windows']} windows a step, learning rate {s['lr']:g}. L0 is interpolated where each sweep "
            f"crosses the target FVU {s['target_fvu']}; recovery is the mean best cosine of a true feature with a "
-           "decoder row.", "",
+           "decoder row. Every step draws fresh windows (one epoch); the run records no held-out learning curve, "
+           "so convergence is not measured here.", "",
            md_table(["model", f"L0 at FVU {s['target_fvu']}", "state L0 there", "recovery", "tokens per SAE",
                      "sweep (k: L0 / FVU)"], rows), ""]
     g = r["goals"]
@@ -514,8 +515,10 @@ def readme_headline() -> str:
     if syn.is_file():
         r = json.loads(syn.read_text())
         for carry, c in r["checks"].items():
+            state = (f"; state L0 {fmt(c['state_vs_true_active'], '.2f')}x the true active count"
+                     if c.get("state_vs_true_active") else "")
             rows.append([f"synthetic regions, {carry} carry", f"{fmt(c['ratio_vs_per_position'], '.2f')}x fewer "
-                         f"innovations than TopK at FVU {r['setup']['target_fvu']}; control loses "
+                         f"innovations than TopK at FVU {r['setup']['target_fvu']}{state}; control loses "
                          f"{fmt(c['gain_lost_by_control'], '.0%')} of the gain"])
     llm = RESULTS / "llm_goals_smollm2_resid15.json"
     if llm.is_file():
