@@ -154,6 +154,7 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     from visinterp.report.page import label_log_axis
     n = len(results)
@@ -169,7 +170,9 @@ def plot(results: list[dict], path: Path) -> None:
             ax.plot(res["default"]["lr"], res["default"]["fvu"], "*", color="C1", ms=14, label="default")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        label_log_axis(ax.xaxis)
+        lrs = sorted({p["lr"] for p in pts})
+        ax.set_xticks(lrs, [f"{lr:.0e}".replace("e-0", "e-") for lr in lrs], fontsize=8)
+        ax.xaxis.set_minor_locator(NullLocator())
         label_log_axis(ax.yaxis)
         ax.set_title(res["site"]["name"], fontsize=9)
         ax.set_xlabel("learning rate")

@@ -444,7 +444,7 @@ def _recipe_sweep(r: dict) -> list[str]:
             return "diverged"
         return fmt(p["fvu"], ".4f") + ("" if p["converged"] else " (nc)")
 
-    rows = [[x["site"]["name"], x["site"]["batch_tokens"], *[cell(x["points"], lr) for lr in lrs],
+    rows = [[x["site"]["name"], f"{x['site']['batch_tokens']:,}", *[cell(x["points"], lr) for lr in lrs],
              fmt(x["best"]["lr"]), fmt(x["default"]["lr"]),
              fmt(x["default"].get("fvu"), ".4f") + ("" if x["default"].get("converged", True) else " (nc)"),
              fmt(x.get("default_vs_best"), ".3f"), "-" if "met" not in x else "met" if x["met"] else "not met"]
@@ -454,7 +454,10 @@ def _recipe_sweep(r: dict) -> list[str]:
            "for the learning rate; '(nc)': not converged (held-out FVU still moving 2% or more over the last "
            f"quarter). Goal: the default recipe within {r['goals']['max_default_vs_best'] - 1:.0%} of the sweep's "
            "best FVU at every site trained at the default batch (4096 positions); the sites at other batches show "
-           "what the batch costs and carry no goal.", "",
+           "what the batch costs and carry no goal. Epochs: "
+           + ", ".join(sorted({f"{e:.1f}" for e in s["epochs"].values() if e})) + " (synthetic, SmolLM2)."
+           + (f" The swept points were trained at commit `{r['reused']['swept_points_from']['commit']}` and reused; "
+              "only the default recipe's points ran at the commit above." if r.get("reused") else ""), "",
            md_table(["site", "batch", *[f"lr {lr:g}" for lr in lrs], "best lr", "default lr", "default FVU",
                      "default / best", "goal"], rows), "",
            "![FVU against the learning rate](../benchmarks/results/recipe_sweep.png)"]
