@@ -89,20 +89,22 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
     else:
         cfg = SAEConfig(d_in=setup.d, width=setup.width, activation=TopK(k=k))
     # the CLI's defaults: its batch, and the default learning rate and schedule of TrainConfig
-    train_cfg = TrainConfig(tokens=fam.tokens, seed=setup.seed, shuffle_context=fam.shuffle, progress=False,
-                            eval_every=0)
+    # held-out evaluations along the way give each point its learning curve and convergence
+    train_cfg = TrainConfig(tokens=fam.tokens, seed=setup.seed, shuffle_context=fam.shuffle, progress=False)
     start = time.perf_counter()
     try:
-        trained = train_sae(cfg, train_cfg, data, axis)
+        trained = train_sae(cfg, train_cfg, data, axis, None, held.x, final_eval=False)
     except InputError as e:  # diverged: a point of the sweep all the same, not the end of the benchmark
         return {"family": fam.name, "k": k, "diverged": str(e), "tokens": fam.tokens, "lr": default_lr(setup.width)}
     seconds = time.perf_counter() - start
     model = trained.model
     result = evaluate(model, held.x, axis, shuffle_context=fam.shuffle, seed=setup.seed)
+    # train_seconds include the held-out evaluations (16 of them)
     return {"family": fam.name, "k": k, "fvu": result["fvu"], "l0": result["l0"], "state_l0": result["state_l0"],
             "dead_fraction": result["dead_fraction"], "recovery": dictionary_recovery(data.dictionary, model.W_dec_FD.detach()),
             "train_seconds": seconds, "tokens": fam.tokens, "lr": trained.trainer.lr,
-            "batch_windows": data.batch_windows}
+            "batch_windows": data.batch_windows,
+            **{k: v for k, v in trained.trainer.summary(result).items() if k in ("converged", "fvu_gain_last_quarter")}}
 
 
 def at_target(points: list[dict], target: float, key: str) -> float | None:

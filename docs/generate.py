@@ -190,7 +190,7 @@ def _synthetic(r: dict) -> list[str]:
     rows = []
     for name, fam in r["families"].items():
         sweep = ", ".join(f"{p['k']}: diverged" if "diverged" in p else f"{p['k']}: {p['l0']:.1f} / {p['fvu']:.3f}"
-                          for p in fam["points"])
+                          + (" (nc)" if p.get("converged") is False else "") for p in fam["points"])
         tokens = {p.get("tokens") for p in fam["points"]}
         rows.append([name, fmt(fam["l0_at_target"]), fmt(fam["state_l0_at_target"]), fmt(fam["recovery_at_target"]),
                      fmt(next(iter(tokens)) if len(tokens) == 1 else None, ","), sweep])
@@ -198,8 +198,10 @@ def _synthetic(r: dict) -> list[str]:
            f"are new per position on average ({r['true_per_position_l0']} active). Width {s['width']}, "
            f"{s['batch_windows']} windows a step, learning rate {s['lr']:g}. L0 is interpolated where each sweep "
            f"crosses the target FVU {s['target_fvu']}; recovery is the mean best cosine of a true feature with a "
-           "decoder row. Every step draws fresh windows (one epoch); the run records no held-out learning curve, "
-           "so convergence is not measured here.", "",
+           "decoder row. Every step draws fresh windows (one epoch). "
+           + ("'(nc)': not converged (held-out FVU still moving 2% or more over the last quarter)."
+              if any("converged" in p for f in r["families"].values() for p in f["points"])
+              else "This run recorded no held-out learning curve, so its convergence is not measured."), "",
            md_table(["model", f"L0 at FVU {s['target_fvu']}", "state L0 there", "recovery", "tokens per SAE",
                      "sweep (k: L0 / FVU)"], rows), ""]
     g = r["goals"]
