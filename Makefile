@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo notebooks test docs bench-synthetic bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm clean
+.PHONY: setup browser demo notebooks test docs bench-synthetic bench-recipe bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install --quiet torch==2.13.0
 	$(BENCH_VENV)/bin/python -m pip install --quiet -e . sae-lens==6.54.12
 	touch $@
+
+bench-recipe: setup
+	$(PY) benchmarks/recipe_sweep.py --out benchmarks/results/recipe_sweep.json
 
 bench-throughput: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
