@@ -81,7 +81,7 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
     """One point of a sweep, in its own process with one thread."""
     torch.set_num_threads(1)
     spec = RegionsSpec(d=setup.d)
-    data = RegionsData(spec, setup.T, seed=setup.seed, batch_windows=max(1, DEFAULT_BATCH_TOKENS // setup.T))
+    data = RegionsData(spec, setup.T, seed=setup.seed, batch_windows=setup_record(setup)["batch_windows"])
     held = data.windows(setup.eval_windows, seed=1)
     axis = make_axis("tokens", setup.T)
     if fam.arch == "contextual":

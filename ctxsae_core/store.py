@@ -314,11 +314,10 @@ def derived_store(source: ActivationStore, folder: str | Path, identity: dict[st
     full = {"source": source.identity, "source_sha256": [s.sha256 for s in source.shards], "transform": identity}
     if not finished(folder, len(source.shards), full):
         writer = StoreWriter(folder, full, shard_windows=1)  # one shard out per shard in
+        writer.grid, writer.map_hw = source.grid, source.map_hw
         for i in range(writer.done_items, len(source.shards)):
             tensors = source.read_shard(i)
             writer.add(transform(tensors["activations"], tensors["image_index"]), tensors["image_index"], 1)
-            writer.flush()
-        writer.grid, writer.map_hw = source.grid, source.map_hw
         writer.flush()
     return ActivationStore(folder)
 

@@ -438,17 +438,16 @@ def _saelens_roundtrip(r: dict) -> list[str]:
 def _recipe_sweep(r: dict) -> list[str]:
     s, lrs = r["setup"], r["setup"]["lrs"]
 
-    def cell(points: list[dict], lr: float) -> str:
-        p = next((p for p in points if not p.get("default") and p.get("lr") == lr), None)
+    def fvu_cell(p: dict | None) -> str:
         if p is None:
             return ""
-        if "fvu" not in p:
-            return "diverged"
-        return fmt(p["fvu"], ".4f") + ("" if p["converged"] else " (nc)")
+        return "diverged" if "fvu" not in p else fmt(p["fvu"], ".4f") + ("" if p["converged"] else " (nc)")
 
-    rows = [[x["site"]["name"], f"{x['site']['batch_tokens']:,}", *[cell(x["points"], lr) for lr in lrs],
-             fmt(x["best"]["lr"]), fmt(x["default"]["lr"]),
-             fmt(x["default"].get("fvu"), ".4f") + ("" if x["default"].get("converged", True) else " (nc)"),
+    def swept(points: list[dict], lr: float) -> dict | None:
+        return next((p for p in points if not p.get("default") and p.get("lr") == lr), None)
+
+    rows = [[x["site"]["name"], f"{x['site']['batch_tokens']:,}", *[fvu_cell(swept(x["points"], lr)) for lr in lrs],
+             fmt(x["best"]["lr"]), fmt(x["default"]["lr"]), fvu_cell(x["default"]),
              fmt(x.get("default_vs_best"), ".3f"), "-" if "met" not in x else "met" if x["met"] else "not met"]
             for x in r["results"]]
     out = [f"Held-out FVU after {s['tokens']:,} training positions ({s['data_tokens']:,} unique positions of "

@@ -115,13 +115,13 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
               "subtract": cfg.sweep.subtract, "saes": {}}
     table = unigram_table(_training_tokens(store, train, windows))
     result["baselines"] = null_fvus(held_x, held_ids[:, 1:], table)
-    sae_store, offset = store, torch.zeros_like(held_x)  # what the SAEs code: x - offset
+    sae_store, offset = store, None  # the SAEs code x, or x - offset with a subtracted table
     if cfg.sweep.subtract == "unigram":
         sae_store = derived_store(store, out / "store_unigram", {"subtract": "unigram", "held_out": cfg.corpus.held_out,
                                                                  "split_seed": cfg.sweep.seed},
                                   lambda acts, index: acts - table.predict(windows.ids[index][:, 1:]))
         offset = table.predict(held_ids[:, 1:])
-    held_in = held_x - offset
+    held_in = held_x if offset is None else held_x - offset
     saes = {}
     for spec in sweep_specs(cfg.sweep, store.window_shape[1]):
         trained = train_sae(spec.config, train_config(cfg.sweep, spec, progress),
@@ -129,11 +129,12 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
                             out / "saes" / spec.name, held_in, device=device, final_eval=False)
         model = trained.model
         scores, codes = evaluate_with_codes(model, held_in, axis, spec.shuffle, cfg.sweep.seed)
+        summary = trained.trainer.summary(scores)  # the learning curve is of what the SAE coded
         # held_x is exactly the hook's output at positions 1.. of held_ids (same model, same ids),
         # so the reconstruction (plus the subtracted table) is what gets spliced in
-        x_hat = codes["x_hat"] + offset
+        x_hat = codes["x_hat"] if offset is None else codes["x_hat"] + offset
         ce_spliced = lm.ce_loss(held_ids, cfg.hook, x_hat)
-        if cfg.sweep.subtract != "none":  # "fvu" and "mse" stay on the raw activations, as for every run
+        if offset is not None:  # "fvu" and "mse" stay on the raw activations, as for every run
             scores = {**scores, "fvu_residual": scores["fvu"], "fvu": fvu(held_x, x_hat),
                       "mse": mse(held_x, x_hat)}
         result["saes"][spec.name] = {
@@ -143,7 +144,7 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
             "ce_recovered": (ce_zero - ce_spliced) / (ce_zero - ce_clean), "delta_ce": ce_spliced - ce_clean,
             **localization(codes["state"], codes["innovations"], region, boundaries, windows.regions),
             **({"persistence": persistence(codes["state"] != 0)} if spec.family == "per-position" else {}),
-            **trained.trainer.summary(scores)}
+            **summary}
         saes[spec.name] = {"folder": f"saes/{spec.name}", "shuffle": spec.shuffle}
     ctx_l0 = sorted(m["l0"] for m in result["saes"].values() if m["family"] == "contextual")
     result["matched_l0"] = matched_table(result["saes"], ctx_l0)

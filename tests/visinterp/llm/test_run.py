@@ -188,6 +188,7 @@ def test_subtract_unigram_trains_on_the_residual_and_reports_both_fvus(tmp_path)
     for name, m in result["saes"].items():
         assert m["fvu"] == pytest.approx(m["fvu_residual"] * ratio, rel=1e-4)
         assert fvu(view.x, view.codes(name)["x_hat"]) == pytest.approx(m["fvu_residual"], rel=1e-4)
+        assert m["curve"][-1]["fvu"] == m["fvu_residual"]  # the learning curve is on the residual throughout
     assert result["saes"]["topk_k4"]["fvu"] < result["baselines"]["unigram"]  # the SAE adds to what the table explains
     page = (out / "report.html").read_text()
     assert "minus the unigram table" in page and "FVU of the residual" in page
