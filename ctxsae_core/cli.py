@@ -184,9 +184,12 @@ def cmd_train(args) -> int:
         return _relaunch_with_torchrun(args, args.argv)
     group, device = init_from_env(args.device)
     try:
-        return _train(args, group, device)
-    finally:
-        shutdown()
+        code = _train(args, group, device)
+    except BaseException:
+        shutdown(wait=False)
+        raise
+    shutdown()
+    return code
 
 
 def read_acts(path: Path) -> Tensor:

@@ -166,11 +166,15 @@ def leave_after_harvest() -> bool:
     return stops
 
 
-def shutdown() -> None:
-    """Leave the process group (after training)."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group (after training). With `wait`, every rank first waits for the
+    others, so that none closes its connections while another still has a collective in flight;
+    a rank that failed leaves at once (the others would wait for it until the timeout)."""
     global _GROUP
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
     _GROUP = Group()

@@ -54,16 +54,14 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _launch(tmp_path, arch, per_rank, out, ranks, crash_after=-1, shuffle=False):
+def _launch(torchrun, tmp_path, arch, per_rank, out, ranks, crash_after=-1, shuffle=False):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     args = [arch, str(per_rank), str(out), str(crash_after), "1" if shuffle else "0"]
     if ranks == 1:
-        cmd = [sys.executable, str(script), *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-               str(script), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    return torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+                     str(script), *args])
 
 
 def _weights(folder):
@@ -80,11 +78,11 @@ def _assert_same_weights(a, b, rtol=1e-9, atol=1e-10):
 
 @pytest.mark.parametrize("arch, shuffle", [("topk", False), ("batchtopk", False), ("contextual", False),
                                            ("contextual", True)])
-def test_two_ranks_train_what_one_process_trains_on_their_union(tmp_path, arch, shuffle):
-    single = _launch(tmp_path, arch, 8, tmp_path / "one", ranks=1, shuffle=shuffle)
-    assert single.returncode == 0, single.stderr[-2000:]
-    double = _launch(tmp_path, arch, 4, tmp_path / "two", ranks=2, shuffle=shuffle)
-    assert double.returncode == 0, double.stderr[-2000:]
+def test_two_ranks_train_what_one_process_trains_on_their_union(torchrun, tmp_path, arch, shuffle):
+    single = _launch(torchrun, tmp_path, arch, 8, tmp_path / "one", ranks=1, shuffle=shuffle)
+    assert single.returncode == 0, torchrun.failure(single)
+    double = _launch(torchrun, tmp_path, arch, 4, tmp_path / "two", ranks=2, shuffle=shuffle)
+    assert double.returncode == 0, torchrun.failure(double)
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     _assert_same_weights(one, two)
     moved = (one["W_dec_FD"] - load_tensors(tmp_path / "one" / "checkpoints" / "step_00000008" /
@@ -95,30 +93,30 @@ def test_two_ranks_train_what_one_process_trains_on_their_union(tmp_path, arch, 
         torch.testing.assert_close(one["activation.threshold"], two["activation.threshold"])
 
 
-def test_an_interrupted_two_rank_run_resumes_to_the_same_weights(tmp_path):
-    whole = _launch(tmp_path, "contextual", 4, tmp_path / "whole", ranks=2)
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    broken = _launch(tmp_path, "contextual", 4, tmp_path / "resumed", ranks=2, crash_after=5)
+def test_an_interrupted_two_rank_run_resumes_to_the_same_weights(torchrun, tmp_path):
+    whole = _launch(torchrun, tmp_path, "contextual", 4, tmp_path / "whole", ranks=2)
+    assert whole.returncode == 0, torchrun.failure(whole)
+    broken = _launch(torchrun, tmp_path, "contextual", 4, tmp_path / "resumed", ranks=2, crash_after=5)
     assert broken.returncode != 0
     assert (tmp_path / "resumed" / "checkpoints" / "LATEST").read_text().strip() == "step_00000004"
-    resumed = _launch(tmp_path, "contextual", 4, tmp_path / "resumed", ranks=2)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = _launch(torchrun, tmp_path, "contextual", 4, tmp_path / "resumed", ranks=2)
+    assert resumed.returncode == 0, torchrun.failure(resumed)
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
     for name in a:
         assert torch.equal(a[name], b[name]), name
 
 
-def test_ctxsae_train_nproc_matches_one_process_with_the_global_batch(tmp_path):
+def test_ctxsae_train_nproc_matches_one_process_with_the_global_batch(torchrun, tmp_path):
     acts = np.random.default_rng(0).standard_normal((160, 8, 12)).astype(np.float32)
     np.save(tmp_path / "acts.npy", acts)
     common = ["--acts", str(tmp_path / "acts.npy"), "--k", "3", "--width", "48", "--tokens", "6400", "--no-progress",
               "--device", "cpu"]
     one = subprocess.run([sys.executable, "-m", "ctxsae_core.cli", "train", *common, "--batch-tokens", "128",
                           "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "ctxsae_core.cli", "train", *common, "--batch-tokens", "64",
-                          "--nproc", "2", "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert one.returncode == 0, torchrun.failure(one)
+    two = torchrun([sys.executable, "-m", "ctxsae_core.cli", "train", *common, "--batch-tokens", "64", "--nproc", "2",
+                    "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, torchrun.failure(two)
     # float32 through the CLI: Adam's steps on entries whose gradient cancels differ by up to ~lr / 10
     _assert_same_weights(_weights(tmp_path / "one"), _weights(tmp_path / "two"), rtol=1e-3, atol=1e-3)
     assert two.stdout.count("fvu ") == 1  # rank 0 alone reports

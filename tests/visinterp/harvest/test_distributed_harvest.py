@@ -50,15 +50,16 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _harvest(tmp_path, kind, out, ranks):
+def _harvest(torchrun, tmp_path, kind, out, ranks):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     args = [kind, str(out), str(TAEF2)]
-    cmd = ([sys.executable, str(script), *args] if ranks == 1 else
-           [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", str(script),
-            *args])
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    if ranks == 1:
+        done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    else:
+        done = torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+                         str(script), *args])
+    assert done.returncode == 0, torchrun.failure(done)
 
 
 def _assert_same_store(one: Path, two: Path, atol: float = 0.0) -> None:
@@ -71,20 +72,20 @@ def _assert_same_store(one: Path, two: Path, atol: float = 0.0) -> None:
     assert not list(two.glob(".rank*")), "rank folders left behind"
 
 
-def test_two_ranks_harvest_the_image_stores_one_process_harvests(tmp_path):
-    _harvest(tmp_path, "maps", tmp_path / "one", 1)
-    _harvest(tmp_path, "maps", tmp_path / "two", 2)
+def test_two_ranks_harvest_the_image_stores_one_process_harvests(torchrun, tmp_path):
+    _harvest(torchrun, tmp_path, "maps", tmp_path / "one", 1)
+    _harvest(torchrun, tmp_path, "maps", tmp_path / "two", 2)
     for hook in ("latent", "encoder.down.2"):  # each rank convolves with its own share of the threads: rounding
         _assert_same_store(tmp_path / "one" / hook, tmp_path / "two" / hook, atol=1e-5)
     assert ActivationStore(tmp_path / "two" / "encoder.down.2").n_windows == 9 * 4  # 8x8 maps in 4x4 tiles
     before = ActivationStore(tmp_path / "two" / "latent").shards
-    _harvest(tmp_path, "maps", tmp_path / "two", 2)  # finished: run again, nothing is harvested again
+    _harvest(torchrun, tmp_path, "maps", tmp_path / "two", 2)  # finished: run again, nothing is harvested again
     assert ActivationStore(tmp_path / "two" / "latent").shards == before
 
 
-def test_two_ranks_leave_out_the_windows_one_process_leaves_out(tmp_path):
-    _harvest(tmp_path, "tokens", tmp_path / "one", 1)
-    _harvest(tmp_path, "tokens", tmp_path / "two", 2)
+def test_two_ranks_leave_out_the_windows_one_process_leaves_out(torchrun, tmp_path):
+    _harvest(torchrun, tmp_path, "tokens", tmp_path / "one", 1)
+    _harvest(torchrun, tmp_path, "tokens", tmp_path / "two", 2)
     _assert_same_store(tmp_path / "one", tmp_path / "two")
     ids = torch.randint(0, 50, (23, 9), generator=torch.Generator().manual_seed(2))
     planted = int((ids[:, 1:] == 7).any(1).sum())

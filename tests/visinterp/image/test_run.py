@@ -170,7 +170,7 @@ def test_a_folder_of_photos_runs_with_taef2_and_no_scene_truth(tmp_path, capsys)
     assert (out / "report.html").stat().st_size > 10_000 and "Factor alignment" not in (out / "report.html").read_text()
 
 
-def test_visinterp_run_under_torchrun_shares_the_harvest_and_reports_once(tmp_path):
+def test_visinterp_run_under_torchrun_shares_the_harvest_and_reports_once(torchrun, tmp_path):
     """`torchrun --nproc-per-node 2 -m visinterp.cli run`: rank 0 renders the scenes, both ranks
     harvest half the images each into the one store a single process writes, and rank 0 alone
     trains and reports (the same SAE figures as one process)."""
@@ -184,10 +184,10 @@ def test_visinterp_run_under_torchrun_shares_the_harvest_and_reports_once(tmp_pa
                    'hooks = ["latent"]\nbatch_images = 2\n[sweep]\nwidth = 16\nk = [2]\nk_contextual = [1]\n'
                    'tokens = 3000\n[report]\nfeatures = 2\ntop_images = 2\n')
     assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "one"), "--no-progress", "--device", "cpu"]) == 0
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-                          "visinterp.cli", "run", "--config", str(cfg), "--out", str(tmp_path / "two"), "--no-progress",
-                          "--device", "cpu"], capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
+    two = torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                    "visinterp.cli", "run", "--config", str(cfg), "--out", str(tmp_path / "two"), "--no-progress",
+                    "--device", "cpu"], timeout=600)
+    assert two.returncode == 0, torchrun.failure(two)
     assert two.stdout.count("wrote ") == 1  # one report, from rank 0
     a, b = ActivationStore(tmp_path / "one" / "store" / "latent"), ActivationStore(tmp_path / "two" / "store" / "latent")
     assert a.n_windows == b.n_windows == 8 and a.identity == b.identity
