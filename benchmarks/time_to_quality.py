@@ -8,7 +8,10 @@ features active of ~4,500, `ctxsae_core.synthetic`), it trains:
    default learning rate and the same batch, warm-up and decay;
 2. our contextual SAE (gated carry, BatchTopK innovations at the same k).
 
-Every model is evaluated on held-out windows at fixed token counts, with the evaluation's time
+Each model has its own budget of training positions (`--tokens`, `--saelens-tokens`,
+`--contextual-tokens`; epochs reuse `--data-tokens` distinct positions), set large enough for it to
+converge: a trainer whose default learning rate is lower needs more. Every model is evaluated on
+held-out windows at fixed token counts, with the evaluation's time
 left off the clock (the evaluation runs when the trainer asks for its next batch, so SAELens's
 trainer is timed as it is). A model has converged when its held-out FVU improved by less than 2%
 over the last quarter of its tokens. For each pair, the target is the worse of the two final
@@ -96,8 +99,13 @@ class Curve:
                 "gain_over_last_quarter": gain, "converged": gain < GOALS["converged_gain"]}
 
 
-def time_to(curve: list[dict], target: float) -> float | None:
-    """Seconds at which the curve first reaches FVU <= target (linear between evaluations)."""
+def time_to(curve: list[dict], target: float, from_tokens: int = 0) -> float | None:
+    """Seconds at which the curve first reaches FVU <= target (linear between evaluations),
+    counting only points from `from_tokens` on: before it, a model whose budget anneals codes
+    with more than k features a position, so its FVU there is not at the same sparsity."""
+    curve = [p for p in curve if p["tokens"] >= from_tokens]
+    if curve and curve[0]["fvu"] <= target:
+        return curve[0]["seconds"]
     for a, b in zip(curve, curve[1:]):
         if b["fvu"] <= target:
             if a["fvu"] <= target:
@@ -107,12 +115,12 @@ def time_to(curve: list[dict], target: float) -> float | None:
     return None
 
 
-def schedule(args) -> dict:
-    steps = args.tokens // args.batch
+def schedule(args, tokens: int) -> dict:
+    steps = tokens // args.batch
     return {"steps": steps, "warmup": round(0.05 * steps), "decay": round(0.2 * steps)}
 
 
-def run_ours(args, train, held, device, arch: str) -> dict:
+def run_ours(args, train, held, device, arch: str, tokens: int) -> dict:
     if arch == "topk":
         cfg = SAEConfig(d_in=args.d, width=args.width, activation=TopK(k=args.k))
         axis = None
@@ -121,7 +129,7 @@ def run_ours(args, train, held, device, arch: str) -> dict:
         axis = make_axis("tokens", args.T)
     torch.manual_seed(0)
     model = build_sae(cfg)
-    tc = TrainConfig(tokens=args.tokens, lr=args.lr, progress=False, eval_every=0, checkpoint_every=0,
+    tc = TrainConfig(tokens=tokens, lr=args.lr, progress=False, eval_every=0, checkpoint_every=0,
                      log_every=0)
     trainer = Trainer(model, tc, axis, device=device, dtype=args.dtype)
 
@@ -133,10 +141,12 @@ def run_ours(args, train, held, device, arch: str) -> dict:
 
     curve = Curve(held, forward, device, args.eval_every, args.batch)
     trainer.fit(curve.wrap(iter(WindowBatches(train, args.batch // args.T, seed=0))))
-    return {"lr": trainer.lr, **curve.finish()}
+    # the budget reaches k once the anneal ends (a contextual SAE starts at 4k by default)
+    at_k = round(trainer.k_anneal_fraction * trainer.total_steps) * args.batch
+    return {"lr": trainer.lr, "at_k_from_tokens": at_k, **curve.finish()}
 
 
-def run_saelens(args, train, held, device) -> dict:
+def run_saelens(args, train, held, device, tokens: int) -> dict:
     import sae_lens
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import LoggingConfig, SAETrainerConfig
@@ -144,9 +154,9 @@ def run_saelens(args, train, held, device) -> dict:
 
     torch.manual_seed(0)
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d, d_sae=args.width, k=args.k, device=str(device)))
-    s = schedule(args)
+    s = schedule(args, tokens)
     kwargs = {} if args.saelens_lr is None else {"lr": args.saelens_lr}
-    cfg = SAETrainerConfig(total_training_samples=args.tokens, train_batch_size_samples=args.batch, lr_end=0.0,
+    cfg = SAETrainerConfig(total_training_samples=tokens, train_batch_size_samples=args.batch, lr_end=0.0,
                            lr_warm_up_steps=s["warmup"], lr_decay_steps=s["decay"], device=str(device),
                            logger=LoggingConfig(log_to_wandb=False), **kwargs)
     curve = Curve(held, lambda x: sae(x.reshape(-1, args.d)).reshape(x.shape), device, args.eval_every, args.batch)
@@ -158,7 +168,8 @@ def run_saelens(args, train, held, device) -> dict:
 def compare(a: dict, b: dict) -> dict:
     """Time for each to reach the worse of the two final FVUs, and their ratio a / b."""
     target = max(a["final_fvu"], b["final_fvu"])
-    ta, tb = time_to(a["curve"], target), time_to(b["curve"], target)
+    ta = time_to(a["curve"], target, a.get("at_k_from_tokens", 0))
+    tb = time_to(b["curve"], target, b.get("at_k_from_tokens", 0))
     return {"target_fvu": target, "seconds": [ta, tb], "ratio": ta / tb if ta and tb else None}
 
 
@@ -171,10 +182,14 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--T", type=int, default=64)
     p.add_argument("--batch", type=int, default=4096, help="positions per step")
-    p.add_argument("--tokens", type=int, default=8_000_000, help="training positions per model")
-    p.add_argument("--data-tokens", type=int, default=2_000_000, help="distinct training positions (epochs reuse them)")
+    p.add_argument("--tokens", type=int, default=6_000_000, help="training positions of our TopK (and of the others, "
+                   "unless set below)")
+    p.add_argument("--saelens-tokens", type=int, default=None, help="SAELens's training positions (default: --tokens)")
+    p.add_argument("--contextual-tokens", type=int, default=None,
+                   help="the contextual SAE's training positions (default: --tokens)")
+    p.add_argument("--data-tokens", type=int, default=1_500_000, help="distinct training positions (epochs reuse them)")
     p.add_argument("--heldout-windows", type=int, default=64)
-    p.add_argument("--eval-every", type=int, default=400_000, help="tokens between held-out evaluations")
+    p.add_argument("--eval-every", type=int, default=250_000, help="tokens between held-out evaluations")
     p.add_argument("--lr", type=float, default=None, help="our learning rate (default: ours by width)")
     p.add_argument("--saelens-lr", type=float, default=None, help="SAELens's learning rate (default: its own)")
     p.add_argument("--skip-saelens", action="store_true")
@@ -184,18 +199,22 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     start = time.perf_counter()
     train, held = make_data(args)
+    epoch = train.shape[0] * args.T
+    budget = {"ours_topk": args.tokens, "saelens_topk": args.saelens_tokens or args.tokens,
+              "contextual_gated": args.contextual_tokens or args.tokens}
     print(f"time to quality on {device}: d {args.d}, width {args.width}, k {args.k}, batch {args.batch}, "
-          f"{args.tokens:,} tokens per model ({args.tokens / (train.shape[0] * args.T):.1f} epochs)", flush=True)
+          f"epochs of {epoch:,} positions; training positions: "
+          + ", ".join(f"{name} {tokens:,}" for name, tokens in budget.items()), flush=True)
     results: dict = {"setup": {k: v for k, v in vars(args).items() if k != "out"}, "goals": GOALS,
-                     "epochs": args.tokens / (train.shape[0] * args.T)}
-    runs = {"ours_topk": lambda: run_ours(args, train, held, device, "topk")}
+                     "epochs": args.tokens / epoch}
+    runs = {"ours_topk": lambda: run_ours(args, train, held, device, "topk", budget["ours_topk"])}
     if not args.skip_saelens:
-        runs["saelens_topk"] = lambda: run_saelens(args, train, held, device)
+        runs["saelens_topk"] = lambda: run_saelens(args, train, held, device, budget["saelens_topk"])
     if not args.skip_contextual:
-        runs["contextual_gated"] = lambda: run_ours(args, train, held, device, "contextual")
+        runs["contextual_gated"] = lambda: run_ours(args, train, held, device, "contextual", budget["contextual_gated"])
     for name, run in runs.items():
         print(f"training {name}...", flush=True)
-        results[name] = run()
+        results[name] = {**run(), "tokens": budget[name], "epochs": budget[name] / epoch}
         r = results[name]
         print(f"  final held-out FVU {r['final_fvu']:.4f} after {r['train_seconds']:.0f} s; "
               f"{'converged' if r['converged'] else 'NOT converged'} (last quarter gained {r['gain_over_last_quarter']:.1%})",

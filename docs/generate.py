@@ -370,14 +370,15 @@ def _time_to_quality(r: dict) -> list[str]:
     names = {"ours_topk": "ours: per-position TopK", "saelens_topk": "SAELens TopK", "contextual_gated":
              "ours: contextual, gated carry"}
     rows = [[label + (f" {r[key]['version']}" if key == "saelens_topk" else ""), fmt(r[key].get("lr")),
+             f"{r[key].get('tokens', s['tokens']):,} ({r[key].get('epochs', r['epochs']):.1f})",
              fmt(r[key]["final_fvu"], ".4f"), fmt(r[key]["train_seconds"], ",.0f"),
              fmt(r[key]["gain_over_last_quarter"], ".1%"), fmt(r[key]["converged"])]
             for key, label in names.items() if key in r]
-    out = [f"d = {s['d']}, width {s['width']}, k = {s['k']}, {s['batch']} positions a step, {s['tokens']:,} "
-           f"training positions per model ({r['epochs']:.1f} epochs of {s['data_tokens']:,}), held-out FVU every "
-           f"{s['eval_every']:,} positions, evaluation time off the clock.", "",
-           md_table(["model", "learning rate", "final held-out FVU", "training seconds", "FVU gained over the last "
-                     "quarter", "converged (< 2%)"], rows), ""]
+    out = [f"d = {s['d']}, width {s['width']}, k = {s['k']}, {s['batch']} positions a step, epochs of "
+           f"{s['data_tokens']:,} distinct positions, held-out FVU every {s['eval_every']:,} positions, evaluation "
+           "time off the clock.", "",
+           md_table(["model", "learning rate", "training positions (epochs)", "final held-out FVU",
+                     "training seconds", "FVU gained over the last quarter", "converged (< 2%)"], rows), ""]
     pairs = (("ours_vs_saelens", "ours against SAELens", ("ours_topk", "saelens_topk"),
               r["goals"]["max_time_vs_saelens"]),
              ("contextual_vs_topk", "the contextual SAE against our TopK", ("contextual_gated", "ours_topk"),
@@ -393,6 +394,21 @@ def _time_to_quality(r: dict) -> list[str]:
                        else ("met" if met else "not met"))
             out.append(f"- Time to FVU {c['target_fvu']:.4f}, {what}: {ta} s against {tb} s, {ratio} (goal <= "
                        f"{goal}x): {verdict}.")
+    if any("at_k_from_tokens" in r.get(m, {}) for m in names):
+        out.append("- A model whose budget anneals (the contextual SAE starts at 4k codes a position and reaches k "
+                   "halfway) counts as reaching the target only from the end of the anneal.")
+    elif "contextual_gated" in r:
+        out.append("- This run counted the contextual SAE's time from its first evaluation, while its budget still "
+                   "annealed (more than k codes a position then).")
+    if r.get("note"):
+        out.append(f"- {r['note']}")
+    from ctxsae_core.trainer import default_lr
+
+    ours = r.get("ours_topk", {}).get("lr")
+    if s.get("lr") is None and ours is not None and not math.isclose(ours, default_lr(s["width"]), rel_tol=1e-6):
+        out.append(f"- Ours ran at {ours:.3g}, the default learning rate when this was measured; today's default at "
+                   f"width {s['width']} is {default_lr(s['width']):.3g}, so these figures are not those of the "
+                   "current recipe.")
     return out
 
 
@@ -465,6 +481,61 @@ def _recipe_sweep(r: dict) -> list[str]:
     return out
 
 
+def _synthetic_robustness(r: dict) -> list[str]:
+    s, g = r["setup"], r["goals"]
+
+    def model_cells(m: dict) -> list[str]:
+        if "diverged" in m:
+            return ["diverged", "", ""]
+        return [fmt(m["fvu"], ".4f"), fmt(m["converged"]), fmt(m["fvu_gain_last_quarter"], ".1%")]
+
+    rows = []
+    for x in r["rows"]:
+        c = x["contextual"]
+        rows.append([x["setting"], str(x["k"]), fmt(x["true_rate"], ".2f"), str(x["true_active"]), *model_cells(c),
+                     "" if "diverged" in c else fmt(c["best_fvu_on_curve"], ".4f"),
+                     fmt(x.get("peak_fvu_on_curve"), ".3f"),
+                     "" if "diverged" in c else fmt(c["state_l0"], ".1f"), *model_cells(x["topk"]),
+                     "passes" if x["passes"] else "fails" + (" (blew up)" if x["blew_up"] else "")
+                     + ("" if x["beats_topk"] else " (worse than TopK)")])
+    return [f"Width {s['width']}, {s['tokens']:,} training positions per model (fresh windows every step, one "
+            f"epoch), the CLI's batch ({s['batch_tokens']:,} positions) and default learning rate; held-out FVU "
+            f"on {s['held_out_windows']} windows. A setting passes when no point of the contextual SAE's held-out "
+            f"learning curve is above FVU {g['max_fvu_on_curve']:g} (worse than predicting the mean), its final FVU "
+            f"is within {g['max_final_vs_best_on_curve'] - 1:.0%} of the best point of its own learning curve once its budget "
+            "is k (it anneals from 4k over the first half; no blow-up) and no worse than per-position TopK at the "
+            "same k.", "",
+            md_table(["setting", "k", "true new / position", "true active", "contextual FVU", "converged",
+                      "last-quarter gain", "best on curve at k", "highest on curve", "state L0", "TopK FVU", "converged", "last-quarter gain",
+                      "verdict"], rows), "",
+            f"{'Every setting passes' if r['passes'] else 'Not every setting passes'}.", "",
+            *([f"{r['rescored'][0].upper()}{r['rescored'][1:]}."] if r.get("rescored") else []),
+            "![Learning curves](../benchmarks/results/synthetic_robustness.png)"]
+
+
+def _llm_baselines(r: dict) -> list[str]:
+    rows = []
+    for x in r["layers"]:
+        b = x["baselines"]
+        for m in x["saes"].values():
+            q = m["persistence"]
+            rows.append([f"`{x['hook']}`", f"{x['width']:,}", fmt(m["l0"], ".1f"),
+                         fmt(m["fvu"], ".4f"), fmt(m["converged"]), fmt(m["fvu_gain_last_quarter"], ".1%"),
+                         fmt(m["epochs"], ".1f"), fmt(q["persistent_fraction"], ".3f"), fmt(q["mean_run_length"], ".2f"),
+                         f"{q['best_innovation_ratio']:.2f}x", fmt(b["unigram"], ".3f"), fmt(b["previous_1"], ".3f"),
+                         fmt(b["previous_4"], ".3f")])
+    x0 = r["layers"][0]
+    return [f"{r['model']}, per-position TopK on {x0['windows']:,} windows of {x0['window'] - 1} positions (10% held "
+            f"out), {x0['batch_windows']} windows a step, learning rate {x0['lr']:g} (the recipe sweep's best at "
+            "`resid.9`, width 4608, reused at the other layers). 'active before': share of the SAE's active "
+            "features at a token that were active at the token before; 'best ratio': the fewest innovations any "
+            "carry could pay against this SAE's L0 (1 / (1 - that share)). Null baselines: held-out FVU of "
+            "predicting each activation by its token's mean over the training windows (unigram) or by the mean "
+            "of the previous 1 or 4 activations.", "",
+            md_table(["hook", "width", "L0", "FVU", "converged", "last-quarter gain", "epochs", "active before",
+                      "mean run (tokens)", "best ratio", "unigram null", "previous 1", "previous 4"], rows)]
+
+
 def _gpu_tests(r: dict) -> list[str]:
     return [f"`{r['command']}` on {r['machine'].get('gpu', 'a GPU')}: {r['summary']}."]
 
@@ -474,10 +545,14 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_regions": ("Synthetic regions: the contextual SAE against known features", _synthetic),
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
+    "llm_baselines_smollm2": ("What a carry could save in SmolLM2, layer by layer", _llm_baselines),
     "recipe_sweep": ("The training recipe's defaults, from a learning-rate sweep", _recipe_sweep),
+    "synthetic_robustness": ("The defaults on generator settings they were not chosen on", _synthetic_robustness),
     "visinterp_demo": ("The image job with its defaults", _image_demo),
     "scene_features_seed3": ("Features of a radiance field", _scene_features),
     "time_to_quality_cpu": ("Time to quality on the CPU, against SAELens", _time_to_quality),
+    "time_to_quality_cpu_saelens_default_lr": ("Time to quality on the CPU, SAELens at its own default learning rate",
+                                               _time_to_quality),
     "time_to_quality_h200": ("Time to quality on an H200, against SAELens", _time_to_quality),
     "time_to_quality_h200_bf16": ("Time to quality on an H200 with bfloat16 autocast", _time_to_quality_bf16),
     "contextual_cost_cpu": ("The contextual SAE's cost per token on the CPU, over a grid of shapes", _contextual_cost),
