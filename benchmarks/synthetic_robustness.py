@@ -88,8 +88,7 @@ def train_one(name: str, arch: str, tokens: int) -> dict:
     scores = evaluate(trained.model, held.x, axis)
     trainer = trained.trainer
     summary = trainer.summary(scores)
-    # the curve's points at k: before the budget's anneal ends, the model codes more than k a position
-    at_k = round(trainer.k_anneal_fraction * trainer.total_steps) * trainer.positions_per_step
+    at_k = trainer.tokens_at_full_budget  # the curve's points at the model's own k start here
     return {"setting": name, "arch": arch, "k": k, "fvu": scores["fvu"], "l0": scores["l0"],
             "state_l0": scores["state_l0"], "dead_fraction": scores["dead_fraction"], "at_k_from_tokens": at_k,
             "best_fvu_on_curve": min(p["fvu"] for p in summary["curve"] if p["tokens"] >= at_k),

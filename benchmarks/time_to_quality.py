@@ -141,9 +141,7 @@ def run_ours(args, train, held, device, arch: str, tokens: int) -> dict:
 
     curve = Curve(held, forward, device, args.eval_every, args.batch)
     trainer.fit(curve.wrap(iter(WindowBatches(train, args.batch // args.T, seed=0))))
-    # the budget reaches k once the anneal ends (a contextual SAE starts at 4k by default)
-    at_k = round(trainer.k_anneal_fraction * trainer.total_steps) * args.batch
-    return {"lr": trainer.lr, "at_k_from_tokens": at_k, **curve.finish()}
+    return {"lr": trainer.lr, "at_k_from_tokens": trainer.tokens_at_full_budget, **curve.finish()}
 
 
 def run_saelens(args, train, held, device, tokens: int) -> dict:

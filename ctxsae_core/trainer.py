@@ -125,9 +125,20 @@ class Trainer:
             mult = min(mult, (steps - step) / decay)
         return self.lr * mult
 
+    @property
+    def anneal_steps(self) -> int:
+        """Steps over which the budget anneals down to k (0: trained at k throughout)."""
+        return round(self.k_anneal_fraction * self.total_steps)
+
+    @property
+    def tokens_at_full_budget(self) -> int:
+        """Training positions after which the model codes with its own k (before, an annealed
+        budget codes more a position, so a held-out FVU then is not at the model's sparsity)."""
+        return self.anneal_steps * self.positions_per_step
+
     def budget_at(self, step: int, k: float) -> float:
         """The innovation budget at `step` when annealing k (see TrainConfig.k_anneal_fraction)."""
-        span = round(self.k_anneal_fraction * self.total_steps)
+        span = self.anneal_steps
         if span == 0 or step >= span:
             return k
         return k * (self.cfg.k_anneal_start + (1 - self.cfg.k_anneal_start) * step / span)

@@ -70,6 +70,8 @@ def test_budget_anneals_to_k():
                 TrainConfig(tokens=100, k_anneal_fraction=0.5, k_anneal_start=3.0), None)
     t.total_steps = 100
     assert [t.budget_at(s, 2) for s in (0, 25, 49, 50, 99)] == pytest.approx([6.0, 4.0, 2.08, 2.0, 2.0])
+    t.batch_shape = (4, 8)  # 4 windows of 8 positions a step: k from step 50, i.e. position 1,600
+    assert t.tokens_at_full_budget == 1600
 
 
 def test_dead_features_are_those_silent_for_dead_tokens():
