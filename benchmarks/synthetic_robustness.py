@@ -92,7 +92,7 @@ def train_one(name: str, arch: str, tokens: int) -> dict:
     return {"setting": name, "arch": arch, "k": k, "fvu": scores["fvu"], "l0": scores["l0"],
             "state_l0": scores["state_l0"], "dead_fraction": scores["dead_fraction"], "at_k_from_tokens": at_k,
             "best_fvu_on_curve": min(p["fvu"] for p in summary["curve"] if p["tokens"] >= at_k),
-            "converged": summary["converged"],
+            "converged": summary["converged"], "clipped_steps": summary["clipped_steps"],
             "fvu_gain_last_quarter": summary["fvu_gain_last_quarter"], "curve": summary["curve"],
             "tokens": summary["tokens"], "lr": trainer.lr, "seconds": time.perf_counter() - start}
 

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"positions per optimiser step on each process; windows per step = batch_tokens // T "
                         f"(default: {DEFAULT_BATCH_TOKENS}; under torchrun the global batch is the processes times it)")
     t.add_argument("--lr", type=float, default=None, help=field_help(TrainConfig, "lr"))
+    t.add_argument("--max-grad-norm", type=float, default=TrainConfig.max_grad_norm, metavar="NORM",
+                   help=field_help(TrainConfig, "max_grad_norm") + f" (default: {TrainConfig.max_grad_norm:g})")
     t.add_argument("--seed", type=int, default=0, help=field_help(TrainConfig, "seed"))
     t.add_argument("--shuffle-context", action="store_true", help=field_help(TrainConfig, "shuffle_context"))
     t.add_argument("--holdout", type=float, default=0.1, help="fraction of windows held out for evaluation (default: 0.1)")
@@ -240,8 +242,8 @@ def _train(args, group, device) -> int:
     axis = make_axis(args.axis, T, grid)
     batch_windows = max(1, args.batch_tokens // T)
     tokens = args.tokens if args.tokens is not None else max((n - held.shape[0]) * T, MIN_DEFAULT_TOKENS)
-    train_cfg = TrainConfig(tokens=tokens, lr=args.lr, seed=args.seed, shuffle_context=args.shuffle_context,
-                            progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
+    train_cfg = TrainConfig(tokens=tokens, lr=args.lr, max_grad_norm=args.max_grad_norm, seed=args.seed,
+                            shuffle_context=args.shuffle_context, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
     result = train_sae(cfg, train_cfg, batches, axis, args.out, held, batch_windows, device=device, dtype=args.dtype,
                        data_identity=identity).scores
     if group.is_main:

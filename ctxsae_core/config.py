@@ -216,6 +216,10 @@ class TrainConfig:
                              "(benchmarks/recipe_sweep.py)")
     warmup_fraction: float = param(0.05, "fraction of steps over which the learning rate warms up linearly")
     decay_fraction: float = param(0.2, "fraction of steps at the end over which it decays linearly to zero")
+    max_grad_norm: float = param(
+        1.0, "clip the gradient's total norm to this (0: no clipping). Norms are in normalised units and "
+        "run about 0.1-0.5, so the clip binds only on spikes, such as a contextual SAE can show once its "
+        "carry comes on (benchmarks/synthetic_robustness.py)")
     seed: int = param(0, "seed of the model's initialisation and of every random choice in training")
     shuffle_context: bool = param(
         False, "the shuffled-context control: permute positions within each window before the SAE sees it")
@@ -251,6 +255,7 @@ class TrainConfig:
         for name in ("carry_warmup_fraction", "k_anneal_fraction"):
             value = getattr(self, name)
             require(value is None or 0 <= value <= 1, f"{name}={value} must lie in [0, 1] or be None")
+        require(self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm} must be >= 0 (0: no clipping)")
         require(self.k_anneal_start >= 1, f"k_anneal_start={self.k_anneal_start} must be >= 1")
         require(self.dead_tokens is None or self.dead_tokens >= 1, f"dead_tokens={self.dead_tokens} must be >= 1")
         for name in ("eval_every", "checkpoint_every", "log_every"):

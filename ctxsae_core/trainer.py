@@ -108,6 +108,7 @@ class Trainer:
         self.batch_shape: list[int] | None = None  # [windows, T] of every batch, fixed by the first
         self.timed = timed  # record each step's wall time (waiting for CUDA to finish it) in step_seconds
         self.step_seconds: list[float] = []
+        self._clipped = torch.zeros((), dtype=torch.long, device=self.device)  # see clipped_steps
         self.curve: list[dict] = []  # the held-out learning curve: {"step", "tokens", "fvu"} per evaluation
         self.epoch_positions: int | None = None  # training positions in one pass over the data, when known
         self.carry_warmup_fraction, self.k_anneal_fraction = cfg.schedule_for(model.has_carry)
@@ -271,6 +272,7 @@ class Trainer:
         terms.total.backward()
         self.group.average_grads_([p for p in model.parameters() if p.requires_grad])
         model.remove_parallel_grads_()
+        grad_norm = self._clip_grads()
         self.optimizer.step()
         model.normalize_decoder_()
         model.update_statistics_(out, n_positions)
@@ -282,7 +284,21 @@ class Trainer:
             self.tokens_since_fired[fired] = 0
         self.step += 1
         return {"out": out, "terms": terms, "x": x, "lr": lr, "n_positions": n_positions * world,
-                "local_positions": n_positions}
+                "local_positions": n_positions, "grad_norm": grad_norm}
+
+    def _clip_grads(self) -> Tensor:
+        """The gradient's total norm, clipped to max_grad_norm (every rank holds the averaged
+        gradient already, so every rank clips alike); clipped steps are counted."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        limit = self.cfg.max_grad_norm or float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        self._clipped += norm > limit  # a tensor: no wait for the device at every step
+        return norm
+
+    @property
+    def clipped_steps(self) -> int:
+        """Steps whose gradient norm was clipped to max_grad_norm (since this process started)."""
+        return int(self._clipped)
 
     def _evaluate(self) -> dict[str, Any]:
         return evaluate(self.model, self.eval_windows, self.axis, batch_windows=self.eval_batch_windows,
@@ -333,7 +349,8 @@ class Trainer:
         if final is not None and "fvu" in final and (not curve or curve[-1]["step"] != self.step):
             curve.append({"step": self.step, "tokens": tokens, "fvu": final["fvu"]})
         epochs = tokens / self.epoch_positions if self.epoch_positions else None
-        return {"tokens": tokens, "epochs": epochs, **convergence(curve, tokens), "curve": curve}
+        return {"tokens": tokens, "epochs": epochs, "clipped_steps": self.clipped_steps, **convergence(curve, tokens),
+                "curve": curve}
 
     @torch.no_grad()
     def _calibrate_threshold(self, it: Iterator[Tensor]) -> None:
@@ -435,7 +452,7 @@ class Trainer:
                     record = {"step": self.step, "split": "train", "tokens": self.step * r["n_positions"],
                               "lr": r["lr"], "loss": terms.total.item(), "mse": terms.mse.item(),
                               "sparsity_loss": terms.sparsity.item(), "aux_loss": terms.aux.item(),
-                              "carry_loss": terms.carry.item(),
+                              "carry_loss": terms.carry.item(), "grad_norm": float(r["grad_norm"]),
                               "fvu": fvu(r["x"], out.x_hat), "l0": l0(out.innovations, r["local_positions"]),
                               "state_l0": l0(out.state), "dead_fraction": float(self.dead_mask().float().mean()),
                               "tokens_per_s": tokens0 / (time.perf_counter() - t0)}

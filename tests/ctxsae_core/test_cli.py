@@ -95,6 +95,7 @@ def _bad_inputs(tmp_path):
         (["--acts", good, "--arch", "relu", "--k", 4], "--k does not apply to relu"),
         (["--acts", good, "--axis", "raster", "--grid", "3x5"], "has 15 cells"),
         (["--acts", good, "--arch", "gated"], "invalid choice"),
+        (["--acts", good, "--max-grad-norm", -1], r"max_grad_norm=-1.0 must be >= 0"),
     ]
 
 

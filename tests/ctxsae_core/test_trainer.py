@@ -261,3 +261,37 @@ def test_the_default_learning_rate_scales_as_one_over_sqrt_width_with_a_cap():
     model = SAE(SAEConfig(d_in=8, width=1024, activation=TopK(k=2)))
     assert Trainer(model, TrainConfig(tokens=64, progress=False), None).lr == pytest.approx(8e-3)
     assert Trainer(model, TrainConfig(tokens=64, lr=1e-4, progress=False), None).lr == 1e-4
+
+
+@pytest.mark.parametrize("limit", [0.0, 1e-3])
+def test_the_gradient_the_optimizer_steps_on_is_clipped_to_max_grad_norm(tmp_path, limit):
+    """The logged grad_norm is the norm before clipping; Adam steps on a gradient of norm at most
+    max_grad_norm (0: unclipped, the logged norm itself); clipped steps are counted."""
+    data, axis = _data(), make_axis("tokens", T)
+    cfg = TrainConfig(tokens=6 * 4 * T, max_grad_norm=limit, log_every=1, progress=False)
+    trainer = Trainer(_contextual(), cfg, axis, out_dir=tmp_path)
+    seen = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        grads = [p.grad for group in trainer.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    trainer.fit(WindowBatches(data, 4))
+    logged = [r["grad_norm"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+              if r["split"] == "train"]
+    assert len(logged) == len(seen) == 6
+    if limit:
+        assert all(n > limit for n in logged)  # these norms are well above 1e-3
+        assert seen == pytest.approx([limit] * 6, rel=1e-4)
+        assert trainer.clipped_steps == 6 and trainer.summary()["clipped_steps"] == 6
+    else:
+        assert seen == pytest.approx(logged, rel=1e-5)
+        assert trainer.clipped_steps == 0
+
+
+def test_max_grad_norm_must_not_be_negative():
+    with pytest.raises(InputError, match="max_grad_norm=-1.0 must be >= 0"):
+        TrainConfig(max_grad_norm=-1.0)

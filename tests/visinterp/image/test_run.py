@@ -174,7 +174,6 @@ def test_visinterp_run_under_torchrun_shares_the_harvest_and_reports_once(torchr
     """`torchrun --nproc-per-node 2 -m visinterp.cli run`: rank 0 renders the scenes, both ranks
     harvest half the images each into the one store a single process writes, and rank 0 alone
     trains and reports (the same SAE figures as one process)."""
-    import subprocess
     import sys
 
     from ctxsae_core.store import ActivationStore
