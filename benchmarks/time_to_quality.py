@@ -4,9 +4,15 @@ trained until converged, not speed at step 100.
 On the same activations (d 576, width 4608, k 32 by default: synthetic windows with ~40 true
 features active of ~4,500, `ctxsae_core.synthetic`), it trains:
 
-1. our per-position TopK, and SAELens's TopK with its own trainer (`SAETrainer`), each at its own
-   default learning rate and the same batch, warm-up and decay;
+1. our per-position TopK, and SAELens's TopK with its own trainer (`SAETrainer`), with the same
+   batch, warm-up and decay;
 2. our contextual SAE (gated carry, BatchTopK innovations at the same k).
+
+Each model's learning rate is chosen by a sweep at its full budget (`--lr`, `--saelens-lr`,
+`--contextual-lr` each take a comma-separated list; `default` is the trainer's own rate): of the
+runs that converged, the one with the lowest final FVU is the model compared, and every run of
+the sweep is recorded. (SAELens does not normalise activations by default, so the two TopKs'
+best rates differ; neither rate is set by hand.)
 
 Each model has its own budget of training positions (`--tokens`, `--saelens-tokens`,
 `--contextual-tokens`; epochs reuse `--data-tokens` distinct positions), set large enough for it to
@@ -20,6 +26,7 @@ evaluations). Goals: ours at most 0.5x SAELens's time at no worse converged FVU;
 SAE at most 2x our TopK's time.
 
     python benchmarks/time_to_quality.py --out benchmarks/results/time_to_quality_cpu.json   # SAELens from .venv-bench
+    python benchmarks/time_to_quality.py --lr 1e-3,2e-3 --saelens-lr 1e-3,3e-3 --contextual-lr 1e-3 ...
     python benchmarks/time_to_quality.py --device cuda --out benchmarks/results/time_to_quality_cuda.json
 """
 
@@ -34,7 +41,7 @@ from typing import Callable, Iterator
 import torch
 
 from ctxsae_common.device import resolve_device
-from ctxsae_common.files import write_json_atomic
+from ctxsae_common.files import read_json, write_json_atomic
 from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
 from ctxsae_core.checkpoint import build_sae
 from ctxsae_core.data import WindowBatches
@@ -120,7 +127,7 @@ def schedule(args, tokens: int) -> dict:
     return {"steps": steps, "warmup": round(0.05 * steps), "decay": round(0.2 * steps)}
 
 
-def run_ours(args, train, held, device, arch: str, tokens: int) -> dict:
+def run_ours(args, train, held, device, arch: str, tokens: int, lr: float | None) -> dict:
     if arch == "topk":
         cfg = SAEConfig(d_in=args.d, width=args.width, activation=TopK(k=args.k))
         axis = None
@@ -129,7 +136,7 @@ def run_ours(args, train, held, device, arch: str, tokens: int) -> dict:
         axis = make_axis("tokens", args.T)
     torch.manual_seed(0)
     model = build_sae(cfg)
-    tc = TrainConfig(tokens=tokens, lr=args.lr, progress=False, eval_every=0, checkpoint_every=0,
+    tc = TrainConfig(tokens=tokens, lr=lr, progress=False, eval_every=0, checkpoint_every=0,
                      log_every=0)
     trainer = Trainer(model, tc, axis, device=device, dtype=args.dtype)
 
@@ -141,10 +148,11 @@ def run_ours(args, train, held, device, arch: str, tokens: int) -> dict:
 
     curve = Curve(held, forward, device, args.eval_every, args.batch)
     trainer.fit(curve.wrap(iter(WindowBatches(train, args.batch // args.T, seed=0))))
-    return {"lr": trainer.lr, "at_k_from_tokens": trainer.tokens_at_full_budget, **curve.finish()}
+    return {"lr": trainer.lr, "at_k_from_tokens": trainer.tokens_at_full_budget, "clipped_steps": trainer.clipped_steps,
+            **curve.finish()}
 
 
-def run_saelens(args, train, held, device, tokens: int) -> dict:
+def run_saelens(args, train, held, device, tokens: int, lr: float | None) -> dict:
     import sae_lens
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import LoggingConfig, SAETrainerConfig
@@ -153,7 +161,7 @@ def run_saelens(args, train, held, device, tokens: int) -> dict:
     torch.manual_seed(0)
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d, d_sae=args.width, k=args.k, device=str(device)))
     s = schedule(args, tokens)
-    kwargs = {} if args.saelens_lr is None else {"lr": args.saelens_lr}
+    kwargs = {} if lr is None else {"lr": lr}
     cfg = SAETrainerConfig(total_training_samples=tokens, train_batch_size_samples=args.batch, lr_end=0.0,
                            lr_warm_up_steps=s["warmup"], lr_decay_steps=s["decay"], device=str(device),
                            logger=LoggingConfig(log_to_wandb=False), **kwargs)
@@ -163,12 +171,75 @@ def run_saelens(args, train, held, device, tokens: int) -> dict:
     return {"version": sae_lens.__version__, "lr": cfg.lr, **curve.finish()}
 
 
+def parse_rates(text: str) -> list[float | None]:
+    """'1e-3,default' -> [0.001, None] (None: the trainer's own default rate)."""
+    rates = []
+    for item in text.split(","):
+        item = item.strip()
+        if item == "default":
+            rates.append(None)
+            continue
+        try:
+            rate = float(item)
+        except ValueError:
+            rate = -1.0
+        if not rate > 0:
+            raise argparse.ArgumentTypeError(f"learning rate {item!r}: give positive numbers or 'default', "
+                                             "comma-separated")
+        rates.append(rate)
+    return rates
+
+
+def pick(runs: list[dict]) -> dict:
+    """The sweep's model: the lowest final FVU among the runs that converged (among all runs if
+    none did; the result then says it did not converge)."""
+    pool = [r for r in runs if r["converged"]] or runs
+    return min(pool, key=lambda r: r["final_fvu"])
+
+
 def compare(a: dict, b: dict) -> dict:
     """Time for each to reach the worse of the two final FVUs, and their ratio a / b."""
     target = max(a["final_fvu"], b["final_fvu"])
     ta = time_to(a["curve"], target, a.get("at_k_from_tokens", 0))
     tb = time_to(b["curve"], target, b.get("at_k_from_tokens", 0))
     return {"target_fvu": target, "seconds": [ta, tb], "ratio": ta / tb if ta and tb else None}
+
+
+LABELS = {"ours_topk": "ours: per-position TopK", "saelens_topk": "SAELens TopK",
+          "contextual_gated": "ours: contextual, gated carry"}
+
+
+def plot(results: dict, path: Path) -> None:
+    """Held-out FVU against training seconds, one curve per compared model (the sweep's choice),
+    the target of each comparison as a dotted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for key, label in LABELS.items():
+        if key in results:
+            m = results[key]
+            line, = ax.plot([p["seconds"] for p in m["curve"]], [p["fvu"] for p in m["curve"]], marker=".",
+                            label=f"{label} (lr {m['lr']:.3g})")
+            at_k = [p["seconds"] for p in m["curve"] if p["tokens"] >= m.get("at_k_from_tokens", 0)]
+            if m.get("at_k_from_tokens") and at_k:
+                ax.axvline(at_k[0], color=line.get_color(), lw=0.8, ls="--", label="its budget reaches k")
+    for key in ("ours_vs_saelens", "contextual_vs_topk"):
+        if key in results:
+            ax.axhline(results[key]["target_fvu"], color="grey", lw=0.8, ls=":",
+                       label="target FVU" if key == "ours_vs_saelens" else None)
+    ax.set_xlabel("training seconds (evaluation off the clock)")
+    ax.set_ylabel("held-out FVU")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    where = results["machine"].get("gpu") or f"{results['machine']['cpu']}, {results['machine']['threads']} threads"
+    ax.set_title(f"time to quality: {where}", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def main(argv=None) -> int:
@@ -188,12 +259,23 @@ def main(argv=None) -> int:
     p.add_argument("--data-tokens", type=int, default=1_500_000, help="distinct training positions (epochs reuse them)")
     p.add_argument("--heldout-windows", type=int, default=64)
     p.add_argument("--eval-every", type=int, default=250_000, help="tokens between held-out evaluations")
-    p.add_argument("--lr", type=float, default=None, help="our learning rate (default: ours by width)")
-    p.add_argument("--saelens-lr", type=float, default=None, help="SAELens's learning rate (default: its own)")
+    p.add_argument("--lr", type=parse_rates, default=[None], metavar="RATES",
+                   help="our TopK's learning rates to sweep, comma-separated ('default': ours by width)")
+    p.add_argument("--saelens-lr", type=parse_rates, default=[None], metavar="RATES",
+                   help="SAELens's learning rates to sweep ('default': its own)")
+    p.add_argument("--contextual-lr", type=parse_rates, default=None, metavar="RATES",
+                   help="the contextual SAE's learning rates to sweep (default: the rate our TopK's sweep chose)")
     p.add_argument("--skip-saelens", action="store_true")
     p.add_argument("--skip-contextual", action="store_true")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/time_to_quality_cpu.json"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/time_to_quality_cpu.json"),
+                   help="result JSON; the learning curves' plot goes beside it (.png)")
+    p.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                   help="draw the plot of an earlier result beside it, without training")
     args = p.parse_args(argv)
+    if args.replot is not None:
+        plot(read_json(args.replot), args.replot.with_suffix(".png"))
+        print(f"wrote {args.replot.with_suffix('.png')}")
+        return 0
     device = resolve_device(args.device)
     start = time.perf_counter()
     train, held = make_data(args)
@@ -205,18 +287,29 @@ def main(argv=None) -> int:
           + ", ".join(f"{name} {tokens:,}" for name, tokens in budget.items()), flush=True)
     results: dict = {"setup": {k: v for k, v in vars(args).items() if k != "out"}, "goals": GOALS,
                      "epochs": args.tokens / epoch}
-    runs = {"ours_topk": lambda: run_ours(args, train, held, device, "topk", budget["ours_topk"])}
+    runs: dict[str, tuple[list, Callable[[float | None], dict]]] = {
+        "ours_topk": (args.lr, lambda lr: run_ours(args, train, held, device, "topk", budget["ours_topk"], lr))}
     if not args.skip_saelens:
-        runs["saelens_topk"] = lambda: run_saelens(args, train, held, device, budget["saelens_topk"])
+        runs["saelens_topk"] = (args.saelens_lr,
+                                lambda lr: run_saelens(args, train, held, device, budget["saelens_topk"], lr))
     if not args.skip_contextual:
-        runs["contextual_gated"] = lambda: run_ours(args, train, held, device, "contextual", budget["contextual_gated"])
-    for name, run in runs.items():
-        print(f"training {name}...", flush=True)
-        results[name] = {**run(), "tokens": budget[name], "epochs": budget[name] / epoch}
-        r = results[name]
-        print(f"  final held-out FVU {r['final_fvu']:.4f} after {r['train_seconds']:.0f} s; "
-              f"{'converged' if r['converged'] else 'NOT converged'} (last quarter gained {r['gain_over_last_quarter']:.1%})",
-              flush=True)
+        runs["contextual_gated"] = (args.contextual_lr, lambda lr: run_ours(args, train, held, device, "contextual",
+                                                                            budget["contextual_gated"], lr))
+    for name, (rates, run) in runs.items():
+        if rates is None:  # the contextual SAE at the rate our TopK's sweep chose
+            rates = [results["ours_topk"]["lr"]]
+        sweep = []
+        for lr in rates:
+            print(f"training {name} at lr {'default' if lr is None else f'{lr:g}'}...", flush=True)
+            r = {**run(lr), "tokens": budget[name], "epochs": budget[name] / epoch}
+            sweep.append(r)
+            print(f"  lr {r['lr']:.3g}: final held-out FVU {r['final_fvu']:.4f} after {r['train_seconds']:.0f} s; "
+                  f"{'converged' if r['converged'] else 'NOT converged'} "
+                  f"(last quarter gained {r['gain_over_last_quarter']:.1%})", flush=True)
+        results[name] = pick(sweep)
+        results[name + "_sweep"] = [{k: v for k, v in r.items() if k != "curve"} for r in sweep]
+        if len(sweep) > 1:
+            print(f"  {name}: lr {results[name]['lr']:.3g} chosen", flush=True)
     if "saelens_topk" in results:
         results["ours_vs_saelens"] = compare(results["ours_topk"], results["saelens_topk"])
     if "contextual_gated" in results:
@@ -230,7 +323,8 @@ def main(argv=None) -> int:
     results["seconds"] = time.perf_counter() - start
     results["machine"] = machine_info(device)
     write_json_atomic(args.out, results)
-    print(f"wrote {args.out}")
+    plot(results, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and its plot")
     return 0
 
 

@@ -379,6 +379,15 @@ def _time_to_quality(r: dict) -> list[str]:
            "time off the clock.", "",
            md_table(["model", "learning rate", "training positions (epochs)", "final held-out FVU",
                      "training seconds", "FVU gained over the last quarter", "converged (< 2%)"], rows), ""]
+    swept = [[names[key], fmt(run["lr"]), fmt(run["final_fvu"], ".4f"), fmt(run["train_seconds"], ",.0f"),
+              fmt(run["gain_over_last_quarter"], ".1%"), fmt(run["converged"]),
+              "yes" if math.isclose(run["lr"], r[key]["lr"]) else ""]
+             for key in names for run in r.get(key + "_sweep", [])]
+    if swept:
+        out += ["Each model's learning rate was chosen by a sweep at its full budget: the lowest final FVU among "
+                "the runs that converged.", "",
+                md_table(["model", "learning rate", "final held-out FVU", "training seconds",
+                          "FVU gained over the last quarter", "converged (< 2%)", "chosen"], swept), ""]
     pairs = (("ours_vs_saelens", "ours against SAELens", ("ours_topk", "saelens_topk"),
               r["goals"]["max_time_vs_saelens"]),
              ("contextual_vs_topk", "the contextual SAE against our TopK", ("contextual_gated", "ours_topk"),
@@ -394,6 +403,12 @@ def _time_to_quality(r: dict) -> list[str]:
                        else ("met" if met else "not met"))
             out.append(f"- Time to FVU {c['target_fvu']:.4f}, {what}: {ta} s against {tb} s, {ratio} (goal <= "
                        f"{goal}x): {verdict}.")
+    ctx = r.get("contextual_gated", {})
+    at_k = [p for p in ctx.get("curve", []) if p["tokens"] >= ctx.get("at_k_from_tokens", 0)]
+    if "contextual_vs_topk" in r and at_k and at_k[0]["fvu"] <= r["contextual_vs_topk"]["target_fvu"]:
+        out.append(f"- The contextual SAE was already below the target at its first evaluation with its budget at k "
+                   f"({at_k[0]['tokens']:,} positions, FVU {at_k[0]['fvu']:.4f}): its time to the target is the "
+                   "length of its anneal.")
     if any("at_k_from_tokens" in r.get(m, {}) for m in names):
         out.append("- A model whose budget anneals (the contextual SAE starts at 4k codes a position and reaches k "
                    "halfway) counts as reaching the target only from the end of the anneal.")
@@ -513,7 +528,20 @@ def _synthetic_robustness(r: dict) -> list[str]:
                " Not every model converged, so the comparison with TopK is provisional; the blow-up check does "
                "not depend on convergence."), "",
             *([f"{r['rescored'][0].upper()}{r['rescored'][1:]}."] if r.get("rescored") else []),
+            *_clipped_steps(r["rows"]),
             "![Learning curves](../benchmarks/results/synthetic_robustness.png)"]
+
+
+def _clipped_steps(rows: list[dict]) -> list[str]:
+    """Where the gradient clip bound (runs that record it)."""
+    counts = [(x["setting"], name, x[name]["clipped_steps"]) for x in rows for name in ("contextual", "topk")
+              if "clipped_steps" in x[name]]
+    if not counts:
+        return []
+    who = {"contextual": "the contextual SAE", "topk": "per-position TopK"}
+    bound = [f"{who[name]} in '{setting}' ({n} step{'s' * (n != 1)})" for setting, name, n in counts if n]
+    return [("The gradient's norm was clipped (`max_grad_norm`) for " + ", ".join(bound) if bound else
+             "The gradient clip (`max_grad_norm`) bound on no step of any model") + ".", ""]
 
 
 def _llm_baselines(r: dict) -> list[str]:
@@ -592,7 +620,11 @@ def results_page() -> str:
         if stem not in files:
             continue
         result = json.loads(files[stem].read_text())
-        parts += [f"## {title}", "", f"`benchmarks/results/{stem}.json`. {provenance(result)}", "", *render(result), ""]
+        body = render(result)
+        png = files[stem].with_suffix(".png")
+        if png.is_file() and not any(png.name in line for line in body):  # a plot beside the result, not yet shown
+            body += ["", f"![{title}](../benchmarks/results/{png.name})"]
+        parts += [f"## {title}", "", f"`benchmarks/results/{stem}.json`. {provenance(result)}", "", *body, ""]
     return "\n".join(parts)
 
 
