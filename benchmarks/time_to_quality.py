@@ -26,7 +26,7 @@ evaluations). Goals: ours at most 0.5x SAELens's time at no worse converged FVU;
 SAE at most 2x our TopK's time.
 
     python benchmarks/time_to_quality.py --out benchmarks/results/time_to_quality_cpu.json   # SAELens from .venv-bench
-    python benchmarks/time_to_quality.py --lr 1e-3,2e-3 --saelens-lr 1e-3,3e-3 --contextual-lr 1e-3 ...
+    python benchmarks/time_to_quality.py --saelens-lr default --saelens-tokens 20000000   # SAELens at its own rate
     python benchmarks/time_to_quality.py --device cuda --out benchmarks/results/time_to_quality_cuda.json
 """
 
@@ -251,20 +251,20 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--T", type=int, default=64)
     p.add_argument("--batch", type=int, default=4096, help="positions per step")
-    p.add_argument("--tokens", type=int, default=6_000_000, help="training positions of our TopK (and of the others, "
+    p.add_argument("--tokens", type=int, default=3_000_000, help="training positions of our TopK (and of the others, "
                    "unless set below)")
     p.add_argument("--saelens-tokens", type=int, default=None, help="SAELens's training positions (default: --tokens)")
-    p.add_argument("--contextual-tokens", type=int, default=None,
-                   help="the contextual SAE's training positions (default: --tokens)")
+    p.add_argument("--contextual-tokens", type=int, default=4_000_000,
+                   help="the contextual SAE's training positions (it anneals its budget over the first half)")
     p.add_argument("--data-tokens", type=int, default=1_500_000, help="distinct training positions (epochs reuse them)")
     p.add_argument("--heldout-windows", type=int, default=64)
     p.add_argument("--eval-every", type=int, default=250_000, help="tokens between held-out evaluations")
-    p.add_argument("--lr", type=parse_rates, default=[None], metavar="RATES",
+    p.add_argument("--lr", type=parse_rates, default="1e-3,2e-3,default", metavar="RATES",
                    help="our TopK's learning rates to sweep, comma-separated ('default': ours by width)")
-    p.add_argument("--saelens-lr", type=parse_rates, default=[None], metavar="RATES",
-                   help="SAELens's learning rates to sweep ('default': its own)")
-    p.add_argument("--contextual-lr", type=parse_rates, default=None, metavar="RATES",
-                   help="the contextual SAE's learning rates to sweep (default: the rate our TopK's sweep chose)")
+    p.add_argument("--saelens-lr", type=parse_rates, default="1e-3,3e-3", metavar="RATES",
+                   help="SAELens's learning rates to sweep ('default': its own, 3e-4 in SAELens 6.54)")
+    p.add_argument("--contextual-lr", type=parse_rates, default="1e-3,2e-3", metavar="RATES",
+                   help="the contextual SAE's learning rates to sweep")
     p.add_argument("--skip-saelens", action="store_true")
     p.add_argument("--skip-contextual", action="store_true")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/time_to_quality_cpu.json"),
@@ -296,8 +296,6 @@ def main(argv=None) -> int:
         runs["contextual_gated"] = (args.contextual_lr, lambda lr: run_ours(args, train, held, device, "contextual",
                                                                             budget["contextual_gated"], lr))
     for name, (rates, run) in runs.items():
-        if rates is None:  # the contextual SAE at the rate our TopK's sweep chose
-            rates = [results["ours_topk"]["lr"]]
         sweep = []
         for lr in rates:
             print(f"training {name} at lr {'default' if lr is None else f'{lr:g}'}...", flush=True)

@@ -185,6 +185,11 @@ def config_reference() -> str:
 # --- the results page -----------------------------------------------------------------------------
 
 
+def _synthetic_measured_convergence(r: dict) -> bool:
+    """Whether a synthetic-regions run recorded its SAEs' convergence (older runs did not)."""
+    return any("converged" in p for f in r["families"].values() for p in f["points"])
+
+
 def _synthetic(r: dict) -> list[str]:
     s = r["setup"]
     rows = []
@@ -200,7 +205,7 @@ def _synthetic(r: dict) -> list[str]:
            f"crosses the target FVU {s['target_fvu']}; recovery is the mean best cosine of a true feature with a "
            "decoder row. Every step draws fresh windows (one epoch). "
            + ("'(nc)': not converged (held-out FVU still moving 2% or more over the last quarter)."
-              if any("converged" in p for f in r["families"].values() for p in f["points"])
+              if _synthetic_measured_convergence(r)
               else "This run recorded no held-out learning curve, so its convergence is not measured."), "",
            md_table(["model", f"L0 at FVU {s['target_fvu']}", "state L0 there", "recovery", "tokens per SAE",
                      "sweep (k: L0 / FVU)"], rows), ""]
@@ -639,18 +644,24 @@ def readme_headline() -> str:
                      if c.get("state_vs_true_active") else "")
             rows.append([f"synthetic regions, {carry} carry", f"{fmt(c['ratio_vs_per_position'], '.2f')}x fewer "
                          f"innovations than TopK at FVU {r['setup']['target_fvu']}{state}; control loses "
-                         f"{fmt(c['gain_lost_by_control'], '.0%')} of the gain"])
+                         f"{fmt(c['gain_lost_by_control'], '.0%')} of the gain"
+                         + ("" if _synthetic_measured_convergence(r) else "; convergence not measured")])
     llm = RESULTS / "llm_goals_smollm2_resid15.json"
     if llm.is_file():
         r = json.loads(llm.read_text())
         best = max(r["goals"].values(), key=lambda g: g["innovation_ratio"])
         rows.append([f"SmolLM2 `{r['hook']}`, short training", f"best innovation ratio {best['innovation_ratio']:.2f}x "
                      "(goal >= 1.5x): not met; not converged"])
-    tt = RESULTS / "train_throughput.json"
-    if tt.is_file():
-        r = json.loads(tt.read_text())
-        rows.append(["training speed vs SAELens (100 steps, CPU)", f"{r['speedup_vs_saelens']:.2f}x tokens/s; gated "
-                     f"contextual {r['contextual_gated']['cost_per_token_vs_topk']:.2f}x TopK's cost per token"])
+    ttq = RESULTS / "time_to_quality_cpu.json"
+    if ttq.is_file():
+        r = json.loads(ttq.read_text())
+        cells = []
+        for key, what in (("ours_vs_saelens", "ours reaches SAELens's converged FVU in {}x its time"),
+                          ("contextual_vs_topk", "the contextual SAE reaches our TopK's in {}x")):
+            if r.get(key, {}).get("ratio") is not None:
+                cells.append(what.format(f"{r[key]['ratio']:.2f}"))
+        converged = all(r[m]["converged"] for m in ("ours_topk", "saelens_topk", "contextual_gated") if m in r)
+        rows.append(["time to quality vs SAELens (CPU)", "; ".join(cells) + ("" if converged else "; not converged")])
     return "\n".join([README_START, md_table(["benchmark", "headline"], rows), "",
                       "Every figure, with its machine, date and commit: [docs/results.md](docs/results.md).", README_END])
 
