@@ -243,7 +243,8 @@ def _train(args, group, device) -> int:
     batch_windows = max(1, args.batch_tokens // T)
     tokens = args.tokens if args.tokens is not None else max((n - held.shape[0]) * T, MIN_DEFAULT_TOKENS)
     train_cfg = TrainConfig(tokens=tokens, lr=args.lr, max_grad_norm=args.max_grad_norm, seed=args.seed,
-                            shuffle_context=args.shuffle_context, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
+                            shuffle_context=args.shuffle_context, progress=not args.no_progress,
+                            checkpoint_every=args.checkpoint_every)
     result = train_sae(cfg, train_cfg, batches, axis, args.out, held, batch_windows, device=device, dtype=args.dtype,
                        data_identity=identity).scores
     if group.is_main:

@@ -182,7 +182,7 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         save_sae(self.model, tmp, self.axis)
         opt = self.optimizer.state_dict()
-        tensors = {"tokens_since_fired": self.tokens_since_fired}
+        tensors = {"tokens_since_fired": self.tokens_since_fired, "clipped_steps": self._clipped}
         for idx, state in opt["state"].items():
             for name, value in state.items():
                 tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value)
@@ -221,6 +221,7 @@ class Trainer:
         self.model.load_state_dict(state)
         tensors = load_tensors(path / "trainer_state.safetensors", "trainer state")
         self.tokens_since_fired = tensors.pop("tokens_since_fired").to(self.device)
+        self._clipped = tensors.pop("clipped_steps").to(self.device)
         opt_state: dict[int, dict[str, Tensor]] = {}
         for key, value in tensors.items():
             _, idx, name = key.split(".", 2)
@@ -297,7 +298,7 @@ class Trainer:
 
     @property
     def clipped_steps(self) -> int:
-        """Steps whose gradient norm was clipped to max_grad_norm (since this process started)."""
+        """Steps whose gradient norm was clipped to max_grad_norm (a resumed run counts from its start)."""
         return int(self._clipped)
 
     def _evaluate(self) -> dict[str, Any]:

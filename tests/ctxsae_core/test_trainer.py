@@ -36,13 +36,15 @@ def _crashing(batches, after):
         yield b
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_resumed_run_ends_with_the_same_weights(tmp_path, shuffle):
+@pytest.mark.parametrize("shuffle,max_grad_norm", [(False, 1.0), (True, 1.0), (False, 1e-3)])
+def test_resumed_run_ends_with_the_same_weights(tmp_path, shuffle, max_grad_norm):
+    """max_grad_norm 1e-3 clips every step: the resumed run counts the clipped steps from its start."""
     data, axis = _data(), make_axis("tokens", T)
-    cfg = TrainConfig(tokens=20 * 4 * T, checkpoint_every=5, eval_every=0,
+    cfg = TrainConfig(tokens=20 * 4 * T, checkpoint_every=5, eval_every=0, max_grad_norm=max_grad_norm,
                       progress=False, shuffle_context=shuffle, seed=3)
     whole = _contextual()
-    Trainer(whole, cfg, axis, out_dir=tmp_path / "whole").fit(WindowBatches(data, 4, seed=3))
+    whole_trainer = Trainer(whole, cfg, axis, out_dir=tmp_path / "whole")
+    whole_trainer.fit(WindowBatches(data, 4, seed=3))
 
     broken = _contextual()
     with pytest.raises(_Crash):  # dies during step 13, after the checkpoint at step 10
@@ -50,9 +52,11 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, shuffle):
             _crashing(WindowBatches(data, 4, seed=3), after=12))
     assert (tmp_path / "resumed" / "checkpoints" / "LATEST").read_text().strip() == "step_00000010"
     resumed = _contextual(seed=99)  # different init: everything must come from the checkpoint
-    Trainer(resumed, cfg, axis, out_dir=tmp_path / "resumed").fit(WindowBatches(data, 4, seed=3))
+    resumed_trainer = Trainer(resumed, cfg, axis, out_dir=tmp_path / "resumed")
+    resumed_trainer.fit(WindowBatches(data, 4, seed=3))
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+    assert resumed_trainer.clipped_steps == whole_trainer.clipped_steps == (20 if max_grad_norm < 1 else 0)
     logged = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert logged == sorted(logged)  # lines logged after the checkpoint were dropped, not duplicated
 
