@@ -18,6 +18,7 @@ def open_in_chromium():
         pytest.skip("needs Debian's chromium and chromium-driver (make test installs them where apt-get can)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
 
     def open_page(path: Path, script: str | None = None) -> dict:
         opts = webdriver.ChromeOptions()
@@ -29,6 +30,10 @@ def open_in_chromium():
         browser = webdriver.Chrome(service=Service(driver_path), options=opts)
         try:
             browser.get(path.as_uri())
+            # a 2 MB page of inline images can still be parsing when get() returns on a loaded machine:
+            # wait for the whole document and every image, up to a minute
+            WebDriverWait(browser, 60).until(lambda b: b.execute_script(
+                "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete);"))
             return {"images": browser.execute_script(
                         "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]);"),
                     "errors": [e for e in browser.get_log("browser") if e["level"] == "SEVERE"],
