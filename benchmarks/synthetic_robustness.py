@@ -43,6 +43,7 @@ from ctxsae_core.cli import DEFAULT_BATCH_TOKENS
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.sweep import train_sae
 from ctxsae_core.synthetic import RegionsData, RegionsSpec
+from scenes.figures import pyplot, save_figure
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
 GOALS = {"max_final_vs_best_on_curve": 1.10, "max_fvu_on_curve": 1.0, "contextual_no_worse_than_topk_at_same_k": True}
@@ -127,12 +128,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.6 * len(rows), 3.4), sharey=False, squeeze=False)
+    fig, axes = pyplot().subplots(1, len(rows), figsize=(3.6 * len(rows), 3.4), sharey=False, squeeze=False)
     for ax, r in zip(axes[0], rows):
         for key, label, color in (("contextual", "contextual, gated", "C0"), ("topk", "per-position TopK", "k")):
             m = r[key]
@@ -148,10 +144,7 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[0][0].set_ylabel("held-out FVU")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

@@ -15,8 +15,8 @@ the sweep is recorded. (SAELens does not normalise activations by default, so th
 best rates differ; neither rate is set by hand.)
 
 Each model has its own budget of training positions (`--tokens`, `--saelens-tokens`,
-`--contextual-tokens`; epochs reuse `--data-tokens` distinct positions), set large enough for it to
-converge: a trainer whose default learning rate is lower needs more. Every model is evaluated on
+`--contextual-tokens`; epochs reuse `--data-tokens` distinct positions), set large enough for the
+swept rates to converge. Every model is evaluated on
 held-out windows at fixed token counts, with the evaluation's time
 left off the clock (the evaluation runs when the trainer asks for its next batch, so SAELens's
 trainer is timed as it is). A model has converged when its held-out FVU improved by less than 2%
@@ -48,6 +48,7 @@ from ctxsae_core.data import WindowBatches
 from ctxsae_core.metrics import ReconstructionSums
 from ctxsae_core.synthetic import RegionsData, RegionsSpec
 from ctxsae_core.trainer import Trainer
+from scenes.figures import pyplot, save_figure
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
 GOALS = {"max_time_vs_saelens": 0.5, "max_contextual_time_vs_topk": 2.0, "converged_gain": 0.02}
@@ -123,8 +124,9 @@ def time_to(curve: list[dict], target: float, from_tokens: int = 0) -> float | N
 
 
 def schedule(args, tokens: int) -> dict:
-    steps = tokens // args.batch
-    return {"steps": steps, "warmup": round(0.05 * steps), "decay": round(0.2 * steps)}
+    """Steps, warm-up and decay steps of SAELens's run: our recipe's fractions (TrainConfig)."""
+    steps, recipe = tokens // args.batch, TrainConfig()
+    return {"steps": steps, "warmup": round(recipe.warmup_fraction * steps), "decay": round(recipe.decay_fraction * steps)}
 
 
 def run_ours(args, train, held, device, arch: str, tokens: int, lr: float | None) -> dict:
@@ -174,16 +176,12 @@ def run_saelens(args, train, held, device, tokens: int, lr: float | None) -> dic
 def parse_rates(text: str) -> list[float | None]:
     """'1e-3,default' -> [0.001, None] (None: the trainer's own default rate)."""
     rates = []
-    for item in text.split(","):
-        item = item.strip()
-        if item == "default":
-            rates.append(None)
-            continue
+    for item in (part.strip() for part in text.split(",")):
         try:
-            rate = float(item)
+            rate = None if item == "default" else float(item)
         except ValueError:
-            rate = -1.0
-        if not rate > 0:
+            rate = float("nan")
+        if rate is not None and not rate > 0:
             raise argparse.ArgumentTypeError(f"learning rate {item!r}: give positive numbers or 'default', "
                                              "comma-separated")
         rates.append(rate)
@@ -212,12 +210,7 @@ LABELS = {"ours_topk": "ours: per-position TopK", "saelens_topk": "SAELens TopK"
 def plot(results: dict, path: Path) -> None:
     """Held-out FVU against training seconds, one curve per compared model (the sweep's choice),
     the target of each comparison as a dotted line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = pyplot().subplots(figsize=(7.5, 4))
     for key, label in LABELS.items():
         if key in results:
             m = results[key]
@@ -235,11 +228,7 @@ def plot(results: dict, path: Path) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     where = results["machine"].get("gpu") or f"{results['machine']['cpu']}, {results['machine']['threads']} threads"
     ax.set_title(f"time to quality: {where}", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

@@ -655,11 +655,13 @@ def readme_headline() -> str:
     ttq = RESULTS / "time_to_quality_cpu.json"
     if ttq.is_file():
         r = json.loads(ttq.read_text())
-        cells = []
-        for key, what in (("ours_vs_saelens", "ours reaches SAELens's converged FVU in {}x its time"),
-                          ("contextual_vs_topk", "the contextual SAE reaches our TopK's in {}x")):
-            if r.get(key, {}).get("ratio") is not None:
-                cells.append(what.format(f"{r[key]['ratio']:.2f}"))
+        g = r["goals"]
+        cells = [f"{what} in {r[key]['ratio']:.2f}x {whose} (goal <= {goal}x)"
+                 for key, what, whose, goal in (
+                     ("ours_vs_saelens", "ours reaches SAELens's converged FVU", "its time", g["max_time_vs_saelens"]),
+                     ("contextual_vs_topk", "the contextual SAE reaches our TopK's", "its time",
+                      g["max_contextual_time_vs_topk"]))
+                 if r.get(key, {}).get("ratio") is not None]
         converged = all(r[m]["converged"] for m in ("ours_topk", "saelens_topk", "contextual_gated") if m in r)
         rows.append(["time to quality vs SAELens (CPU)", "; ".join(cells) + ("" if converged else "; not converged")])
     return "\n".join([README_START, md_table(["benchmark", "headline"], rows), "",
