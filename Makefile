@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo notebooks test docs bench-synthetic bench-robust bench-recipe bench-ttq bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm bench-llm-baselines clean
+.PHONY: setup browser demo notebooks test docs bench-synthetic bench-robust bench-recipe bench-ttq bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm bench-llm-baselines bench-llm-converged clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,11 @@ bench-llm: setup
 
 bench-llm-baselines: setup
 	$(PY) benchmarks/llm_baselines.py --out benchmarks/results/llm_baselines_smollm2.json
+
+# reuses the resid.15 baselines' harvest when bench-llm-baselines ran before (else harvests it)
+bench-llm-converged: setup
+	$(PY) benchmarks/llm_converged.py --harvest-from runs/llm_baselines_resid15 \
+		--out benchmarks/results/llm_converged_smollm2_resid15.json
 
 clean:
 	rm -rf runs .pytest_cache

@@ -252,21 +252,26 @@ def _throughput(r: dict) -> list[str]:
     return out
 
 
+def _goal_table(goals: dict) -> str:
+    """The LLM goal per contextual SAE: its innovations against TopK's L0 at the same FVU."""
+    rows = [[n, fmt(g["l0"], ".2f"), fmt(g["fvu"]), fmt(g["topk_l0_at_same_fvu"], ".2f") + ("*" if g["extrapolated"] else ""),
+             fmt(g["innovation_ratio"], ".2f"), fmt(g["delta_ce"]), fmt(g["topk_delta_ce_at_that_l0"]),
+             fmt(g.get("control_fvu")), "met" if g.get("goal_met") else "not met"] for n, g in goals.items()]
+    return md_table(["contextual SAE", "L0", "FVU", "TopK L0 at that FVU", "innovation ratio", "delta CE",
+                     "TopK delta CE there", "control FVU", "goal (>= 1.5x)"], rows)
+
+
 def _llm(r: dict) -> list[str]:
     rows = [[n, m["family"], fmt(m["l0"], ".2f"), fmt(m["state_l0"], ".2f"), fmt(m["fvu"]), fmt(m["delta_ce"]),
              fmt(m["dead_fraction"], ".2f")] for n, m in r["saes"].items()]
-    goals = [[n, fmt(g["l0"], ".2f"), fmt(g["fvu"]), fmt(g["topk_l0_at_same_fvu"], ".2f") + ("*" if g["extrapolated"] else ""),
-              fmt(g["innovation_ratio"], ".2f"), fmt(g["delta_ce"]), fmt(g["topk_delta_ce_at_that_l0"]),
-              fmt(g.get("control_fvu")), "met" if g.get("goal_met") else "not met"] for n, g in r["goals"].items()]
+    goals = _goal_table(r["goals"])
     tokens = (r.get("config") or {}).get("sweep", {}).get("tokens")
     out = [f"{r['model']}, `{r['hook']}`, windows of {r['window']} tokens: {r['windows_harvested']} harvested, "
            f"{r['windows_left_out_as_outliers']} left out for a massive activation, {r['held_out_windows']} held out. "
            f"CE on the held-out tokens: clean {r['ce_clean']:.3f}, zero-ablated {r['ce_zero_ablation']:.3f} nats."
            + (f" {tokens:,} training tokens per SAE (one pass, far from converged)." if tokens else ""), "",
            md_table(["SAE", "family", "L0", "state L0", "FVU", "delta CE", "dead"], rows), "",
-           md_table(["contextual SAE", "L0", "FVU", "TopK L0 at that FVU", "innovation ratio", "delta CE",
-                     "TopK delta CE there", "control FVU", "goal (>= 1.5x)"], goals),
-           "", "\\* extrapolated beyond the TopK sweep.", ""]
+           goals, "", "\\* extrapolated beyond the TopK sweep.", ""]
     if r["goals"]:
         best = max(r["goals"], key=lambda n: r["goals"][n]["innovation_ratio"])
         met = [n for n, g in r["goals"].items() if g.get("goal_met")]
@@ -275,6 +280,46 @@ def _llm(r: dict) -> list[str]:
                    + ("reaches a lower FVU." if all((g.get("control_fvu") or math.inf) < g["fvu"] for g in r["goals"].values())
                       else "is listed beside it."))
     return out
+
+
+def _llm_converged(r: dict) -> list[str]:
+    sweep, saes = r["config"]["sweep"], r["saes"]
+    hk = r["headline_k"]
+    epochs = [m["epochs"] for m in saes.values()]
+    rates = [f"{x:g}" for x in r["rates"]]
+    rate_rows = [[s] + [fmt(v["fvu"], ".4f") + ("" if v["converged"] else " (not converged)") for v in row.values()]
+                 for s, row in r["rate_sweep"].items()]
+    sae_rows = [[n, m["family"], fmt(m["l0"], ".2f"), fmt(m["state_l0"], ".2f"), fmt(m["fvu"], ".4f"),
+                 fmt(m["delta_ce"], ".3f"), fmt(m["switch_rate_of_region_tracking_features"], ".3f"),
+                 fmt(m["converged"]), fmt(m["fvu_gain_last_quarter"], ".1%")] for n, m in saes.items()]
+    seed_rows = [[n, fmt(v["fvu"]["mean"], ".4f") + " +- " + fmt(v["fvu"]["std"], ".4f"), fmt(v["l0"]["mean"], ".2f"),
+                  fmt(v["state_l0"]["mean"], ".2f"), fmt(v["delta_ce"]["mean"], ".3f"),
+                  f"{sum(v['converged'])} of {len(v['converged'])}"]
+                 for n, v in r["seeds"].items() if "fvu" in v]
+    gap = r["seeds"]["contextual_minus_topk_fvu"]
+    b = r["baselines"]
+    ceiling = [q["best_innovation_ratio"] for q in r["ceiling"].values()]
+    chosen = r["chosen"]
+    return [f"{r['model']}, `{r['hook']}`, windows of {r['window'] - 1} positions: {r['windows_harvested']:,} "
+            f"harvested, {r['held_out_windows']} held out. Width {sweep['width']:,}, {sweep['batch_windows']} "
+            f"windows a step, {sweep['tokens']:,} training positions per SAE ({min(epochs):.1f} to "
+            f"{max(epochs):.1f} epochs of the harvest). Learning rates {', '.join(rates)} swept at k {hk}; each "
+            f"series keeps its lowest converged FVU (TopK: {chosen['topk']['lr']:g}, contextual: "
+            f"{chosen['contextual_gated']['lr']:g}; the control trains at the contextual SAE's rate). "
+            + ("Every SAE below converged." if r["all_converged"] else "**Not every SAE converged** (see the table)."),
+            "", "Held-out FVU at k " + str(hk) + " for each learning rate:", "",
+            md_table(["series"] + [f"lr {x}" for x in rates], rate_rows), "",
+            md_table(["SAE (seed 0)", "family", "L0", "state L0", "FVU", "delta CE", "switch rate of region features",
+                      "converged", "last-quarter gain"], sae_rows), "",
+            _goal_table(r["goals"]), "", "\\* extrapolated beyond the TopK sweep.", "",
+            f"Beside it: a carry could pay at best {min(ceiling):.2f}x to {max(ceiling):.2f}x fewer innovations "
+            f"against these TopK SAEs (the persistence ceiling); predicting each activation by its token's mean "
+            f"leaves FVU {b['unigram']:.3f} (unigram null), by the previous activation {b['previous_1']:.3f}, by "
+            f"the mean of the previous 4 {b['previous_4']:.3f}.", "",
+            f"Seeds at k {hk} (each seed draws the initialisation, the batch order and the held-out split):", "",
+            md_table(["SAE", "FVU (mean +- std)", "L0", "state L0", "delta CE", "converged"], seed_rows), "",
+            f"Contextual minus TopK FVU at k {hk}, paired by seed: {gap['mean']:+.4f} +- {gap['std']:.4f}.", "",
+            f"- {r['verdict']}"]
 
 
 def _image_demo(r: dict) -> list[str]:
@@ -585,6 +630,7 @@ def _gpu_tests(r: dict) -> list[str]:
 # file stem -> (section title, renderer); the order here is the page's order
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_regions": ("Synthetic regions: the contextual SAE against known features", _synthetic),
+    "llm_converged_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15`, converged", _llm_converged),
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
     "llm_baselines_smollm2": ("What a carry could save in SmolLM2, layer by layer", _llm_baselines),
@@ -646,8 +692,16 @@ def readme_headline() -> str:
                          f"innovations than TopK at FVU {r['setup']['target_fvu']}{state}; control loses "
                          f"{fmt(c['gain_lost_by_control'], '.0%')} of the gain"
                          + ("" if _synthetic_measured_convergence(r) else "; convergence not measured")])
+    converged_llm = RESULTS / "llm_converged_smollm2_resid15.json"
     llm = RESULTS / "llm_goals_smollm2_resid15.json"
-    if llm.is_file():
+    if converged_llm.is_file():
+        r = json.loads(converged_llm.read_text())
+        best = max(r["goals"].values(), key=lambda g: g["innovation_ratio"])
+        ceiling = max(q["best_innovation_ratio"] for q in r["ceiling"].values())
+        rows.append([f"SmolLM2 `{r['hook']}`, learning rates swept", f"best innovation ratio "
+                     f"{best['innovation_ratio']:.2f}x (goal >= 1.5x): {'met' if best['goal_met'] else 'not met'}; "
+                     f"persistence ceiling {ceiling:.2f}x" + ("" if r["all_converged"] else "; not all converged")])
+    elif llm.is_file():
         r = json.loads(llm.read_text())
         best = max(r["goals"].values(), key=lambda g: g["innovation_ratio"])
         rows.append([f"SmolLM2 `{r['hook']}`, short training", f"best innovation ratio {best['innovation_ratio']:.2f}x "

@@ -54,9 +54,15 @@ class LLMCompareConfig:
     outlier_norm: float = param(10.0, "windows holding a position (after position 0) whose norm exceeds this many "
                                 "times the batch's median norm are left out: such massive activations (a second "
                                 "attention sink) can hold most of the variance and make FVU measure them alone")
+    ce_windows: int = param(0, "held-out windows the CE losses are scored on (the first of the held-out split; "
+                            "0 = all): each SAE's spliced CE runs the whole LM over them, which dominates the time "
+                            "of a sweep of small SAEs on a CPU. FVU and the other scores use every held-out window")
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     sweep: SweepConfig = field(default_factory=lambda: SweepConfig(width=2304, k=(8, 16, 32), k_contextual=(4, 8, 16),
                                                                     tokens=500_000))
+
+    def __post_init__(self) -> None:
+        require(self.ce_windows >= 0, f"ce_windows={self.ce_windows} must be >= 0 (0 scores CE on every held-out window)")
 
 
 def llm_config_from_dict(values: dict[str, Any], where: str) -> LLMCompareConfig:

@@ -90,8 +90,10 @@ def write_report(view: LLMRunView) -> Path:
              f"<p class=note>Model <b>{html.escape(r['model'])}</b>, hook <b>{html.escape(r['hook'])}</b>.</p>",
              f"<p class=note>Windows of {r['window']} tokens (position 0 never enters an SAE); "
              f"{r['windows_harvested']} harvested, {r['windows_left_out_as_outliers']} left out for a massive "
-             f"activation after position 0, {r['held_out_windows']} held out for everything below. CE over the held-out "
-             f"tokens: clean {r['ce_clean']:.3f}, hook zero-ablated {r['ce_zero_ablation']:.3f} nats.</p>",
+             f"activation after position 0, {r['held_out_windows']} held out for everything below. CE over the "
+             + (f"first {r['ce_windows']} held-out windows' tokens" if r.get("ce_windows", r["held_out_windows"])
+                < r["held_out_windows"] else "held-out tokens")
+             + f": clean {r['ce_clean']:.3f}, hook zero-ablated {r['ce_zero_ablation']:.3f} nats.</p>",
              *_subtract_note(r),
              "<h2>Sparsity vs reconstruction and vs CE</h2>", png(view.pareto_figure(), figures, "llm_pareto"),
              "<p class=note>L0 counts innovations (features paid for at a token); dotted lines put the contextual SAE "

@@ -106,9 +106,11 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
     held_w = window_of[held]
     held_ids = windows.ids[held_w]
     region, boundaries = windows.region[held_w][:, 1:], windows.boundaries()[held_w][:, 1:]
-    ce_clean = lm.ce_loss(held_ids)
-    ce_zero = lm.ce_loss(held_ids, cfg.hook, torch.zeros_like(held_x))
+    ce_rows = slice(0, cfg.ce_windows or None)  # the held-out windows CE is scored on
+    ce_clean = lm.ce_loss(held_ids[ce_rows])
+    ce_zero = lm.ce_loss(held_ids[ce_rows], cfg.hook, torch.zeros_like(held_x[ce_rows]))
     result = {"model": lm.description, "hook": cfg.hook, "window": cfg.corpus.window, "held_out_windows": len(held),
+              "ce_windows": len(held_ids[ce_rows]),
               "windows_harvested": int(windows.ids.shape[0]),
               "windows_left_out_as_outliers": int(windows.ids.shape[0] - store.n_windows),
               "ce_clean": ce_clean, "ce_zero_ablation": ce_zero, "regions": list(windows.regions),
@@ -133,7 +135,7 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
         # held_x is exactly the hook's output at positions 1.. of held_ids (same model, same ids),
         # so the reconstruction (plus the subtracted table) is what gets spliced in
         x_hat = codes["x_hat"] if offset is None else codes["x_hat"] + offset
-        ce_spliced = lm.ce_loss(held_ids, cfg.hook, x_hat)
+        ce_spliced = lm.ce_loss(held_ids[ce_rows], cfg.hook, x_hat[ce_rows])
         if offset is not None:  # "fvu" and "mse" stay on the raw activations, as for every run
             scores = {**scores, "fvu_residual": scores["fvu"], "fvu": fvu(held_x, x_hat),
                       "mse": mse(held_x, x_hat)}

@@ -23,3 +23,11 @@ def test_the_layer_baselines_differ_only_in_their_hook():
     first = next(iter(cfgs.values()))
     assert all(c.sweep == first.sweep and c.corpus == first.corpus for c in cfgs.values())
     assert first.sweep.carries == ()  # per-position TopK only
+
+
+def test_the_converged_comparison_reads_the_resid15_baselines_harvest():
+    """benchmarks/llm_converged.py reuses that harvest: same hook, same corpus, same held-out share."""
+    converged = load_llm_config(CONFIGS[0].parent / "smollm2_converged_resid15.toml")
+    baselines = load_llm_config(CONFIGS[0].parent / "smollm2_baselines_resid15.toml")
+    assert converged.hook == baselines.hook and converged.corpus == baselines.corpus
+    assert {"topk"} == set(converged.sweep.per_position) and converged.sweep.carries == ("gated",)

@@ -15,6 +15,7 @@ from visinterp.llm.config import load_llm_config
 from visinterp.llm.report import verdict
 from visinterp.llm.run import load_windows
 from visinterp.llm.view import LLMRunView
+from visinterp.models.causal_lm import load_causal_lm
 from visinterp.analysis.matched_l0 import l0_for_value
 from ctxsae_core.store import ActivationStore
 
@@ -131,6 +132,7 @@ def test_llm_compare_resumes_with_the_same_numbers(quick):
     ('[sweep]\ncarries = ["gated", "lstm"]\n', "sweep.carries has 'lstm'"),
     ('[sweep]\nper_position = ["relu"]\n', "sweep.per_position has 'relu'"),
     ('[sweep]\nsubtract = "bigram"\n', "sweep.subtract='bigram': choose from ['none', 'unigram']"),
+    ('ce_windows = -1\n', "ce_windows=-1 must be >= 0"),
 ])
 def test_llm_compare_bad_config_exits_2(tmp_path, capsys, toml, message):
     bad = tmp_path / "bad.toml"
@@ -158,7 +160,7 @@ def test_run_view_of_a_folder_without_a_comparison_says_what_to_run(tmp_path):
 
 def test_subtract_unigram_trains_on_the_residual_and_reports_both_fvus(tmp_path):
     cfg = tmp_path / "unigram.toml"
-    cfg.write_text('model = "smollm2"\nhook = "resid.15"\n[corpus]\nwindow = 32\nwindows = 96\n'
+    cfg.write_text('model = "smollm2"\nhook = "resid.15"\nce_windows = 4\n[corpus]\nwindow = 32\nwindows = 96\n'
                    '[sweep]\nwidth = 128\nk = [4]\ncarries = ["gated"]\nk_contextual = [2]\ntokens = 15000\n'
                    'init_persistence = 0.0\nsubtract = "unigram"\n')
     out = tmp_path / "run"
@@ -192,3 +194,10 @@ def test_subtract_unigram_trains_on_the_residual_and_reports_both_fvus(tmp_path)
     assert result["saes"]["topk_k4"]["fvu"] < result["baselines"]["unigram"]  # the SAE adds to what the table explains
     page = (out / "report.html").read_text()
     assert "minus the unigram table" in page and "FVU of the residual" in page
+    # CE is scored on the first ce_windows held-out windows only; FVU on all of them
+    assert result["ce_windows"] == 4 < result["held_out_windows"] == len(held_idx)
+    first = load_windows(out).ids[raw.image_index()[held_idx[:4]]]
+    lm = load_causal_lm("smollm2", "cpu")
+    assert result["ce_clean"] == pytest.approx(lm.ce_loss(first), rel=1e-5)
+    assert result["ce_clean"] != pytest.approx(lm.ce_loss(first[:2]), rel=1e-3)
+    assert "first 4 held-out windows" in page
