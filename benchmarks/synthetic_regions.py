@@ -182,14 +182,10 @@ def print_table(summary: dict) -> None:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from scenes.figures import pyplot, save_figure
     from visinterp.report.page import label_log_axis
 
-    fig, ax = plt.subplots(figsize=(9.5, 4.5))
+    fig, ax = pyplot().subplots(figsize=(9.5, 4.5))
     styles = {"per-position topk": ("k", "o", "-"), "contextual gated": ("C0", "s", "-"),
               "gated, shuffled control": ("C0", "s", ":"), "contextual attention": ("C1", "^", "-"),
               "attention, shuffled control": ("C1", "^", ":")}
@@ -205,11 +201,7 @@ def plot(summary: dict, path: Path) -> None:
     label_log_axis(ax.yaxis)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Synthetic regions: sparsity vs reconstruction")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)
 
 
 def _reused_points(args, setup: Setup, fams: list[Family]) -> list[dict]:
