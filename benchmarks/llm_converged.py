@@ -7,8 +7,9 @@ harvest, hard-linked; a stage whose comparison.json exists is read back, so the 
 
 1. `lr<rate>`: TopK, the contextual SAE and its control at the headline k, once per rate. Each
    series keeps the rate with the lowest held-out FVU among its converged runs (the lowest FVU
-   overall, marked, when none converged). The control is trained at the contextual SAE's rate:
-   it is that SAE's recipe with the positions shuffled.
+   overall, marked, when none converged). A rate at which an SAE of the stage diverged is
+   recorded as diverged for all three. The control is trained at the contextual SAE's rate: it
+   is that SAE's recipe with the positions shuffled.
 2. `k_topk`, `k_contextual`: the other budgets at the chosen rates.
 3. `seed<s>`: the headline budget again with other seeds (a seed draws the SAEs' initialisation,
    batch order and held-out split), for the spread.
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from ctxsae_common.errors import InputError
 from ctxsae_common.files import write_json_atomic
 from visinterp.analysis.matched_l0 import goals, matched_table
 from visinterp.llm.config import LLMCompareConfig, load_llm_config
@@ -81,24 +83,40 @@ class Stages:
         self.harvest = harvest_from
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, name: str, **sweep) -> dict:
+    def __call__(self, name: str, may_diverge: bool = False, **sweep) -> dict:
+        """The stage's comparison.json. With `may_diverge` (the rate sweep), a stage in which an
+        SAE diverged returns {"saes": {}, "diverged": the trainer's message} instead of raising,
+        and is not retried when the script resumes."""
         out = self.runs / name
-        done = out / "comparison.json"
+        done, failed = out / "comparison.json", out / "diverged.json"
+        if may_diverge and failed.is_file():
+            return {"saes": {}, **json.loads(failed.read_text())}
         if not done.is_file():
             if self.harvest is not None:
                 link_harvest(self.harvest, out)
             cfg = dataclasses.replace(self.cfg, sweep=dataclasses.replace(self.cfg.sweep, **sweep))
             print(f"{name}: {', '.join(f'{k} {v}' for k, v in sweep.items())}", flush=True)
             start = time.perf_counter()
-            compare(cfg, out, progress=self.progress, device=self.device)
-            self.seconds[name] = time.perf_counter() - start
+            try:
+                compare(cfg, out, progress=self.progress, device=self.device)
+            except InputError as e:
+                if not (may_diverge and "diverged" in str(e)):
+                    raise
+                write_json_atomic(failed, {"diverged": str(e)})
+                return {"saes": {}, "diverged": str(e)}
+            finally:
+                self.seconds[name] = time.perf_counter() - start
         if self.harvest is None:
             self.harvest = out
         return json.loads(done.read_text())
 
 
-def pick(runs: dict[float, dict]) -> dict:
-    """The sweep's choice among {rate: SAE row}: the lowest FVU among converged runs, else the lowest."""
+def pick(runs: dict[float, dict | None]) -> dict:
+    """The sweep's choice among {rate: SAE row, None where the stage diverged}: the lowest FVU
+    among converged runs, else the lowest."""
+    runs = {lr: m for lr, m in runs.items() if m is not None}
+    if not runs:
+        raise SystemExit("every learning rate of the sweep diverged: pass lower rates with --lr")
     converged = {lr: m for lr, m in runs.items() if m.get("converged")}
     pool = converged or runs
     lr = min(pool, key=lambda r: pool[r]["fvu"])
@@ -164,14 +182,16 @@ def main(argv=None) -> int:
 
     # 1. the rate sweep at the headline budget
     names = {TOPK: f"topk_k{hk}", CONTEXTUAL: f"contextual_gated_k{hk}", CONTROL: f"contextual_gated_k{hk}_control"}
-    runs = {lr: stage(f"lr{lr:g}", k=(hk,), k_contextual=(hk,), lr=lr, seed=0) for lr in args.lr}
-    first = runs[args.lr[0]]
+    # (a stage in which an SAE diverged counts as diverged for every series of it)
+    runs = {lr: stage(f"lr{lr:g}", may_diverge=True, k=(hk,), k_contextual=(hk,), lr=lr, seed=0) for lr in args.lr}
     by_rate = {lr: run["saes"] for lr, run in runs.items()}
-    sweep = {s: {f"{lr:g}": {y: by_rate[lr][name][y] for y in ("fvu", "l0", "state_l0", "converged",
-                                                                 "fvu_gain_last_quarter")}
+    sweep = {s: {f"{lr:g}": ({y: by_rate[lr][name][y] for y in ("fvu", "l0", "state_l0", "converged",
+                                                                  "fvu_gain_last_quarter")}
+                             if name in by_rate[lr] else {"diverged": runs[lr]["diverged"]})
                  for lr in args.lr} for s, name in names.items()}
-    chosen = {s: pick({lr: by_rate[lr][names[s]] for lr in args.lr}) for s in (TOPK, CONTEXTUAL)}
+    chosen = {s: pick({lr: by_rate[lr].get(names[s]) for lr in args.lr}) for s in (TOPK, CONTEXTUAL)}
     lr_topk, lr_ctx = chosen[TOPK]["lr"], chosen[CONTEXTUAL]["lr"]
+    first = runs[lr_topk]  # what every stage shares: the model, the windows, CE clean, the null baselines
 
     # 2. the other budgets at the chosen rates
     saes = {names[TOPK]: by_rate[lr_topk][names[TOPK]]}
@@ -217,7 +237,9 @@ def main(argv=None) -> int:
 
     print(f"\nrate sweep at k {hk} (held-out FVU, * = converged):")
     for s, row in sweep.items():
-        print(f"  {s:<28}" + "".join(f"{lr:>8} {m['fvu']:.4f}{'*' if m['converged'] else ' '}" for lr, m in row.items()))
+        print(f"  {s:<28}" + "".join(f"{lr:>8} " + ("diverged " if "diverged" in m else
+                                                         f"{m['fvu']:.4f}{'*' if m['converged'] else ' '}")
+                                     for lr, m in row.items()))
     print(f"chosen: TopK {lr_topk:g}, contextual {lr_ctx:g}")
     print(f"\n{'SAE':<30}{'L0':>7}{'state':>8}{'FVU':>8}{'dCE':>8}{'epochs':>8}{'conv':>6}")
     for n, m in saes.items():

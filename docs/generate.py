@@ -287,7 +287,8 @@ def _llm_converged(r: dict) -> list[str]:
     hk = r["headline_k"]
     epochs = [m["epochs"] for m in saes.values()]
     rates = [f"{x:g}" for x in r["rates"]]
-    rate_rows = [[s] + [fmt(v["fvu"], ".4f") + ("" if v["converged"] else " (not converged)") for v in row.values()]
+    rate_rows = [[s] + ["diverged" if "diverged" in v else
+                        fmt(v["fvu"], ".4f") + ("" if v["converged"] else " (not converged)") for v in row.values()]
                  for s, row in r["rate_sweep"].items()]
     sae_rows = [[n, m["family"], fmt(m["l0"], ".2f"), fmt(m["state_l0"], ".2f"), fmt(m["fvu"], ".4f"),
                  fmt(m["delta_ce"], ".3f"), fmt(m["switch_rate_of_region_tracking_features"], ".3f"),
