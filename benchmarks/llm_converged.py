@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     result = {
         "model": first["model"], "hook": first["hook"], "window": first["window"],
         "windows_harvested": first["windows_harvested"], "held_out_windows": first["held_out_windows"],
-        "ce_windows": first["ce_windows"],
+        "windows_left_out_as_outliers": first["windows_left_out_as_outliers"], "ce_windows": first["ce_windows"],
         "config": dataclasses.asdict(cfg), "headline_k": hk, "rates": args.lr, "rate_sweep": sweep,
         "chosen": chosen, "saes": saes, "goals": scored, "matched_l0": matched_table(saes, ctx_l0),
         "verdict": verdict(scored), "baselines": first["baselines"], "ce_clean": first["ce_clean"],

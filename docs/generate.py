@@ -282,6 +282,10 @@ def _llm(r: dict) -> list[str]:
     return out
 
 
+def _chosen_rate(choice: dict) -> str:
+    return f"{choice['lr']:g}" + ("" if choice["any_converged"] else ", the lowest FVU: no rate converged")
+
+
 def _llm_converged(r: dict) -> list[str]:
     sweep, saes = r["config"]["sweep"], r["saes"]
     hk = r["headline_k"]
@@ -302,11 +306,12 @@ def _llm_converged(r: dict) -> list[str]:
     ceiling = [q["best_innovation_ratio"] for q in r["ceiling"].values()]
     chosen = r["chosen"]
     return [f"{r['model']}, `{r['hook']}`, windows of {r['window'] - 1} positions: {r['windows_harvested']:,} "
-            f"harvested, {r['held_out_windows']} held out. Width {sweep['width']:,}, {sweep['batch_windows']} "
+            f"harvested, {r['windows_left_out_as_outliers']} left out for a massive activation, "
+            f"{r['held_out_windows']} held out (CE on the first {r['ce_windows']}). Width {sweep['width']:,}, {sweep['batch_windows']} "
             f"windows a step, {sweep['tokens']:,} training positions per SAE ({min(epochs):.1f} to "
             f"{max(epochs):.1f} epochs of the harvest). Learning rates {', '.join(rates)} swept at k {hk}; each "
-            f"series keeps its lowest converged FVU (TopK: {chosen['topk']['lr']:g}, contextual: "
-            f"{chosen['contextual_gated']['lr']:g}; the control trains at the contextual SAE's rate). "
+            f"series keeps its lowest converged FVU (TopK: {_chosen_rate(chosen['topk'])}, contextual: "
+            f"{_chosen_rate(chosen['contextual_gated'])}; the control trains at the contextual SAE's rate). "
             + ("Every SAE below converged." if r["all_converged"] else "**Not every SAE converged** (see the table)."),
             "", "Held-out FVU at k " + str(hk) + " for each learning rate:", "",
             md_table(["series"] + [f"lr {x}" for x in rates], rate_rows), "",
