@@ -42,22 +42,13 @@ from visinterp.llm.report import verdict
 from visinterp.llm.run import REGIONS_FILE, TOKENS_FILE, compare
 from scenes.figures import pyplot, save_figure
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
+from rates import lowest_converged, parse_rates
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPK, CONTEXTUAL, CONTROL = "topk", "contextual_gated", "contextual_gated_control"
 KEPT = ("series", "family", "k", "l0", "state_l0", "fvu", "delta_ce", "ce_recovered", "dead_fraction", "persistence",
         "n_region_tracking_features", "switch_rate_of_region_tracking_features", "best_auroc_by_region",
         "tokens", "epochs", "converged", "fvu_gain_last_quarter", "curve", "clipped_steps")
-
-
-def parse_rates(text: str) -> list[float]:
-    try:
-        rates = [float(r) for r in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give learning rates separated by commas, e.g. 1e-3,3e-3") from None
-    if not rates or any(r <= 0 for r in rates):
-        raise argparse.ArgumentTypeError(f"{text!r}: learning rates must be > 0")
-    return rates
 
 
 def link_harvest(src: Path, dst: Path) -> None:
@@ -112,15 +103,12 @@ class Stages:
 
 
 def pick(runs: dict[float, dict | None]) -> dict:
-    """The sweep's choice among {rate: SAE row, None where the stage diverged}: the lowest FVU
-    among converged runs, else the lowest."""
-    runs = {lr: m for lr, m in runs.items() if m is not None}
-    if not runs:
+    """The sweep's choice among {rate: SAE row, None where the stage diverged}."""
+    rows = [{**m, "lr": lr} for lr, m in runs.items() if m is not None]
+    if not rows:
         raise SystemExit("every learning rate of the sweep diverged: pass lower rates with --lr")
-    converged = {lr: m for lr, m in runs.items() if m.get("converged")}
-    pool = converged or runs
-    lr = min(pool, key=lambda r: pool[r]["fvu"])
-    return {"lr": lr, "any_converged": bool(converged)}
+    best = lowest_converged(rows)
+    return {"lr": best["lr"], "any_converged": bool(best["converged"])}
 
 
 def spread(values: list[float]) -> dict:
@@ -161,7 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=Path, default=Path("runs/llm_converged_resid15"), help="the stages' run folders")
     p.add_argument("--harvest-from", type=Path, default=None,
                    help="an llm-compare folder with the same corpus and hook whose harvest to reuse (hard links)")
-    p.add_argument("--lr", type=parse_rates, default=[1e-3, 3e-3, 1e-2], help="learning rates swept (default %(default)s)")
+    p.add_argument("--lr", type=lambda text: parse_rates(text, allow_default=False), default=[1e-3, 3e-3, 1e-2], help="learning rates swept (default %(default)s)")
     p.add_argument("--headline-k", type=int, default=8, help="the budget of the rate sweep and the seeds")
     p.add_argument("--seeds", type=int, default=3, help="seeds at the headline budget (seed 0 included)")
     p.add_argument("--device", default="cpu")

@@ -50,6 +50,7 @@ from ctxsae_core.synthetic import RegionsData, RegionsSpec
 from ctxsae_core.trainer import Trainer
 from scenes.figures import pyplot, save_figure
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
+from rates import lowest_converged, parse_rates
 
 GOALS = {"max_time_vs_saelens": 0.5, "max_contextual_time_vs_topk": 2.0, "converged_gain": 0.02}
 
@@ -173,28 +174,6 @@ def run_saelens(args, train, held, device, tokens: int, lr: float | None) -> dic
     return {"version": sae_lens.__version__, "lr": cfg.lr, **curve.finish()}
 
 
-def parse_rates(text: str) -> list[float | None]:
-    """'1e-3,default' -> [0.001, None] (None: the trainer's own default rate)."""
-    rates = []
-    for item in (part.strip() for part in text.split(",")):
-        try:
-            rate = None if item == "default" else float(item)
-        except ValueError:
-            rate = float("nan")
-        if rate is not None and not rate > 0:
-            raise argparse.ArgumentTypeError(f"learning rate {item!r}: give positive numbers or 'default', "
-                                             "comma-separated")
-        rates.append(rate)
-    return rates
-
-
-def pick(runs: list[dict]) -> dict:
-    """The sweep's model: the lowest final FVU among the runs that converged (among all runs if
-    none did; the result then says it did not converge)."""
-    pool = [r for r in runs if r["converged"]] or runs
-    return min(pool, key=lambda r: r["final_fvu"])
-
-
 def compare(a: dict, b: dict) -> dict:
     """Time for each to reach the worse of the two final FVUs, and their ratio a / b."""
     target = max(a["final_fvu"], b["final_fvu"])
@@ -293,7 +272,7 @@ def main(argv=None) -> int:
             print(f"  lr {r['lr']:.3g}: final held-out FVU {r['final_fvu']:.4f} after {r['train_seconds']:.0f} s; "
                   f"{'converged' if r['converged'] else 'NOT converged'} "
                   f"(last quarter gained {r['gain_over_last_quarter']:.1%})", flush=True)
-        results[name] = pick(sweep)
+        results[name] = lowest_converged(sweep, "final_fvu")
         results[name + "_sweep"] = [{k: v for k, v in r.items() if k != "curve"} for r in sweep]
         if len(sweep) > 1:
             print(f"  {name}: lr {results[name]['lr']:.3g} chosen", flush=True)
