@@ -25,95 +25,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ctxsae_common.errors import InputError
 from ctxsae_common.files import write_json_atomic
-from visinterp.analysis.matched_l0 import goals, matched_table
-from visinterp.llm.config import LLMCompareConfig, load_llm_config
-from visinterp.llm.report import verdict
+from visinterp.analysis.matched_l0 import goals, matched_table, verdict
+from visinterp.llm.config import load_llm_config
 from visinterp.llm.run import REGIONS_FILE, TOKENS_FILE, compare
 from scenes.figures import pyplot, save_figure
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
-from rates import lowest_converged, parse_rates
+from rates import parse_rates
+from stages import Stages, pick, spread, with_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPK, CONTEXTUAL, CONTROL = "topk", "contextual_gated", "contextual_gated_control"
 KEPT = ("series", "family", "k", "l0", "state_l0", "fvu", "delta_ce", "ce_recovered", "dead_fraction", "persistence",
         "n_region_tracking_features", "switch_rate_of_region_tracking_features", "best_auroc_by_region",
         "tokens", "epochs", "converged", "fvu_gain_last_quarter", "curve", "clipped_steps")
-
-
-def link_harvest(src: Path, dst: Path) -> None:
-    """Give `dst` the harvest of `src` (its token windows and activation store) as hard links,
-    so that llm-compare there reads it instead of harvesting again."""
-    if (dst / "store").exists():
-        return
-    (dst / "store").mkdir(parents=True)
-    for f in (src / "store").iterdir():
-        os.link(f, dst / "store" / f.name)
-    for name in (TOKENS_FILE, REGIONS_FILE):
-        os.link(src / name, dst / name)
-
-
-class Stages:
-    """Runs (or reads back) one llm-compare per stage, all on the first stage's harvest."""
-
-    def __init__(self, cfg: LLMCompareConfig, runs: Path, harvest_from: Path | None, progress: bool, device: str):
-        self.cfg, self.runs, self.progress, self.device = cfg, runs, progress, device
-        if harvest_from is not None and not (harvest_from / "store" / "manifest.json").is_file():
-            print(f"{harvest_from}: no harvest there, so the first stage harvests", flush=True)
-            harvest_from = None
-        self.harvest = harvest_from
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str, may_diverge: bool = False, **sweep) -> dict:
-        """The stage's comparison.json. With `may_diverge` (the rate sweep), a stage in which an
-        SAE diverged returns {"saes": {}, "diverged": the trainer's message} instead of raising,
-        and is not retried when the script resumes."""
-        out = self.runs / name
-        done, failed = out / "comparison.json", out / "diverged.json"
-        if may_diverge and failed.is_file():
-            return {"saes": {}, **json.loads(failed.read_text())}
-        if not done.is_file():
-            if self.harvest is not None:
-                link_harvest(self.harvest, out)
-            cfg = dataclasses.replace(self.cfg, sweep=dataclasses.replace(self.cfg.sweep, **sweep))
-            print(f"{name}: {', '.join(f'{k} {v}' for k, v in sweep.items())}", flush=True)
-            start = time.perf_counter()
-            try:
-                compare(cfg, out, progress=self.progress, device=self.device)
-            except InputError as e:
-                if not (may_diverge and "diverged" in str(e)):
-                    raise
-                write_json_atomic(failed, {"diverged": str(e)})
-                return {"saes": {}, "diverged": str(e)}
-            finally:
-                self.seconds[name] = time.perf_counter() - start
-        if self.harvest is None:
-            self.harvest = out
-        return json.loads(done.read_text())
-
-
-def pick(runs: dict[float, dict | None]) -> dict:
-    """The sweep's choice among {rate: SAE row, None where the stage diverged}."""
-    rows = [{**m, "lr": lr} for lr, m in runs.items() if m is not None]
-    if not rows:
-        raise SystemExit("every learning rate of the sweep diverged: pass lower rates with --lr")
-    best = lowest_converged(rows)
-    return {"lr": best["lr"], "any_converged": bool(best["converged"])}
-
-
-def spread(values: list[float]) -> dict:
-    return {"values": values, "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -165,7 +96,12 @@ def main(argv=None) -> int:
         p.error("--seeds must be at least 1")
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    stage = Stages(cfg, args.runs, args.harvest_from, not args.no_progress, args.device)
+    stages = Stages(lambda c, out: compare(c, out, progress=not args.no_progress, device=args.device),
+                    "comparison.json", ("store", TOKENS_FILE, REGIONS_FILE), args.runs, args.harvest_from)
+
+    def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
+        return stages(name, with_sweep(cfg, **sweep), may_diverge, ", ".join(f"{k} {v}" for k, v in sweep.items()))
+
     start = time.perf_counter()
 
     # 1. the rate sweep at the headline budget
@@ -219,7 +155,7 @@ def main(argv=None) -> int:
         "verdict": verdict(scored), "baselines": first["baselines"], "ce_clean": first["ce_clean"],
         "ceiling": {n: m["persistence"] for n, m in saes.items() if "persistence" in m},
         "all_converged": all(m["converged"] for m in saes.values()), "seeds": seeds,
-        "seconds": time.perf_counter() - start, "stage_seconds": stage.seconds, "machine": machine_info()}
+        "seconds": time.perf_counter() - start, "stage_seconds": stages.seconds, "machine": machine_info()}
     write_json_atomic(args.out, result)
     plot(result, args.out.with_suffix(".png"))
 

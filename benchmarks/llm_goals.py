@@ -1,6 +1,6 @@
 """The LLM comparison's goals, measured: on SmolLM2 residual windows (middle layer, T >= 64),
 does the contextual SAE reach per-position TopK's FVU with >= 1.5x fewer innovations per token,
-with delta CE no worse, while its shuffled control loses most of the gain? Runs (or resumes)
+with delta CE no worse, while its shuffled control loses at least 80% of the gain? Runs (or resumes)
 `visinterp llm-compare` on the config, writes its report, prints the goal table and writes JSON.
 
     python benchmarks/llm_goals.py --config configs/llm/smollm2_resid15.toml \\
@@ -17,7 +17,8 @@ from pathlib import Path
 from ctxsae_common.files import write_json_atomic
 from visinterp.llm.config import load_llm_config
 from visinterp.llm.run import compare
-from visinterp.llm.report import verdict, write_report
+from visinterp.analysis.matched_l0 import verdict
+from visinterp.llm.report import write_report
 from visinterp.llm.view import LLMRunView
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 

@@ -111,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_llm_compare(args: argparse.Namespace) -> int:
     """`visinterp llm-compare`: the LLM job and its report, then a summary table and the verdict."""
     from visinterp.llm.config import load_llm_config
-    from visinterp.llm.report import ceiling_line, verdict, write_report
+    from visinterp.analysis.matched_l0 import verdict
+    from visinterp.llm.report import ceiling_line, write_report
     from visinterp.llm.run import compare
     from visinterp.llm.view import LLMRunView
 

@@ -1,7 +1,8 @@
 """Comparing sweeps at matched sparsity: interpolate a sweep's curve in log-log space, read
-off the L0 another sweep needs for the same FVU, and score the contextual SAE's goal (fewer
-innovations than per-position TopK at equal FVU, delta CE no worse, control loses the gain);
-and pick the pair of SAEs a report analyses side by side."""
+off the L0 another sweep needs for the same FVU, score the contextual SAE's goal (fewer
+innovations than per-position TopK at equal FVU, delta CE or image quality no worse, control
+loses the gain) and say it in one sentence, and pick the pair of SAEs a report analyses side by
+side."""
 
 from __future__ import annotations
 
@@ -74,12 +75,18 @@ def carried(sae: dict) -> bool:
     return sae["state_l0"] > sae["l0"] * (1 + 1e-3)
 
 
-def goals(saes: dict[str, dict], reference: str = "topk", min_ratio: float = 1.5, control_keeps: float = 0.5) -> dict:
+MIN_RATIO = 1.5  # the goal: at least 1.5x fewer innovations than the reference at equal FVU
+CONTROL_KEEPS = 0.2  # ... while the shuffled control keeps under 20% of the gain (loses at least 80%)
+
+
+def goals(saes: dict[str, dict], reference: str = "topk", min_ratio: float = MIN_RATIO,
+          control_keeps: float = CONTROL_KEEPS, quality: str = "delta_ce", higher_is_better: bool = False) -> dict:
     """Per contextual SAE: the reference sweep's L0 at the contextual SAE's FVU over its own L0
-    (innovation ratio, goal >= min_ratio), the reference's delta CE at that L0 beside the
-    contextual one (goal: no worse), and the same ratio for its shuffled control; the control
-    "loses most of the gain" when it keeps less than `control_keeps` of log(ratio)."""
-    ref_fvu, ref_ce = series_points(saes, reference, "fvu"), series_points(saes, reference, "delta_ce")
+    (innovation ratio, goal >= min_ratio), the reference's `quality` at that L0 beside the
+    contextual one (goal: no worse; delta CE for an LLM, lower is better; the PSNR of the decoded
+    image for an image map, `higher_is_better`), and the same ratio for its shuffled control,
+    which must keep less than `control_keeps` of log(ratio)."""
+    ref_fvu, ref_q = series_points(saes, reference, "fvu"), series_points(saes, reference, quality)
     lo, hi = (min(p[1] for p in ref_fvu), max(p[1] for p in ref_fvu)) if ref_fvu else (0.0, 0.0)
     out = {}
     for name, m in saes.items():
@@ -87,10 +94,10 @@ def goals(saes: dict[str, dict], reference: str = "topk", min_ratio: float = 1.5
             continue
         need = l0_for_value(ref_fvu, m["fvu"], extrapolate=True)
         ratio = need / m["l0"]
-        ref_dce = value_at_l0(ref_ce, need)
+        ref_at = value_at_l0(ref_q, need)
         row = {"l0": m["l0"], "fvu": m["fvu"], f"{reference}_l0_at_same_fvu": need, "innovation_ratio": ratio,
-               "extrapolated": not lo <= m["fvu"] <= hi, "delta_ce": m["delta_ce"],
-               f"{reference}_delta_ce_at_that_l0": ref_dce, "carried": carried(m),
+               "extrapolated": not lo <= m["fvu"] <= hi, quality: m[quality],
+               f"{reference}_{quality}_at_that_l0": ref_at, "carried": carried(m),
                "converged": m.get("converged")}
         control = saes.get(f"{name}_control")
         kept = None
@@ -99,8 +106,32 @@ def goals(saes: dict[str, dict], reference: str = "topk", min_ratio: float = 1.5
             kept = math.log(c_ratio) / math.log(ratio) if ratio > 1 else None
             row |= {"control_l0": control["l0"], "control_fvu": control["fvu"], "control_innovation_ratio": c_ratio,
                     "control_extrapolated": not lo <= control["fvu"] <= hi, "control_keeps_fraction_of_gain": kept}
-        row["goal_met"] = bool(ratio >= min_ratio and not row["extrapolated"] and ref_dce is not None
-                               and m["delta_ce"] <= ref_dce and kept is not None and kept < control_keeps
-                               and row["carried"])
+        no_worse = ref_at is not None and (m[quality] >= ref_at if higher_is_better else m[quality] <= ref_at)
+        row["goal_met"] = bool(ratio >= min_ratio and not row["extrapolated"] and no_worse
+                               and kept is not None and kept < control_keeps and row["carried"])
         out[name] = row
     return out
+
+
+def verdict(goals: dict, quality: str = "delta CE") -> str:
+    """One plain sentence on the goal, with the numbers (`quality`: what `goals` compared beside
+    the FVU, as the sentence names it)."""
+    if not goals:
+        return "No contextual SAE was trained, or too few per-position TopK SAEs to compare against."
+    if not any(g.get("carried", True) for g in goals.values()):
+        return ("No verdict: no contextual SAE carried anything on the held-out windows (state L0 = L0), so each "
+                "was a per-position SAE there; train longer so that the carry learns to persist.")
+    met = [n for n, g in goals.items() if g["goal_met"]]
+    best = max(goals, key=lambda n: goals[n]["innovation_ratio"])
+    g = goals[best]
+    line = (f"best innovation ratio: {best}, {g['innovation_ratio']:.2f}x "
+            f"(TopK needs L0 {g['topk_l0_at_same_fvu']:.2f} for its FVU {g['fvu']:.3f} at L0 {g['l0']:.2f}"
+            f"{', extrapolated beyond the TopK sweep' if g['extrapolated'] else ''})")
+    unconverged = [n for n, g in goals.items() if g.get("converged") is False]
+    caveat = (f" Not converged (held-out FVU still falling): {', '.join(unconverged)}; the verdict is provisional."
+              if unconverged else "")
+    if met:
+        return f"Goal met by {', '.join(met)}; {line}.{caveat}"
+    return (f"Goal NOT met: no contextual SAE reaches per-position TopK's FVU with >= {MIN_RATIO}x fewer innovations, "
+            f"{quality} no worse and a control that loses at least {1 - CONTROL_KEEPS:.0%} of the gain. The "
+            f"{line}.{caveat}")

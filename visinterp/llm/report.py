@@ -8,34 +8,13 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from visinterp.analysis.matched_l0 import CONTROL_KEEPS, verdict
 from visinterp.llm.view import LLMRunView
 from visinterp.report.page import converged_cell, png, table, write_page
 
 
 def _fmt(v) -> str | float:
     return "-" if v is None else v
-
-
-def verdict(goals: dict) -> str:
-    """One plain sentence on the goal, with the numbers."""
-    if not goals:
-        return "No contextual SAE was trained, or too few per-position TopK SAEs to compare against."
-    if not any(g.get("carried", True) for g in goals.values()):
-        return ("No verdict: no contextual SAE carried anything on the held-out windows (state L0 = L0), so each "
-                "was a per-position SAE there; train longer so that the carry learns to persist.")
-    met = [n for n, g in goals.items() if g["goal_met"]]
-    best = max(goals, key=lambda n: goals[n]["innovation_ratio"])
-    g = goals[best]
-    line = (f"best innovation ratio: {best}, {g['innovation_ratio']:.2f}x "
-            f"(TopK needs L0 {g['topk_l0_at_same_fvu']:.2f} for its FVU {g['fvu']:.3f} at L0 {g['l0']:.2f}"
-            f"{', extrapolated beyond the TopK sweep' if g['extrapolated'] else ''})")
-    unconverged = [n for n, g in goals.items() if g.get("converged") is False]
-    caveat = (f" Not converged (held-out FVU still falling): {', '.join(unconverged)}; the verdict is provisional."
-              if unconverged else "")
-    if met:
-        return f"Goal met by {', '.join(met)}; {line}.{caveat}"
-    return (f"Goal NOT met: no contextual SAE reaches per-position TopK's FVU with >= 1.5x fewer innovations, delta CE "
-            f"no worse and a control that loses most of the gain. The {line}.{caveat}")
 
 
 def ceiling_line(saes: dict) -> str:
@@ -111,7 +90,7 @@ def write_report(view: LLMRunView) -> Path:
                            "goal (>= 1.5x)"]),
               "<p class=note>TopK values are interpolated between the TopK sweep's points in log-log space "
               "(extrapolated from the nearest segment where marked). 'Control keeps' is log(control ratio) / "
-              "log(ratio): below 0.5 the control loses most of the gain.</p>",
+              f"log(ratio): below {CONTROL_KEEPS} the control loses at least {1 - CONTROL_KEEPS:.0%} of the gain.</p>",
               "<h2>At matched L0</h2>"]
     series = list(dict.fromkeys(m["series"] for m in r["saes"].values()))
     def cell(row, s):

@@ -42,10 +42,30 @@ def test_goal_met_needs_the_ratio_the_ce_and_a_control_that_loses_the_gain():
     assert g["control_keeps_fraction_of_gain"] == pytest.approx(math.log(1.6) / math.log(2)) and not g["goal_met"]
     small = dict(saes, c=sae("c", "contextual", 3, 0.2, 0.15))  # ratio 4 / 3 < 1.5
     assert not goals(small)["c"]["goal_met"]
+    # a control at FVU 0.325 has ratio 0.4 / 0.325 and keeps log(1.23) / log(2) = 0.30 of the gain: it loses
+    # 70%, short of the 80% the goal asks
+    part = dict(saes, c_control=sae("cc", "control", 2, 0.325, 0.3))
+    g = goals(part)["c"]
+    assert g["control_keeps_fraction_of_gain"] == pytest.approx(math.log(0.4 / 0.325) / math.log(2))
+    assert not g["goal_met"] and goals(part, control_keeps=0.5)["c"]["goal_met"]
+
+
+def test_an_image_goal_compares_psnr_where_higher_is_better():
+    def image_sae(series, family, l0, fvu, psnr):
+        return {"series": series, "family": family, "l0": l0, "fvu": fvu, "psnr": psnr, "state_l0": 3 * l0}
+
+    saes = {"topk_k2": image_sae("topk", "per-position", 2, 0.4, 20.0),
+            "topk_k8": image_sae("topk", "per-position", 8, 0.1, 30.0),
+            "c": image_sae("c", "contextual", 2, 0.2, 26.0), "c_control": image_sae("cc", "control", 2, 0.4, 20.0)}
+    # TopK's PSNR at L0 4, halfway in log L0, is 20 * (30 / 20) ** 0.5 = 24.49 (log-log): 26 is no worse
+    g = goals(saes, quality="psnr", higher_is_better=True)["c"]
+    assert g["topk_psnr_at_that_l0"] == pytest.approx(20 * 1.5 ** 0.5) and g["psnr"] == 26.0 and g["goal_met"]
+    saes["c"]["psnr"] = 24.0
+    assert not goals(saes, quality="psnr", higher_is_better=True)["c"]["goal_met"]
 
 
 def test_a_contextual_sae_that_carried_nothing_gets_no_verdict():
-    from visinterp.llm.report import verdict
+    from visinterp.analysis.matched_l0 import verdict
 
     saes = {"topk_k2": sae("topk", "per-position", 2, 0.4, 0.4), "topk_k8": sae("topk", "per-position", 8, 0.1, 0.1),
             "c": sae("c", "contextual", 2, 0.2, 0.15, state_l0=2.0), "c_control": sae("cc", "control", 2, 0.4, 0.3)}

@@ -12,7 +12,7 @@ from ctxsae_core.metrics import fvu
 from visinterp.cli import main
 from ctxsae_core.sweep import sweep_specs
 from visinterp.llm.config import load_llm_config
-from visinterp.llm.report import verdict
+from visinterp.analysis.matched_l0 import verdict
 from visinterp.llm.run import load_windows
 from visinterp.llm.view import LLMRunView
 from visinterp.models.causal_lm import load_causal_lm
