@@ -46,13 +46,16 @@ def l0_for_value(points: list[Point], value: float, extrapolate: bool = False) -
     return _interp([p[1] for p in points], [p[0] for p in points], value, extrapolate)
 
 
-def analysed_pair(saes: dict[str, dict], contextual_series: str) -> tuple[str, str]:
-    """(the per-position SAE nearest in FVU, the SAE of `contextual_series` at its middle budget)."""
+def analysed_pair(saes: dict[str, dict], contextual_series: str) -> tuple[str, str] | None:
+    """(the per-position SAE nearest in FVU, the SAE of `contextual_series` at its middle budget),
+    or None when the sweep lacks either (a sweep of TopK SAEs alone)."""
     ctx = sorted((m["k"], n) for n, m in saes.items() if m["series"] == contextual_series)
+    per_position = [n for n, m in saes.items() if m["family"] == "per-position"]
+    if not ctx or not per_position:
+        return None
     name = ctx[len(ctx) // 2][1]
     target = max(saes[name]["fvu"], 1e-9)
-    per_pos = min((abs(math.log(max(m["fvu"], 1e-9) / target)), n) for n, m in saes.items()
-                  if m["family"] == "per-position")[1]
+    per_pos = min((abs(math.log(max(saes[n]["fvu"], 1e-9) / target)), n) for n in per_position)[1]
     return per_pos, name
 
 

@@ -171,6 +171,9 @@ def write_report(job, result: dict, hook_data: dict) -> Path:
 
 def _hook_sections(job, result, hook, data, images, figures) -> list[str]:
     cfg = job.cfg
+    if not result["analysed"][hook]:
+        return ["<p class=note>The maps, galleries and steering below need a per-position and a contextual SAE; "
+                "this sweep trained only one of them.</p>"]
     per_pos, ctx = result["analysed"][hook]
     state_maps = {n: data.maps(n, "state") for n in (per_pos, ctx)}
     innov_maps = {n: data.maps(n, "innovations") for n in (per_pos, ctx)}

@@ -21,6 +21,7 @@ from ctxsae_common.files import save_tensors_atomic, write_json_atomic
 from ctxsae_core.axes import ContextAxis, make_axis
 from ctxsae_core.data import split_indices
 from ctxsae_core.distributed import leave_after_harvest, main_first
+from ctxsae_core.metrics import persistence
 from ctxsae_core.sae import BaseSAE
 from ctxsae_core.sweep import sweep_specs, train_config, train_sae
 from visinterp.analysis.codes import evaluate_with_codes, window_codes
@@ -178,8 +179,18 @@ class ImageJob:
             metrics[spec.name] = {"hook": hook, **spec.describe(), "axis": data.axis.kind, "grid": list(data.grid),
                                   **{k: scores[k] for k in ("fvu", "mse", "l0", "state_l0", "dead_fraction",
                                                             "n_positions", "state_l0_counting")},
-                                  **self.image_quality(data, codes["x_hat"]), **training}
+                                  **self.image_quality(data, codes["x_hat"]), **self.persistence(data, spec, codes),
+                                  **training}
         return metrics, data, held_idx.tolist()
+
+    @staticmethod
+    def persistence(data: HookData, spec, codes: dict[str, Tensor]) -> dict:
+        """A per-position SAE's persistence ceiling along a raster axis (the share of its active
+        features at a patch also active at the patch before it in the scan): {} for the other
+        SAEs, and under the quadtree axis, whose carry does not run along the scan."""
+        if spec.family != "per-position" or data.axis.kind != "raster":
+            return {}
+        return {"persistence": persistence(codes["state"] != 0)}
 
     def image_quality(self, data: HookData, x_hat: Tensor) -> dict[str, float]:
         """PSNR of the held-out images decoded with the SAE's reconstruction `x_hat` (its held-out
@@ -191,9 +202,11 @@ class ImageJob:
         return {"psnr_vs_clean_decode": float(psnr_per_image(spliced, self.clean).mean()),
                 "psnr_vs_input": float(psnr_per_image(spliced, self.held_images).mean())}
 
-    def analysed_pair(self, metrics: dict) -> tuple[str, str]:
-        """(per-position SAE, contextual SAE) the report analyses: see matched_l0.analysed_pair."""
-        return analysed_pair(metrics, f"contextual_{self.cfg.sweep.carries[0]}")
+    def analysed_pair(self, metrics: dict) -> tuple[str, str] | None:
+        """(per-position SAE, contextual SAE) the report analyses (see matched_l0.analysed_pair), or
+        None for a sweep without both."""
+        carries = self.cfg.sweep.carries
+        return analysed_pair(metrics, f"contextual_{carries[0]}") if carries else None
 
     def alignment(self, data: HookData, names: list[str]) -> dict:
         """Factor alignment of the named SAEs' state on the held-out images ({} without scene truth)."""
@@ -245,8 +258,8 @@ def run(cfg: RunConfig, out: Path, progress: bool = True, device: str | torch.de
         metrics, hooks[hook], held_windows = job.run_hook(hook)
         result["saes"].update({f"{hook}/{k}": v for k, v in metrics.items()})
         pair = job.analysed_pair(metrics)
-        result["analysed"][hook] = list(pair)
-        result["alignment"][hook] = job.alignment(hooks[hook], [*pair, pair[1] + "_control"])
+        result["analysed"][hook] = list(pair) if pair else []
+        result["alignment"][hook] = job.alignment(hooks[hook], [*pair, pair[1] + "_control"]) if pair else {}
         data = hooks[hook]
         record[hook] = {"store": f"store/{hook}", "axis": data.axis.to_dict(), "grid": list(data.grid),
                         "map_hw": list(data.map_hw), "tile": data.tile, "held_windows": held_windows,

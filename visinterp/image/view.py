@@ -49,6 +49,9 @@ class RunView:
     def contextual(self, hook: str) -> str:
         """Name of the contextual SAE the report analysed for `hook`."""
         self._record(hook)
+        if not self.run["analysed"][hook]:
+            raise InputError(f"{self.folder}: the sweep at hook {hook} trained no contextual SAE beside a per-position "
+                             "one, so none was analysed: pass the name of an SAE of its run.json instead")
         return self.run["analysed"][hook][1]
 
     def _record(self, hook: str) -> dict:

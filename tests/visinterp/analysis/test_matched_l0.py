@@ -93,3 +93,6 @@ def test_analysed_pair_takes_the_middle_budget_and_the_nearest_fvu():
     # gated budgets 1, 2, 4: the middle is g2 (FVU 0.15); |log(0.1 / 0.15)| < |log(0.4 / 0.15)|
     assert analysed_pair(saes, "contextual_gated") == ("topk_k8", "g2")
     assert analysed_pair(saes, "contextual_attention") == ("topk_k2", "a2")
+    topk_only = {n: m for n, m in saes.items() if n.startswith("topk")}
+    assert analysed_pair(topk_only, "contextual_gated") is None  # nothing to pair with
+    assert analysed_pair({n: m for n, m in saes.items() if n not in topk_only}, "contextual_gated") is None

@@ -10,6 +10,7 @@ import torch
 
 from ctxsae_core.checkpoint import load_sae
 from ctxsae_core.evaluate import evaluate
+from ctxsae_core.metrics import persistence
 from visinterp.models.autoencoders.offline import CACHE_ENV
 from visinterp.cli import main
 from visinterp.image.config import load_run_config
@@ -79,6 +80,10 @@ def test_saved_saes_reload_to_the_reported_metrics(quick_run):
         assert axis.kind == "raster" and axis.grid == tuple(metrics["saes"][f"latent/{name}"]["grid"])
         scores = evaluate(model, data.held_x, axis, shuffle_context=name.endswith("control"), seed=cfg.sweep.seed)
         assert scores["fvu"] == pytest.approx(metrics["saes"][f"latent/{name}"]["fvu"], rel=1e-5)
+    # the persistence ceiling of a per-position SAE, from its reloaded codes along the raster scan; none for the others
+    ceiling = persistence(data.code("topk_k2") != 0)
+    assert metrics["saes"]["latent/topk_k2"]["persistence"] == pytest.approx(ceiling)
+    assert 0 < ceiling["persistent_fraction"] < 1 and "persistence" not in metrics["saes"]["latent/contextual_gated_k1"]
 
 
 def test_splicing_the_true_latent_reproduces_the_clean_decode(quick_run):
@@ -168,6 +173,25 @@ def test_a_folder_of_photos_runs_with_taef2_and_no_scene_truth(tmp_path, capsys)
     assert "autoencoder_error_by_factor" not in metrics  # no scene truth for photos
     assert metrics["saes"]["latent/topk_k2"]["grid"] == [4, 4]  # 32 px / 8
     assert (out / "report.html").stat().st_size > 10_000 and "Factor alignment" not in (out / "report.html").read_text()
+
+
+def test_a_sweep_of_topk_saes_alone_runs_and_reports_without_an_analysed_pair(tmp_path):
+    """`carries = []`: no contextual SAE to analyse (the converged benchmark's TopK budget stages),
+    so no pair, no alignment and no maps in the report, and the view says which SAE to name."""
+    from ctxsae_common.errors import InputError
+
+    cfg = tmp_path / "topk.toml"
+    cfg.write_text(f'autoencoder = "{TAEF2}"\n[images]\nn = 6\nsize = 32\n[harvest]\nhooks = ["latent"]\n'
+                   '[sweep]\nwidth = 16\nk = [2, 4]\ncarries = []\ntokens = 2000\n[report]\nfeatures = 2\n')
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(metrics["saes"]) == ["latent/topk_k2", "latent/topk_k4"]
+    assert metrics["analysed"]["latent"] == [] and metrics["alignment"]["latent"] == {}
+    assert "trained only one of them" in (out / "report.html").read_text()
+    with pytest.raises(InputError, match="trained no contextual SAE"):
+        RunView(out).contextual("latent")
+    assert RunView(out).state_maps("latent", "topk_k2")[0].shape[1:] == (4, 4)
 
 
 def test_visinterp_run_under_torchrun_shares_the_harvest_and_reports_once(torchrun, tmp_path):
