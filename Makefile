@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo notebooks test docs bench-synthetic bench-robust bench-recipe bench-ttq bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm bench-llm-baselines bench-llm-converged clean
+.PHONY: setup browser demo notebooks test docs bench-synthetic bench-robust bench-recipe bench-ttq bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm bench-llm-baselines bench-llm-converged bench-image-converged clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,10 @@ bench-llm-baselines: setup
 bench-llm-converged: setup
 	$(PY) benchmarks/llm_converged.py --harvest-from runs/llm_baselines_resid15 \
 		--out benchmarks/results/llm_converged_smollm2_resid15.json
+
+# TAEF2 (../shared/weights/taef2) at 256 px, latent and encoder.mid; resumable like the LLM one
+bench-image-converged: setup
+	$(PY) benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256.json
 
 clean:
 	rm -rf runs .pytest_cache

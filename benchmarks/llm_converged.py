@@ -32,43 +32,24 @@ from pathlib import Path
 import torch
 
 from ctxsae_common.files import write_json_atomic
-from visinterp.analysis.matched_l0 import goals, matched_table, verdict
 from visinterp.llm.config import load_llm_config
 from visinterp.llm.run import REGIONS_FILE, TOKENS_FILE, compare
 from scenes.figures import pyplot, save_figure
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 from rates import parse_rates
-from stages import Stages, pick, spread, with_sweep
+from stages import TOPK, TRAINING, Stages, converged_comparison, draw_comparison, print_comparison, with_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-TOPK, CONTEXTUAL, CONTROL = "topk", "contextual_gated", "contextual_gated_control"
 KEPT = ("series", "family", "k", "l0", "state_l0", "fvu", "delta_ce", "ce_recovered", "dead_fraction", "persistence",
-        "n_region_tracking_features", "switch_rate_of_region_tracking_features", "best_auroc_by_region",
-        "tokens", "epochs", "converged", "fvu_gain_last_quarter", "curve", "clipped_steps")
+        "n_region_tracking_features", "switch_rate_of_region_tracking_features", "best_auroc_by_region", *TRAINING)
 
 
 def plot(result: dict, path: Path) -> None:
-    """Left: held-out FVU against L0 (TopK's sweep; the contextual SAE at its innovations and
-    at its state; the control). Right: every seed-0 SAE's learning curve."""
+    """Held-out FVU against L0 with the unigram null, and every seed-0 SAE's learning curve."""
     fig, (left, right) = pyplot().subplots(1, 2, figsize=(12, 4.2))
-    saes = result["saes"]
-    styles = {TOPK: ("C0", "o", "TopK"), CONTEXTUAL: ("C1", "s", "contextual (innovations)"),
-              CONTROL: ("C7", "^", "shuffled control (innovations)")}
-    for series, (colour, marker, label) in styles.items():
-        rows = sorted((m for m in saes.values() if m["series"] == series), key=lambda m: m["l0"])
-        left.plot([m["l0"] for m in rows], [m["fvu"] for m in rows], marker=marker, color=colour, label=label)
-        if series == CONTEXTUAL:
-            left.plot([m["state_l0"] for m in rows], [m["fvu"] for m in rows], marker=marker, color=colour,
-                      linestyle=":", fillstyle="none", label="contextual (state)")
+    draw_comparison(left, right, result["saes"])
     left.axhline(result["baselines"]["unigram"], color="k", linestyle="--", linewidth=0.8, label="unigram null")
-    left.set(xscale="log", yscale="log", xlabel="L0 (codes a token)", ylabel="held-out FVU")
     left.legend(fontsize=8)
-    for i, (name, m) in enumerate(saes.items()):
-        style = {"per-position": "-", "contextual": "--", "control": ":"}[m["family"]]
-        right.plot([p["tokens"] for p in m["curve"]], [p["fvu"] for p in m["curve"]], style, color=f"C{i % 10}",
-                   label=f"{name}{'' if m['converged'] else ' (not converged)'}")
-    right.set(xlabel="training tokens", ylabel="held-out FVU", yscale="log")
-    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.suptitle(f"SmolLM2-135M-Instruct {result['hook']}: converged comparison (seed 0)")
     save_figure(fig, path)
 
@@ -103,81 +84,21 @@ def main(argv=None) -> int:
         return stages(name, with_sweep(cfg, **sweep), may_diverge, ", ".join(f"{k} {v}" for k, v in sweep.items()))
 
     start = time.perf_counter()
-
-    # 1. the rate sweep at the headline budget
-    names = {TOPK: f"topk_k{hk}", CONTEXTUAL: f"contextual_gated_k{hk}", CONTROL: f"contextual_gated_k{hk}_control"}
-    # (a stage in which an SAE diverged counts as diverged for every series of it)
-    runs = {lr: stage(f"lr{lr:g}", may_diverge=True, k=(hk,), k_contextual=(hk,), lr=lr, seed=0) for lr in args.lr}
-    by_rate = {lr: run["saes"] for lr, run in runs.items()}
-    sweep = {s: {f"{lr:g}": ({y: by_rate[lr][name][y] for y in ("fvu", "l0", "state_l0", "converged",
-                                                                  "fvu_gain_last_quarter")}
-                             if name in by_rate[lr] else {"diverged": runs[lr]["diverged"]})
-                 for lr in args.lr} for s, name in names.items()}
-    chosen = {s: pick({lr: by_rate[lr].get(names[s]) for lr in args.lr}) for s in (TOPK, CONTEXTUAL)}
-    lr_topk, lr_ctx = chosen[TOPK]["lr"], chosen[CONTEXTUAL]["lr"]
-    first = runs[lr_topk]  # what every stage shares: the model, the windows, CE clean, the null baselines
-
-    # 2. the other budgets at the chosen rates
-    saes = {names[TOPK]: by_rate[lr_topk][names[TOPK]]}
-    saes |= {n: m for n, m in by_rate[lr_ctx].items() if m["family"] != "per-position"}
-    other_k = tuple(k for k in cfg.sweep.k if k != hk)
-    other_kc = tuple(k for k in cfg.sweep.k_contextual if k != hk)
-    if other_k:
-        saes |= stage("k_topk", per_position=("topk",), k=other_k, carries=(), lr=lr_topk, seed=0)["saes"]
-    if other_kc:
-        saes |= stage("k_contextual", per_position=(), k=(), carries=("gated",), k_contextual=other_kc, lr=lr_ctx,
-                      seed=0)["saes"]
-    saes = {n: {k: m[k] for k in KEPT if k in m} for n, m in saes.items()}
-
-    # 3. the headline budget over seeds
-    per_seed = [{n: m for n, m in saes.items() if m["k"] == hk}]
-    for s in range(1, args.seeds):
-        if lr_topk == lr_ctx:
-            rows = stage(f"seed{s}", k=(hk,), k_contextual=(hk,), lr=lr_topk, seed=s)["saes"]
-        else:
-            rows = (stage(f"seed{s}_topk", k=(hk,), carries=(), lr=lr_topk, seed=s)["saes"]
-                    | stage(f"seed{s}_contextual", per_position=(), k=(), k_contextual=(hk,), lr=lr_ctx, seed=s)["saes"])
-        per_seed.append(rows)
-    seeds = {name: {y: spread([rows[name][y] for rows in per_seed]) for y in ("fvu", "l0", "state_l0", "delta_ce")}
-             | {"converged": [rows[name]["converged"] for rows in per_seed]}
-             for name in per_seed[0]}
-    seeds["contextual_minus_topk_fvu"] = spread([rows[names[CONTEXTUAL]]["fvu"] - rows[names[TOPK]]["fvu"]
-                                                 for rows in per_seed])
-
-    ctx_l0 = sorted(m["l0"] for m in saes.values() if m["family"] == "contextual")
-    scored = goals(saes)
+    found = converged_comparison(stage, cfg.sweep.k, cfg.sweep.k_contextual, hk, args.lr, args.seeds, KEPT)
+    # what every stage shares (the model, the windows, CE clean, the null baselines), from a rate stage
+    first = found.pop("rate_runs")[found["chosen"][TOPK]["lr"]]
     result = {
         "model": first["model"], "hook": first["hook"], "window": first["window"],
         "windows_harvested": first["windows_harvested"], "held_out_windows": first["held_out_windows"],
         "windows_left_out_as_outliers": first["windows_left_out_as_outliers"], "ce_windows": first["ce_windows"],
-        "config": dataclasses.asdict(cfg), "headline_k": hk, "rates": args.lr, "rate_sweep": sweep,
-        "chosen": chosen, "saes": saes, "goals": scored, "matched_l0": matched_table(saes, ctx_l0),
-        "verdict": verdict(scored), "baselines": first["baselines"], "ce_clean": first["ce_clean"],
-        "ceiling": {n: m["persistence"] for n, m in saes.items() if "persistence" in m},
-        "all_converged": all(m["converged"] for m in saes.values()), "seeds": seeds,
+        "config": dataclasses.asdict(cfg), **found, "baselines": first["baselines"], "ce_clean": first["ce_clean"],
         "seconds": time.perf_counter() - start, "stage_seconds": stages.seconds, "machine": machine_info()}
     write_json_atomic(args.out, result)
     plot(result, args.out.with_suffix(".png"))
 
-    print(f"\nrate sweep at k {hk} (held-out FVU, * = converged):")
-    for s, row in sweep.items():
-        print(f"  {s:<28}" + "".join(f"{lr:>8} " + ("diverged " if "diverged" in m else
-                                                         f"{m['fvu']:.4f}{'*' if m['converged'] else ' '}")
-                                     for lr, m in row.items()))
-    print(f"chosen: TopK {lr_topk:g}, contextual {lr_ctx:g}")
-    print(f"\n{'SAE':<30}{'L0':>7}{'state':>8}{'FVU':>8}{'dCE':>8}{'epochs':>8}{'conv':>6}")
-    for n, m in saes.items():
-        print(f"{n:<30}{m['l0']:>7.2f}{m['state_l0']:>8.2f}{m['fvu']:>8.4f}{m['delta_ce']:>8.3f}{m['epochs']:>8.2f}"
-              f"{str(m['converged']):>6}")
     b = result["baselines"]
     print(f"\nnulls: unigram {b['unigram']:.3f}, previous 1 {b['previous_1']:.3f}, previous 4 {b['previous_4']:.3f}")
-    for n, q in result["ceiling"].items():
-        print(f"ceiling {n}: {q['persistent_fraction']:.3f} active before, run {q['mean_run_length']:.2f}, "
-              f"best ratio {q['best_innovation_ratio']:.2f}x")
-    for n, m in seeds.items():
-        v = m.get("fvu", m)  # contextual_minus_topk_fvu is one spread
-        print(f"seeds, {n}{' FVU' if 'fvu' in m else ''}: {v['mean']:.4f} +- {v['std']:.4f}")
-    print(result["verdict"])
+    print_comparison(result, "delta_ce", "dCE")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 

@@ -1,8 +1,20 @@
-"""What the staged comparisons share (`llm_converged.py`, `image_converged.py`): each stage is one
-job (`visinterp llm-compare` or `visinterp run`) in its own folder under one runs folder, every
-stage reading the first one's harvest through hard links; a stage whose result file exists is
-read back, so a stopped benchmark resumes where it stopped. Also the rate sweep's choice and a
-seed spread."""
+"""What the converged comparisons share (`llm_converged.py`, `image_converged.py`).
+
+Each stage is one job (`visinterp llm-compare` or `visinterp run`) in its own folder under one
+runs folder, every stage reading one harvest through hard links; a stage whose result file exists
+is read back, so a stopped benchmark resumes where it stopped. `converged_comparison` is the
+procedure on top of them, at one activation site:
+
+1. the rate sweep: TopK, the gated contextual SAE and its shuffled control at the headline k,
+   once per rate; each series keeps the lowest held-out FVU among its converged runs (the lowest
+   overall, marked, when none converged). The control trains at the contextual SAE's rate: it is
+   that recipe with the positions shuffled;
+2. the other budgets at the chosen rates;
+3. the headline budget again with other seeds, for the spread;
+
+then the goals (`visinterp.analysis.matched_l0.goals`) on seed 0's SAEs, with the persistence
+ceiling of the TopK SAEs beside them.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +30,12 @@ from typing import Any, Callable
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import write_json_atomic
 from rates import lowest_converged
+from visinterp.analysis.matched_l0 import goals, matched_table, verdict
 
 DIVERGED_FILE = "diverged.json"
+TOPK, CONTEXTUAL, CONTROL = "topk", "contextual_gated", "contextual_gated_control"
+TRAINING = ("tokens", "epochs", "converged", "fvu_gain_last_quarter", "curve", "clipped_steps")
+SWEPT = ("fvu", "l0", "state_l0", "converged", "fvu_gain_last_quarter")
 
 
 def link_harvest(src: Path, dst: Path, names: tuple[str, ...]) -> None:
@@ -104,3 +120,97 @@ def spread(values: list[float]) -> dict:
     """The values over seeds with their mean and sample standard deviation."""
     return {"values": values, "mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def converged_comparison(stage: Callable[..., dict], k: tuple[int, ...], k_contextual: tuple[int, ...], headline_k: int,
+                         rates: list[float], seeds: int, kept: tuple[str, ...], quality: str = "delta_ce",
+                         higher_is_better: bool = False, quality_label: str = "delta CE") -> dict:
+    """The procedure of the module docstring at one site. `stage(name, may_diverge=False,
+    **sweep)` runs or reads back one stage with those [sweep] fields and returns its result, its
+    SAEs under "saes" by name; `kept` names the fields of an SAE's row to keep. Returns the rate
+    stages' results under "rate_runs" beside what goes into the benchmark's JSON."""
+    hk = headline_k
+    names = {TOPK: f"topk_k{hk}", CONTEXTUAL: f"contextual_gated_k{hk}", CONTROL: f"contextual_gated_k{hk}_control"}
+    # 1. (a stage in which an SAE diverged counts as diverged for every series of it)
+    runs = {lr: stage(f"lr{lr:g}", may_diverge=True, k=(hk,), k_contextual=(hk,), lr=lr, seed=0) for lr in rates}
+    by_rate = {lr: run["saes"] for lr, run in runs.items()}
+    sweep = {s: {f"{lr:g}": ({y: by_rate[lr][name][y] for y in SWEPT} if name in by_rate[lr]
+                             else {"diverged": runs[lr]["diverged"]})
+                 for lr in rates} for s, name in names.items()}
+    chosen = {s: pick({lr: by_rate[lr].get(names[s]) for lr in rates}) for s in (TOPK, CONTEXTUAL)}
+    lr_topk, lr_ctx = chosen[TOPK]["lr"], chosen[CONTEXTUAL]["lr"]
+
+    # 2.
+    saes = {names[TOPK]: by_rate[lr_topk][names[TOPK]]}
+    saes |= {n: m for n, m in by_rate[lr_ctx].items() if m["family"] != "per-position"}
+    other_k = tuple(b for b in k if b != hk)
+    other_kc = tuple(b for b in k_contextual if b != hk)
+    if other_k:
+        saes |= stage("k_topk", per_position=("topk",), k=other_k, carries=(), lr=lr_topk, seed=0)["saes"]
+    if other_kc:
+        saes |= stage("k_contextual", per_position=(), k=(), carries=("gated",), k_contextual=other_kc, lr=lr_ctx,
+                      seed=0)["saes"]
+    saes = {n: {f: m[f] for f in kept if f in m} for n, m in saes.items()}
+
+    # 3.
+    per_seed = [{n: m for n, m in saes.items() if m["k"] == hk}]
+    for s in range(1, seeds):
+        if lr_topk == lr_ctx:
+            rows = stage(f"seed{s}", k=(hk,), k_contextual=(hk,), lr=lr_topk, seed=s)["saes"]
+        else:
+            rows = (stage(f"seed{s}_topk", k=(hk,), carries=(), lr=lr_topk, seed=s)["saes"]
+                    | stage(f"seed{s}_contextual", per_position=(), k=(), k_contextual=(hk,), lr=lr_ctx, seed=s)["saes"])
+        per_seed.append(rows)
+    spreads = {name: {y: spread([rows[name][y] for rows in per_seed]) for y in ("fvu", "l0", "state_l0", quality)}
+               | {"converged": [rows[name]["converged"] for rows in per_seed]}
+               for name in per_seed[0]}
+    spreads["contextual_minus_topk_fvu"] = spread([rows[names[CONTEXTUAL]]["fvu"] - rows[names[TOPK]]["fvu"]
+                                                   for rows in per_seed])
+
+    ctx_l0 = sorted(m["l0"] for m in saes.values() if m["family"] == "contextual")
+    scored = goals(saes, quality=quality, higher_is_better=higher_is_better)
+    return {"headline_k": hk, "rates": rates, "rate_sweep": sweep, "chosen": chosen, "saes": saes, "goals": scored,
+            "matched_l0": matched_table(saes, ctx_l0, ("fvu", quality)), "verdict": verdict(scored, quality_label),
+            "ceiling": {n: m["persistence"] for n, m in saes.items() if "persistence" in m},
+            "all_converged": all(m["converged"] for m in saes.values()), "seeds": spreads, "rate_runs": runs}
+
+
+def print_comparison(result: dict, quality: str, column: str) -> None:
+    """The rate sweep, the SAEs, the ceiling and the seeds' spread as tables on stdout."""
+    print(f"\nrate sweep at k {result['headline_k']} (held-out FVU, * = converged):")
+    for s, row in result["rate_sweep"].items():
+        print(f"  {s:<28}" + "".join(f"{lr:>8} " + ("diverged " if "diverged" in m else
+                                                         f"{m['fvu']:.4f}{'*' if m['converged'] else ' '}")
+                                     for lr, m in row.items()))
+    print(f"chosen: TopK {result['chosen'][TOPK]['lr']:g}, contextual {result['chosen'][CONTEXTUAL]['lr']:g}")
+    print(f"\n{'SAE':<30}{'L0':>7}{'state':>8}{'FVU':>8}{column:>8}{'epochs':>8}{'conv':>6}")
+    for n, m in result["saes"].items():
+        print(f"{n:<30}{m['l0']:>7.2f}{m['state_l0']:>8.2f}{m['fvu']:>8.4f}{m[quality]:>8.3f}{m['epochs']:>8.2f}"
+              f"{str(m['converged']):>6}")
+    for n, q in result["ceiling"].items():
+        print(f"ceiling {n}: {q['persistent_fraction']:.3f} active before, run {q['mean_run_length']:.2f}, "
+              f"best ratio {q['best_innovation_ratio']:.2f}x")
+    for n, m in result["seeds"].items():
+        v = m.get("fvu", m)  # contextual_minus_topk_fvu is one spread
+        print(f"seeds, {n}{' FVU' if 'fvu' in m else ''}: {v['mean']:.4f} +- {v['std']:.4f}")
+    print(result["verdict"])
+
+
+def draw_comparison(left, right, saes: dict, position: str = "token", positions: str = "tokens") -> None:
+    """Left: held-out FVU against L0 (TopK's sweep; the contextual SAE at its innovations and at
+    its state; the control). Right: every SAE's learning curve."""
+    styles = {TOPK: ("C0", "o", "TopK"), CONTEXTUAL: ("C1", "s", "contextual (innovations)"),
+              CONTROL: ("C7", "^", "shuffled control (innovations)")}
+    for series, (colour, marker, label) in styles.items():
+        rows = sorted((m for m in saes.values() if m["series"] == series), key=lambda m: m["l0"])
+        left.plot([m["l0"] for m in rows], [m["fvu"] for m in rows], marker=marker, color=colour, label=label)
+        if series == CONTEXTUAL:
+            left.plot([m["state_l0"] for m in rows], [m["fvu"] for m in rows], marker=marker, color=colour,
+                      linestyle=":", fillstyle="none", label="contextual (state)")
+    left.set(xscale="log", yscale="log", xlabel=f"L0 (codes a {position})", ylabel="held-out FVU")
+    for i, (name, m) in enumerate(saes.items()):
+        style = {"per-position": "-", "contextual": "--", "control": ":"}[m["family"]]
+        right.plot([p["tokens"] for p in m["curve"]], [p["fvu"] for p in m["curve"]], style, color=f"C{i % 10}",
+                   label=f"{name}{'' if m['converged'] else ' (not converged)'}")
+    right.set(xlabel=f"training {positions}", ylabel="held-out FVU", yscale="log")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))

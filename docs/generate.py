@@ -252,13 +252,14 @@ def _throughput(r: dict) -> list[str]:
     return out
 
 
-def _goal_table(goals: dict) -> str:
-    """The LLM goal per contextual SAE: its innovations against TopK's L0 at the same FVU."""
+def _goal_table(goals: dict, quality: str = "delta_ce", label: str = "delta CE") -> str:
+    """The goal per contextual SAE: its innovations against TopK's L0 at the same FVU, and its
+    `quality` (delta CE, or an image's PSNR) against TopK's at that L0."""
     rows = [[n, fmt(g["l0"], ".2f"), fmt(g["fvu"]), fmt(g["topk_l0_at_same_fvu"], ".2f") + ("*" if g["extrapolated"] else ""),
-             fmt(g["innovation_ratio"], ".2f"), fmt(g["delta_ce"]), fmt(g["topk_delta_ce_at_that_l0"]),
+             fmt(g["innovation_ratio"], ".2f"), fmt(g[quality]), fmt(g[f"topk_{quality}_at_that_l0"]),
              fmt(g.get("control_fvu")), "met" if g.get("goal_met") else "not met"] for n, g in goals.items()]
-    return md_table(["contextual SAE", "L0", "FVU", "TopK L0 at that FVU", "innovation ratio", "delta CE",
-                     "TopK delta CE there", "control FVU", "goal (>= 1.5x)"], rows)
+    return md_table(["contextual SAE", "L0", "FVU", "TopK L0 at that FVU", "innovation ratio", label,
+                     f"TopK {label} there", "control FVU", "goal (>= 1.5x)"], rows)
 
 
 def _llm(r: dict) -> list[str]:
@@ -283,49 +284,73 @@ def _llm(r: dict) -> list[str]:
 
 
 def _chosen_rate(choice: dict) -> str:
-    return f"{choice['lr']:g}" + ("" if choice["any_converged"] else ", the lowest FVU: no rate converged")
+    return f"{choice['lr']:g}" + ("" if choice["any_converged"] else " (the lowest FVU, as no rate converged)")
 
 
-def _llm_converged(r: dict) -> list[str]:
-    sweep, saes = r["config"]["sweep"], r["saes"]
-    hk = r["headline_k"]
+def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str, list[str]]:
+    """The parts of a converged comparison at one site (benchmarks/stages.py): its budget and
+    rate sentence, the rate sweep, the seed-0 SAEs, the goals, the ceiling and the seeds."""
+    sweep, saes, hk, chosen = r["config"]["sweep"], r["saes"], r["headline_k"], r["chosen"]
     epochs = [m["epochs"] for m in saes.values()]
     rates = [f"{x:g}" for x in r["rates"]]
     rate_rows = [[s] + ["diverged" if "diverged" in v else
                         fmt(v["fvu"], ".4f") + ("" if v["converged"] else " (not converged)") for v in row.values()]
                  for s, row in r["rate_sweep"].items()]
+    tracking = any("switch_rate_of_region_tracking_features" in m for m in saes.values())
     sae_rows = [[n, m["family"], fmt(m["l0"], ".2f"), fmt(m["state_l0"], ".2f"), fmt(m["fvu"], ".4f"),
-                 fmt(m["delta_ce"], ".3f"), fmt(m["switch_rate_of_region_tracking_features"], ".3f"),
-                 fmt(m["converged"]), fmt(m["fvu_gain_last_quarter"], ".1%")] for n, m in saes.items()]
+                 fmt(m[quality], digits)]
+                + ([fmt(m.get("switch_rate_of_region_tracking_features"), ".3f")] if tracking else [])
+                + [fmt(m["converged"]), fmt(m["fvu_gain_last_quarter"], ".1%")] for n, m in saes.items()]
     seed_rows = [[n, fmt(v["fvu"]["mean"], ".4f") + " +- " + fmt(v["fvu"]["std"], ".4f"), fmt(v["l0"]["mean"], ".2f"),
-                  fmt(v["state_l0"]["mean"], ".2f"), fmt(v["delta_ce"]["mean"], ".3f"),
+                  fmt(v["state_l0"]["mean"], ".2f"), fmt(v[quality]["mean"], digits),
                   f"{sum(v['converged'])} of {len(v['converged'])}"]
                  for n, v in r["seeds"].items() if "fvu" in v]
     gap = r["seeds"]["contextual_minus_topk_fvu"]
-    b = r["baselines"]
     ceiling = [q["best_innovation_ratio"] for q in r["ceiling"].values()]
-    chosen = r["chosen"]
+    return {
+        "budget": [f"Width {sweep['width']:,}, {sweep['batch_windows']} windows a step, {sweep['tokens']:,} training "
+                   f"positions per SAE ({min(epochs):.1f} to {max(epochs):.1f} epochs of the harvest). Learning rates "
+                   f"{', '.join(rates)} swept at k {hk}; each series keeps its lowest converged FVU (TopK: "
+                   f"{_chosen_rate(chosen['topk'])}; contextual: {_chosen_rate(chosen['contextual_gated'])}; the "
+                   "control trains at the contextual SAE's rate). "
+                   + ("Every SAE below converged." if r["all_converged"] else "**Not every SAE converged** (see the table).")],
+        "tables": ["", f"Held-out FVU at k {hk} for each learning rate:", "",
+                   md_table(["series"] + [f"lr {x}" for x in rates], rate_rows), "",
+                   md_table(["SAE (seed 0)", "family", "L0", "state L0", "FVU", label]
+                            + (["switch rate of region features"] if tracking else [])
+                            + ["converged", "last-quarter gain"], sae_rows), "",
+                   _goal_table(r["goals"], quality, label), "", "\\* extrapolated beyond the TopK sweep.", ""],
+        "ceiling": [f"a carry could pay at best {min(ceiling):.2f}x to {max(ceiling):.2f}x fewer innovations against "
+                    "these TopK SAEs (the persistence ceiling)"] if ceiling else [],
+        "seeds": ["", f"Seeds at k {hk} (each seed draws the initialisation, the batch order and the held-out split):",
+                  "", md_table(["SAE", "FVU (mean +- std)", "L0", "state L0", label, "converged"], seed_rows), "",
+                  f"Contextual minus TopK FVU at k {hk}, paired by seed: {gap['mean']:+.4f} +- {gap['std']:.4f}.", "",
+                  f"- {r['verdict']}"]}
+
+
+def _llm_converged(r: dict) -> list[str]:
+    site = _converged_site(r, "delta_ce", "delta CE", ".3f")
+    b = r["baselines"]
     return [f"{r['model']}, `{r['hook']}`, windows of {r['window'] - 1} positions: {r['windows_harvested']:,} "
             f"harvested, {r['windows_left_out_as_outliers']} left out for a massive activation, "
-            f"{r['held_out_windows']} held out (CE on the first {r['ce_windows']}). Width {sweep['width']:,}, {sweep['batch_windows']} "
-            f"windows a step, {sweep['tokens']:,} training positions per SAE ({min(epochs):.1f} to "
-            f"{max(epochs):.1f} epochs of the harvest). Learning rates {', '.join(rates)} swept at k {hk}; each "
-            f"series keeps its lowest converged FVU (TopK: {_chosen_rate(chosen['topk'])}, contextual: "
-            f"{_chosen_rate(chosen['contextual_gated'])}; the control trains at the contextual SAE's rate). "
-            + ("Every SAE below converged." if r["all_converged"] else "**Not every SAE converged** (see the table)."),
-            "", "Held-out FVU at k " + str(hk) + " for each learning rate:", "",
-            md_table(["series"] + [f"lr {x}" for x in rates], rate_rows), "",
-            md_table(["SAE (seed 0)", "family", "L0", "state L0", "FVU", "delta CE", "switch rate of region features",
-                      "converged", "last-quarter gain"], sae_rows), "",
-            _goal_table(r["goals"]), "", "\\* extrapolated beyond the TopK sweep.", "",
-            f"Beside it: a carry could pay at best {min(ceiling):.2f}x to {max(ceiling):.2f}x fewer innovations "
-            f"against these TopK SAEs (the persistence ceiling); predicting each activation by its token's mean "
+            f"{r['held_out_windows']} held out (CE on the first {r['ce_windows']}). " + site["budget"][0],
+            *site["tables"],
+            f"Beside it: {site['ceiling'][0]}; predicting each activation by its token's mean "
             f"leaves FVU {b['unigram']:.3f} (unigram null), by the previous activation {b['previous_1']:.3f}, by "
-            f"the mean of the previous 4 {b['previous_4']:.3f}.", "",
-            f"Seeds at k {hk} (each seed draws the initialisation, the batch order and the held-out split):", "",
-            md_table(["SAE", "FVU (mean +- std)", "L0", "state L0", "delta CE", "converged"], seed_rows), "",
-            f"Contextual minus TopK FVU at k {hk}, paired by seed: {gap['mean']:+.4f} +- {gap['std']:.4f}.", "",
-            f"- {r['verdict']}"]
+            f"the mean of the previous 4 {b['previous_4']:.3f}.", *site["seeds"]]
+
+
+def _image_converged(r: dict) -> list[str]:
+    out = [f"{r['autoencoder']['autoencoder']}: {r['n_images']} rendered scenes at {r['images']['size']} px, "
+           f"{r['held_out_images']} held out; maps cut into {r['tile']} x {r['tile']} tiles ({r['axis']} order). "
+           f"Beside FVU, the goal compares the PSNR of the held-out images decoded from the SAE's reconstruction "
+           f"(against their clean decode) with TopK's at the same L0."]
+    for hook, found in r["hooks"].items():
+        site = _converged_site({**found, "config": r["config"]}, r["quality"], "PSNR (dB)", ".2f")
+        out += ["", f"### `{hook}`", "", *site["budget"], *site["tables"],
+                *([f"Beside it: {site['ceiling'][0]}, along the raster scan."] if site["ceiling"] else []),
+                *site["seeds"]]
+    return out
 
 
 def _image_demo(r: dict) -> list[str]:
@@ -637,6 +662,7 @@ def _gpu_tests(r: dict) -> list[str]:
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_regions": ("Synthetic regions: the contextual SAE against known features", _synthetic),
     "llm_converged_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15`, converged", _llm_converged),
+    "image_converged_taef2_256": ("Image comparison, TAEF2 at 256 px, converged", _image_converged),
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
     "llm_baselines_smollm2": ("What a carry could save in SmolLM2, layer by layer", _llm_baselines),
@@ -712,6 +738,15 @@ def readme_headline() -> str:
         best = max(r["goals"].values(), key=lambda g: g["innovation_ratio"])
         rows.append([f"SmolLM2 `{r['hook']}`, short training", f"best innovation ratio {best['innovation_ratio']:.2f}x "
                      "(goal >= 1.5x): not met; not converged"])
+    image = RESULTS / "image_converged_taef2_256.json"
+    if image.is_file():
+        r = json.loads(image.read_text())
+        for hook, found in r["hooks"].items():
+            best = max(found["goals"].values(), key=lambda g: g["innovation_ratio"])
+            ceiling = max(q["best_innovation_ratio"] for q in found["ceiling"].values())
+            rows.append([f"TAEF2 `{hook}` at {r['images']['size']} px, learning rates swept", f"best innovation ratio "
+                         f"{best['innovation_ratio']:.2f}x (goal >= 1.5x): {'met' if best['goal_met'] else 'not met'}; "
+                         f"persistence ceiling {ceiling:.2f}x" + ("" if found["all_converged"] else "; not all converged")])
     ttq = RESULTS / "time_to_quality_cpu.json"
     if ttq.is_file():
         r = json.loads(ttq.read_text())

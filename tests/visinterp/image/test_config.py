@@ -39,3 +39,17 @@ def test_quick_toml_overrides_field_by_field():
 def test_bad_values_are_named(values, message):
     with pytest.raises(InputError, match=message):
         run_config_from_dict(values, "cfg.toml")
+
+
+def test_the_converged_image_config_names_taef2_maps_that_tile_into_64_patch_windows():
+    """benchmarks/image_converged.py's config: the real TAEF2 weights beside the repository, at
+    256 px (32 x 32 maps at both hooks), cut into 8 x 8 tiles, and a headline k (4) in both sweeps."""
+    from visinterp.models.autoencoders import load_autoencoder
+
+    cfg = load_run_config(CONFIGS / "image" / "taef2_converged_256.toml")
+    root = CONFIGS.parent
+    ae = load_autoencoder(root / cfg.autoencoder)
+    assert set(cfg.harvest.hooks) == {"latent", "encoder.mid"} <= set(ae.hook_names)
+    side = cfg.images.size // ae.downsample
+    assert side == 32 and side % cfg.harvest.tile == 0 and cfg.harvest.tile ** 2 == 64
+    assert 4 in cfg.sweep.k and 4 in cfg.sweep.k_contextual and cfg.sweep.carries == ("gated",)

@@ -1,0 +1,133 @@
+"""The converged image comparison: per-position TopK against the gated contextual SAE and its
+shuffled control on an image autoencoder's maps, by default the real TAEF2 weights at 256 px
+(32 x 32 latent maps; `configs/image/taef2_converged_256.toml`), at each hook of the config
+(`latent`, `encoder.mid`), with every SAE's learning rate chosen by a sweep and the headline
+budget repeated over seeds.
+
+First the harvest, once, into `<runs>/harvest` (the rendered scenes and one activation store per
+hook). Then per hook, each stage a `visinterp run` on that hook alone in `<runs>/<hook>/<stage>`,
+reading the harvest through hard links (a stage whose metrics.json exists is read back, so the
+script resumes):
+
+1. `lr<rate>`: TopK, the contextual SAE and its control at the headline k, once per rate; each
+   series keeps the lowest held-out FVU among its converged runs (the lowest overall, marked,
+   when none converged); the control trains at the contextual SAE's rate;
+2. `k_topk`, `k_contextual`: the other budgets at the chosen rates;
+3. `seed<s>`: the headline budget again with other seeds (a seed draws the SAEs' initialisation,
+   batch order and held-out images), for the spread.
+
+The goals (`visinterp.analysis.matched_l0.goals`, with the PSNR of the held-out images decoded
+from the SAE's reconstruction against TopK's at the same L0 in place of delta CE) are scored on
+seed 0's SAEs, with the persistence ceiling of each TopK SAE along the raster scan beside them.
+Writes JSON and a plot (per hook: FVU against L0, learning curves).
+
+    python benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ctxsae_common.errors import InputError
+from ctxsae_common.files import write_json_atomic
+from visinterp.image.config import load_run_config
+from visinterp.image.run import ImageJob, run
+from scenes.figures import pyplot, save_figure
+from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
+from rates import parse_rates
+from stages import TRAINING, Stages, converged_comparison, draw_comparison, print_comparison, with_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+QUALITY = "psnr_vs_clean_decode"
+KEPT = ("series", "family", "k", "l0", "state_l0", "fvu", QUALITY, "psnr_vs_input", "dead_fraction", "persistence",
+        *TRAINING)
+HARVEST = ("scenes", "store")  # what of a run folder the stages share (a folder of photos has no scenes/)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Per hook, a row: held-out FVU against L0, and every seed-0 SAE's learning curve."""
+    hooks = result["hooks"]
+    fig, axes = pyplot().subplots(len(hooks), 2, figsize=(12, 4.2 * len(hooks)), squeeze=False)
+    for (left, right), (hook, found) in zip(axes, hooks.items()):
+        draw_comparison(left, right, found["saes"], "patch", "patches")
+        left.set_title(hook)
+        left.legend(fontsize=8)
+    fig.suptitle(f"{result['autoencoder']['autoencoder']}: converged comparison (seed 0)")
+    fig.subplots_adjust(hspace=0.35)
+    save_figure(fig, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=ROOT / "configs/image/taef2_converged_256.toml")
+    p.add_argument("--out", type=Path, default=Path("runs/image_converged_taef2_256.json"), help="the JSON")
+    p.add_argument("--runs", type=Path, default=Path("runs/image_converged_taef2_256"),
+                   help="the harvest and the stages' run folders")
+    p.add_argument("--lr", type=lambda text: parse_rates(text, allow_default=False), default=[1e-3, 3e-3, 1e-2],
+                   help="learning rates swept (default %(default)s)")
+    p.add_argument("--headline-k", type=int, default=4, help="the budget of the rate sweep and the seeds")
+    p.add_argument("--seeds", type=int, default=3, help="seeds at the headline budget (seed 0 included)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_run_config(args.config)
+    except InputError as e:
+        p.error(str(e))
+    hk = args.headline_k
+    if hk not in cfg.sweep.k or hk not in cfg.sweep.k_contextual:
+        p.error(f"--headline-k {hk} must be in the config's sweep.k {list(cfg.sweep.k)} and sweep.k_contextual "
+                f"{list(cfg.sweep.k_contextual)}")
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    progress = not args.no_progress
+    start = time.perf_counter()
+
+    harvest = args.runs / "harvest"
+    try:
+        ImageJob(cfg, harvest, progress, args.device).harvest()  # renders and harvests what is missing
+    except InputError as e:
+        p.error(str(e))
+    stages = Stages(lambda c, out: run(c, out, progress=progress, device=args.device), "metrics.json", HARVEST,
+                    args.runs, harvest)
+
+    def stage_at(hook: str):
+        def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
+            c = with_sweep(cfg, **sweep)
+            c = dataclasses.replace(c, harvest=dataclasses.replace(c.harvest, hooks=(hook,)))
+            found = stages(f"{hook}/{name}", c, may_diverge, ", ".join(f"{k} {v}" for k, v in sweep.items()))
+            return {**found, "saes": {n.split("/", 1)[1]: m for n, m in found["saes"].items()}}
+        return stage
+
+    hooks, first = {}, None
+    for hook in cfg.harvest.hooks:
+        found = converged_comparison(stage_at(hook), cfg.sweep.k, cfg.sweep.k_contextual, hk, args.lr, args.seeds,
+                                     KEPT, QUALITY, higher_is_better=True, quality_label="decoded-image PSNR")
+        rate_runs = found.pop("rate_runs")
+        first = first or rate_runs[found["chosen"]["topk"]["lr"]]
+        hooks[hook] = found
+        print(f"\n== {hook} ==")
+        print_comparison(found, QUALITY, "PSNR")
+
+    result = {"autoencoder": first["autoencoder"], "images": first["images"], "n_images": first["n_images"],
+              "held_out_images": len(first["held_out_images"]), "axis": first["axis"], "tile": first["tile"],
+              "autoencoder_psnr_vs_input": first["autoencoder_psnr_vs_input"], "config": cfg.to_dict(),
+              "quality": QUALITY, "hooks": hooks, "seconds": time.perf_counter() - start,
+              "stage_seconds": stages.seconds, "machine": machine_info()}
+    write_json_atomic(args.out, result)
+    plot(result, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
