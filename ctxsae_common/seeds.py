@@ -17,6 +17,7 @@ STREAMS = {
     "data": 3,  # synthetic data and rendered-scene choices
     "model": 4,  # other model-side draws (an autoencoder's crops and batches)
     "probe": 5,  # rows sampled for linear probes
+    "shuffle_calibrate": 6,  # the control's permutations of the batches its final threshold is set on
 }
 
 

@@ -202,10 +202,6 @@ class BatchTopKActivation(_BudgetActivation):
         super().__init__(cfg, width)
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_seen", torch.zeros((), dtype=torch.bool))
-        # the last training batch's cut-off (not saved), at the budget in use now: the threshold a
-        # held-out evaluation in the middle of training uses, where the running average still lags
-        # behind an annealed budget (the mean of the last 8 lagged by 4 steps, enough to be off 35%)
-        self.last_cutoff: float | None = None
 
     def _guess(self) -> float | None:
         """The threshold tracks the pooled cut-off, so most of the time a little below it
@@ -277,7 +273,6 @@ class BatchTopKActivation(_BudgetActivation):
     @torch.no_grad()
     def update_statistics_(self, pre: Tensor, n_positions: int, sample: Tensor | None = None) -> None:
         cut = self._cutoff(pre, n_positions, sample)
-        self.last_cutoff = float(cut)
         if not bool(self.threshold_seen):
             self.threshold.copy_(cut)
             self.threshold_seen.fill_(True)

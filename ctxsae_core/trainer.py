@@ -10,6 +10,7 @@ evaluates, logs, writes checkpoints and shows progress."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import math
@@ -41,6 +42,7 @@ CURVE_POINTS = 16  # held-out evaluations over a run when TrainConfig.eval_every
 CONVERGED_GAIN = 0.02  # converged: held-out FVU improved by less than this fraction over the last quarter
 CALIBRATION_BATCHES = 8  # training batches BatchTopK's inference threshold is set on at the end
 CALIBRATION_ROUNDS = 3  # a contextual walk's innovations feed back into its prior: the threshold is set again
+CURVE_CALIBRATION_BATCHES = 4  # the latest training batches a held-out evaluation's threshold is set on
 
 
 def convergence(curve: list[dict], total_tokens: int) -> dict[str, Any]:
@@ -110,6 +112,7 @@ class Trainer:
         self.step_seconds: list[float] = []
         self._clipped = torch.zeros((), dtype=torch.long, device=self.device)  # see clipped_steps
         self.curve: list[dict] = []  # the held-out learning curve: {"step", "tokens", "fvu"} per evaluation
+        self._recent: collections.deque[Tensor] = collections.deque(maxlen=CURVE_CALIBRATION_BATCHES)
         self.epoch_positions: int | None = None  # training positions in one pass over the data, when known
         self.carry_warmup_fraction, self.k_anneal_fraction = cfg.schedule_for(model.has_carry)
 
@@ -316,23 +319,27 @@ class Trainer:
             return max(1, self.total_steps // CURVE_POINTS)
         return self.cfg.eval_every
 
-    def _curve_point(self) -> dict[str, Any]:
-        """A held-out evaluation now, added to the learning curve and the log. BatchTopK evaluates
-        with the last training batch's cut-off (at the budget in use now, as the threshold
-        calibrated at the end will be), not with its lagging running average, so that every
-        point of the curve is at the L0 training had then. A held-out FVU above 1
-        (worse than predicting the mean) in the last quarter of training stops the run: it has
-        diverged, or never learned."""
+    def _curve_point(self, calibrate: bool = True) -> dict[str, Any]:
+        """A held-out evaluation now, added to the learning curve and the log. BatchTopK
+        evaluates with its threshold calibrated as it is at the end of training, on the latest
+        training batches at the budget in use now (its running average is restored after), so
+        that every point of the curve, the last included, is at the L0 training had then and the
+        points compare like with like (with the last batch's training cut-off a contextual SAE's
+        held-out L0 ranged over +-15% of its budget, and its FVU with it). `calibrate` False: the
+        threshold is already set (the final evaluation). A held-out FVU above 1 (worse than
+        predicting the mean) in the last quarter of training stops the run: it has diverged, or
+        never learned."""
         act = self.model.activation
-        recent = getattr(act, "last_cutoff", None)
-        if recent is not None:
-            running = act.threshold.clone()
-            act.set_threshold_(recent)
+        recent = list(self._recent) if calibrate and act.has_statistics else []
+        if recent:
+            saved = act.threshold.clone(), act.threshold_seen.clone()
+            self._set_threshold(recent, over_ranks=False)
         try:
             scores = self._evaluate()
         finally:
-            if recent is not None:
-                act.threshold.copy_(running)
+            if recent:
+                act.threshold.copy_(saved[0])
+                act.threshold_seen.copy_(saved[1])
         point = {"step": self.step, "tokens": self.step * self.positions_per_step, "fvu": scores["fvu"]}
         self.curve.append(point)
         self._log({**point, "split": "eval", **scores})
@@ -358,29 +365,39 @@ class Trainer:
         """BatchTopK's inference threshold set on the trained model: the pooled cut-off of a few
         training batches together (k codes a position on average over all of them), so that
         inference pays k codes a position whatever the run's length (the running average it
-        tracked in training lags far behind in short runs). A contextual walk's innovations
-        change its prior, so its threshold is set again on the walk it gives."""
-        act = self.model.activation
-        if not act.has_statistics:
+        tracked in training lags far behind in short runs). A shuffled-context control walks
+        them shuffled, as it trains and is evaluated."""
+        if not self.model.activation.has_statistics:
             return
         batches = [self._to_device(x) for x in itertools.islice(it, CALIBRATION_BATCHES)]
         if not batches:  # a stream that ended with training: the running threshold stays
             return
+        if self.cfg.shuffle_context:
+            batches = [shuffle_positions(x, seeded_generator(self.cfg.seed, "shuffle_calibrate", i))[0]
+                       for i, x in enumerate(batches)]
+        self._set_threshold(batches)
+
+    @torch.no_grad()
+    def _set_threshold(self, batches: list[Tensor], over_ranks: bool = True) -> None:
+        """Set the threshold to the pooled cut-off of `batches` (over every rank's, with
+        `over_ranks`). A contextual walk's innovations change its prior, so its threshold is set
+        again on the walk it gives."""
         was_training = self.model.training
         self.model.eval()
         for _ in range(CALIBRATION_ROUNDS if self.model.has_carry else 1):
-            act.set_threshold_(self._pooled_cutoff(batches))
+            self.model.activation.set_threshold_(self._pooled_cutoff(batches, over_ranks))
         self.model.train(was_training)
 
-    def _pooled_cutoff(self, batches: list[Tensor]) -> Tensor:
+    def _pooled_cutoff(self, batches: list[Tensor], over_ranks: bool = True) -> Tensor:
         """The k-codes-a-position cut-off of the pre-activations of all `batches` together: each
         batch has its own cut-off's worth of entries at or above it, so the pooled cut-off lies
         at or above the lowest of them, and only those entries are kept to find it."""
         act, positions = self.model.activation, sum(x.shape[0] * x.shape[1] for x in batches)
-        lowest = min(float(act.cutoff(self.model(x, self.axis).pre_acts, x.shape[0] * x.shape[1])) for x in batches)
-        kept = [p[p >= lowest] for p in (self.model(x, self.axis).pre_acts for x in batches)]
-        candidates = self.group.gather_cat(torch.cat(kept))
-        n_keep = min(max(1, round(act.budget * positions * self.group.world)), candidates.numel())
+        pres = [self.model(x, self.axis).pre_acts for x in batches]
+        lowest = min(float(act.cutoff(p, x.shape[0] * x.shape[1])) for p, x in zip(pres, batches))
+        kept = torch.cat([p[p >= lowest] for p in pres])
+        candidates, world = (self.group.gather_cat(kept), self.group.world) if over_ranks else (kept, 1)
+        n_keep = min(max(1, round(act.budget * positions * world)), candidates.numel())
         return candidates.topk(n_keep, sorted=False).values.min().clamp_min(0)
 
     def _checkpoint(self) -> None:
@@ -420,7 +437,7 @@ class Trainer:
         self._calibrate_threshold(it)
         final = {}
         if self.eval_windows is not None and self.group.is_main and self.final_eval:
-            final = self._curve_point()
+            final = self._curve_point(calibrate=False)
             final = {**final, **{k: v for k, v in self.summary().items() if k != "curve"}}
         if self.out_dir is not None and self.group.is_main:
             save_sae(self.model, self.out_dir, self.axis)
@@ -445,6 +462,8 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 self.step_seconds.append(time.perf_counter() - start)
             tokens0 += r["n_positions"]
+            if self.eval_windows is not None and self.model.activation.has_statistics:
+                self._recent.append(r["x"].detach())
             bar.update(1)
             last = self.step == steps
             if cfg.log_every and self.group.is_main and (self.step % cfg.log_every == 0 or last):
