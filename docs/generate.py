@@ -322,10 +322,11 @@ def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str,
                    _goal_table(r["goals"], quality, label), "", "\\* extrapolated beyond the TopK sweep.", ""],
         "ceiling": [f"a carry could pay at best {min(ceiling):.2f}x to {max(ceiling):.2f}x fewer innovations against "
                     "these TopK SAEs (the persistence ceiling)"] if ceiling else [],
-        "seeds": ["", f"Seeds at k {hk} (each seed draws the initialisation, the batch order and the held-out split):",
-                  "", md_table(["SAE", "FVU (mean +- std)", "L0", "state L0", label, "converged"], seed_rows), "",
-                  f"Contextual minus TopK FVU at k {hk}, paired by seed: {gap['mean']:+.4f} +- {gap['std']:.4f}.", "",
-                  f"- {r['verdict']}"]}
+        "seeds": (["", f"Seeds at k {hk} (each seed draws the initialisation, the batch order and the held-out "
+                   "split):", "", md_table(["SAE", "FVU (mean +- std)", "L0", "state L0", label, "converged"], seed_rows),
+                   "", f"Contextual minus TopK FVU at k {hk}, paired by seed: {gap['mean']:+.4f} +- {gap['std']:.4f}."]
+                  if len(gap["values"]) > 1 else
+                  ["", f"One seed so far: the spread over seeds at k {hk} is not measured yet."]) + ["", f"- {r['verdict']}"]}
 
 
 def _llm_converged(r: dict) -> list[str]:
