@@ -29,6 +29,17 @@ def iter_window_batches(windows: Tensor, batch_windows: int) -> Iterable[Tensor]
         yield windows[start : start + batch_windows]
 
 
+def walked_batches(windows: Tensor | Iterable[Tensor], batch_windows: int, shuffle_context: bool, seed: int,
+                   device: torch.device) -> Iterable[Tensor]:
+    """The held-out batches as `evaluate` walks them, on `device`: with `shuffle_context`, each
+    window's positions permuted from the seed's "shuffle_eval" stream, batch after batch."""
+    batches = iter_window_batches(windows, batch_windows) if isinstance(windows, Tensor) else windows
+    gen = seeded_generator(seed, "shuffle_eval")
+    for x in batches:
+        x = x.to(device, non_blocking=True)
+        yield shuffle_positions(x, gen)[0] if shuffle_context else x
+
+
 @torch.no_grad()
 def evaluate(
     model: BaseSAE,
@@ -46,16 +57,11 @@ def evaluate(
     permutation per seed): the shuffled-context control. Batches run on the model's device."""
     was_training = model.training
     model.eval()
-    batches = iter_window_batches(windows, batch_windows) if isinstance(windows, Tensor) else windows
     recon, sparsity = ReconstructionSums(), SparsitySums(model.config.width)
-    gen = seeded_generator(seed, "shuffle_eval")
     n_total = windows.shape[0] if isinstance(windows, Tensor) else None
     bar = tqdm(total=n_total, desc="evaluate", unit="window", disable=not progress, leave=False)
     device = next(model.parameters()).device
-    for x in batches:
-        x = x.to(device, non_blocking=True)
-        if shuffle_context:
-            x, _ = shuffle_positions(x, gen)
+    for x in walked_batches(windows, batch_windows, shuffle_context, seed, device):
         out = model(x, axis)
         recon.add(x, out.x_hat)
         sparsity.add(out.innovations, out.state, x.shape[0] * x.shape[1])

@@ -10,7 +10,6 @@ evaluates, logs, writes checkpoints and shows progress."""
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
 import math
@@ -32,7 +31,7 @@ from ctxsae_core.checkpoint import save_sae
 from ctxsae_core.config import TrainConfig, config_to_dict
 from ctxsae_core.data import Epochs, Resumable, shuffle_positions
 from ctxsae_core.distributed import group
-from ctxsae_core.evaluate import evaluate
+from ctxsae_core.evaluate import evaluate, walked_batches
 from ctxsae_core.metrics import fvu, l0
 from ctxsae_core.sae import BaseSAE
 
@@ -42,7 +41,6 @@ CURVE_POINTS = 16  # held-out evaluations over a run when TrainConfig.eval_every
 CONVERGED_GAIN = 0.02  # converged: held-out FVU improved by less than this fraction over the last quarter
 CALIBRATION_BATCHES = 8  # training batches BatchTopK's inference threshold is set on at the end
 CALIBRATION_ROUNDS = 3  # a contextual walk's innovations feed back into its prior: the threshold is set again
-CURVE_CALIBRATION_BATCHES = 4  # the latest training batches a held-out evaluation's threshold is set on
 
 
 def convergence(curve: list[dict], total_tokens: int) -> dict[str, Any]:
@@ -112,7 +110,6 @@ class Trainer:
         self.step_seconds: list[float] = []
         self._clipped = torch.zeros((), dtype=torch.long, device=self.device)  # see clipped_steps
         self.curve: list[dict] = []  # the held-out learning curve: {"step", "tokens", "fvu"} per evaluation
-        self._recent: collections.deque[Tensor] = collections.deque(maxlen=CURVE_CALIBRATION_BATCHES)
         self.epoch_positions: int | None = None  # training positions in one pass over the data, when known
         self.carry_warmup_fraction, self.k_anneal_fraction = cfg.schedule_for(model.has_carry)
 
@@ -319,25 +316,27 @@ class Trainer:
             return max(1, self.total_steps // CURVE_POINTS)
         return self.cfg.eval_every
 
-    def _curve_point(self, calibrate: bool = True) -> dict[str, Any]:
-        """A held-out evaluation now, added to the learning curve and the log. BatchTopK
-        evaluates with its threshold calibrated as it is at the end of training, on the latest
-        training batches at the budget in use now (its running average is restored after), so
-        that every point of the curve, the last included, is at the L0 training had then and the
-        points compare like with like (with the last batch's training cut-off a contextual SAE's
-        held-out L0 ranged over +-15% of its budget, and its FVU with it). `calibrate` False: the
-        threshold is already set (the final evaluation). A held-out FVU above 1 (worse than
-        predicting the mean) in the last quarter of training stops the run: it has diverged, or
-        never learned."""
+    def _curve_point(self) -> dict[str, Any]:
+        """A held-out evaluation now, added to the learning curve and the log, at the budget in
+        use now: BatchTopK's threshold is set for it to the pooled cut-off of the held-out
+        windows themselves (as the final calibration sets it on training batches, re-set for a
+        contextual walk), and its running average is restored after. So every point of the
+        curve, the closing one included, has L0 = the budget on the held-out windows, and the
+        points differ only by what training changed (a threshold calibrated on training batches
+        gave a contextual SAE's held-out L0 +-10% around its budget from point to point, and its
+        FVU with it). One scalar is fitted there, to the budget, never to the reconstruction. A
+        held-out FVU above 1 (worse than predicting the mean) in the last quarter of training
+        stops the run: it has diverged, or never learned."""
         act = self.model.activation
-        recent = list(self._recent) if calibrate and act.has_statistics else []
-        if recent:
+        if act.has_statistics:
             saved = act.threshold.clone(), act.threshold_seen.clone()
-            self._set_threshold(recent, over_ranks=False)
+            self._set_threshold(list(walked_batches(self.eval_windows, self.eval_batch_windows,
+                                                    self.cfg.shuffle_context, self.cfg.seed, self.device)),
+                                over_ranks=False)
         try:
             scores = self._evaluate()
         finally:
-            if recent:
+            if act.has_statistics:
                 act.threshold.copy_(saved[0])
                 act.threshold_seen.copy_(saved[1])
         point = {"step": self.step, "tokens": self.step * self.positions_per_step, "fvu": scores["fvu"]}
@@ -351,7 +350,8 @@ class Trainer:
 
     def summary(self, final: dict[str, Any] | None = None) -> dict[str, Any]:
         """Tokens, epochs and convergence of the run; `final` (held-out scores at the end, e.g.
-        from a job's own evaluation) closes the learning curve."""
+        from a job's own evaluation) closes the learning curve where the trainer had no held-out
+        windows to close it with."""
         tokens = self.step * self.positions_per_step
         curve = list(self.curve)
         if final is not None and "fvu" in final and (not curve or curve[-1]["step"] != self.step):
@@ -436,9 +436,11 @@ class Trainer:
         self._loop(it)
         self._calibrate_threshold(it)
         final = {}
-        if self.eval_windows is not None and self.group.is_main and self.final_eval:
-            final = self._curve_point(calibrate=False)
-            final = {**final, **{k: v for k, v in self.summary().items() if k != "curve"}}
+        if self.eval_windows is not None and self.group.is_main:
+            closing = self._curve_point()  # the curve's last point, at the budget on the held-out windows
+            if self.final_eval:  # the figures of the model as saved, its threshold calibrated on training batches
+                final = self._evaluate() if self.model.activation.has_statistics else closing
+                final = {**final, **{k: v for k, v in self.summary().items() if k != "curve"}}
         if self.out_dir is not None and self.group.is_main:
             save_sae(self.model, self.out_dir, self.axis)
             write_json_atomic(self.out_dir / EVAL_FILE, {**final, "step": self.step})
@@ -462,8 +464,6 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 self.step_seconds.append(time.perf_counter() - start)
             tokens0 += r["n_positions"]
-            if self.eval_windows is not None and self.model.activation.has_statistics:
-                self._recent.append(r["x"].detach())
             bar.update(1)
             last = self.step == steps
             if cfg.log_every and self.group.is_main and (self.step % cfg.log_every == 0 or last):
