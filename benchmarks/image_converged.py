@@ -73,6 +73,8 @@ def main(argv=None) -> int:
                    help="learning rates swept (default %(default)s)")
     p.add_argument("--headline-k", type=int, default=4, help="the budget of the rate sweep and the seeds")
     p.add_argument("--seeds", type=int, default=3, help="seeds at the headline budget (seed 0 included)")
+    p.add_argument("--hooks", type=lambda text: tuple(h.strip() for h in text.split(",")), default=None,
+                   help="only these of the config's hooks, comma-separated (default: all of them)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
     p.add_argument("--no-progress", action="store_true")
@@ -87,6 +89,9 @@ def main(argv=None) -> int:
                 f"{list(cfg.sweep.k_contextual)}")
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    hooks_run = args.hooks or cfg.harvest.hooks
+    if not set(hooks_run) <= set(cfg.harvest.hooks):
+        p.error(f"--hooks {','.join(hooks_run)}: choose among the config's hooks {', '.join(cfg.harvest.hooks)}")
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     progress = not args.no_progress
@@ -109,7 +114,7 @@ def main(argv=None) -> int:
         return stage
 
     hooks, first = {}, None
-    for hook in cfg.harvest.hooks:
+    for hook in hooks_run:
         found = converged_comparison(stage_at(hook), cfg.sweep.k, cfg.sweep.k_contextual, hk, args.lr, args.seeds,
                                      KEPT, QUALITY, higher_is_better=True, quality_label="decoded-image PSNR")
         rate_runs = found.pop("rate_runs")
