@@ -90,6 +90,7 @@ def goals(saes: dict[str, dict], reference: str = "topk", min_ratio: float = MIN
     image for an image map, `higher_is_better`), and the same ratio for its shuffled control,
     which must keep less than `control_keeps` of log(ratio)."""
     ref_fvu, ref_q = series_points(saes, reference, "fvu"), series_points(saes, reference, quality)
+    ref_unconverged = sorted(n for n, m in saes.items() if m["series"] == reference and m.get("converged") is False)
     lo, hi = (min(p[1] for p in ref_fvu), max(p[1] for p in ref_fvu)) if ref_fvu else (0.0, 0.0)
     out = {}
     for name, m in saes.items():
@@ -101,7 +102,7 @@ def goals(saes: dict[str, dict], reference: str = "topk", min_ratio: float = MIN
         row = {"l0": m["l0"], "fvu": m["fvu"], f"{reference}_l0_at_same_fvu": need, "innovation_ratio": ratio,
                "extrapolated": not lo <= m["fvu"] <= hi, quality: m[quality],
                f"{reference}_{quality}_at_that_l0": ref_at, "carried": carried(m),
-               "converged": m.get("converged")}
+               "converged": m.get("converged"), f"{reference}_not_converged": ref_unconverged}
         control = saes.get(f"{name}_control")
         kept = None
         if control is not None:
@@ -131,8 +132,9 @@ def verdict(goals: dict, quality: str = "delta CE") -> str:
             f"(TopK needs L0 {g['topk_l0_at_same_fvu']:.2f} for its FVU {g['fvu']:.3f} at L0 {g['l0']:.2f}"
             f"{', extrapolated beyond the TopK sweep' if g['extrapolated'] else ''})")
     unconverged = [n for n, g in goals.items() if g.get("converged") is False]
-    caveat = (f" Not converged (held-out FVU still falling): {', '.join(unconverged)}; the verdict is provisional."
-              if unconverged else "")
+    unconverged += [n for n in g.get("topk_not_converged", []) if n not in unconverged]
+    caveat = (f" Not converged (held-out FVU still moving by 2% or more over the last quarter): "
+              f"{', '.join(unconverged)}; the verdict is provisional." if unconverged else "")
     if met:
         return f"Goal met by {', '.join(met)}; {line}.{caveat}"
     return (f"Goal NOT met: no contextual SAE reaches per-position TopK's FVU with >= {MIN_RATIO}x fewer innovations, "

@@ -74,6 +74,10 @@ def test_a_contextual_sae_that_carried_nothing_gets_no_verdict():
     assert verdict(g).startswith("No verdict: no contextual SAE carried anything")
     saes["c"]["state_l0"] = 5.0
     assert goals(saes)["c"]["goal_met"] and verdict(goals(saes)).startswith("Goal met by c")
+    # an unconverged reference SAE makes the verdict provisional too: the ratio is read off its sweep
+    saes["topk_k8"]["converged"], saes["c"]["converged"] = False, False
+    assert goals(saes)["c"]["topk_not_converged"] == ["topk_k8"]
+    assert verdict(goals(saes)).endswith("over the last quarter): c, topk_k8; the verdict is provisional.")
 
 
 def test_matched_table_reads_every_series_at_the_given_l0():
