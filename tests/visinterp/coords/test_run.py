@@ -77,7 +77,7 @@ def test_pixel_maps_take_the_max_over_positions_of_a_pixel():
 def scene_features(image_fit, tmp_path_factory):
     out = tmp_path_factory.mktemp("sf")
     code = main(["scene-features", "--fit", str(image_fit), "--out", str(out), "--size", "16", "--tile", "4",
-                 "--width", "64", "--k", "6", "--k-contextual", "2", "--tokens", "4000", "--no-progress"])
+                 "--width", "64", "--k", "6", "--k-contextual", "2", "--tokens", "12000", "--no-progress"])
     assert code == 0
     return out
 

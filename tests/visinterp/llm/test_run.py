@@ -66,7 +66,11 @@ def test_llm_compare_quick_writes_every_metric(quick):
         # windows, and near k held out (19 windows of correlated tokens: within 30% here; it was 3.7x k before)
         assert result["saes"][f"batchtopk_k{k}"]["l0"] == pytest.approx(k, rel=0.3)
     for m in result["saes"].values():  # a learning curve per SAE, ending where training ended
-        assert len(m["curve"]) >= 8 and m["curve"][-1]["tokens"] == m["tokens"] and m["curve"][-1]["fvu"] == m["fvu"]
+        assert len(m["curve"]) >= 8 and m["curve"][-1]["tokens"] == m["tokens"]
+        # TopK's and JumpReLU's last point is their reported FVU; a BatchTopK curve (the contextual SAEs') is at the
+        # budget on the held-out windows, where the reported figures are at the threshold calibrated on training batches
+        batchtopk = m["arch"] == "batchtopk" or m["family"] != "per-position"
+        assert (m["curve"][-1]["fvu"] == m["fvu"]) != batchtopk, m
         assert isinstance(m["converged"], bool) and m["epochs"] > 0
     assert result["saes"]["contextual_attention_k2"]["carry"] == "attention"
     # the goal check agrees with the curves it reads: TopK's L0 at a contextual SAE's FVU
@@ -190,7 +194,11 @@ def test_subtract_unigram_trains_on_the_residual_and_reports_both_fvus(tmp_path)
     for name, m in result["saes"].items():
         assert m["fvu"] == pytest.approx(m["fvu_residual"] * ratio, rel=1e-4)
         assert fvu(view.x, view.codes(name)["x_hat"]) == pytest.approx(m["fvu_residual"], rel=1e-4)
-        assert m["curve"][-1]["fvu"] == m["fvu_residual"]  # the learning curve is on the residual throughout
+        # the learning curve is on the residual throughout (TopK's last point is its reported FVU there; the
+        # others' is at their budget, nearer the residual's figure than the raw one)
+        last = m["curve"][-1]["fvu"]
+        assert last == m["fvu_residual"] if m["family"] == "per-position" and m["arch"] != "batchtopk" else \
+            abs(last - m["fvu_residual"]) < abs(last - m["fvu"])
     assert result["saes"]["topk_k4"]["fvu"] < result["baselines"]["unigram"]  # the SAE adds to what the table explains
     page = (out / "report.html").read_text()
     assert "minus the unigram table" in page and "FVU of the residual" in page
