@@ -32,21 +32,17 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import write_json_atomic
 from visinterp.image.config import load_run_config
 from visinterp.image.run import ImageJob, run
 from scenes.figures import pyplot, save_figure
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
-from rates import parse_rates
-from stages import TRAINING, Stages, converged_comparison, draw_comparison, print_comparison, with_sweep
+import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 QUALITY = "psnr_vs_clean_decode"
-KEPT = ("series", "family", "k", "l0", "state_l0", "fvu", QUALITY, "psnr_vs_input", "dead_fraction", "persistence",
-        *TRAINING)
+KEPT = (*stages.KEPT, QUALITY, "psnr_vs_input")
 HARVEST = ("scenes", "store")  # what of a run folder the stages share (a folder of photos has no scenes/)
 
 
@@ -55,7 +51,7 @@ def plot(result: dict, path: Path) -> None:
     hooks = result["hooks"]
     fig, axes = pyplot().subplots(len(hooks), 2, figsize=(12, 4.2 * len(hooks)), squeeze=False)
     for (left, right), (hook, found) in zip(axes, hooks.items()):
-        draw_comparison(left, right, found["saes"], "patch", "patches")
+        stages.draw_comparison(left, right, found["saes"], "patch", "patches")
         left.set_title(hook)
         left.legend(fontsize=8)
     fig.suptitle(f"{result['autoencoder']['autoencoder']}: converged comparison (seed 0)")
@@ -69,31 +65,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/image_converged_taef2_256.json"), help="the JSON")
     p.add_argument("--runs", type=Path, default=Path("runs/image_converged_taef2_256"),
                    help="the harvest and the stages' run folders")
-    p.add_argument("--lr", type=lambda text: parse_rates(text, allow_default=False), default=[1e-3, 3e-3, 1e-2],
-                   help="learning rates swept (default %(default)s)")
-    p.add_argument("--headline-k", type=int, default=4, help="the budget of the rate sweep and the seeds")
-    p.add_argument("--seeds", type=int, default=3, help="seeds at the headline budget (seed 0 included)")
     p.add_argument("--hooks", type=lambda text: tuple(h.strip() for h in text.split(",")), default=None,
                    help="only these of the config's hooks, comma-separated (default: all of them)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
-    p.add_argument("--no-progress", action="store_true")
+    stages.add_arguments(p, headline_k=4)
     args = p.parse_args(argv)
     try:
         cfg = load_run_config(args.config)
     except InputError as e:
         p.error(str(e))
-    hk = args.headline_k
-    if hk not in cfg.sweep.k or hk not in cfg.sweep.k_contextual:
-        p.error(f"--headline-k {hk} must be in the config's sweep.k {list(cfg.sweep.k)} and sweep.k_contextual "
-                f"{list(cfg.sweep.k_contextual)}")
-    if args.seeds < 1:
-        p.error("--seeds must be at least 1")
+    stages.check_arguments(p, args, cfg.sweep)
     hooks_run = args.hooks or cfg.harvest.hooks
     if not set(hooks_run) <= set(cfg.harvest.hooks):
         p.error(f"--hooks {','.join(hooks_run)}: choose among the config's hooks {', '.join(cfg.harvest.hooks)}")
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
     progress = not args.no_progress
     start = time.perf_counter()
 
@@ -102,32 +85,33 @@ def main(argv=None) -> int:
         ImageJob(cfg, harvest, progress, args.device).harvest()  # renders and harvests what is missing
     except InputError as e:
         p.error(str(e))
-    stages = Stages(lambda c, out: run(c, out, progress=progress, device=args.device), "metrics.json", HARVEST,
-                    args.runs, harvest)
+    runner = stages.Stages(lambda c, out: run(c, out, progress=progress, device=args.device), "metrics.json",
+                           HARVEST, args.runs, harvest)
 
     def stage_at(hook: str):
+        at_hook = dataclasses.replace(cfg, harvest=dataclasses.replace(cfg.harvest, hooks=(hook,)))
+
         def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
-            c = with_sweep(cfg, **sweep)
-            c = dataclasses.replace(c, harvest=dataclasses.replace(c.harvest, hooks=(hook,)))
-            found = stages(f"{hook}/{name}", c, may_diverge, ", ".join(f"{k} {v}" for k, v in sweep.items()))
+            found = runner(f"{hook}/{name}", at_hook, may_diverge, **sweep)
             return {**found, "saes": {n.split("/", 1)[1]: m for n, m in found["saes"].items()}}
         return stage
 
     hooks, first = {}, None
     for hook in hooks_run:
-        found = converged_comparison(stage_at(hook), cfg.sweep.k, cfg.sweep.k_contextual, hk, args.lr, args.seeds,
-                                     KEPT, QUALITY, higher_is_better=True, quality_label="decoded-image PSNR")
+        found = stages.converged_comparison(stage_at(hook), cfg.sweep.k, cfg.sweep.k_contextual, args.headline_k,
+                                            args.lr, args.seeds, KEPT, QUALITY, higher_is_better=True,
+                                            quality_label="decoded-image PSNR")
         rate_runs = found.pop("rate_runs")
         first = first or rate_runs[found["chosen"]["topk"]["lr"]]
         hooks[hook] = found
         print(f"\n== {hook} ==")
-        print_comparison(found, QUALITY, "PSNR")
+        stages.print_comparison(found, QUALITY, "PSNR")
 
     result = {"autoencoder": first["autoencoder"], "images": first["images"], "n_images": first["n_images"],
               "held_out_images": len(first["held_out_images"]), "axis": first["axis"], "tile": first["tile"],
               "autoencoder_psnr_vs_input": first["autoencoder_psnr_vs_input"], "config": cfg.to_dict(),
               "quality": QUALITY, "hooks": hooks, "seconds": time.perf_counter() - start,
-              "stage_seconds": stages.seconds, "machine": machine_info()}
+              "stage_seconds": runner.seconds, "machine": machine_info()}
     write_json_atomic(args.out, result)
     plot(result, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")

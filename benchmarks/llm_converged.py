@@ -29,25 +29,23 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from ctxsae_common.files import write_json_atomic
 from visinterp.llm.config import load_llm_config
 from visinterp.llm.run import REGIONS_FILE, TOKENS_FILE, compare
 from scenes.figures import pyplot, save_figure
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
-from rates import parse_rates
-from stages import TOPK, TRAINING, Stages, converged_comparison, draw_comparison, print_comparison, with_sweep
+import stages
 
 ROOT = Path(__file__).resolve().parents[1]
-KEPT = ("series", "family", "k", "l0", "state_l0", "fvu", "delta_ce", "ce_recovered", "dead_fraction", "persistence",
-        "n_region_tracking_features", "switch_rate_of_region_tracking_features", "best_auroc_by_region", *TRAINING)
+KEPT = (*stages.KEPT, "delta_ce", "ce_recovered", "n_region_tracking_features",
+        "switch_rate_of_region_tracking_features", "best_auroc_by_region")
 
 
 def plot(result: dict, path: Path) -> None:
     """Held-out FVU against L0 with the unigram null, and every seed-0 SAE's learning curve."""
     fig, (left, right) = pyplot().subplots(1, 2, figsize=(12, 4.2))
-    draw_comparison(left, right, result["saes"])
+    stages.draw_comparison(left, right, result["saes"])
     left.axhline(result["baselines"]["unigram"], color="k", linestyle="--", linewidth=0.8, label="unigram null")
     left.legend(fontsize=8)
     fig.suptitle(f"SmolLM2-135M-Instruct {result['hook']}: converged comparison (seed 0)")
@@ -61,44 +59,33 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=Path, default=Path("runs/llm_converged_resid15"), help="the stages' run folders")
     p.add_argument("--harvest-from", type=Path, default=None,
                    help="an llm-compare folder with the same corpus and hook whose harvest to reuse (hard links)")
-    p.add_argument("--lr", type=lambda text: parse_rates(text, allow_default=False), default=[1e-3, 3e-3, 1e-2], help="learning rates swept (default %(default)s)")
-    p.add_argument("--headline-k", type=int, default=8, help="the budget of the rate sweep and the seeds")
-    p.add_argument("--seeds", type=int, default=3, help="seeds at the headline budget (seed 0 included)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
-    p.add_argument("--no-progress", action="store_true")
+    stages.add_arguments(p, headline_k=8)
     args = p.parse_args(argv)
     cfg = load_llm_config(args.config)
-    hk = args.headline_k
-    if hk not in cfg.sweep.k or hk not in cfg.sweep.k_contextual:
-        p.error(f"--headline-k {hk} must be in the config's sweep.k {list(cfg.sweep.k)} and sweep.k_contextual "
-                f"{list(cfg.sweep.k_contextual)}")
-    if args.seeds < 1:
-        p.error("--seeds must be at least 1")
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
-    stages = Stages(lambda c, out: compare(c, out, progress=not args.no_progress, device=args.device),
-                    "comparison.json", ("store", TOKENS_FILE, REGIONS_FILE), args.runs, args.harvest_from)
+    stages.check_arguments(p, args, cfg.sweep)
+    run = stages.Stages(lambda c, out: compare(c, out, progress=not args.no_progress, device=args.device),
+                        "comparison.json", ("store", TOKENS_FILE, REGIONS_FILE), args.runs, args.harvest_from)
 
     def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
-        return stages(name, with_sweep(cfg, **sweep), may_diverge, ", ".join(f"{k} {v}" for k, v in sweep.items()))
+        return run(name, cfg, may_diverge, **sweep)
 
     start = time.perf_counter()
-    found = converged_comparison(stage, cfg.sweep.k, cfg.sweep.k_contextual, hk, args.lr, args.seeds, KEPT)
+    found = stages.converged_comparison(stage, cfg.sweep.k, cfg.sweep.k_contextual, args.headline_k, args.lr,
+                                        args.seeds, KEPT)
     # what every stage shares (the model, the windows, CE clean, the null baselines), from a rate stage
-    first = found.pop("rate_runs")[found["chosen"][TOPK]["lr"]]
+    first = found.pop("rate_runs")[found["chosen"][stages.TOPK]["lr"]]
     result = {
         "model": first["model"], "hook": first["hook"], "window": first["window"],
         "windows_harvested": first["windows_harvested"], "held_out_windows": first["held_out_windows"],
         "windows_left_out_as_outliers": first["windows_left_out_as_outliers"], "ce_windows": first["ce_windows"],
         "config": dataclasses.asdict(cfg), **found, "baselines": first["baselines"], "ce_clean": first["ce_clean"],
-        "seconds": time.perf_counter() - start, "stage_seconds": stages.seconds, "machine": machine_info()}
+        "seconds": time.perf_counter() - start, "stage_seconds": run.seconds, "machine": machine_info()}
     write_json_atomic(args.out, result)
     plot(result, args.out.with_suffix(".png"))
 
     b = result["baselines"]
     print(f"\nnulls: unigram {b['unigram']:.3f}, previous 1 {b['previous_1']:.3f}, previous 4 {b['previous_4']:.3f}")
-    print_comparison(result, "delta_ce", "dCE")
+    stages.print_comparison(result, "delta_ce", "dCE")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 

@@ -18,6 +18,7 @@ ceiling of the TopK SAEs beside them.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -27,14 +28,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import write_json_atomic
-from rates import lowest_converged
+from rates import lowest_converged, parse_rates
 from visinterp.analysis.matched_l0 import goals, matched_table, verdict
 
 DIVERGED_FILE = "diverged.json"
 TOPK, CONTEXTUAL, CONTROL = "topk", "contextual_gated", "contextual_gated_control"
 TRAINING = ("tokens", "epochs", "converged", "fvu_gain_last_quarter", "curve", "clipped_steps")
+KEPT = ("series", "family", "k", "l0", "state_l0", "fvu", "dead_fraction", "persistence", *TRAINING)  # at every site
 SWEPT = ("fvu", "l0", "state_l0", "converged", "fvu_gain_last_quarter")
 
 
@@ -59,9 +63,27 @@ def link_harvest(src: Path, dst: Path, names: tuple[str, ...]) -> None:
             os.link(source, target)
 
 
-def with_sweep(cfg: Any, **changes) -> Any:
-    """A job config with fields of its [sweep] table replaced."""
-    return dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, **changes))
+def add_arguments(p: argparse.ArgumentParser, headline_k: int) -> None:
+    """The options of the procedure every converged comparison takes."""
+    p.add_argument("--lr", type=lambda text: parse_rates(text, allow_default=False), default=[1e-3, 3e-3, 1e-2],
+                   help="learning rates swept (default %(default)s)")
+    p.add_argument("--headline-k", type=int, default=headline_k, help="the budget of the rate sweep and the seeds")
+    p.add_argument("--seeds", type=int, default=3, help="seeds at the headline budget (seed 0 included)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, sweep: Any) -> None:
+    """A parser error for options the config's [sweep] cannot run; sets the CPU threads."""
+    hk = args.headline_k
+    if hk not in sweep.k or hk not in sweep.k_contextual:
+        p.error(f"--headline-k {hk} must be in the config's sweep.k {list(sweep.k)} and sweep.k_contextual "
+                f"{list(sweep.k_contextual)}")
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
 
 
 class Stages:
@@ -79,10 +101,11 @@ class Stages:
         self.harvest = harvest_from
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, name: str, cfg: Any, may_diverge: bool = False, note: str = "") -> dict:
-        """The stage's result. With `may_diverge` (a rate sweep), a stage in which an SAE
-        diverged returns {"saes": {}, "diverged": the trainer's message} instead of raising, and
-        is not retried when the benchmark resumes."""
+    def __call__(self, name: str, cfg: Any, may_diverge: bool = False, **sweep) -> dict:
+        """The stage's result: the job on `cfg` with the fields `sweep` of its [sweep] table
+        replaced. With `may_diverge` (a rate sweep), a stage in which an SAE diverged returns
+        {"saes": {}, "diverged": the trainer's message} instead of raising, and is not retried
+        when the benchmark resumes."""
         out = self.runs / name
         done, failed = out / self.result, out / DIVERGED_FILE
         if may_diverge and failed.is_file():
@@ -90,10 +113,10 @@ class Stages:
         if not done.is_file():
             if self.harvest is not None:
                 link_harvest(self.harvest, out, self.shared)
-            print(f"{name}: {note}", flush=True)
+            print(f"{name}: {', '.join(f'{k} {v}' for k, v in sweep.items())}", flush=True)
             start = time.perf_counter()
             try:
-                self.job(cfg, out)
+                self.job(dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, **sweep)), out)
             except InputError as e:
                 if not (may_diverge and "diverged" in str(e)):
                     raise

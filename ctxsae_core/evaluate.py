@@ -55,13 +55,21 @@ def evaluate(
 
     With `shuffle_context`, positions are permuted within each window first (a fixed
     permutation per seed): the shuffled-context control. Batches run on the model's device."""
+    device = next(model.parameters()).device
+    return evaluate_walked(model, walked_batches(windows, batch_windows, shuffle_context, seed, device), axis,
+                           shuffle_context, progress, windows.shape[0] if isinstance(windows, Tensor) else None)
+
+
+@torch.no_grad()
+def evaluate_walked(model: BaseSAE, batches: Iterable[Tensor], axis: ContextAxis | None, shuffle_context: bool,
+                    progress: bool = False, n_total: int | None = None) -> dict[str, Any]:
+    """`evaluate` over batches already as it walks them (`walked_batches`: on the model's device,
+    shuffled for a control), e.g. batches a caller walks more than once."""
     was_training = model.training
     model.eval()
     recon, sparsity = ReconstructionSums(), SparsitySums(model.config.width)
-    n_total = windows.shape[0] if isinstance(windows, Tensor) else None
     bar = tqdm(total=n_total, desc="evaluate", unit="window", disable=not progress, leave=False)
-    device = next(model.parameters()).device
-    for x in walked_batches(windows, batch_windows, shuffle_context, seed, device):
+    for x in batches:
         out = model(x, axis)
         recon.add(x, out.x_hat)
         sparsity.add(out.innovations, out.state, x.shape[0] * x.shape[1])

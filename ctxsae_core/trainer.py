@@ -31,7 +31,7 @@ from ctxsae_core.checkpoint import save_sae
 from ctxsae_core.config import TrainConfig, config_to_dict
 from ctxsae_core.data import Epochs, Resumable, shuffle_positions
 from ctxsae_core.distributed import group
-from ctxsae_core.evaluate import evaluate, walked_batches
+from ctxsae_core.evaluate import evaluate, evaluate_walked, walked_batches
 from ctxsae_core.metrics import fvu, l0
 from ctxsae_core.sae import BaseSAE
 
@@ -328,15 +328,16 @@ class Trainer:
         held-out FVU above 1 (worse than predicting the mean) in the last quarter of training
         stops the run: it has diverged, or never learned."""
         act = self.model.activation
-        if act.has_statistics:
-            saved = act.threshold.clone(), act.threshold_seen.clone()
-            self._set_threshold(list(walked_batches(self.eval_windows, self.eval_batch_windows,
-                                                    self.cfg.shuffle_context, self.cfg.seed, self.device)),
-                                over_ranks=False)
-        try:
+        if not act.has_statistics:
             scores = self._evaluate()
-        finally:
-            if act.has_statistics:
+        else:  # the held-out batches are walked once to set the threshold, then evaluated at it
+            batches = list(walked_batches(self.eval_windows, self.eval_batch_windows, self.cfg.shuffle_context,
+                                          self.cfg.seed, self.device))
+            saved = act.threshold.clone(), act.threshold_seen.clone()
+            try:
+                self._set_threshold(batches, over_ranks=False)
+                scores = evaluate_walked(self.model, batches, self.axis, self.cfg.shuffle_context)
+            finally:
                 act.threshold.copy_(saved[0])
                 act.threshold_seen.copy_(saved[1])
         point = {"step": self.step, "tokens": self.step * self.positions_per_step, "fvu": scores["fvu"]}
@@ -436,10 +437,13 @@ class Trainer:
         self._loop(it)
         self._calibrate_threshold(it)
         final = {}
-        if self.eval_windows is not None and self.group.is_main:
-            closing = self._curve_point()  # the curve's last point, at the budget on the held-out windows
+        thresholded = self.model.activation.has_statistics
+        if self.eval_windows is not None and self.group.is_main and (self.final_eval or thresholded):
+            # the curve's last point, at the budget on the held-out windows (without a threshold it is the
+            # model's own evaluation, which a job that evaluates the model itself closes the curve with)
+            closing = self._curve_point()
             if self.final_eval:  # the figures of the model as saved, its threshold calibrated on training batches
-                final = self._evaluate() if self.model.activation.has_statistics else closing
+                final = self._evaluate() if thresholded else closing
                 final = {**final, **{k: v for k, v in self.summary().items() if k != "curve"}}
         if self.out_dir is not None and self.group.is_main:
             save_sae(self.model, self.out_dir, self.axis)

@@ -712,6 +712,15 @@ def results_page() -> str:
     return "\n".join(parts)
 
 
+def _converged_row(label: str, site: dict) -> list[str]:
+    """A README headline row for a converged comparison at one site (benchmarks/stages.py)."""
+    best = max(site["goals"].values(), key=lambda g: g["innovation_ratio"])
+    ceiling = max(q["best_innovation_ratio"] for q in site["ceiling"].values())
+    return [label, f"best innovation ratio {best['innovation_ratio']:.2f}x (goal >= 1.5x): "
+            f"{'met' if best['goal_met'] else 'not met'}; persistence ceiling {ceiling:.2f}x"
+            + ("" if site["all_converged"] else "; not all converged")]
+
+
 def readme_headline() -> str:
     """The README's small table of headline results."""
     rows = []
@@ -729,11 +738,7 @@ def readme_headline() -> str:
     llm = RESULTS / "llm_goals_smollm2_resid15.json"
     if converged_llm.is_file():
         r = json.loads(converged_llm.read_text())
-        best = max(r["goals"].values(), key=lambda g: g["innovation_ratio"])
-        ceiling = max(q["best_innovation_ratio"] for q in r["ceiling"].values())
-        rows.append([f"SmolLM2 `{r['hook']}`, learning rates swept", f"best innovation ratio "
-                     f"{best['innovation_ratio']:.2f}x (goal >= 1.5x): {'met' if best['goal_met'] else 'not met'}; "
-                     f"persistence ceiling {ceiling:.2f}x" + ("" if r["all_converged"] else "; not all converged")])
+        rows.append(_converged_row(f"SmolLM2 `{r['hook']}`, learning rates swept", r))
     elif llm.is_file():
         r = json.loads(llm.read_text())
         best = max(r["goals"].values(), key=lambda g: g["innovation_ratio"])
@@ -742,12 +747,8 @@ def readme_headline() -> str:
     image = RESULTS / "image_converged_taef2_256.json"
     if image.is_file():
         r = json.loads(image.read_text())
-        for hook, found in r["hooks"].items():
-            best = max(found["goals"].values(), key=lambda g: g["innovation_ratio"])
-            ceiling = max(q["best_innovation_ratio"] for q in found["ceiling"].values())
-            rows.append([f"TAEF2 `{hook}` at {r['images']['size']} px, learning rates swept", f"best innovation ratio "
-                         f"{best['innovation_ratio']:.2f}x (goal >= 1.5x): {'met' if best['goal_met'] else 'not met'}; "
-                         f"persistence ceiling {ceiling:.2f}x" + ("" if found["all_converged"] else "; not all converged")])
+        rows += [_converged_row(f"TAEF2 `{hook}` at {r['images']['size']} px, learning rates swept", found)
+                 for hook, found in r["hooks"].items()]
     ttq = RESULTS / "time_to_quality_cpu.json"
     if ttq.is_file():
         r = json.loads(ttq.read_text())

@@ -131,8 +131,8 @@ def verdict(goals: dict, quality: str = "delta CE") -> str:
     line = (f"best innovation ratio: {best}, {g['innovation_ratio']:.2f}x "
             f"(TopK needs L0 {g['topk_l0_at_same_fvu']:.2f} for its FVU {g['fvu']:.3f} at L0 {g['l0']:.2f}"
             f"{', extrapolated beyond the TopK sweep' if g['extrapolated'] else ''})")
-    unconverged = [n for n, g in goals.items() if g.get("converged") is False]
-    unconverged += [n for n in g.get("topk_not_converged", []) if n not in unconverged]
+    unconverged = [n for n, row in goals.items() if row.get("converged") is False]
+    unconverged += g.get("topk_not_converged", [])  # the reference sweep's, the same in every row
     caveat = (f" Not converged (held-out FVU still moving by 2% or more over the last quarter): "
               f"{', '.join(unconverged)}; the verdict is provisional." if unconverged else "")
     if met:
