@@ -22,6 +22,14 @@ seed 0's SAEs, with the persistence ceiling of each TopK SAE along the raster sc
 Writes JSON and a plot (per hook: FVU against L0, learning curves).
 
     python benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256.json
+
+`--variant signed` is an ablation: the same procedure with the contextual SAEs and controls coding
+signed innovations (`ContextualConfig.signed`), their stages in `<runs>/<hook>-signed/`, against
+the plain run's TopK SAEs (read back from `<runs>/<hook>/`). The docs' results page sets its
+JSON beside the plain run's.
+
+    python benchmarks/image_converged.py --variant signed --hooks latent --seeds 1 \
+        --out benchmarks/results/image_converged_taef2_256_signed.json
 """
 
 from __future__ import annotations
@@ -54,7 +62,8 @@ def plot(result: dict, path: Path) -> None:
         stages.draw_comparison(left, right, found["saes"], "patch", "patches")
         left.set_title(hook)
         left.legend(fontsize=8)
-    fig.suptitle(f"{result['autoencoder']['autoencoder']}: converged comparison (seed 0)")
+    variant = f", contextual SAEs with {result['variant']} innovations" if result.get("variant") else ""
+    fig.suptitle(f"{result['autoencoder']['autoencoder']}: converged comparison (seed 0{variant})", y=1.0)
     fig.subplots_adjust(hspace=0.35)
     save_figure(fig, path)
 
@@ -67,6 +76,9 @@ def main(argv=None) -> int:
                    help="the harvest and the stages' run folders")
     p.add_argument("--hooks", type=lambda text: tuple(h.strip() for h in text.split(",")), default=None,
                    help="only these of the config's hooks, comma-separated (default: all of them)")
+    p.add_argument("--variant", choices=sorted(stages.VARIANTS), default=None,
+                   help="an ablation: the contextual SAEs and controls with this change, in <runs>/<hook>-<variant>/, "
+                        "against the plain run's TopK SAEs (read back from <runs>/<hook>/, trained there if missing)")
     stages.add_arguments(p, headline_k=4)
     args = p.parse_args(argv)
     try:
@@ -91,10 +103,15 @@ def main(argv=None) -> int:
     def stage_at(hook: str):
         at_hook = dataclasses.replace(cfg, harvest=dataclasses.replace(cfg.harvest, hooks=(hook,)))
 
-        def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
-            found = runner(f"{hook}/{name}", at_hook, may_diverge, **sweep)
-            return {**found, "saes": {n.split("/", 1)[1]: m for n, m in found["saes"].items()}}
-        return stage
+        def in_folder(folder: str):
+            def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
+                found = runner(f"{folder}/{name}", at_hook, may_diverge, **sweep)
+                return {**found, "saes": {n.split("/", 1)[1]: m for n, m in found["saes"].items()}}
+            return stage
+        if args.variant is None:
+            return in_folder(hook)
+        return stages.ablated(in_folder(hook), in_folder(f"{hook}-{args.variant}"), stages.VARIANTS[args.variant],
+                              cfg.sweep)
 
     hooks, first = {}, None
     for hook in hooks_run:
@@ -110,7 +127,7 @@ def main(argv=None) -> int:
     result = {"autoencoder": first["autoencoder"], "images": first["images"], "n_images": first["n_images"],
               "held_out_images": len(first["held_out_images"]), "axis": first["axis"], "tile": first["tile"],
               "autoencoder_psnr_vs_input": first["autoencoder_psnr_vs_input"], "config": cfg.to_dict(),
-              "quality": QUALITY, "hooks": hooks, "seconds": time.perf_counter() - start,
+              "quality": QUALITY, "variant": args.variant, "hooks": hooks, "seconds": time.perf_counter() - start,
               "stage_seconds": runner.seconds, "machine": machine_info()}
     write_json_atomic(args.out, result)
     plot(result, args.out.with_suffix(".png"))

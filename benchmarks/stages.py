@@ -129,6 +129,32 @@ class Stages:
         return json.loads(done.read_text())
 
 
+# Ablations of the contextual SAE: the [sweep] fields each one changes (`ablated`)
+VARIANTS = {"signed": {"signed": True}}
+
+
+def ablated(plain: Callable[..., dict], variant: Callable[..., dict], fields: dict, defaults: Any) -> Callable[..., dict]:
+    """A stage function for an ablation: the contextual SAEs and controls of each stage trained
+    by `variant` with the [sweep] `fields` changed, the per-position SAEs read from (or, where
+    missing, trained by) `plain` with the stage unchanged, so both arms share one reference.
+    `defaults`: the config's [sweep], for the fields a stage does not set."""
+    def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
+        def wanted(field: str) -> bool:
+            return bool(sweep.get(field, getattr(defaults, field)))
+
+        found = []
+        if wanted("per_position") and wanted("k"):
+            base = plain(name, may_diverge, **sweep)
+            found.append({**base, "saes": {n: m for n, m in base["saes"].items() if m["family"] == "per-position"}})
+        if wanted("carries"):
+            found.append(variant(name, may_diverge, **{**sweep, "per_position": (), "k": (), **fields}))
+        failed = [f for f in found if "diverged" in f]
+        if failed:
+            return {"saes": {}, "diverged": failed[0]["diverged"]}
+        return {**found[0], "saes": {n: m for f in found for n, m in f["saes"].items()}}
+    return stage
+
+
 def pick(runs: dict[float, dict | None]) -> dict:
     """The sweep's choice among {rate: SAE row, None where the stage diverged}: the lowest
     held-out FVU among the converged runs (among all, with any_converged false, if none did)."""

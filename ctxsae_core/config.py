@@ -146,6 +146,10 @@ class ContextualConfig(SAEConfig):
     carry_coeff: float = param(
         1.0, "weight of the carry loss: the squared error of predicting each step from the codes "
         "carried into it alone, which teaches persistence and resets directly")
+    signed: bool = param(
+        False, "innovations may be negative where a feature is carried, down to minus its carried value: "
+        "one paid code then lowers or ends a carried feature, where otherwise a code can only add to it "
+        "(gated carry, TopK or BatchTopK; walks dense states, so it is slower on wide dictionaries)")
 
     @property
     def arch(self) -> str:
@@ -161,6 +165,10 @@ class ContextualConfig(SAEConfig):
         require(self.carry_threshold >= 0, f"carry_threshold={self.carry_threshold} must be >= 0")
         require(self.carry_lr_scale > 0, f"carry_lr_scale={self.carry_lr_scale} must be > 0")
         require(self.carry_coeff >= 0, f"carry_coeff={self.carry_coeff} must be >= 0")
+        if self.signed:
+            require(self.carry == "gated" and isinstance(self.activation, TopK),
+                    f"signed=true needs carry 'gated' and activation topk or batchtopk, not carry {self.carry!r} "
+                    f"and activation {self.activation.kind!r}")
 
 
 # --- round trips ----------------------------------------------------------------------------------

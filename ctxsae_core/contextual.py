@@ -7,6 +7,10 @@ Walking the axis in causal order, at step t with parent p:
     s_t     = carry(codes < t, u_t) + u_t                           state (what the decoder uses)
     x_hat_t = W_dec s_t + b_dec
 
+With `signed`, a carried feature's innovation may be negative, down to minus its prior value
+(`_signed_codes`): the activation picks the largest magnitudes, so one paid code lowers or ends
+a carried feature. Resets are driven by the positive innovations, and the state is kept >= 0.
+
 The encoder looks back through the prior; the decoder reads codes only (docs/design.md, invariant
 1), every step depends on earlier steps only (2), carried codes are rows of the one
 dictionary (3), and `SAEOutput` keeps innovations and state apart (4)."""
@@ -118,12 +122,15 @@ class ContextualSAE(BaseSAE):
             s_parent = steps[p][0] if p >= 0 else None
             prior = self.carry.prior(mem, t, s_parent) if look_back and scale else None
             u = code_at(t, None if prior is None else (self._cut(*prior, scale), prior[1]))
-            raw = self.carry.carried(mem, t, s_parent, u) if scale else None
+            signed = self.config.signed
+            raw = self.carry.carried(mem, t, s_parent, u.clamp_min(0) if signed else u) if scale else None
             if raw is None:
                 carried, support = torch.zeros_like(u), torch.zeros_like(u, dtype=torch.bool)
             else:
                 carried, support = self._cut(*raw, scale), raw[1]
             state = carried + u
+            if signed:  # a reset may have carried less than the prior a negative innovation cancels
+                state = state.clamp_min(0)
             self.carry.remember(mem, t, u, state)
             steps.append((state, carried, support | (u != 0), support))
         return _Walk(*(torch.stack(column, 1) for column in zip(*steps)))
@@ -131,7 +138,7 @@ class ContextualSAE(BaseSAE):
     def _walks_sparse(self, batch: int, reference: bool) -> bool:
         """Whether a forward pass walks sparse states: a carry and activation that allow it, and
         enough work that the small kernels pay (the same rule as the encoder's sparse path)."""
-        return (not reference and self.carry.sparse_state and self.activation.sparse_grad
+        return (not reference and not self.config.signed and self.carry.sparse_state and self.activation.sparse_grad
                 and use_sparse_path(batch, self.W_dec_FD))
 
     def forward(self, x: Tensor, axis: ContextAxis | None = None, reference: bool = False) -> SAEOutput:
@@ -189,9 +196,13 @@ class ContextualSAE(BaseSAE):
             onto the dictionary (bounded: `sparse_walk.bounded`)."""
             enc_in = centred = xs[:, t] - self.b_dec_D
             if prior is not None:
-                enc_in = bounded(centred - self._project(prior[0], reference, prior[1]), centred)
+                enc_in = centred - self._project(prior[0], reference, prior[1])
+                if not self.config.signed:  # signed codes can lower an overshoot, so they need no bound
+                    enc_in = bounded(enc_in, centred)
             enc_ins.append(enc_in)
-            if plain:
+            if self.config.signed and prior is not None:
+                pre, u = self._signed_codes(enc_in, prior[0])
+            elif plain:
                 pre = F.linear(enc_in, self.W_enc_FD, self.b_enc_F)
                 u = act.codes(pre)
             else:
@@ -208,6 +219,19 @@ class ContextualSAE(BaseSAE):
         codes = _Codes(torch.stack(innovations, 1), walk.states[:, out_steps], lambda: torch.stack(pre_acts, 1),
                        walk.carried, walk.carried_support, None)
         return codes, decoded, torch.stack(enc_ins, 1)
+
+    def _signed_codes(self, enc_in: Tensor, prior: Tensor) -> tuple[Tensor, Tensor]:
+        """(score, u) of one step with signed innovations, (B, F) each. A carried feature (prior
+        value c > 0) codes a change v = max(pre, -c), scored by its magnitude; any other feature
+        codes v = pre, scored by it. The activation selects on the scores, so they are the
+        step's pre-activations (its threshold statistics, AuxK) and u is v where selected."""
+        pre = F.linear(enc_in, self.W_enc_FD, self.b_enc_F)
+        carried = prior > 0
+        v = torch.where(carried, torch.maximum(pre, -prior), pre)
+        score = torch.where(carried, v.abs(), v)
+        fire = self.activation.codes(score.detach()) != 0
+        u = torch.where(fire, v, v.new_zeros(()))
+        return score, u
 
     def _decode_dense(self, codes: Tensor, support: Tensor, reference: bool) -> Tensor:
         """W_dec codes for dense codes (B, S, F) -> (B, S, D), normalised units, no b_dec."""

@@ -44,6 +44,8 @@ class SweepConfig:
         ContextualConfig.init_persistence, "contextual SAEs' initial persistence logit (ContextualConfig): a carried "
         "feature needs a logit above 0 to survive the gate floor, and the carry's Adam steps move it about "
         "carry_lr_scale x lr a step, so short runs start nearer 0 to carry for most of training")
+    signed: bool = param(False, "contextual SAEs code signed innovations (ContextualConfig.signed): a paid code may "
+                         "lower or end a carried feature")
     tokens: int = param(300_000, "training positions per SAE")
     batch_windows: int = param(16, "windows per optimiser step")
     lr: float = param(3e-3, "Adam learning rate")
@@ -62,6 +64,8 @@ class SweepConfig:
                                                 f"{list(PER_POSITION_KINDS)}")
         for carry in self.carries:
             require(carry in CARRY_KINDS, f"sweep.carries has {carry!r}: choose from {list(CARRY_KINDS)}")
+        require(not self.signed or set(self.carries) <= {"gated"},
+                f"sweep.signed needs the gated carry only, but sweep.carries is {list(self.carries)}")
         require(len(set(self.carries)) == len(self.carries) and len(set(self.per_position)) == len(self.per_position),
                 "sweep.carries and sweep.per_position must not repeat a name")
         require(all(k >= 1 for k in (*self.k, *self.k_contextual, *self.k_control)),
@@ -111,7 +115,7 @@ def sweep_specs(sweep: SweepConfig, d: int) -> list[SAESpec]:
     for carry in sweep.carries:
         def contextual(k: int) -> ContextualConfig:
             return ContextualConfig(d_in=d, width=sweep.width, activation=BatchTopK(k=k), carry=carry,
-                                    init_persistence=sweep.init_persistence)
+                                    init_persistence=sweep.init_persistence, signed=sweep.signed)
 
         for k in sweep.k_contextual:
             specs.append(SAESpec(f"contextual_{carry}_k{k}", f"contextual_{carry}", "contextual", k, contextual(k),

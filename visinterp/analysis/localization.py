@@ -32,7 +32,7 @@ def localization(state: Tensor, innovations: Tensor, region: Tensor, boundaries:
     tracking = (table["best_by_feature"] >= tracking_auroc).nonzero()[:, 0]
     rates = switch_rate(state > 0, region)
     near = near_boundary(boundaries)
-    paid = (innovations > 0).sum(-1).float()
+    paid = (innovations != 0).sum(-1).float()
     return {"best_auroc_by_region": {k: v["auroc"] for k, v in table["factors"]["region"].items()},
             "best_feature_by_region": {k: v["feature"] for k, v in table["factors"]["region"].items()},
             "n_region_tracking_features": int(tracking.numel()),

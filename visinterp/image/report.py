@@ -68,7 +68,7 @@ def innovation_figure(images: Tensor, innov_maps: dict[str, list[Tensor]], state
     fig, axes = plt.subplots(len(slots), 1 + 2 * len(names), figsize=(1.9 * (1 + 2 * len(names)), 1.9 * len(slots)),
                              squeeze=False)
     # one colour scale for every map compared, so a patch's colour means the same count everywhere
-    vmax = max(float((m[i] > 0).sum(0).max()) for d in (innov_maps, state_maps) for m in d.values() for i in slots) or 1.0
+    vmax = max(float((m[i] != 0).sum(0).max()) for d in (innov_maps, state_maps) for m in d.values() for i in slots) or 1.0
     for r, i in enumerate(slots):
         axes[r][0].imshow(images[i].permute(1, 2, 0).numpy())
         axes[r][0].set_title(f"held-out image {i}", fontsize=7)
@@ -76,7 +76,7 @@ def innovation_figure(images: Tensor, innov_maps: dict[str, list[Tensor]], state
         for c, name in enumerate(names):
             for j, (kind, maps) in enumerate((("innovations", innov_maps), ("state", state_maps))):
                 ax = axes[r][1 + 2 * c + j]
-                count = (maps[name][i] > 0).sum(0).float()
+                count = (maps[name][i] != 0).sum(0).float()
                 shown = ax.imshow(count.numpy(), cmap="viridis", vmin=0, vmax=vmax)
                 ax.set_title(f"{name}\n{kind} (mean {float(count.mean()):.1f})", fontsize=6)
                 ax.axis("off")

@@ -138,17 +138,17 @@ class LLMRunView:
             cells = []
             for t, piece in enumerate(tokens):
                 a = max(0.0, float(state[t, f])) / top
-                paid = float(innov[t, f]) > 0
+                paid = float(innov[t, f]) != 0
                 style = (f"background:rgba({STATE_RGB},{a:.2f});border-top:3px solid rgb({REGION_RGB[int(region[t]) % 6]})"
                          + (";box-shadow:inset 0 -3px 0 #000" if paid else ""))
                 cells.append(f'<span class="{"bd" if starts[t] else ""}" style="{style}" '
                              f'title="{html.escape(self.regions[int(region[t])])}: state {float(state[t, f]):.3f}'
                              f'{", paid here" if paid else ""}">{_token_text(piece)}</span>')
-            n_paid = int((innov[:, f] > 0).sum())
+            n_paid = int((innov[:, f] != 0).sum())
             n_on = int((state[:, f] > 0).sum())
             lines.append(f"<div class=note>feature {f}: on at {n_on} tokens, paid for at {n_paid}</div>"
                          f"<div class=strip>{''.join(cells)}</div>")
-        counts = (innov > 0).sum(-1)
+        counts = (innov != 0).sum(-1)
         peak = max(int(counts.max()), 1)
         cells = [f'<span class="{"bd" if starts[t] else ""}" style="background:rgba(214,39,40,{int(c) / peak:.2f})" '
                  f'title="{int(c)} innovations, state {int((state[t] > 0).sum())}">{_token_text(p)}</span>'
@@ -185,7 +185,7 @@ class LLMRunView:
                 break
             t = int(where[w])
             tokens = self.tokens(w)
-            out.append({"window": w, "position": t + 1, "value": float(best[w]), "paid": bool(innov[w, t] > 0),
+            out.append({"window": w, "position": t + 1, "value": float(best[w]), "paid": bool(innov[w, t] != 0),
                         "region": self.regions[int(self.region[w, t])],
                         "before": "".join(tokens[max(0, t - before) : t]), "token": tokens[t],
                         "after": "".join(tokens[t + 1 : t + 1 + after])})
