@@ -257,6 +257,9 @@ def draw_comparison(left, right, saes: dict, position: str = "token", positions:
             left.plot([m["state_l0"] for m in rows], [m["fvu"] for m in rows], marker=marker, color=colour,
                       linestyle=":", fillstyle="none", label="contextual (state)")
     left.set(xscale="log", yscale="log", xlabel=f"L0 (codes a {position})", ylabel="held-out FVU")
+    budgets = sorted({m["k"] for m in saes.values() if m.get("k")})
+    left.set_xticks(budgets, [str(b) for b in budgets], minor=False)
+    left.set_xticks([], minor=True)  # no crowded minor labels between the budgets
     for i, (name, m) in enumerate(saes.items()):
         style = {"per-position": "-", "contextual": "--", "control": ":"}[m["family"]]
         right.plot([p["tokens"] for p in m["curve"]], [p["fvu"] for p in m["curve"]], style, color=f"C{i % 10}",

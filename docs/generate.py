@@ -354,6 +354,44 @@ def _image_converged(r: dict) -> list[str]:
     return out
 
 
+def _image_ablation(r: dict, plain_file: Path) -> list[str]:
+    """An ablation of the image comparison (`image_converged.py --variant`): per hook, the
+    variant's contextual SAEs beside the plain run's at each budget, then the variant's own
+    tables (its rate sweep, SAEs, goals)."""
+    plain = json.loads(plain_file.read_text())["hooks"] if plain_file.is_file() else {}
+    out = [f"The contextual SAEs and their controls of the comparison above, retrained with `{r['variant']}` "
+           "innovations (`ContextualConfig.signed`: a carried feature's innovation may be negative, down to minus "
+           "its carried value), against the same TopK SAEs; learning rates swept again. The idea is kept only "
+           "where the variant reaches a higher innovation ratio than the plain contextual SAE, converged, with "
+           "its control still losing at least 80% of the gain."]
+    for hook, found in r["hooks"].items():
+        site = _converged_site({**found, "config": r["config"]}, r["quality"], "PSNR (dB)", ".2f")
+        rows = []
+        for name, g in found["goals"].items():
+            p = plain.get(hook, {}).get("goals", {}).get(name)
+            cells = [name]
+            for arm, sae in ((p, plain.get(hook, {}).get("saes", {}).get(name)), (g, found["saes"][name])):
+                cells += ([fmt(sae["fvu"], ".4f") + ("" if sae["converged"] else " (not converged)"),
+                           fmt(sae["l0"], ".2f"), fmt(sae["state_l0"], ".2f"), fmt(arm["innovation_ratio"], ".2f"),
+                           fmt(arm.get("control_fvu"), ".4f")] if arm and sae else ["", "", "", "", ""])
+            rows.append(cells)
+        columns = ["FVU", "L0", "state L0", "innovation ratio", "control FVU"]
+        paired = {n: (plain[hook]["goals"][n], g) for n, g in found["goals"].items()
+                  if n in plain.get(hook, {}).get("goals", {})}
+        helps = bool(paired) and all(v["innovation_ratio"] > p["innovation_ratio"] and v["converged"]
+                                     for p, v in paired.values())
+        change = ", ".join(f"{found['saes'][n]['k']}: {v['innovation_ratio'] - p['innovation_ratio']:+.2f}"
+                           for n, (p, v) in paired.items())
+        out += ["", f"### `{hook}`", "",
+                md_table(["contextual SAE"] + [f"{arm} {c}" for arm in ("plain", r["variant"]) for c in columns], rows),
+                "", f"- Innovation ratio, {r['variant']} minus plain, by budget k: {change}. "
+                + (f"The {r['variant']} variant raises it at every budget, converged."
+                   if helps else f"The {r['variant']} variant does not raise it at every budget, so it stays off by "
+                   "default."),
+                "", f"The {r['variant']} run in full:", "", *site["budget"], *site["tables"], *site["seeds"]]
+    return out
+
+
 def _image_demo(r: dict) -> list[str]:
     rows = [[m["hook"], name.split("/", 1)[1], m["family"], fmt(m["l0"], ".2f"), fmt(m["state_l0"], ".2f"),
              fmt(m["fvu"]), fmt(m["dead_fraction"], ".2f"), fmt(m["psnr_vs_clean_decode"], ".1f")]
@@ -664,6 +702,9 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_regions": ("Synthetic regions: the contextual SAE against known features", _synthetic),
     "llm_converged_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15`, converged", _llm_converged),
     "image_converged_taef2_256": ("Image comparison, TAEF2 at 256 px, converged", _image_converged),
+    "image_converged_taef2_256_signed": (
+        "Ablation: signed innovations, TAEF2 at 256 px, converged",
+        lambda r: _image_ablation(r, RESULTS / "image_converged_taef2_256.json")),
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
     "llm_baselines_smollm2": ("What a carry could save in SmolLM2, layer by layer", _llm_baselines),
