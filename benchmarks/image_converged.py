@@ -23,10 +23,11 @@ Writes JSON and a plot (per hook: FVU against L0, learning curves).
 
     python benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256.json
 
-`--variant signed` is an ablation: the same procedure with the contextual SAEs and controls coding
-signed innovations (`ContextualConfig.signed`), their stages in `<runs>/<hook>-signed/`, against
-the plain run's TopK SAEs (read back from `<runs>/<hook>/`). The docs' results page sets its
-JSON beside the plain run's.
+`--variant` runs an ablation: the same procedure with the contextual SAEs and controls changed,
+their stages in `<runs>/<hook>-<variant>/`, against the plain run's TopK SAEs (read back from
+`<runs>/<hook>/`); the docs' results page sets its JSON beside the plain run's. `signed`: signed
+innovations (`ContextualConfig.signed`); `no_anneal`: no budget anneal (trained at k from the
+first step, `[sweep] k_anneal_fraction = 0`).
 
     python benchmarks/image_converged.py --variant signed --hooks latent --seeds 1 \
         --out benchmarks/results/image_converged_taef2_256_signed.json
@@ -62,7 +63,7 @@ def plot(result: dict, path: Path) -> None:
         stages.draw_comparison(left, right, found["saes"], "patch", "patches")
         left.set_title(hook)
         left.legend(fontsize=8)
-    variant = f", contextual SAEs with {result['variant']} innovations" if result.get("variant") else ""
+    variant = f", contextual SAEs: {result['variant']}" if result.get("variant") else ""
     fig.suptitle(f"{result['autoencoder']['autoencoder']}: converged comparison (seed 0{variant})", y=1.0)
     fig.subplots_adjust(hspace=0.35)
     save_figure(fig, path)

@@ -46,6 +46,8 @@ class SweepConfig:
         "carry_lr_scale x lr a step, so short runs start nearer 0 to carry for most of training")
     signed: bool = param(False, "contextual SAEs code signed innovations (ContextualConfig.signed): a paid code may "
                          "lower or end a carried feature")
+    k_anneal_fraction: float | None = param(None, "TrainConfig.k_anneal_fraction of every SAE (unset: the trainer's "
+                                             "default, 0.5 for contextual SAEs and 0 for per-position ones)")
     tokens: int = param(300_000, "training positions per SAE")
     batch_windows: int = param(16, "windows per optimiser step")
     lr: float = param(3e-3, "Adam learning rate")
@@ -64,6 +66,8 @@ class SweepConfig:
                                                 f"{list(PER_POSITION_KINDS)}")
         for carry in self.carries:
             require(carry in CARRY_KINDS, f"sweep.carries has {carry!r}: choose from {list(CARRY_KINDS)}")
+        require(self.k_anneal_fraction is None or 0 <= self.k_anneal_fraction <= 1,
+                f"sweep.k_anneal_fraction={self.k_anneal_fraction} must lie in [0, 1] (or be left out)")
         require(not self.signed or set(self.carries) <= {"gated"},
                 f"sweep.signed needs the gated carry only, but sweep.carries is {list(self.carries)}")
         require(len(set(self.carries)) == len(self.carries) and len(set(self.per_position)) == len(self.per_position),
@@ -134,7 +138,8 @@ def train_config(sweep: SweepConfig, spec: SAESpec, progress: bool = True, **ove
     learning curve, when the trainer is given held-out windows)."""
     values: dict[str, Any] = {"tokens": sweep.tokens, "lr": sweep.lr, "seed": sweep.seed,
                               "shuffle_context": spec.shuffle, "progress": progress,
-                              "shrink_encoder_init": sweep.shrink_encoder_init}
+                              "shrink_encoder_init": sweep.shrink_encoder_init,
+                              "k_anneal_fraction": sweep.k_anneal_fraction}
     return TrainConfig(**{**values, **overrides})
 
 

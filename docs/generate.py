@@ -354,16 +354,24 @@ def _image_converged(r: dict) -> list[str]:
     return out
 
 
+# what each ablation of `benchmarks/stages.py`'s VARIANTS changes, for the results page
+ABLATIONS = {
+    "signed": "with signed innovations (`[sweep] signed`, `ContextualConfig.signed`: a carried feature's "
+              "innovation may be negative, down to minus its carried value)",
+    "no_anneal": "without the budget anneal (`[sweep] k_anneal_fraction = 0`: trained at their k from the first "
+                 "step, as TopK is, where the default anneals from 4k over the first half)",
+}
+
+
 def _image_ablation(r: dict, plain_file: Path) -> list[str]:
     """An ablation of the image comparison (`image_converged.py --variant`): per hook, the
     variant's contextual SAEs beside the plain run's at each budget, then the variant's own
     tables (its rate sweep, SAEs, goals)."""
     plain = json.loads(plain_file.read_text())["hooks"] if plain_file.is_file() else {}
-    out = [f"The contextual SAEs and their controls of the comparison above, retrained with `{r['variant']}` "
-           "innovations (`ContextualConfig.signed`: a carried feature's innovation may be negative, down to minus "
-           "its carried value), against the same TopK SAEs; learning rates swept again. The idea is kept only "
-           "where the variant reaches a higher innovation ratio than the plain contextual SAE, converged, with "
-           "its control still losing at least 80% of the gain."]
+    out = [f"The contextual SAEs and their controls of the comparison above, retrained {ABLATIONS[r['variant']]}, "
+           "against the same TopK SAEs; learning rates swept again. A change is kept only where it reaches a "
+           "higher innovation ratio than the plain contextual SAE, converged, with its control still losing at "
+           "least 80% of the gain."]
     for hook, found in r["hooks"].items():
         site = _converged_site({**found, "config": r["config"]}, r["quality"], "PSNR (dB)", ".2f")
         rows = []
@@ -386,8 +394,8 @@ def _image_ablation(r: dict, plain_file: Path) -> list[str]:
                 md_table(["contextual SAE"] + [f"{arm} {c}" for arm in ("plain", r["variant"]) for c in columns], rows),
                 "", f"- Innovation ratio, {r['variant']} minus plain, by budget k: {change}. "
                 + (f"The {r['variant']} variant raises it at every budget, converged."
-                   if helps else f"The {r['variant']} variant does not raise it at every budget, so it stays off by "
-                   "default."),
+                   if helps else f"The {r['variant']} variant does not raise it at every budget, so the default "
+                   "stays."),
                 "", f"The {r['variant']} run in full:", "", *site["budget"], *site["tables"], *site["seeds"]]
     return out
 
@@ -704,6 +712,9 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "image_converged_taef2_256": ("Image comparison, TAEF2 at 256 px, converged", _image_converged),
     "image_converged_taef2_256_signed": (
         "Ablation: signed innovations, TAEF2 at 256 px, converged",
+        lambda r: _image_ablation(r, RESULTS / "image_converged_taef2_256.json")),
+    "image_converged_taef2_256_no_anneal": (
+        "Ablation: no budget anneal, TAEF2 at 256 px, converged",
         lambda r: _image_ablation(r, RESULTS / "image_converged_taef2_256.json")),
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
