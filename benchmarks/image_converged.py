@@ -27,7 +27,8 @@ Writes JSON and a plot (per hook: FVU against L0, learning curves).
 their stages in `<runs>/<hook>-<variant>/`, against the plain run's TopK SAEs (read back from
 `<runs>/<hook>/`); the docs' results page sets its JSON beside the plain run's. `signed`: signed
 innovations (`ContextualConfig.signed`); `no_anneal`: no budget anneal (trained at k from the
-first step, `[sweep] k_anneal_fraction = 0`).
+first step, `[sweep] k_anneal_fraction = 0`); `no_carry_loss`: no carry loss (`[sweep] carry_coeff
+= 0`).
 
     python benchmarks/image_converged.py --variant signed --hooks latent --seeds 1 \
         --out benchmarks/results/image_converged_taef2_256_signed.json

@@ -46,6 +46,8 @@ class SweepConfig:
         "carry_lr_scale x lr a step, so short runs start nearer 0 to carry for most of training")
     signed: bool = param(False, "contextual SAEs code signed innovations (ContextualConfig.signed): a paid code may "
                          "lower or end a carried feature")
+    carry_coeff: float = param(ContextualConfig.carry_coeff, "contextual SAEs' carry-loss weight (ContextualConfig): "
+                               "0 trains the carry on the reconstruction alone")
     k_anneal_fraction: float | None = param(None, "TrainConfig.k_anneal_fraction of every SAE (unset: the trainer's "
                                              "default, 0.5 for contextual SAEs and 0 for per-position ones)")
     tokens: int = param(300_000, "training positions per SAE")
@@ -66,6 +68,7 @@ class SweepConfig:
                                                 f"{list(PER_POSITION_KINDS)}")
         for carry in self.carries:
             require(carry in CARRY_KINDS, f"sweep.carries has {carry!r}: choose from {list(CARRY_KINDS)}")
+        require(self.carry_coeff >= 0, f"sweep.carry_coeff={self.carry_coeff} must be >= 0")
         require(self.k_anneal_fraction is None or 0 <= self.k_anneal_fraction <= 1,
                 f"sweep.k_anneal_fraction={self.k_anneal_fraction} must lie in [0, 1] (or be left out)")
         require(not self.signed or set(self.carries) <= {"gated"},
@@ -119,7 +122,8 @@ def sweep_specs(sweep: SweepConfig, d: int) -> list[SAESpec]:
     for carry in sweep.carries:
         def contextual(k: int) -> ContextualConfig:
             return ContextualConfig(d_in=d, width=sweep.width, activation=BatchTopK(k=k), carry=carry,
-                                    init_persistence=sweep.init_persistence, signed=sweep.signed)
+                                    init_persistence=sweep.init_persistence, signed=sweep.signed,
+                                    carry_coeff=sweep.carry_coeff)
 
         for k in sweep.k_contextual:
             specs.append(SAESpec(f"contextual_{carry}_k{k}", f"contextual_{carry}", "contextual", k, contextual(k),

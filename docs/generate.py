@@ -360,6 +360,9 @@ ABLATIONS = {
               "innovation may be negative, down to minus its carried value)",
     "no_anneal": "without the budget anneal (`[sweep] k_anneal_fraction = 0`: trained at their k from the first "
                  "step, as TopK is, where the default anneals from 4k over the first half)",
+    "no_carry_loss": "without the carry loss (`[sweep] carry_coeff = 0`: persistence and resets learn from the "
+                     "reconstruction alone, where by default they also learn to predict each step from what is "
+                     "carried into it)",
 }
 
 
@@ -715,6 +718,9 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
         lambda r: _image_ablation(r, RESULTS / "image_converged_taef2_256.json")),
     "image_converged_taef2_256_no_anneal": (
         "Ablation: no budget anneal, TAEF2 at 256 px, converged",
+        lambda r: _image_ablation(r, RESULTS / "image_converged_taef2_256.json")),
+    "image_converged_taef2_256_no_carry_loss": (
+        "Ablation: no carry loss, TAEF2 at 256 px, converged",
         lambda r: _image_ablation(r, RESULTS / "image_converged_taef2_256.json")),
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
