@@ -117,12 +117,11 @@ class ContextualSAE(BaseSAE):
         """Walk the axis; `code_at(t, prior)` supplies step t's innovations, given the cut prior
         (value, support) when `look_back` (None at steps with nothing carried)."""
         mem = self.carry.begin(batch, axis)
-        scale, steps = self.carry_scale, []
+        scale, steps, signed = self.carry_scale, [], self.config.signed
         for t, p in enumerate(axis.parent.tolist()):
             s_parent = steps[p][0] if p >= 0 else None
             prior = self.carry.prior(mem, t, s_parent) if look_back and scale else None
             u = code_at(t, None if prior is None else (self._cut(*prior, scale), prior[1]))
-            signed = self.config.signed
             raw = self.carry.carried(mem, t, s_parent, u.clamp_min(0) if signed else u) if scale else None
             if raw is None:
                 carried, support = torch.zeros_like(u), torch.zeros_like(u, dtype=torch.bool)
@@ -193,7 +192,7 @@ class ContextualSAE(BaseSAE):
 
         def code_at(t: int, prior: tuple[Tensor, Tensor] | None) -> Tensor:
             """Step t's innovations, coded against its centred input minus the prior projected
-            onto the dictionary (bounded: `sparse_walk.bounded`)."""
+            onto the dictionary (bounded, `sparse_walk.bounded`, unless signed)."""
             enc_in = centred = xs[:, t] - self.b_dec_D
             if prior is not None:
                 enc_in = centred - self._project(prior[0], reference, prior[1])
