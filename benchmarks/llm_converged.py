@@ -29,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from ctxsae_common.files import write_json_atomic
 from visinterp.llm.config import load_llm_config
 from visinterp.llm.run import REGIONS_FILE, TOKENS_FILE, compare

@@ -4,6 +4,7 @@ files, every relative link resolves, and the README stays a short user's page.""
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,3 +57,12 @@ def test_relative_links_resolve_and_the_readme_is_short():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
     assert "make demo" in readme and "make test" in readme
+
+
+def test_every_ablation_has_its_description_and_section_on_the_results_page():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import stages  # benchmarks/ is a folder of scripts, not a package
+
+    generate = _generator()
+    assert set(generate.ABLATIONS) == set(stages.VARIANTS)
+    assert {f"image_converged_taef2_256_{v}" for v in stages.VARIANTS} <= set(generate.SECTIONS)
