@@ -78,9 +78,6 @@ def main(argv=None) -> int:
                    help="the harvest and the stages' run folders")
     p.add_argument("--hooks", type=lambda text: tuple(h.strip() for h in text.split(",")), default=None,
                    help="only these of the config's hooks, comma-separated (default: all of them)")
-    p.add_argument("--variant", choices=sorted(stages.VARIANTS), default=None,
-                   help="an ablation: the contextual SAEs and controls with this change, in <runs>/<hook>-<variant>/, "
-                        "against the plain run's TopK SAEs (read back from <runs>/<hook>/, trained there if missing)")
     stages.add_arguments(p, headline_k=4)
     args = p.parse_args(argv)
     try:

@@ -19,6 +19,13 @@ persistence ceiling of the TopK SAEs and the null baselines (unigram table, prev
 positions) beside them. Writes JSON and a plot (FVU against L0, learning curves).
 
     python benchmarks/llm_converged.py --out benchmarks/results/llm_converged_smollm2_resid15.json
+
+`--variant` runs an ablation (`stages.VARIANTS`): the contextual SAEs and controls changed, their
+stages in `<runs>/<variant>/`, against the plain run's TopK SAEs (read back from `<runs>/`); the
+docs' results page sets its JSON beside the plain run's.
+
+    python benchmarks/llm_converged.py --variant no_carry_loss --seeds 1 \
+        --out benchmarks/results/llm_converged_smollm2_resid15_no_carry_loss.json
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ def plot(result: dict, path: Path) -> None:
     stages.draw_comparison(left, right, result["saes"])
     left.axhline(result["baselines"]["unigram"], color="k", linestyle="--", linewidth=0.8, label="unigram null")
     left.legend(fontsize=8)
-    fig.suptitle(f"SmolLM2-135M-Instruct {result['hook']}: converged comparison (seed 0)")
+    variant = f", contextual SAEs: {result['variant']}" if result.get("variant") else ""
+    fig.suptitle(f"SmolLM2-135M-Instruct {result['hook']}: converged comparison (seed 0{variant})", y=1.0)
     save_figure(fig, path)
 
 
@@ -65,8 +73,13 @@ def main(argv=None) -> int:
     run = stages.Stages(lambda c, out: compare(c, out, progress=not args.no_progress, device=args.device),
                         "comparison.json", ("store", TOKENS_FILE, REGIONS_FILE), args.runs, args.harvest_from)
 
-    def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
-        return run(name, cfg, may_diverge, **sweep)
+    def in_folder(prefix: str):
+        def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
+            return run(f"{prefix}{name}", cfg, may_diverge, **sweep)
+        return stage
+    stage = in_folder("")
+    if args.variant is not None:
+        stage = stages.ablated(stage, in_folder(f"{args.variant}/"), stages.VARIANTS[args.variant], cfg.sweep)
 
     start = time.perf_counter()
     found = stages.converged_comparison(stage, cfg.sweep.k, cfg.sweep.k_contextual, args.headline_k, args.lr,
@@ -77,7 +90,7 @@ def main(argv=None) -> int:
         "model": first["model"], "hook": first["hook"], "window": first["window"],
         "windows_harvested": first["windows_harvested"], "held_out_windows": first["held_out_windows"],
         "windows_left_out_as_outliers": first["windows_left_out_as_outliers"], "ce_windows": first["ce_windows"],
-        "config": dataclasses.asdict(cfg), **found, "baselines": first["baselines"], "ce_clean": first["ce_clean"],
+        "config": dataclasses.asdict(cfg), "variant": args.variant, **found, "baselines": first["baselines"], "ce_clean": first["ce_clean"],
         "seconds": time.perf_counter() - start, "stage_seconds": run.seconds, "machine": machine_info()}
     write_json_atomic(args.out, result)
     plot(result, args.out.with_suffix(".png"))

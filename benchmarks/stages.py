@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser, headline_k: int) -> None:
                    help="learning rates swept (default %(default)s)")
     p.add_argument("--headline-k", type=int, default=headline_k, help="the budget of the rate sweep and the seeds")
     p.add_argument("--seeds", type=int, default=3, help="seeds at the headline budget (seed 0 included)")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
+                   help="an ablation: the contextual SAEs and controls with this change, in stage folders of their "
+                        "own, against the plain run's TopK SAEs (read back, trained there if missing)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
     p.add_argument("--no-progress", action="store_true")

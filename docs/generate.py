@@ -366,20 +366,25 @@ ABLATIONS = {
 }
 
 
-def _image_ablation(r: dict, plain_file: Path) -> list[str]:
-    """An ablation of the image comparison (`image_converged.py --variant`): per hook, the
-    variant's contextual SAEs beside the plain run's at each budget, then the variant's own
-    tables (its rate sweep, SAEs, goals)."""
+def _sites(r: dict) -> dict[str, dict]:
+    """A converged comparison's sites by hook: an image run's hooks, or an LLM run's one layer."""
+    return r["hooks"] if "hooks" in r else {r["hook"]: r}
+
+
+def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) -> list[str]:
+    """An ablation of a converged comparison (`image_converged.py` or `llm_converged.py` with
+    `--variant`): per site, the variant's contextual SAEs beside the plain run's at each budget,
+    then the variant's own tables (its rate sweep, SAEs, goals)."""
     from visinterp.analysis.matched_l0 import CONTROL_KEEPS
 
-    plain = json.loads(plain_file.read_text())["hooks"] if plain_file.is_file() else {}
+    plain = _sites(json.loads(plain_file.read_text())) if plain_file.is_file() else {}
     variant = r["variant"]
     out = [f"The contextual SAEs and their controls of the comparison above, retrained {ABLATIONS[variant]}, "
            "against the same TopK SAEs; learning rates swept again. A change is kept only where it reaches a "
            "higher innovation ratio than the plain contextual SAE at every budget, converged, with its control "
            f"still losing at least {1 - CONTROL_KEEPS:.0%} of any gain over TopK."]
     columns = ["FVU", "L0", "state L0", "innovation ratio", "control FVU"]
-    for hook, found in r["hooks"].items():
+    for hook, found in _sites(r).items():
         base = plain.get(hook, {"goals": {}, "saes": {}})
         rows, changes, helps = [], [], True
         for name, g in found["goals"].items():
@@ -397,7 +402,7 @@ def _image_ablation(r: dict, plain_file: Path) -> list[str]:
             kept = g.get("control_keeps_fraction_of_gain")
             helps &= (g["innovation_ratio"] > p["innovation_ratio"] and bool(g["converged"])
                       and (kept is None or kept < CONTROL_KEEPS))
-        site = _converged_site({**found, "config": r["config"]}, r["quality"], "PSNR (dB)", ".2f")
+        site = _converged_site({**found, "config": r["config"]}, quality, label, digits)
         out += ["", f"### `{hook}`", "",
                 md_table(["contextual SAE"] + [f"{arm} {c}" for arm in ("plain", variant) for c in columns], rows),
                 "", f"- Innovation ratio, {variant} minus plain, by budget k: {', '.join(changes) or 'no plain run'}. "
@@ -405,6 +410,14 @@ def _image_ablation(r: dict, plain_file: Path) -> list[str]:
                    if helps else f"The {variant} variant does not meet that rule, so the default stays."),
                 "", f"The {variant} run in full:", "", *site["budget"], *site["tables"], *site["seeds"]]
     return out
+
+
+def _image_ablation(r: dict) -> list[str]:
+    return _ablation(r, RESULTS / "image_converged_taef2_256.json", r["quality"], "PSNR (dB)", ".2f")
+
+
+def _llm_ablation(r: dict) -> list[str]:
+    return _ablation(r, RESULTS / "llm_converged_smollm2_resid15.json", "delta_ce", "delta CE", ".3f")
 
 
 def _image_demo(r: dict) -> list[str]:
@@ -716,16 +729,13 @@ def _gpu_tests(r: dict) -> list[str]:
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_regions": ("Synthetic regions: the contextual SAE against known features", _synthetic),
     "llm_converged_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15`, converged", _llm_converged),
+    "llm_converged_smollm2_resid15_signed": ("Ablation: signed innovations, SmolLM2 `resid.15`, converged", _llm_ablation),
+    "llm_converged_smollm2_resid15_no_anneal": ("Ablation: no budget anneal, SmolLM2 `resid.15`, converged", _llm_ablation),
+    "llm_converged_smollm2_resid15_no_carry_loss": ("Ablation: no carry loss, SmolLM2 `resid.15`, converged", _llm_ablation),
     "image_converged_taef2_256": ("Image comparison, TAEF2 at 256 px, converged", _image_converged),
-    "image_converged_taef2_256_signed": (
-        "Ablation: signed innovations, TAEF2 at 256 px, converged",
-        lambda r: _image_ablation(r, RESULTS / "image_converged_taef2_256.json")),
-    "image_converged_taef2_256_no_anneal": (
-        "Ablation: no budget anneal, TAEF2 at 256 px, converged",
-        lambda r: _image_ablation(r, RESULTS / "image_converged_taef2_256.json")),
-    "image_converged_taef2_256_no_carry_loss": (
-        "Ablation: no carry loss, TAEF2 at 256 px, converged",
-        lambda r: _image_ablation(r, RESULTS / "image_converged_taef2_256.json")),
+    "image_converged_taef2_256_signed": ("Ablation: signed innovations, TAEF2 at 256 px, converged", _image_ablation),
+    "image_converged_taef2_256_no_anneal": ("Ablation: no budget anneal, TAEF2 at 256 px, converged", _image_ablation),
+    "image_converged_taef2_256_no_carry_loss": ("Ablation: no carry loss, TAEF2 at 256 px, converged", _image_ablation),
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
     "llm_baselines_smollm2": ("What a carry could save in SmolLM2, layer by layer", _llm_baselines),

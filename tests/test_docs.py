@@ -65,4 +65,5 @@ def test_every_ablation_has_its_description_and_section_on_the_results_page():
 
     generate = _generator()
     assert set(generate.ABLATIONS) == set(stages.VARIANTS)
-    assert {f"image_converged_taef2_256_{v}" for v in stages.VARIANTS} <= set(generate.SECTIONS)
+    for run in ("image_converged_taef2_256", "llm_converged_smollm2_resid15"):
+        assert {f"{run}_{v}" for v in stages.VARIANTS} <= set(generate.SECTIONS)
