@@ -114,8 +114,8 @@ def main(argv=None) -> int:
 
     hooks, first = {}, None
     for hook in hooks_run:
-        found = stages.converged_comparison(stage_at(hook), cfg.sweep.k, cfg.sweep.k_contextual, args.headline_k,
-                                            args.lr, args.seeds, KEPT, QUALITY, higher_is_better=True,
+        found = stages.converged_comparison(stage_at(hook), cfg.sweep.k, stages.contextual_budgets(args, cfg.sweep),
+                                            args.headline_k, args.lr, args.seeds, KEPT, QUALITY, higher_is_better=True,
                                             quality_label="decoded-image PSNR")
         rate_runs = found.pop("rate_runs")
         first = first or rate_runs[found["chosen"]["topk"]["lr"]]
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     result = {"autoencoder": first["autoencoder"], "images": first["images"], "n_images": first["n_images"],
               "held_out_images": len(first["held_out_images"]), "axis": first["axis"], "tile": first["tile"],
               "autoencoder_psnr_vs_input": first["autoencoder_psnr_vs_input"], "config": cfg.to_dict(),
-              "quality": QUALITY, "variant": args.variant, "hooks": hooks, "seconds": time.perf_counter() - start,
+              "quality": QUALITY, "variant": args.variant, "headline_only": args.headline_only, "hooks": hooks, "seconds": time.perf_counter() - start,
               "stage_seconds": runner.seconds, "machine": machine_info()}
     write_json_atomic(args.out, result)
     plot(result, args.out.with_suffix(".png"))

@@ -24,7 +24,7 @@ positions) beside them. Writes JSON and a plot (FVU against L0, learning curves)
 stages in `<runs>/<variant>/`, against the plain run's TopK SAEs (read back from `<runs>/`); the
 docs' results page sets its JSON beside the plain run's.
 
-    python benchmarks/llm_converged.py --variant no_carry_loss --seeds 1 \
+    python benchmarks/llm_converged.py --variant no_carry_loss --seeds 1 --headline-only \
         --out benchmarks/results/llm_converged_smollm2_resid15_no_carry_loss.json
 """
 
@@ -82,15 +82,15 @@ def main(argv=None) -> int:
         stage = stages.ablated(stage, in_folder(f"{args.variant}/"), stages.VARIANTS[args.variant], cfg.sweep)
 
     start = time.perf_counter()
-    found = stages.converged_comparison(stage, cfg.sweep.k, cfg.sweep.k_contextual, args.headline_k, args.lr,
-                                        args.seeds, KEPT)
+    found = stages.converged_comparison(stage, cfg.sweep.k, stages.contextual_budgets(args, cfg.sweep),
+                                        args.headline_k, args.lr, args.seeds, KEPT)
     # what every stage shares (the model, the windows, CE clean, the null baselines), from a rate stage
     first = found.pop("rate_runs")[found["chosen"][stages.TOPK]["lr"]]
     result = {
         "model": first["model"], "hook": first["hook"], "window": first["window"],
         "windows_harvested": first["windows_harvested"], "held_out_windows": first["held_out_windows"],
         "windows_left_out_as_outliers": first["windows_left_out_as_outliers"], "ce_windows": first["ce_windows"],
-        "config": dataclasses.asdict(cfg), "variant": args.variant, **found, "baselines": first["baselines"], "ce_clean": first["ce_clean"],
+        "config": dataclasses.asdict(cfg), "variant": args.variant, "headline_only": args.headline_only, **found, "baselines": first["baselines"], "ce_clean": first["ce_clean"],
         "seconds": time.perf_counter() - start, "stage_seconds": run.seconds, "machine": machine_info()}
     write_json_atomic(args.out, result)
     plot(result, args.out.with_suffix(".png"))

@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser, headline_k: int) -> None:
     p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
                    help="an ablation: the contextual SAEs and controls with this change, in stage folders of their "
                         "own, against the plain run's TopK SAEs (read back, trained there if missing)")
+    p.add_argument("--headline-only", action="store_true",
+                   help="train the contextual SAEs and controls at the headline k only (skip the other budgets): "
+                        "a first look at an ablation")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
     p.add_argument("--no-progress", action="store_true")
@@ -87,6 +90,11 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, sweep:
         p.error("--seeds must be at least 1")
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
+
+
+def contextual_budgets(args: argparse.Namespace, sweep: Any) -> tuple[int, ...]:
+    """The contextual SAEs' budgets: the config's, or the headline k alone with --headline-only."""
+    return (args.headline_k,) if args.headline_only else tuple(sweep.k_contextual)
 
 
 class Stages:
