@@ -407,7 +407,9 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
                 md_table(["contextual SAE"] + [f"{arm} {c}" for arm in ("plain", variant) for c in columns], rows),
                 "", f"- Innovation ratio, {variant} minus plain, by budget k: {', '.join(changes) or 'no plain run'}. "
                 + (f"The {variant} variant raises it at every budget, converged, and its control loses the gain."
-                   if helps else f"The {variant} variant does not meet that rule, so the default stays."),
+                   if helps else f"The {variant} variant does not meet that rule, so the default stays.")
+                + (" Only the headline budget was trained (`--headline-only`), so the rule is checked there alone."
+                   if r.get("headline_only") else ""),
                 "", f"The {variant} run in full:", "", *site["budget"], *site["tables"], *site["seeds"]]
     return out
 
