@@ -386,7 +386,7 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
     columns = ["FVU", "L0", "state L0", "innovation ratio", "control FVU"]
     for hook, found in _sites(r).items():
         base = plain.get(hook, {"goals": {}, "saes": {}})
-        rows, changes, helps = [], [], True
+        rows, changes, short = [], [], []  # short: where the variant falls short of the rule
         for name, g in found["goals"].items():
             cells = [name]
             for goal, sae in ((base["goals"].get(name), base["saes"].get(name)), (g, found["saes"][name])):
@@ -394,20 +394,23 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
                            fmt(sae["l0"], ".2f"), fmt(sae["state_l0"], ".2f"), fmt(goal["innovation_ratio"], ".2f"),
                            fmt(goal.get("control_fvu"), ".4f")] if goal and sae else [""] * len(columns))
             rows.append(cells)
-            p = base["goals"].get(name)
+            k, p = found["saes"][name]["k"], base["goals"].get(name)
             if p is None:
-                helps = False
+                short.append(f"k {k} has no plain run")
                 continue
-            changes.append(f"{found['saes'][name]['k']}: {g['innovation_ratio'] - p['innovation_ratio']:+.2f}")
+            changes.append(f"{k}: {g['innovation_ratio'] - p['innovation_ratio']:+.2f}")
             kept = g.get("control_keeps_fraction_of_gain")
-            helps &= (g["innovation_ratio"] > p["innovation_ratio"] and bool(g["converged"])
-                      and (kept is None or kept < CONTROL_KEEPS))
+            short += ([f"k {k} does not raise the ratio"] if g["innovation_ratio"] <= p["innovation_ratio"] else []) \
+                + ([f"k {k} has not converged"] if not g["converged"] else []) \
+                + ([f"k {k}'s control keeps {kept:.0%} of the gain"] if kept is not None and kept >= CONTROL_KEEPS
+                   else [])
         site = _converged_site({**found, "config": r["config"]}, quality, label, digits)
         out += ["", f"### `{hook}`", "",
                 md_table(["contextual SAE"] + [f"{arm} {c}" for arm in ("plain", variant) for c in columns], rows),
                 "", f"- Innovation ratio, {variant} minus plain, by budget k: {', '.join(changes) or 'no plain run'}. "
                 + (f"The {variant} variant raises it at every budget, converged, and its control loses the gain."
-                   if helps else f"The {variant} variant does not meet that rule, so the default stays.")
+                   if not short else f"The {variant} variant does not meet that rule ({'; '.join(short)}), so the "
+                   "default stays.")
                 + (" Only the headline budget was trained (`--headline-only`), so the rule is checked there alone."
                    if r.get("headline_only") else ""),
                 "", f"The {variant} run in full:", "", *site["budget"], *site["tables"], *site["seeds"]]
