@@ -793,9 +793,24 @@ def _converged_row(label: str, site: dict) -> list[str]:
     """A README headline row for a converged comparison at one site (benchmarks/stages.py)."""
     best = max(site["goals"].values(), key=lambda g: g["innovation_ratio"])
     ceiling = max(q["best_innovation_ratio"] for q in site["ceiling"].values())
+    from visinterp.analysis.matched_l0 import CONTROL_KEEPS
+
+    kept = best.get("control_keeps_fraction_of_gain")
     return [label, f"best innovation ratio {best['innovation_ratio']:.2f}x (goal >= 1.5x): "
-            f"{'met' if best['goal_met'] else 'not met'}; persistence ceiling {ceiling:.2f}x"
-            + ("" if site["all_converged"] else "; not all converged")]
+            f"{'met' if best['goal_met'] else 'not met'}"
+            + (f", its shuffled control keeps {kept:.0%} of the gain over TopK" if kept is not None and kept >= CONTROL_KEEPS
+               and best["innovation_ratio"] > 1 else "")
+            + f"; persistence ceiling {ceiling:.2f}x" + ("" if site["all_converged"] else "; not all converged")]
+
+
+def _ablation_files(plain: Path) -> list[Path]:
+    """The ablations of a converged comparison that have a result, in the order of ABLATIONS."""
+    return [f for v in ABLATIONS if (f := plain.with_name(f"{plain.stem}_{v}.json")).is_file()]
+
+
+def _variant_label(r: dict) -> str:
+    return f", ablation `{r['variant']}`" + (" (headline k only)" if r.get("headline_only") else "") \
+        if r.get("variant") else ""
 
 
 def readme_headline() -> str:
@@ -814,18 +829,19 @@ def readme_headline() -> str:
     converged_llm = RESULTS / "llm_converged_smollm2_resid15.json"
     llm = RESULTS / "llm_goals_smollm2_resid15.json"
     if converged_llm.is_file():
-        r = json.loads(converged_llm.read_text())
-        rows.append(_converged_row(f"SmolLM2 `{r['hook']}`, learning rates swept", r))
+        for path in (converged_llm, *_ablation_files(converged_llm)):
+            r = json.loads(path.read_text())
+            rows.append(_converged_row(f"SmolLM2 `{r['hook']}`, learning rates swept{_variant_label(r)}", r))
     elif llm.is_file():
         r = json.loads(llm.read_text())
         best = max(r["goals"].values(), key=lambda g: g["innovation_ratio"])
         rows.append([f"SmolLM2 `{r['hook']}`, short training", f"best innovation ratio {best['innovation_ratio']:.2f}x "
                      "(goal >= 1.5x): not met; not converged"])
     image = RESULTS / "image_converged_taef2_256.json"
-    if image.is_file():
-        r = json.loads(image.read_text())
-        rows += [_converged_row(f"TAEF2 `{hook}` at {r['images']['size']} px, learning rates swept", found)
-                 for hook, found in r["hooks"].items()]
+    for path in (image, *_ablation_files(image)) if image.is_file() else ():
+        r = json.loads(path.read_text())
+        rows += [_converged_row(f"TAEF2 `{hook}` at {r['images']['size']} px, learning rates swept{_variant_label(r)}",
+                                found) for hook, found in r["hooks"].items()]
     ttq = RESULTS / "time_to_quality_cpu.json"
     if ttq.is_file():
         r = json.loads(ttq.read_text())
