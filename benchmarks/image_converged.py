@@ -126,8 +126,8 @@ def main(argv=None) -> int:
     result = {"autoencoder": first["autoencoder"], "images": first["images"], "n_images": first["n_images"],
               "held_out_images": len(first["held_out_images"]), "axis": first["axis"], "tile": first["tile"],
               "autoencoder_psnr_vs_input": first["autoencoder_psnr_vs_input"], "config": cfg.to_dict(),
-              "quality": QUALITY, "variant": args.variant, "headline_only": args.headline_only, "hooks": hooks, "seconds": time.perf_counter() - start,
-              "stage_seconds": runner.seconds, "machine": machine_info()}
+              "quality": QUALITY, "variant": args.variant, "headline_only": args.headline_only, "hooks": hooks,
+              "seconds": time.perf_counter() - start, "stage_seconds": runner.seconds, "machine": machine_info()}
     write_json_atomic(args.out, result)
     plot(result, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")

@@ -90,8 +90,9 @@ def main(argv=None) -> int:
         "model": first["model"], "hook": first["hook"], "window": first["window"],
         "windows_harvested": first["windows_harvested"], "held_out_windows": first["held_out_windows"],
         "windows_left_out_as_outliers": first["windows_left_out_as_outliers"], "ce_windows": first["ce_windows"],
-        "config": dataclasses.asdict(cfg), "variant": args.variant, "headline_only": args.headline_only, **found, "baselines": first["baselines"], "ce_clean": first["ce_clean"],
-        "seconds": time.perf_counter() - start, "stage_seconds": run.seconds, "machine": machine_info()}
+        "config": dataclasses.asdict(cfg), "variant": args.variant, "headline_only": args.headline_only, **found,
+        "baselines": first["baselines"], "ce_clean": first["ce_clean"], "seconds": time.perf_counter() - start,
+        "stage_seconds": run.seconds, "machine": machine_info()}
     write_json_atomic(args.out, result)
     plot(result, args.out.with_suffix(".png"))
 
