@@ -354,15 +354,15 @@ def _image_converged(r: dict) -> list[str]:
     return out
 
 
-# what each ablation of `benchmarks/stages.py`'s VARIANTS changes, for the results page
+# each ablation of `benchmarks/stages.py`'s VARIANTS: its section title and what it changes
 ABLATIONS = {
-    "signed": "with signed innovations (`[sweep] signed`, `ContextualConfig.signed`: a carried feature's "
-              "innovation may be negative, down to minus its carried value)",
-    "no_anneal": "without the budget anneal (`[sweep] k_anneal_fraction = 0`: trained at their k from the first "
-                 "step, as TopK is, where the default anneals from 4k over the first half)",
-    "no_carry_loss": "without the carry loss (`[sweep] carry_coeff = 0`: persistence and resets learn from the "
-                     "reconstruction alone, where by default they also learn to predict each step from what is "
-                     "carried into it)",
+    "signed": ("signed innovations", "with signed innovations (`[sweep] signed`, `ContextualConfig.signed`: a carried "
+               "feature's innovation may be negative, down to minus its carried value)"),
+    "no_anneal": ("no budget anneal", "without the budget anneal (`[sweep] k_anneal_fraction = 0`: trained at their "
+                  "k from the first step, as TopK is, where the default anneals from 4k over the first half)"),
+    "no_carry_loss": ("no carry loss", "without the carry loss (`[sweep] carry_coeff = 0`: persistence and resets "
+                      "learn from the reconstruction alone, where by default they also learn to predict each step "
+                      "from what is carried into it)"),
 }
 
 
@@ -379,7 +379,7 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
 
     plain = _sites(json.loads(plain_file.read_text())) if plain_file.is_file() else {}
     variant = r["variant"]
-    out = [f"The contextual SAEs and their controls of the comparison above, retrained {ABLATIONS[variant]}, "
+    out = [f"The contextual SAEs and their controls of the comparison above, retrained {ABLATIONS[variant][1]}, "
            "against the same TopK SAEs; learning rates swept again. A change is kept only where it reaches a "
            "higher innovation ratio than the plain contextual SAE at every budget, converged, with its control "
            f"still losing at least {1 - CONTROL_KEEPS:.0%} of any gain over TopK."]
@@ -734,13 +734,11 @@ def _gpu_tests(r: dict) -> list[str]:
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_regions": ("Synthetic regions: the contextual SAE against known features", _synthetic),
     "llm_converged_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15`, converged", _llm_converged),
-    "llm_converged_smollm2_resid15_signed": ("Ablation: signed innovations, SmolLM2 `resid.15`, converged", _llm_ablation),
-    "llm_converged_smollm2_resid15_no_anneal": ("Ablation: no budget anneal, SmolLM2 `resid.15`, converged", _llm_ablation),
-    "llm_converged_smollm2_resid15_no_carry_loss": ("Ablation: no carry loss, SmolLM2 `resid.15`, converged", _llm_ablation),
+    **{f"llm_converged_smollm2_resid15_{v}": (f"Ablation: {title}, SmolLM2 `resid.15`, converged", _llm_ablation)
+       for v, (title, _) in ABLATIONS.items()},
     "image_converged_taef2_256": ("Image comparison, TAEF2 at 256 px, converged", _image_converged),
-    "image_converged_taef2_256_signed": ("Ablation: signed innovations, TAEF2 at 256 px, converged", _image_ablation),
-    "image_converged_taef2_256_no_anneal": ("Ablation: no budget anneal, TAEF2 at 256 px, converged", _image_ablation),
-    "image_converged_taef2_256_no_carry_loss": ("Ablation: no carry loss, TAEF2 at 256 px, converged", _image_ablation),
+    **{f"image_converged_taef2_256_{v}": (f"Ablation: {title}, TAEF2 at 256 px, converged", _image_ablation)
+       for v, (title, _) in ABLATIONS.items()},
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
     "llm_baselines_smollm2": ("What a carry could save in SmolLM2, layer by layer", _llm_baselines),
@@ -791,10 +789,10 @@ def results_page() -> str:
 
 def _converged_row(label: str, site: dict) -> list[str]:
     """A README headline row for a converged comparison at one site (benchmarks/stages.py)."""
-    best = max(site["goals"].values(), key=lambda g: g["innovation_ratio"])
-    ceiling = max(q["best_innovation_ratio"] for q in site["ceiling"].values())
     from visinterp.analysis.matched_l0 import CONTROL_KEEPS
 
+    best = max(site["goals"].values(), key=lambda g: g["innovation_ratio"])
+    ceiling = max(q["best_innovation_ratio"] for q in site["ceiling"].values())
     kept = best.get("control_keeps_fraction_of_gain")
     return [label, f"best innovation ratio {best['innovation_ratio']:.2f}x (goal >= 1.5x): "
             f"{'met' if best['goal_met'] else 'not met'}"
