@@ -22,6 +22,8 @@ the learning rate, one panel a site, the default marked.
     python benchmarks/recipe_sweep.py --out benchmarks/results/recipe_sweep.json       # ~35 min, 2 cores
     python benchmarks/recipe_sweep.py --quick --out /tmp/recipe.json                  # plumbing only
     python benchmarks/recipe_sweep.py --reuse benchmarks/results/recipe_sweep.json    # new defaults only
+    python benchmarks/recipe_sweep.py --reuse benchmarks/results/recipe_sweep.json \
+        --rerun "syn128 w1024 contextual gated"                                       # one site again
 """
 
 from __future__ import annotations
@@ -198,11 +200,16 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny budget and sites: plumbing only")
     p.add_argument("--reuse", type=Path, help="an earlier result of this sweep: its swept points are kept and only "
                    "the default recipe's points (and any missing) are trained, e.g. after the defaults changed")
+    p.add_argument("--rerun", nargs="+", metavar="SITE", default=None,
+                   help="with --reuse: train every point of these sites (names as in the table) and keep every "
+                        "other site's points, e.g. after a change that touches one architecture only")
     args = p.parse_args(argv)
     tokens, data_tokens = (60_000, 40_000) if args.quick else (args.tokens, args.data_tokens)
     todo = sites(args.quick)
-    if any(s.data == "llm" for s in todo) and not (args.cache / "smollm2_resid9" / "manifest.json").exists():
-        harvest_llm(data_tokens // 2, args.cache)
+    if args.rerun is not None:
+        unknown = sorted(set(args.rerun) - {s.name for s in todo})
+        if unknown or not args.reuse:
+            p.error(f"--rerun needs --reuse and site names from {[s.name for s in todo]}; got {unknown or args.rerun}")
     lrs = LRS[1:4] if args.quick else LRS
     points = [Point(s, lr, tokens, data_tokens) for s in todo for lr in (None, *lrs)]
     rows: dict[str, list[dict]] = {s.name: [] for s in todo}
@@ -212,11 +219,15 @@ def main(argv=None) -> int:
         if (old["setup"]["tokens"], old["setup"]["data_tokens"]) != (tokens, data_tokens):
             raise SystemExit(f"{args.reuse}: made with another budget; pass the same --tokens and --data-tokens")
         for res in old["results"]:
-            if res["site"]["name"] in rows:
-                rows[res["site"]["name"]] = [p for p in res["points"] if not p.get("default")]
-        reused = {"swept_points_from": old["machine"], "seconds": old["seconds"]}
-        have = {(name, p["lr"]) for name, pts in rows.items() for p in pts}
+            name = res["site"]["name"]
+            if name in rows and name not in (args.rerun or ()):
+                rows[name] = [p for p in res["points"] if args.rerun is not None or not p.get("default")]
+        reused = {"swept_points_from": old["machine"], "seconds": old["seconds"],
+                  **({"rerun_sites": args.rerun} if args.rerun else {})}
+        have = {(name, None if p.get("default") else p["lr"]) for name, pts in rows.items() for p in pts}
         points = [q for q in points if (q.site.name, q.lr) not in have]
+    if any(q.site.data == "llm" for q in points) and not (args.cache / "smollm2_resid9" / "manifest.json").exists():
+        harvest_llm(data_tokens // 2, args.cache)
     points.sort(key=lambda q: (q.site.data, q.site.name))  # a worker keeps one data set loaded at a time
     print(f"recipe sweep: {len(points)} points, {tokens:,} tokens each, {args.workers} workers", flush=True)
     start = time.perf_counter()
