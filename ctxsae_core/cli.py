@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--innovation", choices=ACTIVATION_CONFIGS.names(), default="batchtopk",
                    help="contextual: activation that codes the innovations (default: batchtopk)")
     t.add_argument("--carry", choices=CARRY_KINDS, default="gated", help=field_help(ContextualConfig, "carry"))
+    t.add_argument("--carry-coeff", type=float, default=None, metavar="W",
+                   help="contextual: " + field_help(ContextualConfig, "carry_coeff")
+                   + f" (default: {ContextualConfig.carry_coeff:g})")
     _add_axis_flags(t, "tokens")
     t.add_argument("--tokens", type=int, default=None,
                    help=f"training positions (default: one pass over the training windows, at least {MIN_DEFAULT_TOKENS:,})")
@@ -158,7 +161,10 @@ def _sae_config(args, d: int) -> SAEConfig:
     width = args.width if args.width is not None else 8 * d
     if args.arch == "contextual":
         act = _activation(args.innovation, args, min(DEFAULT_K["contextual"], width))
-        return ContextualConfig(d_in=d, width=width, activation=act, carry=args.carry)
+        coeff = ContextualConfig.carry_coeff if args.carry_coeff is None else args.carry_coeff
+        return ContextualConfig(d_in=d, width=width, activation=act, carry=args.carry, carry_coeff=coeff)
+    if args.carry_coeff is not None:
+        raise InputError(f"--carry-coeff applies to --arch contextual only, not {args.arch}: drop it")
     act = _activation(args.arch, args, min(DEFAULT_K["per_position"], width))
     return SAEConfig(d_in=d, width=width, activation=act)
 

@@ -185,9 +185,16 @@ def config_reference() -> str:
 # --- the results page -----------------------------------------------------------------------------
 
 
-def _synthetic_measured_convergence(r: dict) -> bool:
-    """Whether a synthetic-regions run recorded its SAEs' convergence (older runs did not)."""
-    return any("converged" in p for f in r["families"].values() for p in f["points"])
+def _synthetic_convergence(r: dict) -> str:
+    """A synthetic-regions run's convergence in a few words: points trained before the held-out
+    learning curve existed (kept by `--rerun`) carry no `converged`."""
+    measured = [p["converged"] for f in r["families"].values() for p in f["points"] if "converged" in p]
+    unmeasured = [name for name, f in r["families"].items() if any("converged" not in p for p in f["points"])]
+    if not measured:
+        return "convergence not measured"
+    words = f"{len(measured) - sum(measured)} of {len(measured)} SAEs not converged" if not all(measured) else \
+        f"all {len(measured)} SAEs converged"
+    return words + (f", convergence not measured for {', '.join(unmeasured)}" if unmeasured else "")
 
 
 def _synthetic(r: dict) -> list[str]:
@@ -204,9 +211,10 @@ def _synthetic(r: dict) -> list[str]:
            f"{s['batch_windows']} windows a step, learning rate {s['lr']:g}. L0 is interpolated where each sweep "
            f"crosses the target FVU {s['target_fvu']}; recovery is the mean best cosine of a true feature with a "
            "decoder row. Every step draws fresh windows (one epoch). "
-           + ("'(nc)': not converged (held-out FVU still moving 2% or more over the last quarter)."
-              if _synthetic_measured_convergence(r)
-              else "This run recorded no held-out learning curve, so its convergence is not measured."), "",
+           + ("This run recorded no held-out learning curve, so its convergence is not measured."
+              if _synthetic_convergence(r) == "convergence not measured" else
+              "'(nc)': not converged (held-out FVU still moving 2% or more over the last quarter); "
+              f"{_synthetic_convergence(r)}."), "",
            md_table(["model", f"L0 at FVU {s['target_fvu']}", "state L0 there", "recovery", "tokens per SAE",
                      "sweep (k: L0 / FVU)"], rows), ""]
     g = r["goals"]
@@ -371,6 +379,17 @@ def _sites(r: dict) -> dict[str, dict]:
     return r["hooks"] if "hooks" in r else {r["hook"]: r}
 
 
+def _falls_short(k: int, goal: dict, plain: dict) -> list[str]:
+    """Where an ablation's goal row at budget k misses the rule against the plain run's row: a
+    ratio no higher, no convergence, or a control that keeps CONTROL_KEEPS or more of the gain."""
+    from visinterp.analysis.matched_l0 import CONTROL_KEEPS
+
+    kept = goal.get("control_keeps_fraction_of_gain")
+    return ([f"k {k} does not raise the ratio"] if goal["innovation_ratio"] <= plain["innovation_ratio"] else []) \
+        + ([f"k {k} has not converged"] if not goal["converged"] else []) \
+        + ([f"k {k}'s control keeps {kept:.0%} of the gain"] if kept is not None and kept >= CONTROL_KEEPS else [])
+
+
 def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) -> list[str]:
     """An ablation of a converged comparison (`image_converged.py` or `llm_converged.py` with
     `--variant`): per site, the variant's contextual SAEs beside the plain run's at each budget,
@@ -399,11 +418,7 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
                 short.append(f"k {k} has no plain run")
                 continue
             changes.append(f"{k}: {g['innovation_ratio'] - p['innovation_ratio']:+.2f}")
-            kept = g.get("control_keeps_fraction_of_gain")
-            short += ([f"k {k} does not raise the ratio"] if g["innovation_ratio"] <= p["innovation_ratio"] else []) \
-                + ([f"k {k} has not converged"] if not g["converged"] else []) \
-                + ([f"k {k}'s control keeps {kept:.0%} of the gain"] if kept is not None and kept >= CONTROL_KEEPS
-                   else [])
+            short += _falls_short(k, g, p)
         site = _converged_site({**found, "config": r["config"]}, quality, label, digits)
         out += ["", f"### `{hook}`", "",
                 md_table(["contextual SAE"] + [f"{arm} {c}" for arm in ("plain", variant) for c in columns], rows),
@@ -823,7 +838,7 @@ def readme_headline() -> str:
             rows.append([f"synthetic regions, {carry} carry", f"{fmt(c['ratio_vs_per_position'], '.2f')}x fewer "
                          f"innovations than TopK at FVU {r['setup']['target_fvu']}{state}; control loses "
                          f"{fmt(c['gain_lost_by_control'], '.0%')} of the gain"
-                         + ("" if _synthetic_measured_convergence(r) else "; convergence not measured")])
+                         + f"; {_synthetic_convergence(r)}"])
     converged_llm = RESULTS / "llm_converged_smollm2_resid15.json"
     llm = RESULTS / "llm_goals_smollm2_resid15.json"
     if converged_llm.is_file():

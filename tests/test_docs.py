@@ -67,3 +67,26 @@ def test_every_ablation_has_its_description_and_section_on_the_results_page():
     assert set(generate.ABLATIONS) == set(stages.VARIANTS)
     for run in ("image_converged_taef2_256", "llm_converged_smollm2_resid15"):
         assert {f"{run}_{v}" for v in stages.VARIANTS} <= set(generate.SECTIONS)
+
+
+def test_an_ablation_is_named_short_of_the_rule_by_each_part_it_misses():
+    """The rule: a higher innovation ratio than the plain run, converged, with the control keeping
+    under 20% of the gain; a control that keeps exactly 20% misses it."""
+    short = _generator()._falls_short
+    plain = {"innovation_ratio": 0.80}
+    assert short(4, {"innovation_ratio": 1.33, "converged": True, "control_keeps_fraction_of_gain": 0.0}, plain) == []
+    assert short(4, {"innovation_ratio": 1.33, "converged": True, "control_keeps_fraction_of_gain": None}, plain) == []
+    assert short(8, {"innovation_ratio": 0.80, "converged": False, "control_keeps_fraction_of_gain": 0.2}, plain) == [
+        "k 8 does not raise the ratio", "k 8 has not converged", "k 8's control keeps 20% of the gain"]
+    assert short(2, {"innovation_ratio": 1.02, "converged": True, "control_keeps_fraction_of_gain": 0.19}, plain) == []
+
+
+def test_the_synthetic_convergence_words_count_what_was_measured():
+    convergence = _generator()._synthetic_convergence
+    old = {"fvu": 0.1}  # a point from before the held-out learning curve: no `converged`
+    r = {"families": {"topk": {"points": [old, old]},
+                      "contextual": {"points": [{"converged": True}, {"converged": False}, {"converged": False}]}}}
+    assert convergence(r) == "2 of 3 SAEs not converged, convergence not measured for topk"
+    r["families"]["contextual"]["points"] = [{"converged": True}]
+    assert convergence(r) == "all 1 SAEs converged, convergence not measured for topk"
+    assert convergence({"families": {"topk": {"points": [old]}}}) == "convergence not measured"

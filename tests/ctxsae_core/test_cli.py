@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from ctxsae_core.checkpoint import load_sae
 from ctxsae_core.cli import main
 
 
@@ -30,9 +31,10 @@ def test_train_then_evaluate_contextual(tmp_path, capsys):
     acts = _acts(tmp_path)
     code, out, err = _run(capsys, "train", "--acts", acts, "--arch", "contextual", "--width", 32, "--k", 3,
                           "--axis", "raster", "--grid", "4x4", "--tokens", 3000, "--batch-tokens", 256,
-                          "--no-progress", "--out", tmp_path / "run")
+                          "--carry-coeff", 0.5, "--no-progress", "--out", tmp_path / "run")
     assert code == 0, err
     assert "contextual (raster)" in out
+    assert load_sae(tmp_path / "run")[0].config.carry_coeff == 0.5
     for name in ("config.json", "model.safetensors", "axis.json", "metrics.jsonl", "eval.json", "train_config.json"):
         assert (tmp_path / "run" / name).is_file(), name
     code, out, err = _run(capsys, "evaluate", "--sae", tmp_path / "run", "--acts", acts, "--json")
@@ -96,6 +98,8 @@ def _bad_inputs(tmp_path):
         (["--acts", good, "--axis", "raster", "--grid", "3x5"], "has 15 cells"),
         (["--acts", good, "--arch", "gated"], "invalid choice"),
         (["--acts", good, "--max-grad-norm", -1], r"max_grad_norm=-1.0 must be >= 0"),
+        (["--acts", good, "--arch", "contextual", "--carry-coeff", -1], r"carry_coeff=-1.0 must be >= 0"),
+        (["--acts", good, "--carry-coeff", 1], "--carry-coeff applies to --arch contextual only, not topk"),
     ]
 
 

@@ -217,6 +217,7 @@ def test_fast_path_matches_dense_reference(carry, act, kind, T, grid, device):
         m.zero_grad()
         out = m(x, axis, reference=reference)
         terms = m.loss(x, out, dead_mask=torch.arange(f, device=device) % 4 == 0, axis=axis)
+        assert terms.carry > 0  # the carry loss (on by default) is compared too
         terms.total.backward()
         grads.append((out, terms, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
     (o1, t1, g1), (o2, t2, g2) = grads
