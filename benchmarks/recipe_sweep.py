@@ -220,8 +220,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"{args.reuse}: made with another budget; pass the same --tokens and --data-tokens")
         for res in old["results"]:
             name = res["site"]["name"]
-            if name in rows and name not in (args.rerun or ()):
-                rows[name] = [p for p in res["points"] if args.rerun is not None or not p.get("default")]
+            if name in rows and name not in (args.rerun or ()):  # --rerun keeps other sites whole
+                rows[name] = res["points"] if args.rerun else [p for p in res["points"] if not p.get("default")]
         reused = {"swept_points_from": old["machine"], "seconds": old["seconds"],
                   **({"rerun_sites": args.rerun} if args.rerun else {})}
         have = {(name, None if p.get("default") else p["lr"]) for name, pts in rows.items() for p in pts}

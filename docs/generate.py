@@ -185,20 +185,21 @@ def config_reference() -> str:
 # --- the results page -----------------------------------------------------------------------------
 
 
-def _synthetic_convergence(r: dict) -> str:
-    """A synthetic-regions run's convergence in a few words: points trained before the held-out
-    learning curve existed (kept by `--rerun`) carry no `converged`."""
+def _synthetic_convergence(r: dict) -> str | None:
+    """A synthetic-regions run's convergence in a few words, None if no point measured it:
+    points trained before the held-out learning curve existed (kept by `--rerun`) carry no
+    `converged`."""
     measured = [p["converged"] for f in r["families"].values() for p in f["points"] if "converged" in p]
     unmeasured = [name for name, f in r["families"].items() if any("converged" not in p for p in f["points"])]
     if not measured:
-        return "convergence not measured"
+        return None
     words = f"{len(measured) - sum(measured)} of {len(measured)} SAEs not converged" if not all(measured) else \
         f"all {len(measured)} SAEs converged"
     return words + (f", convergence not measured for {', '.join(unmeasured)}" if unmeasured else "")
 
 
 def _synthetic(r: dict) -> list[str]:
-    s = r["setup"]
+    s, convergence = r["setup"], _synthetic_convergence(r)
     rows = []
     for name, fam in r["families"].items():
         sweep = ", ".join(f"{p['k']}: diverged" if "diverged" in p else f"{p['k']}: {p['l0']:.1f} / {p['fvu']:.3f}"
@@ -211,10 +212,9 @@ def _synthetic(r: dict) -> list[str]:
            f"{s['batch_windows']} windows a step, learning rate {s['lr']:g}. L0 is interpolated where each sweep "
            f"crosses the target FVU {s['target_fvu']}; recovery is the mean best cosine of a true feature with a "
            "decoder row. Every step draws fresh windows (one epoch). "
-           + ("This run recorded no held-out learning curve, so its convergence is not measured."
-              if _synthetic_convergence(r) == "convergence not measured" else
-              "'(nc)': not converged (held-out FVU still moving 2% or more over the last quarter); "
-              f"{_synthetic_convergence(r)}."), "",
+           + (f"'(nc)': not converged (held-out FVU still moving 2% or more over the last quarter); {convergence}."
+              if convergence else "This run recorded no held-out learning curve, so its convergence is not measured."),
+           "",
            md_table(["model", f"L0 at FVU {s['target_fvu']}", "state L0 there", "recovery", "tokens per SAE",
                      "sweep (k: L0 / FVU)"], rows), ""]
     g = r["goals"]
@@ -838,7 +838,7 @@ def readme_headline() -> str:
             rows.append([f"synthetic regions, {carry} carry", f"{fmt(c['ratio_vs_per_position'], '.2f')}x fewer "
                          f"innovations than TopK at FVU {r['setup']['target_fvu']}{state}; control loses "
                          f"{fmt(c['gain_lost_by_control'], '.0%')} of the gain"
-                         + f"; {_synthetic_convergence(r)}"])
+                         + f"; {_synthetic_convergence(r) or 'convergence not measured'}"])
     converged_llm = RESULTS / "llm_converged_smollm2_resid15.json"
     llm = RESULTS / "llm_goals_smollm2_resid15.json"
     if converged_llm.is_file():
