@@ -144,8 +144,9 @@ class ContextualConfig(SAEConfig):
         10.0, "learning-rate multiplier of the carry's parameters: persistence logits must travel "
         "several units, and Adam moves a parameter about one learning rate per step")
     carry_coeff: float = param(
-        1.0, "weight of the carry loss: the squared error of predicting each step from the codes "
-        "carried into it alone, which teaches persistence and resets directly")
+        0.0, "weight of the carry loss: the squared error of predicting each step from the codes "
+        "carried into it alone, which teaches persistence and resets directly; 0 trains the carry on the "
+        "reconstruction alone (docs/design.md compares the two)")
     signed: bool = param(
         False, "innovations may be negative where a feature is carried, down to minus its carried value: "
         "one paid code then lowers or ends a carried feature, where otherwise a code can only add to it "

@@ -368,9 +368,10 @@ ABLATIONS = {
                "feature's innovation may be negative, down to minus its carried value)"),
     "no_anneal": ("no budget anneal", "without the budget anneal (`[sweep] k_anneal_fraction = 0`: trained at their "
                   "k from the first step, as TopK is, where the default anneals from 4k over the first half)"),
-    "no_carry_loss": ("no carry loss", "without the carry loss (`[sweep] carry_coeff = 0`: persistence and resets "
-                      "learn from the reconstruction alone, where by default they also learn to predict each step "
-                      "from what is carried into it)"),
+    "no_carry_loss": ("no carry loss", "without the carry loss (`[sweep] carry_coeff = 0`, now the default: "
+                      "persistence and resets learn from the reconstruction alone, where in the plain run, whose "
+                      "config sets `carry_coeff = 1`, they also learn to predict each step from what is carried into "
+                      "it)"),
 }
 
 
@@ -425,7 +426,7 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
                 "", f"- Innovation ratio, {variant} minus plain, by budget k: {', '.join(changes) or 'no plain run'}. "
                 + (f"The {variant} variant raises it at every budget, converged, and its control loses the gain."
                    if not short else f"The {variant} variant does not meet that rule ({'; '.join(short)}), so the "
-                   "default stays.")
+                   "plain run's setting stays in this comparison.")
                 + (" Only the headline budget was trained (`--headline-only`), so the rule is checked there alone."
                    if r.get("headline_only") else ""),
                 "", f"The {variant} run in full:", "", *site["budget"], *site["tables"], *site["seeds"]]

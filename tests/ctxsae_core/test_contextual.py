@@ -16,9 +16,10 @@ CARRIES = ["gated", "attention"]
 CUDA = pytest.param("cuda", marks=pytest.mark.gpu)  # runs on a GPU machine (`pytest -m gpu`), skipped elsewhere
 
 
-def _model(carry, act=BatchTopK(k=3), d=6, f=24, persistence=2.0):
+def _model(carry, act=BatchTopK(k=3), d=6, f=24, persistence=2.0, carry_coeff=0.0):
     torch.manual_seed(0)
-    m = ContextualSAE(ContextualConfig(d_in=d, width=f, activation=act, carry=carry, init_persistence=persistence))
+    m = ContextualSAE(ContextualConfig(d_in=d, width=f, activation=act, carry=carry, init_persistence=persistence,
+                                       carry_coeff=carry_coeff))
     x = torch.randn(4, 16, d)
     m.init_from_data_(x)
     if hasattr(m.activation, "threshold"):
@@ -199,7 +200,7 @@ def test_fast_path_matches_dense_reference(carry, act, kind, T, grid, device):
     CPU and on CUDA. In float64, so that rounding differences cannot flip a code across its
     threshold."""
     d, f = 64, 1024  # 32 rows x 1024 x 64 = 2^21: the sparse path
-    m = _model(carry, act=act, d=d, f=f, persistence=1.0).train().double().to(device)
+    m = _model(carry, act=act, d=d, f=f, persistence=1.0, carry_coeff=1.0).train().double().to(device)
     with torch.no_grad():
         for name, p in m.carry.named_parameters():
             if name.startswith("reset"):
@@ -217,7 +218,7 @@ def test_fast_path_matches_dense_reference(carry, act, kind, T, grid, device):
         m.zero_grad()
         out = m(x, axis, reference=reference)
         terms = m.loss(x, out, dead_mask=torch.arange(f, device=device) % 4 == 0, axis=axis)
-        assert terms.carry > 0  # the carry loss (on by default) is compared too
+        assert terms.carry > 0  # the carry loss (weight 1 here, off by default) is compared too
         terms.total.backward()
         grads.append((out, terms, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
     (o1, t1, g1), (o2, t2, g2) = grads
