@@ -12,6 +12,10 @@ pareto.png into --out. Every model trains with what `ctxsae train` does given on
 
     python benchmarks/synthetic_regions.py --out runs/synthetic_regions          # ~40 min, 2 cores
     python benchmarks/synthetic_regions.py --quick --out /tmp/smoke              # a minute: plumbing only
+
+--tokens sets every family's training positions (default 3M; convergence is measured, and at 3M the
+contextual SAEs are still improving). --rerun FAMILY... --reuse results.json retrains the named
+families and keeps the others' points, which must have been trained with the same --tokens.
 """
 
 from __future__ import annotations
@@ -62,14 +66,16 @@ class Setup:
     seed: int = 0
 
 
-def families(quick: bool) -> list[Family]:
+def families(quick: bool, tokens: int | None = None) -> list[Family]:
+    """The sweeps, each trained for `tokens` positions (default: 40k with quick, else 3M)."""
     if quick:
-        return [Family("per-position topk", "topk", None, False, (8, 16), 40_000),
-                Family("contextual gated", "contextual", "gated", False, (4, 8), 40_000),
-                Family("gated, shuffled control", "contextual", "gated", True, (4, 8), 40_000),
-                Family("contextual attention", "contextual", "attention", False, (4, 8), 40_000),
-                Family("attention, shuffled control", "contextual", "attention", True, (4, 8), 40_000)]
-    ctx = 3_000_000
+        n = tokens or 40_000
+        return [Family("per-position topk", "topk", None, False, (8, 16), n),
+                Family("contextual gated", "contextual", "gated", False, (4, 8), n),
+                Family("gated, shuffled control", "contextual", "gated", True, (4, 8), n),
+                Family("contextual attention", "contextual", "attention", False, (4, 8), n),
+                Family("attention, shuffled control", "contextual", "attention", True, (4, 8), n)]
+    ctx = tokens or 3_000_000
     return [Family("per-position topk", "topk", None, False, (14, 18, 22, 26), ctx),
             Family("contextual gated", "contextual", "gated", False, (4, 6, 8), ctx),
             Family("gated, shuffled control", "contextual", "gated", True, (8, 14, 20), ctx),
@@ -204,6 +210,12 @@ def plot(summary: dict, path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
+def _refuse(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2, before any training."""
+    print(f"synthetic_regions.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _reused_points(args, setup: Setup, fams: list[Family]) -> list[dict]:
     """Sweep points of the families not in --rerun, from --reuse (same setup only)."""
     if args.rerun is None:
@@ -211,11 +223,19 @@ def _reused_points(args, setup: Setup, fams: list[Family]) -> list[dict]:
     names = {f.name for f in fams}
     unknown = sorted(set(args.rerun) - names)
     if unknown or args.reuse is None:
-        raise SystemExit(f"--rerun needs --reuse and names from {sorted(names)}; got {unknown or args.rerun}")
+        _refuse(f"--rerun needs --reuse and names from {sorted(names)}; got {unknown or args.rerun}")
+    if not args.reuse.is_file():
+        _refuse(f"--reuse {args.reuse} is not a file: pass an earlier run's results.json")
     old = json.loads(args.reuse.read_text())
     if any(old["setup"].get(k) != v for k, v in setup_record(setup).items()):
-        raise SystemExit(f"{args.reuse} was measured under another setup: {old['setup']}; rerun everything")
-    return [p for name, row in old["families"].items() if name not in args.rerun for p in row["points"]]
+        _refuse(f"{args.reuse} was measured under another setup: {old['setup']}; rerun everything")
+    kept = [p for name, row in old["families"].items() if name not in args.rerun for p in row["points"]]
+    budget = {f.name: f.tokens for f in fams}
+    other = sorted({f"{p['family']}: {p['tokens']:,}" for p in kept if p["tokens"] != budget[p["family"]]})
+    if other:
+        _refuse(f"{args.reuse} trained the kept families for other budgets ({'; '.join(other)}), "
+                f"not {budget[kept[0]['family']]:,} positions: pass their --tokens, or rerun them too")
+    return kept
 
 
 def main(argv=None) -> int:
@@ -227,8 +247,12 @@ def main(argv=None) -> int:
                    help="train only these families (names as in the table) and take the other families' points "
                         "from --reuse: for a change that touches one model only")
     p.add_argument("--reuse", type=Path, default=None, help="an earlier results.json, with --rerun")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="training positions of every SAE (default: 3,000,000; 40,000 with --quick)")
     args = p.parse_args(argv)
-    setup, fams = Setup(), families(args.quick)
+    if args.tokens is not None and args.tokens <= 0:
+        _refuse(f"--tokens {args.tokens} must be a positive number of positions, e.g. --tokens 12000000")
+    setup, fams = Setup(), families(args.quick, args.tokens)
     reused = _reused_points(args, setup, fams)
     jobs = [(setup, fam, k) for fam in fams for k in fam.ks if not any(q["family"] == fam.name for q in reused)]
     jobs.sort(key=lambda j: j[1].carry == "attention")  # gated and per-position first: the quicker results
