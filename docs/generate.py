@@ -635,6 +635,21 @@ def _saelens_roundtrip(r: dict) -> list[str]:
             f"({'within' if r['within_tolerance'] else 'above'} the tolerance {r['tolerance']:g})."]
 
 
+def _recipe_provenance(reused: dict | None) -> str:
+    """Which points of a recipe sweep ran at its commit, where `--reuse` kept the others."""
+    if not reused:
+        return ""
+    if "rerun_sites" not in reused:
+        return (f" The swept points were trained at commit `{reused['swept_points_from']['commit']}` and reused; "
+                "only the default recipe's points ran at the commit above.")
+    inner = (reused.get("kept_sites_reused") or {}).get("swept_points_from")
+    sites = reused["rerun_sites"]
+    whose = "sites'" if len(sites) > 1 else "site's"
+    return (f" Only the {', '.join(sites)} {whose} points ran at the commit above; the other sites' points were "
+            f"kept from the run at commit `{reused['kept_sites_from']['commit']}`"
+            + (f" (its swept points from `{inner['commit']}`)." if inner else "."))
+
+
 def _recipe_sweep(r: dict) -> list[str]:
     s, lrs = r["setup"], r["setup"]["lrs"]
 
@@ -657,8 +672,7 @@ def _recipe_sweep(r: dict) -> list[str]:
            "best FVU at every site trained at the default batch (4096 positions); the sites at other batches show "
            "what the batch costs and carry no goal. Epochs: "
            + ", ".join(sorted({f"{e:.1f}" for e in s["epochs"].values() if e})) + " (synthetic, SmolLM2)."
-           + (f" The swept points were trained at commit `{r['reused']['swept_points_from']['commit']}` and reused; "
-              "only the default recipe's points ran at the commit above." if r.get("reused") else ""), "",
+           + _recipe_provenance(r.get("reused")), "",
            md_table(["site", "batch", *[f"lr {lr:g}" for lr in lrs], "best lr", "default lr", "default FVU",
                      "default / best", "goal"], rows), "",
            "![FVU against the learning rate](../benchmarks/results/recipe_sweep.png)"]

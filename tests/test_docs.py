@@ -90,3 +90,19 @@ def test_the_synthetic_convergence_words_count_what_was_measured():
     r["families"]["contextual"]["points"] = [{"converged": True}]
     assert convergence(r) == "all 1 SAEs converged, convergence not measured for topk"
     assert convergence({"families": {"topk": {"points": [old]}}}) is None
+
+
+def test_the_recipe_sweep_says_which_points_ran_at_its_commit():
+    """A sweep made whole; one whose swept points were reused; one that retrained named sites and kept
+    the others whole from an earlier run, itself partly reused."""
+    say = _generator()._recipe_provenance
+    assert say(None) == ""
+    assert say({"swept_points_from": {"commit": "aaa"}}) == (
+        " The swept points were trained at commit `aaa` and reused; only the default recipe's points ran at the "
+        "commit above.")
+    assert say({"kept_sites_from": {"commit": "bbb"}, "kept_sites_reused": {"swept_points_from": {"commit": "aaa"}},
+                "rerun_sites": ["s1", "s2"]}) == (
+        " Only the s1, s2 sites' points ran at the commit above; the other sites' points were kept from the run "
+        "at commit `bbb` (its swept points from `aaa`).")
+    assert say({"kept_sites_from": {"commit": "bbb"}, "kept_sites_reused": None, "rerun_sites": ["s1"]}).endswith(
+        "kept from the run at commit `bbb`.")
