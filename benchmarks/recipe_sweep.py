@@ -223,8 +223,9 @@ def main(argv=None) -> int:
             if name in rows and name not in (args.rerun or ()):  # --rerun keeps other sites whole
                 rows[name] = res["points"] if args.rerun else [p for p in res["points"] if not p.get("default")]
         # where the kept points ran: with --rerun, whole sites of the earlier run (and of what it reused)
-        reused = ({"kept_sites_from": old["machine"], "kept_sites_reused": old.get("reused"), "rerun_sites": args.rerun,
-                   "seconds": old["seconds"]} if args.rerun else {"swept_points_from": old["machine"], "seconds": old["seconds"]})
+        reused = ({"kept_sites_from": old["machine"], "kept_sites_reused": old.get("reused"), "rerun_sites": args.rerun}
+                  if args.rerun else {"swept_points_from": old["machine"]})
+        reused["seconds"] = old["seconds"]
         have = {(name, None if p.get("default") else p["lr"]) for name, pts in rows.items() for p in pts}
         points = [q for q in points if (q.site.name, q.lr) not in have]
     if any(q.site.data == "llm" for q in points) and not (args.cache / "smollm2_resid9" / "manifest.json").exists():

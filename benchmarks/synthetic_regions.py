@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
+from ctxsae_common.cli import OneLineParser, positive_int
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import write_json_atomic
 from ctxsae_core.evaluate import evaluate
@@ -66,21 +67,19 @@ class Setup:
     seed: int = 0
 
 
+# name, arch, carry, shuffled context, budgets k with --quick, budgets k of the full run
+SWEEPS = [("per-position topk", "topk", None, False, (8, 16), (14, 18, 22, 26)),
+          ("contextual gated", "contextual", "gated", False, (4, 8), (4, 6, 8)),
+          ("gated, shuffled control", "contextual", "gated", True, (4, 8), (8, 14, 20)),
+          ("contextual attention", "contextual", "attention", False, (4, 8), (4, 6, 8)),
+          ("attention, shuffled control", "contextual", "attention", True, (4, 8), (8, 14, 20))]
+
+
 def families(quick: bool, tokens: int | None = None) -> list[Family]:
     """The sweeps, each trained for `tokens` positions (default: 40k with quick, else 3M)."""
-    if quick:
-        n = tokens or 40_000
-        return [Family("per-position topk", "topk", None, False, (8, 16), n),
-                Family("contextual gated", "contextual", "gated", False, (4, 8), n),
-                Family("gated, shuffled control", "contextual", "gated", True, (4, 8), n),
-                Family("contextual attention", "contextual", "attention", False, (4, 8), n),
-                Family("attention, shuffled control", "contextual", "attention", True, (4, 8), n)]
-    ctx = tokens or 3_000_000
-    return [Family("per-position topk", "topk", None, False, (14, 18, 22, 26), ctx),
-            Family("contextual gated", "contextual", "gated", False, (4, 6, 8), ctx),
-            Family("gated, shuffled control", "contextual", "gated", True, (8, 14, 20), ctx),
-            Family("contextual attention", "contextual", "attention", False, (4, 6, 8), ctx),
-            Family("attention, shuffled control", "contextual", "attention", True, (8, 14, 20), ctx)]
+    n = tokens or (40_000 if quick else 3_000_000)
+    return [Family(name, arch, carry, shuffle, quick_ks if quick else ks, n)
+            for name, arch, carry, shuffle, quick_ks, ks in SWEEPS]
 
 
 def train_one(setup: Setup, fam: Family, k: int) -> dict:
@@ -210,36 +209,31 @@ def plot(summary: dict, path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def _refuse(message: str) -> None:
-    """Bad input: one line on stderr, exit code 2, before any training."""
-    print(f"synthetic_regions.py: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _reused_points(args, setup: Setup, fams: list[Family]) -> list[dict]:
-    """Sweep points of the families not in --rerun, from --reuse (same setup only)."""
+    """Sweep points of the families not in --rerun, from --reuse (same setup and budget only);
+    InputError names what does not match."""
     if args.rerun is None:
         return []
     names = {f.name for f in fams}
     unknown = sorted(set(args.rerun) - names)
     if unknown or args.reuse is None:
-        _refuse(f"--rerun needs --reuse and names from {sorted(names)}; got {unknown or args.rerun}")
+        raise InputError(f"--rerun needs --reuse and names from {sorted(names)}; got {unknown or args.rerun}")
     if not args.reuse.is_file():
-        _refuse(f"--reuse {args.reuse} is not a file: pass an earlier run's results.json")
+        raise InputError(f"--reuse {args.reuse} is not a file: pass an earlier run's results.json")
     old = json.loads(args.reuse.read_text())
     if any(old["setup"].get(k) != v for k, v in setup_record(setup).items()):
-        _refuse(f"{args.reuse} was measured under another setup: {old['setup']}; rerun everything")
+        raise InputError(f"{args.reuse} was measured under another setup: {old['setup']}; rerun everything")
     kept = [p for name, row in old["families"].items() if name not in args.rerun for p in row["points"]]
-    budget = {f.name: f.tokens for f in fams}
-    other = sorted({f"{p['family']}: {p['tokens']:,}" for p in kept if p["tokens"] != budget[p["family"]]})
+    budget = fams[0].tokens  # every family's
+    other = sorted({f"{p['family']}: {p['tokens']:,}" for p in kept if p["tokens"] != budget})
     if other:
-        _refuse(f"{args.reuse} trained the kept families for other budgets ({'; '.join(other)}), "
-                f"not {budget[kept[0]['family']]:,} positions: pass their --tokens, or rerun them too")
+        raise InputError(f"{args.reuse} trained the kept families for other budgets ({'; '.join(other)}), "
+                         f"not {budget:,} positions: pass their --tokens, or rerun them too")
     return kept
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/synthetic_regions"), help="folder for results.json and pareto.png")
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing, not the goals")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel trainings, one thread each")
@@ -247,13 +241,14 @@ def main(argv=None) -> int:
                    help="train only these families (names as in the table) and take the other families' points "
                         "from --reuse: for a change that touches one model only")
     p.add_argument("--reuse", type=Path, default=None, help="an earlier results.json, with --rerun")
-    p.add_argument("--tokens", type=int, default=None,
+    p.add_argument("--tokens", type=positive_int, default=None,
                    help="training positions of every SAE (default: 3,000,000; 40,000 with --quick)")
     args = p.parse_args(argv)
-    if args.tokens is not None and args.tokens <= 0:
-        _refuse(f"--tokens {args.tokens} must be a positive number of positions, e.g. --tokens 12000000")
     setup, fams = Setup(), families(args.quick, args.tokens)
-    reused = _reused_points(args, setup, fams)
+    try:
+        reused = _reused_points(args, setup, fams)
+    except InputError as e:
+        p.error(str(e))
     jobs = [(setup, fam, k) for fam in fams for k in fam.ks if not any(q["family"] == fam.name for q in reused)]
     jobs.sort(key=lambda j: j[1].carry == "attention")  # gated and per-position first: the quicker results
     start = time.perf_counter()

@@ -28,7 +28,7 @@ def _earlier_run(path: Path, tokens: int) -> Path:
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--tokens", "0"], "--tokens 0 must be a positive number of positions"),
+    (["--tokens", "0"], "argument --tokens: 0 must be at least 1"),
     (["--rerun", "contextual gated"], "--rerun needs --reuse"),
     (["--rerun", "contextual gated", "--reuse", "missing.json"], "--reuse missing.json is not a file"),
     (["--rerun", "contextual gated", "--reuse", "{earlier}", "--tokens", "6000000"],
