@@ -83,7 +83,7 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
     # the corpus (files, dataset) is read before the model loads, and the hook checked before any
     # work, so that bad input fails in seconds and leaves no folder behind
     spans = None if (out / TOKENS_FILE).is_file() else corpus_spans(cfg.corpus)
-    lm = load_causal_lm(cfg.model, device)
+    lm = load_causal_lm(cfg.model, device, progress)
     lm.hook_module(cfg.hook)
 
     def cut_windows(first: bool) -> TokenWindows:  # under torchrun rank 0 cuts them, the others read them

