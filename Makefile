@@ -93,9 +93,10 @@ bench-llm-converged: setup
 	$(PY) benchmarks/llm_converged.py --harvest-from runs/llm_baselines_resid15 \
 		--out benchmarks/results/llm_converged_smollm2_resid15.json
 
-# TAEF2 (../shared/weights/taef2) at 256 px, latent and encoder.mid; resumable like the LLM one
+# TAEF2 (../shared/weights/taef2) at 256 px, latent and encoder.mid, the default recipe at 8M
+# positions per SAE (configs/image/taef2_converged_256_8m.toml); resumable like the LLM one
 bench-image-converged: setup
-	$(PY) benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256.json
+	$(PY) benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256_8m.json
 
 clean:
 	rm -rf runs .pytest_cache

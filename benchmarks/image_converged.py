@@ -1,13 +1,15 @@
 """The converged image comparison: per-position TopK against the gated contextual SAE and its
 shuffled control on an image autoencoder's maps, by default the real TAEF2 weights at 256 px
-(32 x 32 latent maps; `configs/image/taef2_converged_256.toml`), at each hook of the config
-(`latent`, `encoder.mid`), with every SAE's learning rate chosen by a sweep and the headline
-budget repeated over seeds.
+(32 x 32 latent maps) under the default recipe, 8M positions per SAE
+(`configs/image/taef2_converged_256_8m.toml`; `configs/image/taef2_converged_256.toml` is the
+earlier run, with the carry loss and 4M positions), at each hook of the config (`latent`,
+`encoder.mid`), with every SAE's learning rate chosen by a sweep and the headline budget repeated
+over seeds.
 
 First the harvest, once, into `<runs>/harvest` (the rendered scenes and one activation store per
 hook). Then per hook, each stage a `visinterp run` on that hook alone in `<runs>/<hook>/<stage>`,
 reading the harvest through hard links (a stage whose metrics.json exists is read back, so the
-script resumes):
+script resumes; a stage folder of another config is refused):
 
 1. `lr<rate>`: TopK, the contextual SAE and its control at the headline k, once per rate; each
    series keeps the lowest held-out FVU among its converged runs (the lowest overall, marked,
@@ -21,17 +23,18 @@ from the SAE's reconstruction against TopK's at the same L0 in place of delta CE
 seed 0's SAEs, with the persistence ceiling of each TopK SAE along the raster scan beside them.
 Writes JSON and a plot (per hook: FVU against L0, learning curves).
 
-    python benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256.json
+    python benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256_8m.json
 
 `--variant` runs an ablation: the same procedure with the contextual SAEs and controls changed,
 their stages in `<runs>/<hook>-<variant>/`, against the plain run's TopK SAEs (read back from
-`<runs>/<hook>/`); the docs' results page sets its JSON beside the plain run's. `signed`: signed
+`<runs>/<hook>/`); the docs' results page sets its JSON beside the plain run's. The committed
+ablations are of the earlier run (`--config configs/image/taef2_converged_256.toml`). `signed`: signed
 innovations (`ContextualConfig.signed`); `no_anneal`: no budget anneal (trained at k from the
 first step, `[sweep] k_anneal_fraction = 0`); `no_carry_loss`: no carry loss (`[sweep] carry_coeff
 = 0`).
 
-    python benchmarks/image_converged.py --variant signed --hooks latent --seeds 1 \
-        --out benchmarks/results/image_converged_taef2_256_signed.json
+    python benchmarks/image_converged.py --config configs/image/taef2_converged_256.toml \
+        --variant signed --hooks latent --seeds 1 --out benchmarks/results/image_converged_taef2_256_signed.json
 """
 
 from __future__ import annotations
@@ -72,10 +75,10 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=ROOT / "configs/image/taef2_converged_256.toml")
-    p.add_argument("--out", type=Path, default=Path("runs/image_converged_taef2_256.json"), help="the JSON")
-    p.add_argument("--runs", type=Path, default=Path("runs/image_converged_taef2_256"),
-                   help="the harvest and the stages' run folders")
+    p.add_argument("--config", type=Path, default=ROOT / "configs/image/taef2_converged_256_8m.toml")
+    p.add_argument("--out", type=Path, default=None, help="the JSON (default: runs/<config name>.json)")
+    p.add_argument("--runs", type=Path, default=None,
+                   help="the harvest and the stages' run folders (default: runs/<config name>)")
     p.add_argument("--hooks", type=lambda text: tuple(h.strip() for h in text.split(",")), default=None,
                    help="only these of the config's hooks, comma-separated (default: all of them)")
     stages.add_arguments(p, headline_k=4)
@@ -85,6 +88,8 @@ def main(argv=None) -> int:
     except InputError as e:
         p.error(str(e))
     stages.check_arguments(p, args, cfg.sweep)
+    args.runs = args.runs or Path("runs") / args.config.stem
+    args.out = args.out or Path("runs") / f"{args.config.stem}.json"
     hooks_run = args.hooks or cfg.harvest.hooks
     if not set(hooks_run) <= set(cfg.harvest.hooks):
         p.error(f"--hooks {','.join(hooks_run)}: choose among the config's hooks {', '.join(cfg.harvest.hooks)}")
@@ -97,7 +102,7 @@ def main(argv=None) -> int:
     except InputError as e:
         p.error(str(e))
     runner = stages.Stages(lambda c, out: run(c, out, progress=progress, device=args.device), "metrics.json",
-                           HARVEST, args.runs, harvest)
+                           HARVEST, args.runs, harvest, record=lambda c: c.to_dict())
 
     def stage_at(hook: str):
         at_hook = dataclasses.replace(cfg, harvest=dataclasses.replace(cfg.harvest, hooks=(hook,)))
@@ -114,9 +119,12 @@ def main(argv=None) -> int:
 
     hooks, first = {}, None
     for hook in hooks_run:
-        found = stages.converged_comparison(stage_at(hook), cfg.sweep.k, stages.contextual_budgets(args, cfg.sweep),
-                                            args.headline_k, args.lr, args.seeds, KEPT, QUALITY, higher_is_better=True,
-                                            quality_label="decoded-image PSNR")
+        try:
+            found = stages.converged_comparison(stage_at(hook), cfg.sweep.k, stages.contextual_budgets(args, cfg.sweep),
+                                                args.headline_k, args.lr, args.seeds, KEPT, QUALITY,
+                                                higher_is_better=True, quality_label="decoded-image PSNR")
+        except InputError as e:
+            p.error(str(e))
         rate_runs = found.pop("rate_runs")
         first = first or rate_runs[found["chosen"]["topk"]["lr"]]
         hooks[hook] = found

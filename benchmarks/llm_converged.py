@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from ctxsae_common.errors import InputError
 from ctxsae_common.files import write_json_atomic
 from visinterp.llm.config import load_llm_config
 from visinterp.llm.run import REGIONS_FILE, TOKENS_FILE, compare
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
     cfg = load_llm_config(args.config)
     stages.check_arguments(p, args, cfg.sweep)
     run = stages.Stages(lambda c, out: compare(c, out, progress=not args.no_progress, device=args.device),
-                        "comparison.json", ("store", TOKENS_FILE, REGIONS_FILE), args.runs, args.harvest_from)
+                        "comparison.json", ("store", TOKENS_FILE, REGIONS_FILE), args.runs, args.harvest_from,
+                        record=dataclasses.asdict)
 
     def in_folder(prefix: str):
         def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
@@ -82,8 +84,11 @@ def main(argv=None) -> int:
         stage = stages.ablated(stage, in_folder(f"{args.variant}/"), stages.VARIANTS[args.variant], cfg.sweep)
 
     start = time.perf_counter()
-    found = stages.converged_comparison(stage, cfg.sweep.k, stages.contextual_budgets(args, cfg.sweep),
-                                        args.headline_k, args.lr, args.seeds, KEPT)
+    try:
+        found = stages.converged_comparison(stage, cfg.sweep.k, stages.contextual_budgets(args, cfg.sweep),
+                                            args.headline_k, args.lr, args.seeds, KEPT)
+    except InputError as e:
+        p.error(str(e))
     # what every stage shares (the model, the windows, CE clean, the null baselines), from a rate stage
     first = found.pop("rate_runs")[found["chosen"][stages.TOPK]["lr"]]
     result = {

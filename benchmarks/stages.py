@@ -2,7 +2,8 @@
 
 Each stage is one job (`visinterp llm-compare` or `visinterp run`) in its own folder under one
 runs folder, every stage reading one harvest through hard links; a stage whose result file exists
-is read back, so a stopped benchmark resumes where it stopped. `converged_comparison` is the
+is read back, so a stopped benchmark resumes where it stopped (only if its config.json agrees
+with the stage's config: another config's folder is refused, never mixed in). `converged_comparison` is the
 procedure on top of them, at one activation site:
 
 1. the rate sweep: TopK, the gated contextual SAE and its shuffled control at the headline k,
@@ -97,6 +98,26 @@ def contextual_budgets(args: argparse.Namespace, sweep: Any) -> tuple[int, ...]:
     return (args.headline_k,) if args.headline_only else tuple(sweep.k_contextual)
 
 
+def config_differences(stored: Any, wanted: Any, at: str = "") -> list[str]:
+    """Where a run folder's config.json (`stored`) and a stage's config (`wanted`, JSON-ready) disagree,
+    as "field: stored -> wanted". A field the stored config lacks was added to the code after that run
+    and is not counted."""
+    stored, wanted = json.loads(json.dumps(stored)), json.loads(json.dumps(wanted))  # tuples as lists
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        return [d for key in wanted if key in stored
+                for d in config_differences(stored[key], wanted[key], f"{at}.{key}" if at else key)]
+    return [] if stored == wanted else [f"{at}: {stored} -> {wanted}"]
+
+
+def check_same_config(folder: Path, wanted: dict) -> None:
+    """InputError unless the run in `folder` was configured as `wanted` (what resuming would read back)."""
+    found = config_differences(json.loads((folder / "config.json").read_text()), wanted)
+    if found:
+        listed = "; ".join(found[:3]) + ("; ..." if len(found) > 3 else "")
+        raise InputError(f"{folder} holds a run of another config ({listed}): pass another --runs, or delete the "
+                         "folder to retrain it")
+
+
 class Stages:
     """Runs (or reads back) one job per stage, all on the first stage's harvest.
 
@@ -104,8 +125,8 @@ class Stages:
     what of a run folder to share between stages."""
 
     def __init__(self, job: Callable[[Any, Path], Any], result: str, harvest: tuple[str, ...], runs: Path,
-                 harvest_from: Path | None = None):
-        self.job, self.result, self.shared, self.runs = job, result, harvest, runs
+                 harvest_from: Path | None = None, record: Callable[[Any], dict] | None = None):
+        self.job, self.result, self.shared, self.runs, self.record = job, result, harvest, runs, record
         if harvest_from is not None and not all((harvest_from / n).exists() for n in harvest):
             print(f"{harvest_from}: no harvest there ({', '.join(harvest)}), so the first stage harvests", flush=True)
             harvest_from = None
@@ -119,6 +140,9 @@ class Stages:
         when the benchmark resumes."""
         out = self.runs / name
         done, failed = out / self.result, out / DIVERGED_FILE
+        staged = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, **sweep))
+        if self.record is not None and (out / "config.json").is_file():
+            check_same_config(out, self.record(staged))
         if may_diverge and failed.is_file():
             return {"saes": {}, **json.loads(failed.read_text())}
         if not done.is_file():
@@ -127,7 +151,7 @@ class Stages:
             print(f"{name}: {', '.join(f'{k} {v}' for k, v in sweep.items())}", flush=True)
             start = time.perf_counter()
             try:
-                self.job(dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, **sweep)), out)
+                self.job(staged, out)
             except InputError as e:
                 if not (may_diverge and "diverged" in str(e)):
                     raise

@@ -766,7 +766,10 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "llm_converged_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15`, converged", _llm_converged),
     **{f"llm_converged_smollm2_resid15_{v}": (f"Ablation: {title}, SmolLM2 `resid.15`, converged", _llm_ablation)
        for v, (title, _) in ABLATIONS.items()},
-    "image_converged_taef2_256": ("Image comparison, TAEF2 at 256 px, converged", _image_converged),
+    "image_converged_taef2_256_8m": ("Image comparison, TAEF2 at 256 px, converged: the default recipe, 8M positions",
+                                     _image_converged),
+    "image_converged_taef2_256": ("Image comparison, TAEF2 at 256 px, converged: with the carry loss, 4M positions",
+                                  _image_converged),
     **{f"image_converged_taef2_256_{v}": (f"Ablation: {title}, TAEF2 at 256 px, converged", _image_ablation)
        for v, (title, _) in ABLATIONS.items()},
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
@@ -841,6 +844,15 @@ def _variant_label(r: dict) -> str:
         if r.get("variant") else ""
 
 
+def _image_label(r: dict, hook: str) -> str:
+    """A converged image comparison's README label: site, budget, and the carry loss where it was on
+    (runs from before `[sweep] carry_coeff` existed trained with the carry loss, the default then)."""
+    sweep = r["config"]["sweep"]
+    loss = ", with the carry loss" if not r.get("variant") and sweep.get("carry_coeff", 1.0) else ""
+    return (f"TAEF2 `{hook}` at {r['images']['size']} px, {sweep['tokens'] / 1e6:g}M positions, learning rates "
+            f"swept{loss}{_variant_label(r)}")
+
+
 def readme_headline() -> str:
     """The README's small table of headline results."""
     rows = []
@@ -865,11 +877,11 @@ def readme_headline() -> str:
         best = max(r["goals"].values(), key=lambda g: g["innovation_ratio"])
         rows.append([f"SmolLM2 `{r['hook']}`, short training", f"best innovation ratio {best['innovation_ratio']:.2f}x "
                      "(goal >= 1.5x): not met; not converged"])
-    image = RESULTS / "image_converged_taef2_256.json"
-    for path in (image, *_ablation_files(image)) if image.is_file() else ():
-        r = json.loads(path.read_text())
-        rows += [_converged_row(f"TAEF2 `{hook}` at {r['images']['size']} px, learning rates swept{_variant_label(r)}",
-                                found) for hook, found in r["hooks"].items()]
+    image = RESULTS / "image_converged_taef2_256.json"  # the earlier run, with its ablations
+    for path in (RESULTS / "image_converged_taef2_256_8m.json", image, *_ablation_files(image)):
+        if path.is_file():
+            r = json.loads(path.read_text())
+            rows += [_converged_row(_image_label(r, hook), found) for hook, found in r["hooks"].items()]
     ttq = RESULTS / "time_to_quality_cpu.json"
     if ttq.is_file():
         r = json.loads(ttq.read_text())

@@ -1,9 +1,15 @@
 """The converged comparisons' staging (`benchmarks/stages.py`): how an ablation splits each
 stage between the plain run and the variant's."""
 
+import dataclasses
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
+
+from ctxsae_common.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import stages  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
@@ -51,3 +57,50 @@ def test_a_diverged_variant_makes_the_stage_diverged():
     found = stages.ablated(plain, variant, {"signed": True}, DEFAULTS)("lr0.01", True, k=(4,), k_contextual=(4,))
     assert found == {"saes": {}, "diverged": "held-out FVU 1.3 > 1: diverged"}
 
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sweep:
+    tokens: int = 4_000_000
+    lr: float = 3e-3
+    k: tuple = (4,)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    model: str = "m"
+    sweep: _Sweep = _Sweep()
+
+
+def _stages(tmp_path):
+    trained = []
+
+    def job(cfg, out):
+        trained.append(cfg.sweep)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+        (out / "result.json").write_text(json.dumps({"saes": {"topk_k4": {"lr": cfg.sweep.lr}}}))
+    return stages.Stages(job, "result.json", (), tmp_path, record=dataclasses.asdict), trained
+
+
+def test_config_differences_name_each_changed_field_and_skip_fields_the_old_run_lacked():
+    stored = {"model": "m", "sweep": {"tokens": 4_000_000, "k": [2, 4]}}
+    assert stages.config_differences(stored, {"model": "m", "sweep": {"tokens": 4_000_000, "k": (2, 4)}}) == []
+    assert stages.config_differences(stored, {"model": "m", "sweep": {"tokens": 8_000_000, "k": (2, 4),
+                                                                      "carry_coeff": 0.0}}) == [
+        "sweep.tokens: 4000000 -> 8000000"]
+    assert stages.config_differences(stored, {"model": "n", "sweep": {"k": (4,)}}) == ["model: m -> n",
+                                                                                       "sweep.k: [2, 4] -> [4]"]
+
+
+def test_a_stage_is_read_back_under_its_own_config_and_refused_under_another(tmp_path):
+    run, trained = _stages(tmp_path)
+    assert run("lr0.003", _Config())["saes"] == {"topk_k4": {"lr": 3e-3}}
+    assert run("lr0.003", _Config())["saes"] == {"topk_k4": {"lr": 3e-3}} and len(trained) == 1  # read back
+    assert run("lr0.01", _Config(), lr=1e-2)["saes"] == {"topk_k4": {"lr": 1e-2}} and len(trained) == 2
+    with pytest.raises(InputError, match=r"lr0.003 holds a run of another config \(sweep.tokens: 4000000 -> "
+                                         r"8000000\): pass another --runs, or delete the folder"):
+        run("lr0.003", _Config(sweep=_Sweep(tokens=8_000_000)))
+    with pytest.raises(InputError, match=r"sweep.lr: 0.003 -> 0.01"):
+        run("lr0.003", _Config(), lr=1e-2)
+    assert len(trained) == 2

@@ -41,15 +41,25 @@ def test_bad_values_are_named(values, message):
         run_config_from_dict(values, "cfg.toml")
 
 
-def test_the_converged_image_config_names_taef2_maps_that_tile_into_64_patch_windows():
-    """benchmarks/image_converged.py's config: the real TAEF2 weights beside the repository, at
+@pytest.mark.parametrize("name", ["taef2_converged_256.toml", "taef2_converged_256_8m.toml"])
+def test_the_converged_image_configs_name_taef2_maps_that_tile_into_64_patch_windows(name):
+    """benchmarks/image_converged.py's configs: the real TAEF2 weights beside the repository, at
     256 px (32 x 32 maps at both hooks), cut into 8 x 8 tiles, and a headline k (4) in both sweeps."""
     from visinterp.models.autoencoders import load_autoencoder
 
-    cfg = load_run_config(CONFIGS / "image" / "taef2_converged_256.toml")
+    cfg = load_run_config(CONFIGS / "image" / name)
     root = CONFIGS.parent
     ae = load_autoencoder(root / cfg.autoencoder)
     assert set(cfg.harvest.hooks) == {"latent", "encoder.mid"} <= set(ae.hook_names)
     side = cfg.images.size // ae.downsample
     assert side == 32 and side % cfg.harvest.tile == 0 and cfg.harvest.tile ** 2 == 64
     assert 4 in cfg.sweep.k and 4 in cfg.sweep.k_contextual and cfg.sweep.carries == ("gated",)
+
+
+def test_the_8m_image_config_differs_from_the_4m_one_in_budget_and_carry_loss_alone():
+    """Its comment says "as in taef2_converged_256.toml" but for the default carry loss and twice the budget."""
+    old, new = (load_run_config(CONFIGS / "image" / n).to_dict()
+                for n in ("taef2_converged_256.toml", "taef2_converged_256_8m.toml"))
+    changed = {f: (old["sweep"][f], new["sweep"][f]) for f in old["sweep"] if old["sweep"][f] != new["sweep"][f]}
+    assert changed == {"tokens": (4_000_000, 8_000_000), "carry_coeff": (1.0, 0.0)}
+    assert {**old, "sweep": None} == {**new, "sweep": None}
