@@ -354,6 +354,9 @@ def _image_converged(r: dict) -> list[str]:
            f"{r['held_out_images']} held out; maps cut into {r['tile']} x {r['tile']} tiles ({r['axis']} order). "
            f"Beside FVU, the goal compares the PSNR of the held-out images decoded from the SAE's reconstruction "
            f"(against their clean decode) with TopK's at the same L0."]
+    if r.get("headline_only"):
+        out.append(f"Only the headline budget's contextual SAE and control were trained so far (`--headline-only`); "
+                   f"TopK has every budget of the sweep ({', '.join(map(str, r['config']['sweep']['k']))}).")
     for hook, found in r["hooks"].items():
         site = _converged_site({**found, "config": r["config"]}, r["quality"], "PSNR (dB)", ".2f")
         out += ["", f"### `{hook}`", "", *site["budget"], *site["tables"],
@@ -840,8 +843,8 @@ def _ablation_files(plain: Path) -> list[Path]:
 
 
 def _variant_label(r: dict) -> str:
-    return f", ablation `{r['variant']}`" + (" (headline k only)" if r.get("headline_only") else "") \
-        if r.get("variant") else ""
+    return (f", ablation `{r['variant']}`" if r.get("variant") else "") \
+        + (" (headline k only)" if r.get("headline_only") else "")
 
 
 def _image_label(r: dict, hook: str) -> str:

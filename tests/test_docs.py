@@ -106,3 +106,16 @@ def test_the_recipe_sweep_says_which_points_ran_at_its_commit():
         "at commit `bbb` (its swept points from `aaa`).")
     assert say({"kept_sites_from": {"commit": "bbb"}, "kept_sites_reused": None, "rerun_sites": ["s1"]}).endswith(
         "kept from the run at commit `bbb`.")
+
+
+def test_an_image_runs_readme_label_names_its_budget_its_carry_loss_and_a_headline_only_run():
+    label = _generator()._image_label
+    sweep = {"tokens": 8_000_000, "carry_coeff": 0.0}
+    run = {"images": {"size": 256}, "config": {"sweep": sweep}}
+    assert label(run, "latent") == "TAEF2 `latent` at 256 px, 8M positions, learning rates swept"
+    assert label({**run, "headline_only": True}, "latent").endswith("swept (headline k only)")
+    # a run from before [sweep] carry_coeff existed trained with the carry loss, the default then
+    old = {**run, "config": {"sweep": {"tokens": 4_000_000}}}
+    assert label(old, "latent") == "TAEF2 `latent` at 256 px, 4M positions, learning rates swept, with the carry loss"
+    assert label({**old, "variant": "signed"}, "encoder.mid").endswith("4M positions, learning rates swept, "
+                                                                      "ablation `signed`")
