@@ -3,8 +3,8 @@
 Each stage is one job (`visinterp llm-compare` or `visinterp run`) in its own folder under one
 runs folder, every stage reading one harvest through hard links; a stage whose result file exists
 is read back, so a stopped benchmark resumes where it stopped (only if its config.json agrees
-with the stage's config: another config's folder is refused, never mixed in). `converged_comparison` is the
-procedure on top of them, at one activation site:
+with the stage's config: another config's folder is refused, never mixed in). On top of them,
+`converged_comparison` is the procedure at one activation site:
 
 1. the rate sweep: TopK, the gated contextual SAE and its shuffled control at the headline k,
    once per rate; each series keeps the lowest held-out FVU among its converged runs (the lowest
@@ -98,15 +98,15 @@ def contextual_budgets(args: argparse.Namespace, sweep: Any) -> tuple[int, ...]:
     return (args.headline_k,) if args.headline_only else tuple(sweep.k_contextual)
 
 
-def config_differences(stored: Any, wanted: Any, at: str = "") -> list[str]:
+def config_differences(stored: dict, wanted: dict) -> list[str]:
     """Where a run folder's config.json (`stored`) and a stage's config (`wanted`, JSON-ready) disagree,
     as "field: stored -> wanted". A field the stored config lacks was added to the code after that run
     and is not counted."""
-    stored, wanted = json.loads(json.dumps(stored)), json.loads(json.dumps(wanted))  # tuples as lists
-    if isinstance(stored, dict) and isinstance(wanted, dict):
-        return [d for key in wanted if key in stored
-                for d in config_differences(stored[key], wanted[key], f"{at}.{key}" if at else key)]
-    return [] if stored == wanted else [f"{at}: {stored} -> {wanted}"]
+    def walk(a: Any, b: Any, at: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for key in b if key in a for d in walk(a[key], b[key], f"{at}.{key}" if at else key)]
+        return [] if a == b else [f"{at}: {a} -> {b}"]
+    return walk(json.loads(json.dumps(stored)), json.loads(json.dumps(wanted)), "")  # tuples as lists
 
 
 def check_same_config(folder: Path, wanted: dict) -> None:
@@ -121,11 +121,12 @@ def check_same_config(folder: Path, wanted: dict) -> None:
 class Stages:
     """Runs (or reads back) one job per stage, all on the first stage's harvest.
 
-    job(cfg, out) runs a job into `out` and leaves `result` (a JSON file) there; `harvest` names
-    what of a run folder to share between stages."""
+    job(cfg, out) runs a job into `out` and leaves `result` (a JSON file) there, and the job's
+    config as config.json, which `record(cfg)` must reproduce; `harvest` names what of a run folder
+    to share between stages."""
 
     def __init__(self, job: Callable[[Any, Path], Any], result: str, harvest: tuple[str, ...], runs: Path,
-                 harvest_from: Path | None = None, record: Callable[[Any], dict] | None = None):
+                 harvest_from: Path | None = None, *, record: Callable[[Any], dict]):
         self.job, self.result, self.shared, self.runs, self.record = job, result, harvest, runs, record
         if harvest_from is not None and not all((harvest_from / n).exists() for n in harvest):
             print(f"{harvest_from}: no harvest there ({', '.join(harvest)}), so the first stage harvests", flush=True)
@@ -141,7 +142,7 @@ class Stages:
         out = self.runs / name
         done, failed = out / self.result, out / DIVERGED_FILE
         staged = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, **sweep))
-        if self.record is not None and (out / "config.json").is_file():
+        if (out / "config.json").is_file():
             check_same_config(out, self.record(staged))
         if may_diverge and failed.is_file():
             return {"saes": {}, **json.loads(failed.read_text())}

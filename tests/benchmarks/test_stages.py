@@ -58,7 +58,6 @@ def test_a_diverged_variant_makes_the_stage_diverged():
     assert found == {"saes": {}, "diverged": "held-out FVU 1.3 > 1: diverged"}
 
 
-
 @dataclasses.dataclass(frozen=True)
 class _Sweep:
     tokens: int = 4_000_000
