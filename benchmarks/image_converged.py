@@ -20,7 +20,9 @@ script resumes; a stage folder of another config is refused):
 
 The goals (`visinterp.analysis.matched_l0.goals`, with the PSNR of the held-out images decoded
 from the SAE's reconstruction against TopK's at the same L0 in place of delta CE) are scored on
-seed 0's SAEs, with the persistence ceiling of each TopK SAE along the raster scan beside them.
+seed 0's SAEs, with the persistence ceiling of each TopK SAE along the raster scan beside them,
+and the headline contextual SAE's within-object switch rate against TopK's at the same k (goal:
+at most half; `visinterp.analysis.localization.switch_comparison`).
 Writes JSON and a plot (per hook: FVU against L0, learning curves).
 
     python benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256_8m.json
@@ -47,6 +49,7 @@ from pathlib import Path
 
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import write_json_atomic
+from visinterp.analysis.localization import switch_comparison
 from visinterp.image.config import load_run_config
 from visinterp.image.run import ImageJob, run
 from scenes.figures import pyplot, save_figure
@@ -55,8 +58,17 @@ import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 QUALITY = "psnr_vs_clean_decode"
-KEPT = (*stages.KEPT, QUALITY, "psnr_vs_input")
+SWITCH = "within_object_switch_rate"  # of an analysed SAE's live features, from the factor alignment
+KEPT = (*stages.KEPT, QUALITY, "psnr_vs_input", SWITCH)
 HARVEST = ("scenes", "store")  # what of a run folder the stages share (a folder of photos has no scenes/)
+
+
+def rows_with_switch_rates(found: dict, hook: str) -> dict[str, dict]:
+    """A stage's SAE rows by their name at the hook, each SAE the stage analysed against the scenes'
+    truth (the report's pair and the control) with its within-object switch rate added."""
+    aligned = found.get("alignment", {}).get(hook, {})
+    rows = {n.split("/", 1)[1]: m for n, m in found["saes"].items()}
+    return {n: m | ({SWITCH: aligned[n][SWITCH]} if n in aligned else {}) for n, m in rows.items()}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -110,7 +122,7 @@ def main(argv=None) -> int:
         def in_folder(folder: str):
             def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
                 found = runner(f"{folder}/{name}", at_hook, may_diverge, **sweep)
-                return {**found, "saes": {n.split("/", 1)[1]: m for n, m in found["saes"].items()}}
+                return {**found, "saes": rows_with_switch_rates(found, hook)}
             return stage
         if args.variant is None:
             return in_folder(hook)
@@ -125,11 +137,18 @@ def main(argv=None) -> int:
                                                 higher_is_better=True, quality_label="decoded-image PSNR")
         except InputError as e:
             p.error(str(e))
+        found["localization"] = switch_comparison(
+            found["saes"], SWITCH, f"contextual_{cfg.sweep.carries[0]}_k{args.headline_k}",
+            f"topk_k{args.headline_k}") if cfg.sweep.carries else None
         rate_runs = found.pop("rate_runs")
         first = first or rate_runs[found["chosen"]["topk"]["lr"]]
         hooks[hook] = found
         print(f"\n== {hook} ==")
         stages.print_comparison(found, QUALITY, "PSNR")
+        if found["localization"]:
+            loc = found["localization"]
+            print(f"within-object switch rate: {loc['contextual']} {loc['contextual_rate']:.4f}, {loc['reference']} "
+                  f"{loc['reference_rate']:.4f}: {loc['ratio']:.2f}x (goal <= {loc['max_ratio']}x)")
 
     result = {"autoencoder": first["autoencoder"], "images": first["images"], "n_images": first["n_images"],
               "held_out_images": len(first["held_out_images"]), "axis": first["axis"], "tile": first["tile"],

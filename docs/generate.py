@@ -295,6 +295,23 @@ def _chosen_rate(choice: dict) -> str:
     return f"{choice['lr']:g}" + ("" if choice["any_converged"] else " (the lowest FVU, as no rate converged)")
 
 
+# a converged site's within-region switch rate, by its field: the column's heading and digits
+SWITCH_COLUMNS = {"switch_rate_of_region_tracking_features": ("switch rate of region features", ".3f"),
+                  "within_object_switch_rate": ("switch rate within objects", ".4f")}
+
+
+def _switch_goal(loc: dict | None) -> list[str]:
+    """The headline contextual SAE's within-object switch rate against TopK's at the same budget."""
+    if not loc:
+        return []
+    control = f"; its shuffled control's {loc['control_rate']:.4f}" if loc.get("control_rate") is not None else ""
+    return ["", f"- Localization: along the scan inside one object, a live feature of {loc['contextual']}'s state "
+            f"turns on or off at {loc['contextual_rate']:.4f} of the steps, {loc['reference']}'s at "
+            f"{loc['reference_rate']:.4f}{control}: {loc['ratio']:.2f}x (goal <= {loc['max_ratio']:g}x, "
+            f"{'met' if loc['goal_met'] else 'not met'}). The rate is averaged over all live features, "
+            "not only those that track an object, and TopK is taken at the same k, not at the same FVU."]
+
+
 def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str, list[str]]:
     """The parts of a converged comparison at one site (benchmarks/stages.py): its budget and
     rate sentence, the rate sweep, the seed-0 SAEs, the goals, the ceiling and the seeds."""
@@ -304,10 +321,10 @@ def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str,
     rate_rows = [[s] + ["diverged" if "diverged" in v else
                         fmt(v["fvu"], ".4f") + ("" if v["converged"] else " (not converged)") for v in row.values()]
                  for s, row in r["rate_sweep"].items()]
-    tracking = any("switch_rate_of_region_tracking_features" in m for m in saes.values())
+    switch = next((key for key in SWITCH_COLUMNS if any(key in m for m in saes.values())), None)
     sae_rows = [[n, m["family"], fmt(m["l0"], ".2f"), fmt(m["state_l0"], ".2f"), fmt(m["fvu"], ".4f"),
                  fmt(m[quality], digits)]
-                + ([fmt(m.get("switch_rate_of_region_tracking_features"), ".3f")] if tracking else [])
+                + ([fmt(m.get(switch), SWITCH_COLUMNS[switch][1])] if switch else [])
                 + [fmt(m["converged"]), fmt(m["fvu_gain_last_quarter"], ".1%")] for n, m in saes.items()]
     seed_rows = [[n, fmt(v["fvu"]["mean"], ".4f") + " +- " + fmt(v["fvu"]["std"], ".4f"), fmt(v["l0"]["mean"], ".2f"),
                   fmt(v["state_l0"]["mean"], ".2f"), fmt(v[quality]["mean"], digits),
@@ -325,7 +342,7 @@ def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str,
         "tables": ["", f"Held-out FVU at k {hk} for each learning rate:", "",
                    md_table(["series"] + [f"lr {x}" for x in rates], rate_rows), "",
                    md_table(["SAE (seed 0)", "family", "L0", "state L0", "FVU", label]
-                            + (["switch rate of region features"] if tracking else [])
+                            + ([SWITCH_COLUMNS[switch][0]] if switch else [])
                             + ["converged", "last-quarter gain"], sae_rows), "",
                    _goal_table(r["goals"], quality, label), "", "\\* extrapolated beyond the TopK sweep.", ""],
         "ceiling": [f"a carry could pay at best {min(ceiling):.2f}x to {max(ceiling):.2f}x fewer innovations against "
@@ -361,7 +378,7 @@ def _image_converged(r: dict) -> list[str]:
         site = _converged_site({**found, "config": r["config"]}, r["quality"], "PSNR (dB)", ".2f")
         out += ["", f"### `{hook}`", "", *site["budget"], *site["tables"],
                 *([f"Beside it: {site['ceiling'][0]}, along the raster scan."] if site["ceiling"] else []),
-                *site["seeds"]]
+                *site["seeds"], *_switch_goal(found.get("localization"))]
     return out
 
 

@@ -119,3 +119,14 @@ def test_an_image_runs_readme_label_names_its_budget_its_carry_loss_and_a_headli
     assert label(old, "latent") == "TAEF2 `latent` at 256 px, 4M positions, learning rates swept, with the carry loss"
     assert label({**old, "variant": "signed"}, "encoder.mid").endswith("4M positions, learning rates swept, "
                                                                       "ablation `signed`")
+
+
+def test_the_switch_goal_line_says_met_by_the_ratio_and_is_left_out_without_a_comparison():
+    line = _generator()._switch_goal
+    loc = {"contextual": "contextual_gated_k4", "reference": "topk_k4", "contextual_rate": 0.0056,
+           "reference_rate": 0.0090, "control_rate": 0.0147, "ratio": 0.622, "max_ratio": 0.5, "goal_met": False}
+    text = line(loc)[1]
+    assert "0.0056" in text and "0.0090" in text and "its shuffled control's 0.0147" in text
+    assert "0.62x (goal <= 0.5x, not met)" in text
+    assert "(goal <= 0.5x, met)" in line({**loc, "ratio": 0.4, "goal_met": True, "control_rate": None})[1]
+    assert line(None) == []

@@ -39,3 +39,20 @@ def localization(state: Tensor, innovations: Tensor, region: Tensor, boundaries:
             "switch_rate_of_region_tracking_features": float(rates[tracking].nanmean()) if tracking.numel() else math.nan,
             "innovations_near_boundary": float(paid[near].sum() / paid.sum().clamp(min=1)),
             "positions_near_boundary": float(near.float().mean())}
+
+
+MAX_SWITCH_RATIO = 0.5  # the goal: a contextual SAE's features switch inside a region at most half as often
+
+
+def switch_comparison(saes: dict[str, dict], rate: str, contextual: str, reference: str) -> dict | None:
+    """The within-region switch rate `rate` of the SAE rows `contextual` and `reference` (the
+    per-position SAE at the same budget), their ratio against the goal, and the contextual SAE's
+    shuffled control's rate beside them; None where either SAE lacks a finite rate, or the
+    reference never switches (no ratio to take)."""
+    ours, theirs = (saes.get(name, {}).get(rate) for name in (contextual, reference))
+    if ours is None or theirs is None or math.isnan(ours) or not theirs > 0:
+        return None
+    ratio = ours / theirs
+    return {"rate": rate, "contextual": contextual, "reference": reference, "contextual_rate": ours,
+            "reference_rate": theirs, "control_rate": saes.get(f"{contextual}_control", {}).get(rate),
+            "ratio": ratio, "max_ratio": MAX_SWITCH_RATIO, "goal_met": ratio <= MAX_SWITCH_RATIO}
