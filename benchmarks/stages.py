@@ -11,7 +11,8 @@ with the stage's config: another config's folder is refused, never mixed in). On
    overall, marked, when none converged). The control trains at the contextual SAE's rate: it is
    that recipe with the positions shuffled;
 2. the other budgets at the chosen rates;
-3. the headline budget again with other seeds, for the spread;
+3. the headline budget again with other seeds, for the spread (of FVU, L0 and quality, and of
+   the contextual SAE's innovation ratio against seed 0's TopK sweep, the only full one);
 
 then the goals (`visinterp.analysis.matched_l0.goals`) on seed 0's SAEs, with the persistence
 ceiling of the TopK SAEs beside them.
@@ -34,7 +35,7 @@ import torch
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import write_json_atomic
 from rates import lowest_converged, parse_rates
-from visinterp.analysis.matched_l0 import goals, matched_table, verdict
+from visinterp.analysis.matched_l0 import goals, l0_for_value, matched_table, series_points, verdict
 
 DIVERGED_FILE = "diverged.json"
 TOPK, CONTEXTUAL, CONTROL = "topk", "contextual_gated", "contextual_gated_control"
@@ -251,6 +252,10 @@ def converged_comparison(stage: Callable[..., dict], k: tuple[int, ...], k_conte
                for name in per_seed[0]}
     spreads["contextual_minus_topk_fvu"] = spread([rows[names[CONTEXTUAL]]["fvu"] - rows[names[TOPK]]["fvu"]
                                                    for rows in per_seed])
+    topk_curve = series_points(saes, "topk", "fvu")
+    if len(topk_curve) >= 2:  # each seed's contextual SAE against seed 0's TopK sweep (the only full one)
+        spreads["innovation_ratio"] = spread([l0_for_value(topk_curve, rows[names[CONTEXTUAL]]["fvu"], extrapolate=True)
+                                              / rows[names[CONTEXTUAL]]["l0"] for rows in per_seed])
 
     ctx_l0 = sorted(m["l0"] for m in saes.values() if m["family"] == "contextual")
     scored = goals(saes, quality=quality, higher_is_better=higher_is_better)
@@ -276,7 +281,7 @@ def print_comparison(result: dict, quality: str, column: str) -> None:
         print(f"ceiling {n}: {q['persistent_fraction']:.3f} active before, run {q['mean_run_length']:.2f}, "
               f"best ratio {q['best_innovation_ratio']:.2f}x")
     for n, m in result["seeds"].items():
-        v = m.get("fvu", m)  # contextual_minus_topk_fvu is one spread
+        v = m.get("fvu", m)  # contextual_minus_topk_fvu and innovation_ratio are one spread each
         print(f"seeds, {n}{' FVU' if 'fvu' in m else ''}: {v['mean']:.4f} +- {v['std']:.4f}")
     print(result["verdict"])
 

@@ -304,12 +304,21 @@ def _switch_goal(loc: dict | None) -> list[str]:
     """The headline contextual SAE's within-object switch rate against TopK's at the same budget."""
     if not loc:
         return []
-    control = f"; its shuffled control's {loc['control_rate']:.4f}" if loc.get("control_rate") is not None else ""
+    control = f" Its shuffled control's: {loc['control_rate']:.4f}." if loc.get("control_rate") is not None else ""
     return ["", f"- Localization: along the scan inside one object, a live feature of {loc['contextual']}'s state "
-            f"turns on or off at {loc['contextual_rate']:.4f} of the steps, {loc['reference']}'s at "
-            f"{loc['reference_rate']:.4f}{control}: {loc['ratio']:.2f}x (goal <= {loc['max_ratio']:g}x, "
-            f"{'met' if loc['goal_met'] else 'not met'}). The rate is averaged over all live features, "
+            f"turns on or off at {loc['contextual_rate']:.4f} of the steps, against {loc['reference']}'s "
+            f"{loc['reference_rate']:.4f}: {loc['ratio']:.2f}x (goal <= {loc['max_ratio']:g}x, "
+            f"{'met' if loc['goal_met'] else 'not met'}).{control} The rate is averaged over all live features, "
             "not only those that track an object, and TopK is taken at the same k, not at the same FVU."]
+
+
+def _seed_ratios(ratio: dict | None, hk: int) -> list[str]:
+    """The headline contextual SAE's innovation ratio by seed (runs from before it was recorded: none)."""
+    if not ratio:
+        return []
+    return ["", f"The contextual SAE's innovation ratio at k {hk} by seed, each against seed 0's TopK sweep (the only full one; a seed "
+            f"also draws the held-out images): {', '.join(f'{v:.2f}x' for v in ratio['values'])}, mean "
+            f"{ratio['mean']:.2f}x +- {ratio['std']:.2f} (goal >= 1.5x)."]
 
 
 def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str, list[str]]:
@@ -349,7 +358,8 @@ def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str,
                     "these TopK SAEs (the persistence ceiling)"] if ceiling else [],
         "seeds": (["", f"Seeds at k {hk} (each seed draws the initialisation, the batch order and the held-out "
                    "split):", "", md_table(["SAE", "FVU (mean +- std)", "L0", "state L0", label, "converged"], seed_rows),
-                   "", f"Contextual minus TopK FVU at k {hk}, paired by seed: {gap['mean']:+.4f} +- {gap['std']:.4f}."]
+                   "", f"Contextual minus TopK FVU at k {hk}, paired by seed: {gap['mean']:+.4f} +- {gap['std']:.4f}.",
+                   *_seed_ratios(r["seeds"].get("innovation_ratio"), hk)]
                   if len(gap["values"]) > 1 else
                   ["", f"One seed so far: the spread over seeds at k {hk} is not measured yet."]) + ["", f"- {r['verdict']}"]}
 
@@ -844,13 +854,22 @@ def _converged_row(label: str, site: dict) -> list[str]:
     """A README headline row for a converged comparison at one site (benchmarks/stages.py)."""
     from visinterp.analysis.matched_l0 import CONTROL_KEEPS
 
-    best = max(site["goals"].values(), key=lambda g: g["innovation_ratio"])
+    goals = site["goals"]
+    converged = {n: g for n, g in goals.items() if g["converged"]} or goals
+    name = max(converged, key=lambda n: converged[n]["innovation_ratio"])
+    best = goals[name]
+    higher = [f"k {site['saes'][n]['k']} reaches {g['innovation_ratio']:.2f}x, not converged" for n, g in goals.items()
+              if not g["converged"] and g["innovation_ratio"] > best["innovation_ratio"]]
+    ratio = site["seeds"].get("innovation_ratio")
+    seeds = (f", {ratio['mean']:.2f}x +- {ratio['std']:.2f} over {len(ratio['values'])} seeds"
+             if ratio and len(ratio["values"]) > 1 and name == f"contextual_gated_k{site['headline_k']}" else "")
     ceiling = max(q["best_innovation_ratio"] for q in site["ceiling"].values())
     kept = best.get("control_keeps_fraction_of_gain")
-    return [label, f"best innovation ratio {best['innovation_ratio']:.2f}x (goal >= 1.5x): "
-            f"{'met' if best['goal_met'] else 'not met'}"
+    return [label, f"best {'converged ' if best['converged'] else ''}innovation ratio {best['innovation_ratio']:.2f}x "
+            f"(k {site['saes'][name]['k']}{seeds}; goal >= 1.5x): {'met' if best['goal_met'] else 'not met'}"
             + (f", its shuffled control keeps {kept:.0%} of the gain over TopK" if kept is not None and kept >= CONTROL_KEEPS
                and best["innovation_ratio"] > 1 else "")
+            + "".join(f"; {h}" for h in higher)
             + f"; persistence ceiling {ceiling:.2f}x" + ("" if site["all_converged"] else "; not all converged")]
 
 

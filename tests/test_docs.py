@@ -126,7 +126,7 @@ def test_the_switch_goal_line_says_met_by_the_ratio_and_is_left_out_without_a_co
     loc = {"contextual": "contextual_gated_k4", "reference": "topk_k4", "contextual_rate": 0.0056,
            "reference_rate": 0.0090, "control_rate": 0.0147, "ratio": 0.622, "max_ratio": 0.5, "goal_met": False}
     text = line(loc)[1]
-    assert "0.0056" in text and "0.0090" in text and "its shuffled control's 0.0147" in text
+    assert "0.0056" in text and "0.0090" in text and "Its shuffled control's: 0.0147." in text
     assert "0.62x (goal <= 0.5x, not met)" in text
     assert "(goal <= 0.5x, met)" in line({**loc, "ratio": 0.4, "goal_met": True, "control_rate": None})[1]
     assert line(None) == []

@@ -103,3 +103,30 @@ def test_a_stage_is_read_back_under_its_own_config_and_refused_under_another(tmp
     with pytest.raises(InputError, match=r"sweep.lr: 0.003 -> 0.01"):
         run("lr0.003", _Config(), lr=1e-2)
     assert len(trained) == 2
+
+
+def _row(series, family, k, l0, fvu, state_l0=None):
+    return {"series": series, "family": family, "k": k, "l0": l0, "state_l0": state_l0 or l0, "fvu": fvu,
+            "delta_ce": 0.0, "converged": True, "fvu_gain_last_quarter": 0.0}
+
+
+def test_the_seeds_innovation_ratio_reads_each_seeds_contextual_sae_against_seed_0s_topk_sweep():
+    """TopK's sweep (seed 0) has L0 2 / 4 / 8 at FVU 0.4 / 0.2 / 0.1. The contextual SAE of seed 0
+    pays 4 innovations for FVU 0.1, where TopK needs 8 (2x); seed 1's pays 4 for FVU 0.2 (1x)."""
+    seeds = {0: (0.1, 4.0), 1: (0.2, 4.0)}
+
+    def stage(name, may_diverge=False, **sweep):
+        if name == "k_topk":
+            return {"saes": {"topk_k2": _row("topk", "per-position", 2, 2.0, 0.4),
+                             "topk_k8": _row("topk", "per-position", 8, 8.0, 0.1)}}
+        fvu, l0 = seeds[sweep["seed"]]
+        return {"saes": {"topk_k4": _row("topk", "per-position", 4, 4.0, 0.2),
+                         "contextual_gated_k4": _row("contextual_gated", "contextual", 4, l0, fvu, state_l0=9.0),
+                         "contextual_gated_k4_control": _row("contextual_gated", "control", 4, 4.0, 0.3)}}
+
+    found = stages.converged_comparison(stage, (2, 4, 8), (4,), 4, [1e-3], 2, stages.KEPT + ("delta_ce",))
+    ratio = found["seeds"]["innovation_ratio"]
+    assert ratio["values"] == pytest.approx([2.0, 1.0])
+    assert ratio["mean"] == pytest.approx(1.5) and ratio["std"] == pytest.approx(0.5 ** 0.5)
+    assert found["goals"]["contextual_gated_k4"]["innovation_ratio"] == pytest.approx(2.0)  # seed 0's, as the goal
+    assert found["seeds"]["contextual_minus_topk_fvu"]["values"] == pytest.approx([-0.1, 0.0])
