@@ -137,9 +137,8 @@ def main(argv=None) -> int:
                                                 higher_is_better=True, quality_label="decoded-image PSNR")
         except InputError as e:
             p.error(str(e))
-        found["localization"] = switch_comparison(
-            found["saes"], SWITCH, f"contextual_{cfg.sweep.carries[0]}_k{args.headline_k}",
-            f"topk_k{args.headline_k}") if cfg.sweep.carries else None
+        found["localization"] = switch_comparison(found["saes"], SWITCH, f"{stages.CONTEXTUAL}_k{args.headline_k}",
+                                                  f"{stages.TOPK}_k{args.headline_k}")
         rate_runs = found.pop("rate_runs")
         first = first or rate_runs[found["chosen"]["topk"]["lr"]]
         hooks[hook] = found

@@ -130,3 +130,22 @@ def test_the_switch_goal_line_says_met_by_the_ratio_and_is_left_out_without_a_co
     assert "0.62x (goal <= 0.5x, not met)" in text
     assert "(goal <= 0.5x, met)" in line({**loc, "ratio": 0.4, "goal_met": True, "control_rate": None})[1]
     assert line(None) == []
+
+
+def test_a_readme_row_leads_with_the_best_converged_ratio_and_names_a_higher_unconverged_one():
+    row = _generator()._converged_row
+
+    def goal(ratio, converged):
+        return {"innovation_ratio": ratio, "converged": converged, "goal_met": ratio >= 1.5,
+                "control_keeps_fraction_of_gain": 0.0}
+    site = {"goals": {"contextual_gated_k4": goal(1.52, True), "contextual_gated_k2": goal(1.06, True),
+                      "contextual_gated_k8": goal(1.80, False)},
+            "saes": {"contextual_gated_k4": {"k": 4}, "contextual_gated_k2": {"k": 2}, "contextual_gated_k8": {"k": 8}},
+            "seeds": {"innovation_ratio": {"values": [1.52, 1.51, 1.44], "mean": 1.49, "std": 0.04}},
+            "headline_k": 4, "ceiling": {"topk_k4": {"best_innovation_ratio": 1.72}}, "all_converged": False}
+    assert row("x", site)[1] == ("best converged innovation ratio 1.52x (k 4, 1.49x +- 0.04 over 3 seeds; goal >= "
+                                 "1.5x): met; k 8 reaches 1.80x, not converged; persistence ceiling 1.72x; not all "
+                                 "converged")
+    for g in site["goals"].values():  # none converged: the best of all, without the word
+        g["converged"] = False
+    assert row("x", site)[1].startswith("best innovation ratio 1.80x (k 8; goal >= 1.5x): met; persistence")
