@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Every GPU check of the workbench in one run, for a machine with CUDA and PyTorch already
-# installed (as the lent H100/H200 machines are): the gpu-marked tests, the contextual-cost grid
-# and the time-to-quality benchmark on CUDA, and a 2-GPU torchrun check when there are 2 GPUs.
-# About 6 minutes on one H100 (each step has a time limit: 2, 3.3 and 3 minutes). Results and logs go to the folder given (default runs/gpu):
+# installed (as the lent H100/H200 machines are): the gpu-marked tests, the time-to-quality
+# benchmark on CUDA at the CPU run's settings (its learning-rate sweeps and budgets, so the two
+# results compare), the contextual-cost grid with what time is left, and a 2-GPU torchrun check
+# when there are 2 GPUs. About 6 minutes on one H100 before the cost grid (each step has a time
+# limit: 3, 7 and 3 minutes). Results and logs go to the folder given (default runs/gpu):
 #
 #     bash benchmarks/gpu_run.sh runs/gpu
 #
 # SAELens, for the time-to-quality comparison, is used when importable (wheels in .whl/ are
-# installed to /tmp/site first when that folder exists).
+# installed to /tmp/site first when that folder exists); otherwise that pair is skipped.
 set -u
 OUT=${1:-runs/gpu}
 mkdir -p "$OUT"
@@ -20,18 +22,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
 echo "== gpu-marked tests"
-timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/ctxsae_core 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
-
-echo "== contextual cost grid on CUDA"
-timeout 200 python3 benchmarks/contextual_cost.py --device cuda --out "$OUT/contextual_cost_cuda.json" 2>&1 \
-    | tee "$OUT/contextual_cost_cuda.log"
+timeout 180 python3 benchmarks/gpu_tests.py --out "$OUT/gpu_tests.json" 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 
 echo "== time to quality on CUDA"
 SKIP=""
 python3 -c "import sae_lens" 2>"$OUT/saelens_import.log" || SKIP="--skip-saelens"
-timeout 180 python3 benchmarks/time_to_quality.py --device cuda --tokens 2000000 --data-tokens 1000000 \
-    --eval-every 125000 $SKIP \
+timeout 420 python3 benchmarks/time_to_quality.py --device cuda $SKIP \
     --out "$OUT/time_to_quality_cuda.json" 2>&1 | tee "$OUT/time_to_quality_cuda.log"
+
+echo "== contextual cost grid on CUDA"
+timeout 180 python3 benchmarks/contextual_cost.py --device cuda --out "$OUT/contextual_cost_cuda.json" 2>&1 \
+    | tee "$OUT/contextual_cost_cuda.log"
 
 if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
     echo "== torchrun on 2 GPUs"
