@@ -28,6 +28,11 @@ def summary_line(output: str) -> str:
     return lines[-1] if lines else "(pytest printed nothing)"
 
 
+def failed_tests(output: str) -> list[str]:
+    """The node ids of the failed tests in pytest's short summary ('FAILED path::test - reason')."""
+    return [line.split()[1] for line in output.splitlines() if line.startswith("FAILED ")]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="result JSON")
@@ -39,7 +44,8 @@ def main(argv=None) -> int:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     print(done.stdout + done.stderr, end="")
     shown = "python -m pytest -m gpu -q " + " ".join(FOLDERS)
-    write_json_atomic(args.out, {"command": shown, "summary": summary_line(done.stdout), "returncode": done.returncode,
+    write_json_atomic(args.out, {"command": shown, "summary": summary_line(done.stdout),
+                                 "failed": failed_tests(done.stdout), "returncode": done.returncode,
                                  "machine": machine_info("cuda")})
     print(f"wrote {args.out}")
     return done.returncode

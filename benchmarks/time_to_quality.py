@@ -253,7 +253,8 @@ def main(argv=None) -> int:
     print(f"time to quality on {device}: d {args.d}, width {args.width}, k {args.k}, batch {args.batch}, "
           f"epochs of {epoch:,} positions; training positions: "
           + ", ".join(f"{name} {tokens:,}" for name, tokens in budget.items()), flush=True)
-    results: dict = {"setup": {k: v for k, v in vars(args).items() if k != "out"}, "goals": GOALS,
+    setup = {**{k: v for k, v in vars(args).items() if k != "out"}, "carry_coeff": ContextualConfig.carry_coeff}
+    results: dict = {"setup": setup, "goals": GOALS,
                      "epochs": args.tokens / epoch}
     runs: dict[str, tuple[list, Callable[[float | None], dict]]] = {
         "ours_topk": (args.lr, lambda lr: run_ours(args, train, held, device, "topk", budget["ours_topk"], lr))}

@@ -617,6 +617,9 @@ def _time_to_quality(r: dict) -> list[str]:
     elif "contextual_gated" in r:
         out.append("- This run counted the contextual SAE's time from its first evaluation, while its budget still "
                    "annealed (more than k codes a position then).")
+    if "contextual_gated" in r and "carry_coeff" not in s:
+        out.append("- The contextual SAE trained with the carry loss (weight 1, the default until 77ad113); today's "
+                   "default trains without it.")
     if r.get("note"):
         out.append(f"- {r['note']}")
     from ctxsae_core.trainer import default_lr
@@ -790,7 +793,10 @@ def _llm_baselines(r: dict) -> list[str]:
 
 
 def _gpu_tests(r: dict) -> list[str]:
-    return [f"`{r['command']}` on {r['machine'].get('gpu', 'a GPU')}: {r['summary']}."]
+    out = [f"`{r['command']}` on {r['machine'].get('gpu', 'a GPU')}: {r['summary']}."]
+    if r.get("failed"):
+        out += ["", "Failed there:", ""] + [f"- `{name}`" for name in r["failed"]]
+    return out
 
 
 # file stem -> (section title, renderer); the order here is the page's order
@@ -817,8 +823,10 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
                                                _time_to_quality),
     "time_to_quality_h200": ("Time to quality on an H200, against SAELens", _time_to_quality),
     "time_to_quality_h200_bf16": ("Time to quality on an H200 with bfloat16 autocast", _time_to_quality_bf16),
+    "time_to_quality_h100": ("Time to quality on an H100, at the CPU run's settings", _time_to_quality),
     "contextual_cost_cpu": ("The contextual SAE's cost per token on the CPU, over a grid of shapes", _contextual_cost),
     "contextual_cost_h200": ("The contextual SAE's cost per token on an H200, over a grid of shapes", _contextual_cost),
+    "gpu_tests_h100": ("The gpu-marked tests on an H100", _gpu_tests),
     "gpu_tests_h200": ("The gpu-marked tests on an H200", _gpu_tests),
     "threads_under_load": ("Commands on a busy machine: CPU threads", _threads),
     "saelens_roundtrip": ("SAELens round trip", _saelens_roundtrip),

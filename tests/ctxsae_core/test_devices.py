@@ -71,7 +71,7 @@ def test_training_on_cuda_matches_the_cpu(name):
     cpu, cuda = _trained(name, "cpu"), _trained(name, "cuda")
     assert next(cuda.parameters()).device.type == "cuda"
     for (n, a), (_, b) in zip(cpu.state_dict().items(), cuda.state_dict().items()):
-        assert_close(a, b.cpu(), rtol=1e-7, atol=1e-9, msg=n)
+        assert_close(a, b.cpu(), rtol=1e-7, atol=1e-9, msg=lambda found, n=n: f"{n}: {found}")
 
 
 @pytest.mark.gpu

@@ -143,4 +143,6 @@ def test_rendering_on_cuda_matches_the_cpu():
     cpu, cuda = render(scene, 24, aa=2), render(scene, 24, aa=2, device="cuda")
     assert cuda.rgb.device.type == "cpu"  # the output comes back to the CPU
     assert torch.equal(cpu.object_id, cuda.object_id)
-    torch.testing.assert_close(cpu.rgb, cuda.rgb, rtol=1e-4, atol=1e-4)
+    # float32 shading on two devices' maths libraries: on an H100 one pixel of 1728 differed by
+    # 1.4e-4; 1e-3 is a quarter of one 8-bit level, so the written images agree
+    torch.testing.assert_close(cpu.rgb, cuda.rgb, rtol=0, atol=1e-3)
