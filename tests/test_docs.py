@@ -149,3 +149,18 @@ def test_a_readme_row_leads_with_the_best_converged_ratio_and_names_a_higher_unc
     for g in site["goals"].values():  # none converged: the best of all, without the word
         g["converged"] = False
     assert row("x", site)[1].startswith("best innovation ratio 1.80x (k 8; goal >= 1.5x): met; persistence")
+
+
+def test_a_time_to_quality_cell_judges_convergence_on_the_pairs_it_shows():
+    gen = _generator()
+    r = {"goals": {"max_time_vs_saelens": 0.5, "max_contextual_time_vs_topk": 2.0},
+         "ours_vs_saelens": {"ratio": 0.2}, "contextual_vs_topk": {"ratio": 9.94},
+         "ours_topk": {"converged": True}, "saelens_topk": {"converged": False}, "contextual_gated": {"converged": True}}
+    assert gen._time_to_quality_cell(r, ["contextual_vs_topk"]) == (
+        "the contextual SAE reaches our TopK's in 9.94x its time (goal <= 2.0x)")
+    assert gen._time_to_quality_cell(r, ["ours_vs_saelens", "contextual_vs_topk"]) == (
+        "ours reaches SAELens's converged FVU in 0.20x its time (goal <= 0.5x); the contextual SAE reaches our "
+        "TopK's in 9.94x its time (goal <= 2.0x); not converged")
+    del r["ours_vs_saelens"]  # a run without SAELens shows the other pair alone
+    assert gen._time_to_quality_cell(r, ["ours_vs_saelens", "contextual_vs_topk"]) == (
+        "the contextual SAE reaches our TopK's in 9.94x its time (goal <= 2.0x)")
