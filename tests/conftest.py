@@ -31,11 +31,13 @@ class Torchrun:
     """Runs torchrun command lines for the tests. Under load, gloo can end a rank with SIGABRT
     while the process group is torn down (seen once in CI, not reproduced in ~90 local runs): such
     a run is retried once, with a warning that carries its output. A run whose first failing rank
-    exits by itself (a non-zero exit code, an exception) is never retried."""
+    exits by itself (a non-zero exit code, an exception) is never retried, nor is one the test
+    makes fail (`retry=False`): a rank it crashes can take the other down with SIGABRT, and a
+    retry would resume from the checkpoints the first attempt left."""
 
-    def __call__(self, cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    def __call__(self, cmd: list[str], timeout: float = 300, retry: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0 and self.root_cause_was_a_signal(done.stderr):
+        if retry and done.returncode != 0 and self.root_cause_was_a_signal(done.stderr):
             warnings.warn(f"a torchrun rank died of a signal; retrying once. Its output:\n{self.failure(done)}")
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         return done

@@ -61,7 +61,7 @@ def _launch(torchrun, tmp_path, arch, per_rank, out, ranks, crash_after=-1, shuf
     if ranks == 1:
         return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
     return torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-                     str(script), *args])
+                     str(script), *args], retry=crash_after < 0)  # a run crashed on purpose is not retried
 
 
 def _weights(folder):
