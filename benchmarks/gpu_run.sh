@@ -3,9 +3,10 @@
 # installed (as the lent H100/H200 machines are): the gpu-marked tests, the time-to-quality
 # benchmark on CUDA at the CPU run's settings (its learning-rate sweeps and budgets, so the two
 # results compare), the contextual-cost grid with what time is left, and a 2-GPU torchrun check
-# when there are 2 GPUs. About 8 minutes on one H100 before the cost grid (the tests 32 s, each
-# contextual learning rate about 170 s); each step has a time limit (3, 8 and 3 minutes). Results
-# and logs go to the folder given (default runs/gpu):
+# when there are 2 GPUs. On one H100 the tests took 32 s, and time to quality 241 s with one
+# contextual learning rate (each takes about 170 s), so about 8 minutes before the cost grid; each
+# step has a time limit (3, 8 and 3 minutes). Results and logs go to the folder given (default
+# runs/gpu):
 #
 #     bash benchmarks/gpu_run.sh runs/gpu
 #

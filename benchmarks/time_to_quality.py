@@ -22,8 +22,8 @@ left off the clock (the evaluation runs when the trainer asks for its next batch
 trainer is timed as it is). A model has converged when its held-out FVU changed by less than 2%
 over the last quarter of its tokens (the trainer's rule: one that rose has not converged). For
 each pair, the target is the worse of the two final FVUs, and the time to quality is when each
-curve first reaches it (interpolated between evaluations). Goals: ours at most 0.5x SAELens's time at no worse converged FVU; the contextual
-SAE at most 2x our TopK's time.
+curve first reaches it (interpolated between evaluations). Goals: ours at most 0.5x SAELens's
+time at no worse converged FVU; the contextual SAE at most 2x our TopK's time.
 
     python benchmarks/time_to_quality.py --out benchmarks/results/time_to_quality_cpu.json   # SAELens from .venv-bench
     python benchmarks/time_to_quality.py --saelens-lr default --saelens-tokens 20000000   # SAELens at its own rate

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -567,6 +567,22 @@ def _contextual_cost(r: dict) -> list[str]:
     return out
 
 
+class _TimePair(NamedTuple):
+    """A time-to-quality comparison: its words on the page and in the README, its goal's key, and
+    the two models it compares (the first's time over the second's)."""
+    page: str
+    readme: str
+    goal: str
+    models: tuple[str, str]
+
+
+TTQ_PAIRS = {"ours_vs_saelens": _TimePair("ours against SAELens", "ours reaches SAELens's converged FVU",
+                                          "max_time_vs_saelens", ("ours_topk", "saelens_topk")),
+             "contextual_vs_topk": _TimePair("the contextual SAE against our TopK",
+                                             "the contextual SAE reaches our TopK's", "max_contextual_time_vs_topk",
+                                             ("contextual_gated", "ours_topk"))}
+
+
 def _time_to_quality(r: dict) -> list[str]:
     s = r["setup"]
     names = {"ours_topk": "ours: per-position TopK", "saelens_topk": "SAELens TopK", "contextual_gated":
@@ -590,13 +606,9 @@ def _time_to_quality(r: dict) -> list[str]:
                 "the runs that converged.", "",
                 md_table(["model", "learning rate", "final held-out FVU", "training seconds",
                           "FVU gained over the last quarter", "converged (< 2%)", "chosen"], swept), ""]
-    pairs = (("ours_vs_saelens", "ours against SAELens", ("ours_topk", "saelens_topk"),
-              r["goals"]["max_time_vs_saelens"]),
-             ("contextual_vs_topk", "the contextual SAE against our TopK", ("contextual_gated", "ours_topk"),
-              r["goals"]["max_contextual_time_vs_topk"]))
-    for key, what, models, goal in pairs:
+    for key, pair in TTQ_PAIRS.items():
         if key in r:
-            c = r[key]
+            c, what, models, goal = r[key], pair.page, pair.models, r["goals"][pair.goal]
             ta, tb = (fmt(t, ",.1f") for t in c["seconds"])
             ratio = "not reached" if c["ratio"] is None else f"{c['ratio']:.2f}x"
             met = c["ratio"] is not None and c["ratio"] <= goal
@@ -905,20 +917,13 @@ def _image_label(r: dict, hook: str) -> str:
             f"swept{loss}{_variant_label(r)}")
 
 
-# pair -> (what reaches what, its goal's key, the two models it compares)
-TTQ_PAIRS = {"ours_vs_saelens": ("ours reaches SAELens's converged FVU", "max_time_vs_saelens",
-                                 ("ours_topk", "saelens_topk")),
-             "contextual_vs_topk": ("the contextual SAE reaches our TopK's", "max_contextual_time_vs_topk",
-                                    ("contextual_gated", "ours_topk"))}
-
-
 def _time_to_quality_cell(r: dict, pairs: list[str]) -> str:
     """A time-to-quality result's README cell: each pair's ratio against its goal, and whether
     the models of those pairs converged."""
     shown = [key for key in pairs if r.get(key, {}).get("ratio") is not None]
-    cells = [f"{TTQ_PAIRS[key][0]} in {r[key]['ratio']:.2f}x its time (goal <= {r['goals'][TTQ_PAIRS[key][1]]}x)"
+    cells = [f"{TTQ_PAIRS[key].readme} in {r[key]['ratio']:.2f}x its time (goal <= {r['goals'][TTQ_PAIRS[key].goal]}x)"
              for key in shown]
-    converged = all(r[m]["converged"] for key in shown for m in TTQ_PAIRS[key][2])
+    converged = all(r[m]["converged"] for key in shown for m in TTQ_PAIRS[key].models)
     return "; ".join(cells) + ("" if converged else "; not converged")
 
 

@@ -2,6 +2,7 @@
 once, unless the test made it fail on purpose."""
 
 import sys
+from contextlib import nullcontext
 
 import pytest
 
@@ -19,10 +20,8 @@ sys.exit(1)
 def test_a_signalled_run_is_retried_once_unless_it_was_made_to_fail(tmp_path, retry, runs):
     counter = tmp_path / "runs.txt"
     cmd = [sys.executable, "-c", FAKE, str(counter)]
-    if retry:
-        with pytest.warns(UserWarning, match="died of a signal; retrying once"):
-            done = Torchrun()(cmd, retry=retry)
-    else:
+    warned = pytest.warns(UserWarning, match="died of a signal; retrying once") if retry else nullcontext()
+    with warned:
         done = Torchrun()(cmd, retry=retry)
     assert done.returncode == 1
     assert counter.read_text().count("run") == runs

@@ -35,13 +35,9 @@ def test_compare_targets_the_worse_final_fvu():
 def _finished(fvus: list[float]) -> dict:
     """Curve.finish on a curve of held-out FVUs at 100, 200, ... tokens (the last is the end)."""
     curve = ttq.Curve(torch.zeros(1, 1, 1), lambda x: x, torch.device("cpu"), 100, 100)
-    values = iter(fvus)
-    curve.start = 0.0
-    curve.evaluate = lambda: curve.points.append({"tokens": curve.tokens, "seconds": 1.0, "fvu": next(values)})
-    for tokens, _ in enumerate(fvus[:-1], start=1):
-        curve.tokens = 100 * tokens
-        curve.evaluate()
+    curve.points = [{"tokens": 100 * (i + 1), "seconds": 1.0, "fvu": f} for i, f in enumerate(fvus[:-1])]
     curve.tokens = 100 * len(fvus)
+    curve.evaluate = lambda: curve.points.append({"tokens": curve.tokens, "seconds": 1.0, "fvu": fvus[-1]})
     return curve.finish()
 
 
