@@ -166,34 +166,49 @@ def _at_or_above(pre: Tensor, guess: float) -> Tensor:
     return stored[stored >= guess]
 
 
-def _kth_largest(pre: Tensor, n_keep: int, candidates: Tensor | None = None) -> Tensor:
-    """The n_keep-th largest entry of `pre` (..., F), rows along the last axis. A top-k over all
-    N * F entries is slow, so:
+def cut_between(values: Tensor, n_keep: int) -> Tensor:
+    """A cut-off with exactly `n_keep` of the 1-D `values` above it: midway between the n_keep-th
+    and the (n_keep+1)-th largest (the n_keep-th itself when there is no other). A cut-off equal
+    to an entry would leave that entry to rounding: where the cut-off is computed on the very
+    pre-activations it then selects from (the first training batch, a calibration), a
+    recomputation on another device or kernel could pick one code more or fewer, and Adam's first
+    steps turn that one gradient into a full learning-rate step. Midway, the same entries are
+    picked as long as rounding stays within half the gap between the two."""
+    if values.numel() <= n_keep:
+        return values.min()
+    nxt, nth = values.topk(n_keep + 1, sorted=False).values.topk(2, largest=False).values
+    return (nth + nxt) / 2
 
-    - given `candidates`, the entries of `pre` at or above some guess (`_at_or_above`), and at
-      least n_keep of them, only those are searched (exact, and the fastest way);
-    - otherwise each row first offers its 4 * n_keep / N largest, and the cut-off among those is
-      exact whenever every row's smallest offer lies below it: no entry left out can then
-      reach it. Failing that (one row holding many of the largest entries) all entries are
-      searched."""
+
+def _pooled_cut(pre: Tensor, n_keep: int, candidates: Tensor | None = None) -> Tensor:
+    """`cut_between` of all the entries of `pre` (..., F), rows along the last axis. A top-k
+    over all N * F entries is slow, so:
+
+    - given `candidates`, the entries of `pre` at or above some guess (`_at_or_above`), and more
+      than n_keep of them, only those are searched (exact, and the fastest way);
+    - otherwise each row first offers its 4 * (n_keep + 1) / N largest, and the cut-off among
+      those is exact whenever every row's smallest offer lies below the (n_keep+1)-th largest
+      offer: no entry left out can then reach the top n_keep + 1. Failing that (one row holding
+      many of the largest entries) all entries are searched."""
     f = pre.shape[-1]
     n = pre.numel() // f
-    if candidates is not None and candidates.numel() >= n_keep:
-        return candidates.topk(n_keep, sorted=False).values.min()
-    per_row = _CANDIDATES_PER_BUDGET * -(-n_keep // n)
+    if candidates is not None and candidates.numel() > n_keep:
+        return cut_between(candidates, n_keep)
+    per_row = _CANDIDATES_PER_BUDGET * -(-(n_keep + 1) // n)
     if per_row < f:
         offers = pre.topk(per_row, dim=-1, sorted=False).values
-        cut = offers.reshape(-1).topk(n_keep, sorted=False).values.min()
-        if bool((offers.min(-1).values < cut).all()):
-            return cut
-    return pre.reshape(-1).topk(n_keep, sorted=False).values.min()
+        top = offers.reshape(-1).topk(n_keep + 1, sorted=False).values
+        if bool((offers.min(-1).values < top.min()).all()):
+            return cut_between(top, n_keep)
+    return cut_between(pre.reshape(-1), n_keep)
 
 
 @ACTIVATION_MODULES.decorator("batchtopk")
 class BatchTopKActivation(_BudgetActivation):
     """In pooled mode (per-position training) the batch's N * k largest entries fire; otherwise
-    entries above `threshold` fire. The threshold tracks the pooled cut-off: an EMA of the
-    (N * k)-th largest pre-activation of each training batch (Bussmann et al. 2024, sec. 3)."""
+    entries above `threshold` fire. The threshold tracks the pooled cut-off: an EMA of each
+    training batch's cut-off with N * k pre-activations above it (Bussmann et al. 2024, sec. 3,
+    with the cut-off midway between the (N * k)-th and the next, `cut_between`)."""
 
     cfg: BatchTopK
     has_statistics = True
@@ -209,8 +224,8 @@ class BatchTopKActivation(_BudgetActivation):
         return _GUESS_BELOW_THRESHOLD * float(self.threshold) if float(self.threshold) > 0 else None
 
     def _cutoff(self, pre: Tensor, n_positions: int, candidates: Tensor | None = None) -> Tensor:
-        """The (n_positions * budget)-th largest entry of `pre` (..., F), at least 0, sought
-        first among the entries at or above `_guess()`: `candidates` if already found. Under
+        """The cut-off with n_positions * budget entries of `pre` (..., F) above it (`cut_between`),
+        at least 0, sought first among the entries at or above `_guess()`: `candidates` if already found. Under
         data-parallel training it is the global batch's cut-off (every rank's `pre` together)."""
         g = group()
         n_keep = min(max(1, round(self.budget * n_positions * g.world)), pre.numel() * g.world)
@@ -218,14 +233,14 @@ class BatchTopKActivation(_BudgetActivation):
         if candidates is None and guess is not None:
             candidates = _at_or_above(pre, guess)
         if g.world == 1:
-            return _kth_largest(pre, n_keep, candidates).clamp_min(0)
+            return _pooled_cut(pre, n_keep, candidates).clamp_min(0)
         if candidates is not None:  # every rank takes the same branch: the gathered count is the same
             gathered = g.gather_cat(candidates.reshape(-1))
-            if gathered.numel() >= n_keep:
-                return gathered.topk(n_keep, sorted=False).values.min().clamp_min(0)
-        # the global top n_keep lie among the ranks' own top n_keep: exact
-        local = pre.reshape(-1).topk(min(n_keep, pre.numel()), sorted=False).values
-        return g.gather_cat(local).topk(n_keep, sorted=False).values.min().clamp_min(0)
+            if gathered.numel() > n_keep:
+                return cut_between(gathered, n_keep).clamp_min(0)
+        # the global top n_keep + 1 lie among the ranks' own top n_keep + 1: exact
+        local = pre.reshape(-1).topk(min(n_keep + 1, pre.numel()), sorted=False).values
+        return cut_between(g.gather_cat(local), n_keep).clamp_min(0)
 
     def cutoff(self, pre: Tensor, n_positions: int) -> Tensor:
         """The pooled cut-off of pre-activations `pre` (..., F) of n_positions positions at the

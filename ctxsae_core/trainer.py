@@ -26,6 +26,7 @@ from ctxsae_common.device import autocast, check_dtype, resolve_device
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import load_tensors, read_json, save_tensors_atomic, write_json_atomic, write_text_atomic
 from ctxsae_common.seeds import seeded_generator
+from ctxsae_core.activations import cut_between
 from ctxsae_core.axes import ContextAxis
 from ctxsae_core.checkpoint import save_sae
 from ctxsae_core.config import TrainConfig, config_to_dict
@@ -390,16 +391,20 @@ class Trainer:
         self.model.train(was_training)
 
     def _pooled_cutoff(self, batches: list[Tensor], over_ranks: bool = True) -> Tensor:
-        """The k-codes-a-position cut-off of the pre-activations of all `batches` together: each
-        batch has its own cut-off's worth of entries at or above it, so the pooled cut-off lies
-        at or above the lowest of them, and only those entries are kept to find it."""
+        """The k-codes-a-position cut-off of the pre-activations of all `batches` together
+        (`cut_between`: budget x positions of them above it). Each batch has its own cut-off's
+        worth of entries above it, so the pooled top ones lie at or above the lowest of those
+        cut-offs, and only the entries there are kept to find it; when no more than the budget's
+        are there, the next entry lies below, and every entry is searched."""
         act, positions = self.model.activation, sum(x.shape[0] * x.shape[1] for x in batches)
         pres = [self.model(x, self.axis).pre_acts for x in batches]
         lowest = min(float(act.cutoff(p, x.shape[0] * x.shape[1])) for p, x in zip(pres, batches))
-        kept = torch.cat([p[p >= lowest] for p in pres])
-        candidates, world = (self.group.gather_cat(kept), self.group.world) if over_ranks else (kept, 1)
-        n_keep = min(max(1, round(act.budget * positions * world)), candidates.numel())
-        return candidates.topk(n_keep, sorted=False).values.min().clamp_min(0)
+        gather, world = (self.group.gather_cat, self.group.world) if over_ranks else ((lambda t: t), 1)
+        n_keep = max(1, round(act.budget * positions * world))
+        candidates = gather(torch.cat([p[p >= lowest] for p in pres]))
+        if candidates.numel() <= n_keep:  # the same count on every rank: every rank takes this branch
+            candidates = gather(torch.cat([p.reshape(-1) for p in pres]))
+        return cut_between(candidates, n_keep).clamp_min(0)
 
     def _checkpoint(self) -> None:
         """Rank 0 writes the checkpoint; every rank waits for it."""

@@ -272,6 +272,22 @@ def test_training_and_inference_walks_give_the_same_codes(carry, kind, T, grid):
     assert torch.equal(trained.carried_support, plain.carried_support)
 
 
+@pytest.mark.parametrize("carry", CARRIES)
+def test_a_threshold_primed_on_a_batch_codes_that_batch_at_exactly_its_budget(carry):
+    """A trainer primes BatchTopK's threshold on the first batch and then trains on that batch,
+    the carry off: exactly the budget fires, and no entry sits on the cut-off for rounding to
+    decide (with the cut-off at an entry, one code fewer fired here, in float64, and a CUDA run
+    picked it: the two parted at the first step)."""
+    m = _model(carry, d=16, f=64).double().train()
+    m.set_budget_(12)  # an annealed budget's first step: 4 x k
+    x = torch.randn(8, 8, 16, dtype=torch.float64)
+    m.prime_statistics_(x)
+    m.set_carry_(False)
+    with torch.no_grad():
+        out = m(x, make_axis("tokens", 8))
+    assert int((out.innovations != 0).sum()) == 12 * 8 * 8
+
+
 @pytest.mark.parametrize("act", [TopK(k=2), BatchTopK(k=2), ReLU(l1_coeff=0.01), JumpReLU()], ids=lambda a: a.kind)
 def test_every_activation_codes_the_innovations_and_trains(act):
     m = _model("gated", act=act).train()

@@ -10,11 +10,18 @@ from torch.testing import assert_close
 from ctxsae_core import SAE, BatchTopK, JumpReLU, ReLU, SAEConfig, TopK
 from ctxsae_common.errors import InputError
 from ctxsae_core import activations
-from ctxsae_core.activations import SPARSE_MAX_DENSITY, project, use_sparse_path
+from ctxsae_core.activations import SPARSE_MAX_DENSITY, _at_or_above, _pooled_cut, cut_between, project, use_sparse_path
 from ctxsae_core.sae import SAEOutput, geometric_median
 
 # 256 rows x F=1024 x D=16 = 2^22 multiply-adds: wide enough and large enough for the sparse path
 B, T, D, F = 8, 32, 16, 1024
+
+
+def _midway(values, n: int) -> float:
+    """The cut-off with n of `values` above it, found by sorting them all: midway between the
+    n-th largest and the next."""
+    v = values.detach().flatten().sort(descending=True).values
+    return float((v[n - 1] + v[n]) / 2)
 
 
 def _passes_over_pre(monkeypatch) -> list:
@@ -91,11 +98,11 @@ def test_batchtopk_pools_the_budget_in_training_and_uses_the_threshold_in_eval()
     assert per_position.sum() == 4 * B * T  # no ties in continuous data
     assert per_position.min() < per_position.max()  # positions share one budget
     pre = out.pre_acts.reshape(-1, F)
-    cut1 = pre.flatten().topk(4 * B * T).values.min()
+    cut1 = _midway(pre, 4 * B * T)
     m.update_statistics_(out, B * T)
     assert float(m.activation.threshold) == pytest.approx(float(cut1))  # first batch: set outright
     out2 = m(torch.randn(B, T, D))
-    cut2 = out2.pre_acts.reshape(-1).topk(4 * B * T).values.min()
+    cut2 = _midway(out2.pre_acts, 4 * B * T)
     m.update_statistics_(out2, B * T)
     assert float(m.activation.threshold) == pytest.approx(0.5 * float(cut1) + 0.5 * float(cut2))
     m.eval()
@@ -109,7 +116,7 @@ def test_batchtopk_threshold_update_from_what_the_walk_sampled(k, monkeypatch):
     """A contextual walk codes step by step with `select_sampling`: the entries above the
     threshold, and the entries at or above 0.8 x threshold collected on the way, from which
     the threshold's update finds the pooled cut-off without a second pass over the
-    pre-activations; with too few of them it searches the rows' offers (`_kth_largest`)."""
+    pre-activations; with too few of them it searches the rows' offers (`_pooled_cut`)."""
     act = _model(BatchTopK(k=k, threshold_momentum=0.5)).activation
     act.threshold.fill_(1.0)
     act.threshold_seen.fill_(True)  # so that the update is an average: 0.5 x 1 + 0.5 x cut-off
@@ -122,7 +129,7 @@ def test_batchtopk_threshold_update_from_what_the_walk_sampled(k, monkeypatch):
     sample = torch.cat(sample)
     assert torch.equal(sample.sort().values, pre[pre >= 0.8].sort().values)
     n_keep = k * 6 * 32
-    cut = float(pre.flatten().topk(n_keep).values.min())
+    cut = _midway(pre, n_keep)
     if n_keep > sample.numel():
         assert cut < 0.8  # the cut-off lies below what was sampled
     passes = _passes_over_pre(monkeypatch)
@@ -142,7 +149,7 @@ def test_pooled_batchtopk_finds_its_cutoff_once_a_step(monkeypatch):
     passes = _passes_over_pre(monkeypatch)
     out = m.train()(torch.randn(B, T, D))
     pre = out.pre_acts.detach().reshape(-1, F)
-    cut = float(pre.flatten().topk(4 * B * T).values.min())
+    cut = _midway(pre, 4 * B * T)
     assert (out.innovations != 0).sum() == 4 * B * T
     assert torch.equal(out.statistics_sample.sort().values, pre[pre >= 0.8 * t0].sort().values)
     m.update_statistics_(out, B * T)
@@ -242,24 +249,31 @@ def test_shrink_encoder_fixes_the_tied_init_overshoot_when_k_is_near_d():
     assert model.shrink_encoder_(x) == pytest.approx(1.0, abs=1e-4)  # already the least-squares scale
 
 
-def test_pooled_cutoff_offers_per_row_and_falls_back_when_one_row_holds_the_largest_or_the_guess_is_high():
-    from ctxsae_core.activations import _at_or_above, _kth_largest
+def test_the_cutoff_lies_midway_between_the_last_entry_kept_and_the_next():
+    values = torch.tensor([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert float(cut_between(values, 2)) == 3.5  # 5 and 4 above it
+    assert float(cut_between(values, 4)) == 1.5
+    assert float(cut_between(values, 5)) == 1.0  # everything kept: the smallest
+    assert float(cut_between(torch.tensor([2.0, 2.0, 1.0]), 1)) == 2.0  # a tie cannot be split
 
+
+def test_pooled_cutoff_offers_per_row_and_falls_back_when_one_row_holds_the_largest_or_the_guess_is_high():
     torch.manual_seed(0)
     pre = torch.randn(64, 512)
     for n_keep in (1, 64, 64 * 8, 64 * 100):
-        assert _kth_largest(pre, n_keep) == pre.reshape(-1).topk(n_keep).values.min()
+        assert float(_pooled_cut(pre, n_keep)) == _midway(pre, n_keep)
     skewed = pre.clone()
     skewed[3] += 100.0  # row 3 holds the 512 largest entries: its offers alone cannot be enough
-    n_keep = 64 * 4  # 16 offers per row
-    assert _kth_largest(skewed, n_keep) == skewed[3].topk(n_keep).values.min()
+    n_keep = 64 * 4  # 20 offers per row
+    assert float(_pooled_cut(skewed, n_keep)) == _midway(skewed[3], n_keep)
     for n_keep in (64, 64 * 8):
-        exact = pre.reshape(-1).topk(n_keep).values.min()
-        for guess in (exact - 0.5, exact, exact + 0.01, 100.0):  # below, at, above: all exact
-            assert _kth_largest(pre, n_keep, _at_or_above(pre, float(guess))) == exact
+        exact = _midway(pre, n_keep)
+        nth = float(pre.reshape(-1).topk(n_keep).values.min())
+        for guess in (exact - 0.5, exact, nth, nth + 0.01, 100.0):  # below, at, above: all exact
+            assert float(_pooled_cut(pre, n_keep, _at_or_above(pre, guess))) == exact
             # a permuted view (a contextual walk's (B, S, F) pre-activations, stored (S, F, B))
             view = pre.reshape(8, 8, 512).permute(1, 2, 0).contiguous().permute(2, 0, 1)
-            assert _kth_largest(view, n_keep, _at_or_above(view, float(guess))) == exact
+            assert float(_pooled_cut(view, n_keep, _at_or_above(view, guess))) == exact
 
 
 @pytest.mark.parametrize("act", [TopK(k=8), BatchTopK(k=8), ReLU(l1_coeff=0.01), JumpReLU(init_threshold=0.5)],
@@ -301,4 +315,5 @@ def test_prime_statistics_sets_the_batchtopk_threshold_to_the_pooled_cutoff():
     with torch.no_grad():
         pre = torch.nn.functional.linear(x.reshape(-1, D) * m.act_scale - m.b_dec_D, m.W_enc_FD, m.b_enc_F)
     assert m.activation.threshold > 0
-    assert (pre > m.activation.threshold).sum() == B * T * 8 - 1  # the cut-off entry itself is not above it
+    assert (pre > m.activation.threshold).sum() == B * T * 8  # the budget exactly, no entry at the cut-off
+    assert (pre >= m.activation.threshold).sum() == B * T * 8

@@ -288,6 +288,25 @@ def test_a_contextual_learning_curve_is_at_its_budget_at_every_point_the_last_in
         assert final["l0"] == pytest.approx(3, rel=0.1) and final["l0"] != evals[-1]["l0"]
 
 
+@pytest.mark.parametrize("n_batches", [1, 3])
+def test_a_calibrated_threshold_has_exactly_the_budget_above_it(n_batches):
+    """The threshold set on some batches (the end of training, a learning-curve point) lies
+    midway between the budget's last entry and the next, found among a few entries only (with
+    one batch, none are spared: every entry is searched): on those batches exactly the budget
+    fires, and the cut-off is the one a sort of every entry gives."""
+    torch.manual_seed(0)
+    model = SAE(SAEConfig(d_in=16, width=64, activation=BatchTopK(k=3)))
+    trainer = Trainer(model, TrainConfig(tokens=64, progress=False), make_axis("tokens", 8))
+    batches = [torch.randn(4, 8, 16) for _ in range(n_batches)]
+    trainer._set_threshold(batches)
+    with torch.no_grad():
+        pre = torch.cat([model(x, trainer.axis).pre_acts.flatten() for x in batches])
+    n_keep = 3 * 4 * 8 * n_batches
+    ordered = pre.sort(descending=True).values
+    assert float(model.activation.threshold) == float((ordered[n_keep - 1] + ordered[n_keep]) / 2)
+    assert int((pre > model.activation.threshold).sum()) == n_keep
+
+
 def test_the_default_learning_rate_scales_as_one_over_sqrt_width_with_a_cap():
     assert default_lr(2**14) == pytest.approx(2e-3)
     assert default_lr(4096) == pytest.approx(4e-3)  # 1 / sqrt(width): a quarter of the width, twice the rate
