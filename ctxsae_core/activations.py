@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxsae_core.config import ActivationConfig, BatchTopK, JumpReLU, ReLU, TopK
-from ctxsae_core.distributed import group
+from ctxsae_core.distributed import Group, group
 from ctxsae_core.registry import ACTIVATION_MODULES
 from ctxsae_core.sparse_ops import SparseCodes, gather_linear
 
@@ -223,11 +223,13 @@ class BatchTopKActivation(_BudgetActivation):
         (0.8 x threshold) is below the cut-off too; None before the threshold is set."""
         return _GUESS_BELOW_THRESHOLD * float(self.threshold) if float(self.threshold) > 0 else None
 
-    def _cutoff(self, pre: Tensor, n_positions: int, candidates: Tensor | None = None) -> Tensor:
+    def _cutoff(self, pre: Tensor, n_positions: int, candidates: Tensor | None = None,
+                over_ranks: bool = True) -> Tensor:
         """The cut-off with n_positions * budget entries of `pre` (..., F) above it (`cut_between`),
         at least 0, sought first among the entries at or above `_guess()`: `candidates` if already found. Under
-        data-parallel training it is the global batch's cut-off (every rank's `pre` together)."""
-        g = group()
+        data-parallel training it is the global batch's cut-off (every rank's `pre` together), unless
+        not `over_ranks` (one rank's own pre-activations, such as rank 0's held-out evaluations)."""
+        g = group() if over_ranks else Group()
         n_keep = min(max(1, round(self.budget * n_positions * g.world)), pre.numel() * g.world)
         guess = self._guess()
         if candidates is None and guess is not None:
@@ -242,11 +244,12 @@ class BatchTopKActivation(_BudgetActivation):
         local = pre.reshape(-1).topk(min(n_keep + 1, pre.numel()), sorted=False).values
         return cut_between(g.gather_cat(local), n_keep).clamp_min(0)
 
-    def cutoff(self, pre: Tensor, n_positions: int) -> Tensor:
+    def cutoff(self, pre: Tensor, n_positions: int, over_ranks: bool = True) -> Tensor:
         """The pooled cut-off of pre-activations `pre` (..., F) of n_positions positions at the
-        current budget: the entry above which k codes a position fire on average (over every
-        rank under data-parallel training)."""
-        return self._cutoff(pre, n_positions)
+        current budget: the value above which k codes a position fire on average (over every
+        rank under data-parallel training, unless not `over_ranks`: every rank must then call
+        it, where with `over_ranks=False` one rank may call it alone)."""
+        return self._cutoff(pre, n_positions, over_ranks=over_ranks)
 
     @torch.no_grad()
     def set_threshold_(self, value: Tensor | float) -> None:

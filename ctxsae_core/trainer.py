@@ -398,7 +398,7 @@ class Trainer:
         are there, the next entry lies below, and every entry is searched."""
         act, positions = self.model.activation, sum(x.shape[0] * x.shape[1] for x in batches)
         pres = [self.model(x, self.axis).pre_acts for x in batches]
-        lowest = min(float(act.cutoff(p, x.shape[0] * x.shape[1])) for p, x in zip(pres, batches))
+        lowest = min(float(act.cutoff(p, x.shape[0] * x.shape[1], over_ranks)) for p, x in zip(pres, batches))
         gather, world = (self.group.gather_cat, self.group.world) if over_ranks else ((lambda t: t), 1)
         n_keep = max(1, round(act.budget * positions * world))
         candidates = gather(torch.cat([p[p >= lowest] for p in pres]))

@@ -4,6 +4,7 @@ BatchTopK (whose pooled cut-off spans both ranks) and the contextual SAE with th
 and its shuffled control; an interrupted 2-rank run resumes to the same weights; and
 `ctxsae train --nproc 2` is the documented command."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -106,20 +107,30 @@ def test_an_interrupted_two_rank_run_resumes_to_the_same_weights(torchrun, tmp_p
         assert torch.equal(a[name], b[name]), name
 
 
-def test_ctxsae_train_nproc_matches_one_process_with_the_global_batch(torchrun, tmp_path):
+@pytest.mark.parametrize("arch", ["topk", "contextual"])
+def test_ctxsae_train_nproc_matches_one_process_with_the_global_batch(torchrun, tmp_path, arch):
+    """Through the CLI, held-out rows and their learning curve included: rank 0 alone evaluates,
+    and a BatchTopK threshold set for its held-out points is its own windows' (a cut-off gathered
+    over the ranks there waited forever for rank 1)."""
     acts = np.random.default_rng(0).standard_normal((160, 8, 12)).astype(np.float32)
     np.save(tmp_path / "acts.npy", acts)
-    common = ["--acts", str(tmp_path / "acts.npy"), "--k", "3", "--width", "48", "--tokens", "6400", "--no-progress",
-              "--device", "cpu"]
+    common = ["--acts", str(tmp_path / "acts.npy"), "--arch", arch, "--k", "3", "--width", "48", "--tokens", "6400",
+              "--no-progress", "--device", "cpu"]
     one = subprocess.run([sys.executable, "-m", "ctxsae_core.cli", "train", *common, "--batch-tokens", "128",
                           "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, torchrun.failure(one)
     two = torchrun([sys.executable, "-m", "ctxsae_core.cli", "train", *common, "--batch-tokens", "64", "--nproc", "2",
-                    "--out", str(tmp_path / "two")])
+                    "--out", str(tmp_path / "two")], timeout=120)
     assert two.returncode == 0, torchrun.failure(two)
     # float32 through the CLI: Adam's steps on entries whose gradient cancels differ by up to ~lr / 10
     _assert_same_weights(_weights(tmp_path / "one"), _weights(tmp_path / "two"), rtol=1e-3, atol=1e-3)
     assert two.stdout.count("fvu ") == 1  # rank 0 alone reports
+    curves = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("one", "two")]
+    curves = [[(e["step"], e["fvu"], e["l0"]) for e in lines if e["split"] == "eval"] for lines in curves]
+    assert len(curves[0]) >= 8 and [e[0] for e in curves[0]] == [e[0] for e in curves[1]]
+    for (_, fvu1, l01), (_, fvu2, l02) in zip(*curves):
+        assert fvu2 == pytest.approx(fvu1, rel=1e-2) and l02 == pytest.approx(l01, rel=1e-2)
 
 
 def test_rank_slices_partition_a_global_batch():
