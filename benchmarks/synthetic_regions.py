@@ -109,7 +109,8 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
             "dead_fraction": result["dead_fraction"], "recovery": dictionary_recovery(data.dictionary, model.W_dec_FD.detach()),
             "train_seconds": seconds, "tokens": fam.tokens, "lr": trained.trainer.lr,
             "batch_windows": data.batch_windows,
-            **{k: v for k, v in trained.trainer.summary(result).items() if k in ("converged", "fvu_gain_last_quarter")}}
+            **{k: v for k, v in trained.trainer.summary(result).items()
+               if k in ("converged", "fvu_gain_last_quarter", "curve")}}
 
 
 def at_target(points: list[dict], target: float, key: str) -> float | None:
