@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo notebooks test docs bench-synthetic bench-robust bench-recipe bench-ttq bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm bench-llm-baselines bench-llm-converged bench-image-converged clean
+.PHONY: setup browser demo notebooks test docs bench-synthetic bench-robust bench-budget bench-recipe bench-ttq bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm bench-llm-baselines bench-llm-converged bench-image-converged clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench-synthetic: setup
 
 bench-robust: setup
 	$(PY) benchmarks/synthetic_robustness.py --out benchmarks/results/synthetic_robustness.json
+
+bench-budget: setup
+	$(PY) benchmarks/synthetic_budget.py --out benchmarks/results/synthetic_budget.json
 
 # SAELens lives in its own environment: it pins packages this project does not need.
 $(BENCH_VENV)/.installed: pyproject.toml
