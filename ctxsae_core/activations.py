@@ -169,11 +169,10 @@ def _at_or_above(pre: Tensor, guess: float) -> Tensor:
 def cut_between(values: Tensor, n_keep: int) -> Tensor:
     """A cut-off with exactly `n_keep` of the 1-D `values` above it: midway between the n_keep-th
     and the (n_keep+1)-th largest (the n_keep-th itself when there is no other). A cut-off equal
-    to an entry would leave that entry to rounding: where the cut-off is computed on the very
-    pre-activations it then selects from (the first training batch, a calibration), a
-    recomputation on another device or kernel could pick one code more or fewer, and Adam's first
-    steps turn that one gradient into a full learning-rate step. Midway, the same entries are
-    picked as long as rounding stays within half the gap between the two."""
+    to an entry would leave that entry to rounding where the cut-off selects from the very
+    pre-activations it was computed on (the first training batch, a calibration); midway, a
+    recomputation on another device or kernel picks the same entries as long as its rounding
+    stays within half the gap between the two."""
     if values.numel() <= n_keep:
         return values.min()
     nxt, nth = values.topk(n_keep + 1, sorted=False).values.topk(2, largest=False).values
@@ -226,9 +225,9 @@ class BatchTopKActivation(_BudgetActivation):
     def _cutoff(self, pre: Tensor, n_positions: int, candidates: Tensor | None = None,
                 over_ranks: bool = True) -> Tensor:
         """The cut-off with n_positions * budget entries of `pre` (..., F) above it (`cut_between`),
-        at least 0, sought first among the entries at or above `_guess()`: `candidates` if already found. Under
-        data-parallel training it is the global batch's cut-off (every rank's `pre` together), unless
-        not `over_ranks` (one rank's own pre-activations, such as rank 0's held-out evaluations)."""
+        at least 0, sought first among the entries at or above `_guess()`: `candidates` if already
+        found. Under data-parallel training it is the global batch's cut-off (every rank's `pre`
+        together); with `over_ranks=False`, this rank's alone (rank 0's held-out evaluations)."""
         g = group() if over_ranks else Group()
         n_keep = min(max(1, round(self.budget * n_positions * g.world)), pre.numel() * g.world)
         guess = self._guess()
@@ -246,9 +245,9 @@ class BatchTopKActivation(_BudgetActivation):
 
     def cutoff(self, pre: Tensor, n_positions: int, over_ranks: bool = True) -> Tensor:
         """The pooled cut-off of pre-activations `pre` (..., F) of n_positions positions at the
-        current budget: the value above which k codes a position fire on average (over every
-        rank under data-parallel training, unless not `over_ranks`: every rank must then call
-        it, where with `over_ranks=False` one rank may call it alone)."""
+        current budget: the value above which k codes a position fire on average, over every
+        rank under data-parallel training (every rank must call it), or with `over_ranks=False`
+        over this rank's alone (one rank may call it alone)."""
         return self._cutoff(pre, n_positions, over_ranks=over_ranks)
 
     @torch.no_grad()

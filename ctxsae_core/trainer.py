@@ -31,7 +31,7 @@ from ctxsae_core.axes import ContextAxis
 from ctxsae_core.checkpoint import save_sae
 from ctxsae_core.config import TrainConfig, config_to_dict
 from ctxsae_core.data import Epochs, Resumable, shuffle_positions
-from ctxsae_core.distributed import group
+from ctxsae_core.distributed import Group, group
 from ctxsae_core.evaluate import evaluate, evaluate_walked, walked_batches
 from ctxsae_core.metrics import fvu, l0
 from ctxsae_core.sae import BaseSAE
@@ -399,11 +399,11 @@ class Trainer:
         act, positions = self.model.activation, sum(x.shape[0] * x.shape[1] for x in batches)
         pres = [self.model(x, self.axis).pre_acts for x in batches]
         lowest = min(float(act.cutoff(p, x.shape[0] * x.shape[1], over_ranks)) for p, x in zip(pres, batches))
-        gather, world = (self.group.gather_cat, self.group.world) if over_ranks else ((lambda t: t), 1)
-        n_keep = max(1, round(act.budget * positions * world))
-        candidates = gather(torch.cat([p[p >= lowest] for p in pres]))
+        g = self.group if over_ranks else Group()
+        n_keep = max(1, round(act.budget * positions * g.world))
+        candidates = g.gather_cat(torch.cat([p[p >= lowest] for p in pres]))
         if candidates.numel() <= n_keep:  # the same count on every rank: every rank takes this branch
-            candidates = gather(torch.cat([p.reshape(-1) for p in pres]))
+            candidates = g.gather_cat(torch.cat([p.reshape(-1) for p in pres]))
         return cut_between(candidates, n_keep).clamp_min(0)
 
     def _checkpoint(self) -> None:
