@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import tomllib
 from pathlib import Path
@@ -64,6 +65,24 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 def write_jsonl_atomic(path: str | Path, rows: list[dict]) -> Path:
     """Rows as JSON Lines (one object per line), whole or not at all."""
     return write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_folder_atomic(folder: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on an empty temporary folder beside `folder`, then rename it to `folder`
+    (replacing what was there). On any failure the temporary folder is removed, so `folder` is
+    either whole or as it was."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
 
 
 def save_tensors_atomic(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:

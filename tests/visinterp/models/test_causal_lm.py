@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from ctxsae_common.errors import InputError
-from visinterp.models.causal_lm import load_causal_lm
+from ctxsae_common.cache import CACHE_ENV
+from visinterp.models.causal_lm import (CONVERTED_FILE, _keep_conversion, _quiet_loading, _smollm2_gguf,
+                                         converted_folder, load_causal_lm)
 
 TEXT = ("The quick brown fox jumps over the lazy dog. It was a sunny day, and the children were "
         "playing in the park while their parents talked about the weather.")
@@ -84,15 +86,47 @@ def test_an_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
     assert "\n" not in str(e.value)
 
 
-def test_loading_without_progress_prints_no_bars_and_restores_them(capfd):
+def test_a_gguf_is_converted_once_quietly_then_read_from_the_cache(smollm2, ids, tmp_path, monkeypatch, capfd):
     from transformers import modeling_gguf_pytorch_utils as gguf
     from transformers.utils import logging
 
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     bar = gguf.tqdm
-    load_causal_lm(progress=False)
-    quiet = capfd.readouterr().err
+    capfd.readouterr()
+    first = load_causal_lm(progress=False)  # parses the GGUF and saves the conversion
+    assert capfd.readouterr().err == ""
     assert gguf.tqdm is bar and logging.is_progress_bar_enabled()
-    load_causal_lm()
-    loud = capfd.readouterr().err
-    for title in ("de-quantizing GGUF tensors", "Loading weights"):
-        assert title in loud and title not in quiet
+    folder = converted_folder(_smollm2_gguf())
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]  # no temporary folder left
+    assert {"config.json", "model.safetensors", "tokenizer.json", CONVERTED_FILE} <= {p.name for p in folder.iterdir()}
+    assert first.model.is_quantized and first.description == smollm2.description
+
+    second = load_causal_lm()  # the cached copy: no GGUF quantizer behind it, only transformers' own bar
+    assert second.description == smollm2.description and getattr(second.model, "hf_quantizer", None) is None
+    assert getattr(second.model.config, "quantization_config", None) is None
+    assert "Loading weights" in capfd.readouterr().err
+    assert second.model.lm_head.weight.data_ptr() == second.model.model.embed_tokens.weight.data_ptr()  # tied
+    want, got = smollm2.model.state_dict(), second.model.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert torch.equal(second.tokenize([TEXT], 32), ids)
+    assert torch.equal(second.logits(ids), smollm2.logits(ids))
+
+
+def test_the_quiet_loading_silences_the_gguf_converters_bar_and_restores_it(capfd):
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    title = "de-quantizing GGUF tensors"
+    with _quiet_loading():
+        list(gguf.tqdm(range(3), desc=title))
+    assert title not in capfd.readouterr().err
+    list(gguf.tqdm(range(3), desc=title))
+    assert title in capfd.readouterr().err
+
+
+def test_an_unwritable_cache_costs_a_warning_not_the_model(smollm2, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))  # under a file: no folder can be made there
+    with pytest.warns(UserWarning, match=r"could not cache the conversion of SmolLM2.*set \$CTXSAE_CACHE"):
+        _keep_conversion(_smollm2_gguf(), smollm2.model, smollm2.tokenizer)
+    assert blocker.read_text() == ""

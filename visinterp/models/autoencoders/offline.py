@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,13 +14,13 @@ from tqdm.auto import tqdm
 
 from ctxsae_common import typed
 from ctxsae_common.errors import InputError
-from ctxsae_common.files import read_json_object
+from ctxsae_common.cache import cache_root
+from ctxsae_common.files import read_json_object, write_folder_atomic
 from ctxsae_common.seeds import seeded_generator
 from ctxsae_common.typed import param, require
 from visinterp.models.autoencoders.adapters import DiffusersKL, psnr_per_image
 from visinterp.inputs.images import render_scenes
 
-CACHE_ENV = "CTXSAE_CACHE"
 TRAINING_FILE = "training.json"
 
 
@@ -60,11 +58,6 @@ class OfflineAEConfig:
         are encoded as image files are; models trained on linear renders are not reused)."""
         key = {**asdict(self), "images": "srgb"}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def cache_root() -> Path:
-    """Where the offline default is cached: $CTXSAE_CACHE, else ~/.cache/ctxsae."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ctxsae")
 
 
 def _build(cfg: OfflineAEConfig):
@@ -126,13 +119,12 @@ def offline_autoencoder(cfg: OfflineAEConfig | None = None, progress: bool = Tru
     folder = offline_folder(cfg)
     if not (folder / TRAINING_FILE).is_file():
         vae, info = _train(cfg, progress, torch.device(device))
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        vae.save_pretrained(tmp)
-        (tmp / TRAINING_FILE).write_text(json.dumps(info, indent=2))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(folder)
+
+        def write(tmp: Path) -> None:
+            vae.save_pretrained(tmp)
+            (tmp / TRAINING_FILE).write_text(json.dumps(info, indent=2))
+
+        write_folder_atomic(folder, write)
     return load_offline(folder)
 
 
