@@ -50,6 +50,14 @@ def check_dtype(dtype: str, device: torch.device) -> str:
     return dtype
 
 
+def creating_on(device: str | torch.device) -> contextlib.AbstractContextManager:
+    """A context in which new tensors are made on `device`: `torch.device(device)`, or nothing
+    where `device` is already the default (the CPU, usually), since the context's mode adds Python
+    overhead to every torch call made inside it."""
+    device = torch.device(device)
+    return contextlib.nullcontext() if device == torch.get_default_device() else device
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: str = "float32") -> Iterator[None]:
     """bfloat16 autocast on CUDA when dtype is 'bfloat16'; plain float32 otherwise."""

@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from scenes.coord_mlp import COORD_KINDS, CoordMLP, RadianceField
+from ctxsae_common.device import creating_on
 from scenes.geometry import SceneGeometry
 from scenes.query import point_truth, surface_radiance
 from scenes.raycast import camera_rays, pixel_grid, trace
@@ -138,14 +139,14 @@ def _image_coords(xy: Tensor, size: int) -> Tensor:
 
 def fit_image(scene: Scene, cfg: FitConfig) -> FitResult:
     """Fit RGB(x, y) to a render of `scene` at cfg.size, holding out a quarter of the pixels."""
-    with torch.device(cfg.device):
+    with creating_on(cfg.device):
         return _on_cpu(_fit_image(scene, cfg))
 
 
 def fit_radiance(scene: Scene, cfg: FitConfig) -> FitResult:
     """Fit a radiance field to cfg.views renders (centre ray per pixel, so a render is exactly
     the colour along the rays the field is trained on) and check it on held-out views."""
-    with torch.device(cfg.device):
+    with creating_on(cfg.device):
         return _on_cpu(_fit_radiance(scene, cfg))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ctxsae_common.device import creating_on
 from scenes.geometry import SceneGeometry
 from scenes.raycast import RayTruth, camera_frame, camera_rays, pixel_grid, trace
 from scenes.spec import KINDS, MATERIALS, TEXTURES, Scene
@@ -66,7 +67,7 @@ def render(scene: Scene, size: int | tuple[int, int], aa: int = 2, device: str |
     height, width = (size, size) if isinstance(size, int) else size
     if height < 1 or width < 1 or aa < 1:
         raise ValueError(f"size {height}x{width} and aa={aa} must be positive")
-    with torch.device(device):
+    with creating_on(device):
         out = _render(scene, height, width, aa)
     return RenderOutput(**{f: getattr(out, f).cpu() for f in RenderOutput.__dataclass_fields__})
 

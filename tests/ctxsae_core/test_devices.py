@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ctxsae_common.device import check_dtype, resolve_device
+from ctxsae_common.device import check_dtype, creating_on, resolve_device
 from ctxsae_common.errors import InputError
 from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
 from ctxsae_core.checkpoint import build_sae, load_sae, save_sae
@@ -31,6 +31,13 @@ def test_devices_resolve_and_bad_ones_say_what_to_pass():
         resolve_device("cuda:99")
     with pytest.raises(InputError, match="bfloat16 autocasts on CUDA only"):
         check_dtype("bfloat16", torch.device("cpu"))
+
+
+def test_creating_on_a_device_makes_tensors_there_and_adds_no_mode_on_the_default_one():
+    with creating_on("meta"):
+        assert torch.zeros(2).device.type == "meta" and torch._C._is_torch_function_mode_enabled()
+    with creating_on("cpu"):  # the default already: no torch-function mode between every call and torch
+        assert torch.zeros(2).device.type == "cpu" and not torch._C._is_torch_function_mode_enabled()
 
 
 @NO_CUDA
