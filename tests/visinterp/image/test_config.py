@@ -16,7 +16,7 @@ def test_quick_toml_overrides_field_by_field():
     quick = load_run_config(CONFIGS / "quick.toml")
     assert quick.sweep.k == (2, 4) and quick.sweep.width == 32
     assert quick.sweep.lr == RunConfig().sweep.lr  # not named in the file: the default
-    assert quick.offline_ae.steps == 300 and quick.offline_ae.crop == RunConfig().offline_ae.crop
+    assert quick.offline_ae.steps == 150 and quick.offline_ae.crop == RunConfig().offline_ae.crop
 
 
 @pytest.mark.parametrize("values, message", [
