@@ -1,4 +1,3 @@
-import os
 import random
 import re
 import subprocess
@@ -15,13 +14,9 @@ def _cache(tmp_path_factory):
     once here and every later load (torchrun's ranks included) reads that copy."""
     from ctxsae_common.cache import CACHE_ENV
 
-    old = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("ctxsae_cache"))
-    yield
-    if old is None:
-        os.environ.pop(CACHE_ENV)
-    else:
-        os.environ[CACHE_ENV] = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("ctxsae_cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ctxsae_common.device import resolve_device
 from ctxsae_common.errors import InputError
-from ctxsae_common.files import save_tensors_atomic, write_json_atomic
+from ctxsae_common.files import save_tensors_atomic, write_folder_atomic, write_json_atomic
 from ctxsae_core.axes import ContextAxis, make_axis
 from ctxsae_core.data import split_indices
 from ctxsae_core.distributed import leave_after_harvest, main_first
@@ -224,10 +224,8 @@ class ImageJob:
         if self.cfg.autoencoder == "offline":
             target = self.out / AUTOENCODER_FOLDER
             if not target.is_dir():
-                tmp = target.with_name(target.name + ".tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(offline_folder(self.cfg.offline_ae), tmp)
-                tmp.rename(target)
+                source = offline_folder(self.cfg.offline_ae)
+                write_folder_atomic(target, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
             entry["folder"] = AUTOENCODER_FOLDER
         elif Path(self.cfg.autoencoder).exists():
             entry["source"] = str(Path(self.cfg.autoencoder).resolve())

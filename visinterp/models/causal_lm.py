@@ -184,12 +184,19 @@ class CausalLM:
         return total / count
 
 
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """The SHA-256 of a file, read once per version of it (size and modification time)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def converted_folder(gguf: Path) -> Path:
     """Where the converted copy of the GGUF file `gguf` is cached (whether or not it is there yet)."""
     import transformers
 
-    with gguf.open("rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    stat = gguf.stat()
+    digest = _digest(str(gguf.resolve()), stat.st_size, stat.st_mtime_ns)
     key = hashlib.sha256(f"{digest} transformers {transformers.__version__}".encode()).hexdigest()[:12]
     return cache_root() / f"causal-lm-{gguf.stem}-{key}"
 

@@ -2,7 +2,6 @@
 Chromium, the notebook, and one-line errors for bad input."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,9 @@ REQUIRED = ("arch", "axis", "hook", "l0", "state_l0", "fvu", "dead_fraction", "p
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cache")
-    old = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop(CACHE_ENV)
-    else:
-        os.environ[CACHE_ENV] = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="module")
