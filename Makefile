@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo notebooks test docs bench-synthetic bench-robust bench-budget bench-recipe bench-ttq bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm bench-llm-baselines bench-llm-converged bench-image-converged clean
+.PHONY: setup browser demo notebooks test docs bench-synthetic bench-synthetic-converged bench-robust bench-budget bench-recipe bench-ttq bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm bench-llm-baselines bench-llm-converged bench-image-converged clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ docs: setup
 
 bench-synthetic: setup
 	$(PY) benchmarks/synthetic_regions.py --out runs/synthetic_regions
+
+# the same comparison with learning rates swept and 12M positions an SAE, gated carry (~1.5 h, 2 cores)
+bench-synthetic-converged: setup
+	$(PY) benchmarks/synthetic_regions.py --lrs 1e-3,3e-3,default --tokens 12000000 --carries gated \
+		--out runs/synthetic_regions_converged
 
 bench-robust: setup
 	$(PY) benchmarks/synthetic_robustness.py --out benchmarks/results/synthetic_robustness.json

@@ -16,12 +16,22 @@ pareto.png into --out. Every model trains with what `ctxsae train` does given on
 --tokens sets every family's training positions (default 3M; convergence is measured, and at 3M the
 contextual SAEs are still improving). --rerun FAMILY... --reuse results.json retrains the named
 families and keeps the others' points, which must have been trained with the same --tokens.
+
+--lrs makes it a converged comparison, by the procedure of the real-activation ones
+(`benchmarks/stages.py`): per-position TopK and each carry's contextual SAE train once per rate at
+their headline k; each keeps the rate of its lowest held-out FVU among the runs that converged
+(the lowest overall, marked, when none did); every other k, and the shuffled control (its carry's
+recipe with the positions shuffled), trains at that rate. --carries keeps one carry:
+
+    python benchmarks/synthetic_regions.py --lrs 1e-3,3e-3,default --tokens 6000000 --carries gated \
+        --out runs/synthetic_regions_converged                                                # ~1 h, 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import dataclasses
 import math
 import os
 import sys
@@ -42,6 +52,7 @@ from ctxsae_core.sweep import train_sae
 from ctxsae_core.trainer import default_lr
 from ctxsae_core.synthetic import RegionsData, RegionsSpec, dictionary_recovery
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
+from rates import lowest_converged, parse_rates
 
 GOALS = {"min_ratio_vs_per_position": 2.5, "max_ratio_vs_true_rate": 1.5, "max_state_vs_true_active": 1.3,
          "min_gain_lost_by_control": 0.8}
@@ -55,6 +66,7 @@ class Family:
     shuffle: bool
     ks: tuple[int, ...]
     tokens: int
+    lr: float | None = None  # None: TrainConfig's default rate
 
 
 @dataclass(frozen=True)
@@ -73,13 +85,25 @@ SWEEPS = [("per-position topk", "topk", None, False, (8, 16), (14, 18, 22, 26)),
           ("gated, shuffled control", "contextual", "gated", True, (4, 8), (8, 14, 20)),
           ("contextual attention", "contextual", "attention", False, (4, 8), (4, 6, 8)),
           ("attention, shuffled control", "contextual", "attention", True, (4, 8), (8, 14, 20))]
+# with --lrs: the k at which a family's rate is swept (the sweep's point nearest the target FVU in
+# the default-recipe run; the first k with --quick), and the family whose rate a control takes
+HEADLINE_K = {"per-position topk": 18, "contextual gated": 6, "contextual attention": 6}
+CONTROL_OF = {"gated, shuffled control": "contextual gated", "attention, shuffled control": "contextual attention"}
+CARRIES = ("gated", "attention")
 
 
-def families(quick: bool, tokens: int | None = None) -> list[Family]:
-    """The sweeps, each trained for `tokens` positions (default: 40k with quick, else 3M)."""
+def families(quick: bool, tokens: int | None = None, carries: tuple[str, ...] = CARRIES) -> list[Family]:
+    """The sweeps of per-position TopK and of `carries`, each trained for `tokens` positions
+    (default: 40k with quick, else 3M)."""
     n = tokens or (40_000 if quick else 3_000_000)
     return [Family(name, arch, carry, shuffle, quick_ks if quick else ks, n)
-            for name, arch, carry, shuffle, quick_ks, ks in SWEEPS]
+            for name, arch, carry, shuffle, quick_ks, ks in SWEEPS if carry is None or carry in carries]
+
+
+def headline_k(fam: Family) -> int:
+    """The k at which `fam`'s learning rate is swept."""
+    k = HEADLINE_K[fam.name]
+    return k if k in fam.ks else fam.ks[0]
 
 
 def train_one(setup: Setup, fam: Family, k: int) -> dict:
@@ -93,14 +117,15 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
         cfg = ContextualConfig(d_in=setup.d, width=setup.width, activation=BatchTopK(k=k), carry=fam.carry)
     else:
         cfg = SAEConfig(d_in=setup.d, width=setup.width, activation=TopK(k=k))
-    # the CLI's defaults: its batch, and the default learning rate and schedule of TrainConfig
+    # the CLI's defaults: its batch, and the default learning rate (unless swept) and schedule of TrainConfig
     # held-out evaluations along the way give each point its learning curve and convergence
-    train_cfg = TrainConfig(tokens=fam.tokens, seed=setup.seed, shuffle_context=fam.shuffle, progress=False)
+    train_cfg = TrainConfig(tokens=fam.tokens, lr=fam.lr, seed=setup.seed, shuffle_context=fam.shuffle, progress=False)
     start = time.perf_counter()
     try:
         trained = train_sae(cfg, train_cfg, data, axis, None, held.x, final_eval=False)
     except InputError as e:  # diverged: a point of the sweep all the same, not the end of the benchmark
-        return {"family": fam.name, "k": k, "diverged": str(e), "tokens": fam.tokens, "lr": default_lr(setup.width)}
+        return {"family": fam.name, "k": k, "diverged": str(e), "tokens": fam.tokens,
+                "lr": fam.lr or default_lr(setup.width)}
     seconds = time.perf_counter() - start
     model = trained.model
     result = evaluate(model, held.x, axis, shuffle_context=fam.shuffle, seed=setup.seed)
@@ -144,7 +169,7 @@ def summarise(setup: Setup, fams: list[Family], points: list[dict]) -> dict:
     pp = rows["per-position topk"]["l0_at_target"]
     true_active = spec.n_groups + spec.local_per_position
     checks = {}
-    for carry in ("gated", "attention"):
+    for carry in (c for c in CARRIES if f"contextual {c}" in rows):
         ctx, state = rows[f"contextual {carry}"]["l0_at_target"], rows[f"contextual {carry}"]["state_l0_at_target"]
         ctl = rows[f"{carry}, shuffled control"]["l0_at_target"]
         ratio = pp / ctx if pp and ctx else None
@@ -233,6 +258,61 @@ def _reused_points(args, setup: Setup, fams: list[Family]) -> list[dict]:
     return kept
 
 
+def train_points(jobs: list[tuple], workers: int, label: str = "") -> list[dict]:
+    """Train `jobs` ((setup, family, k) each) on `workers` processes, printing each point as it ends."""
+    points = []
+    print(f"{len(jobs)} trainings{label} on {workers} worker(s)...", flush=True)
+    with ProcessPoolExecutor(workers) as pool:
+        for future in as_completed([pool.submit(train_one, *job) for job in jobs]):
+            point = future.result()
+            points.append(point)
+            done = f"[{len(points)}/{len(jobs)}] {point['family']} k={point['k']} lr={point['lr']:g}"
+            if "diverged" in point:
+                print(f"  {done}: {point['diverged']}", flush=True)
+            else:
+                print(f"  {done}: L0 {point['l0']:.2f} FVU {point['fvu']:.4f} state L0 {point['state_l0']:.1f} "
+                      f"converged {point['converged']} ({point['train_seconds']:.0f}s)", flush=True)
+    return points
+
+
+def choose_rates(fams: list[Family], swept: list[dict]) -> dict[str, dict]:
+    """Per family, the rate sweep's runs and its choice: each swept family keeps its lowest held-out
+    FVU among the runs that converged (lowest overall when none did); a control takes its carry's
+    rate. A family whose every run diverged has no rate ("lr": None)."""
+    choices = {}
+    for fam in fams:
+        if fam.name in CONTROL_OF:
+            continue
+        runs = [p for p in swept if p["family"] == fam.name]
+        trained = [p for p in runs if "diverged" not in p]
+        best = lowest_converged(trained) if trained else None
+        choices[fam.name] = {"k": headline_k(fam), "runs": sorted(runs, key=lambda p: p["lr"]),
+                             "lr": best and best["lr"], "converged": bool(best and best["converged"])}
+    for control, of in CONTROL_OF.items():
+        if any(f.name == control for f in fams):
+            choices[control] = {"lr": choices[of]["lr"], "of": of}
+    return choices
+
+
+def sweep_rates(setup: Setup, fams: list[Family], lrs: list[float | None], workers: int) -> tuple[list[dict], dict]:
+    """The converged comparison: each swept family at its headline k once per rate, then every
+    other point at the chosen rates. Returns the points of the chosen rates and the choices."""
+    resolved = sorted({lr or default_lr(setup.width) for lr in lrs})
+    swept = train_points(_longest_first([(setup, dataclasses.replace(fam, lr=lr), headline_k(fam)) for fam in fams
+                                         if fam.name not in CONTROL_OF for lr in resolved]), workers, " of the rate sweep")
+    choices = choose_rates(fams, swept)
+    kept = [p for p in swept if p["lr"] == choices[p["family"]]["lr"]]
+    rest = [(setup, dataclasses.replace(fam, lr=choices[fam.name]["lr"]), k) for fam in fams for k in fam.ks
+            if choices[fam.name]["lr"] is not None and not any(p["family"] == fam.name and p["k"] == k for p in kept)]
+    print("chosen rates: " + ", ".join(f"{name} {c['lr']:g}" for name, c in choices.items() if c["lr"]), flush=True)
+    return kept + train_points(_longest_first(rest), workers, " at the chosen rates"), choices
+
+
+def _longest_first(jobs: list[tuple]) -> list[tuple]:
+    """The contextual SAEs (several times TopK's time a step) first, so TopK fills the gaps at the end."""
+    return sorted(jobs, key=lambda job: job[1].arch == "topk")
+
+
 def main(argv=None) -> int:
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/synthetic_regions"), help="folder for results.json and pareto.png")
@@ -244,28 +324,33 @@ def main(argv=None) -> int:
     p.add_argument("--reuse", type=Path, default=None, help="an earlier results.json, with --rerun")
     p.add_argument("--tokens", type=positive_int, default=None,
                    help="training positions of every SAE (default: 3,000,000; 40,000 with --quick)")
+    p.add_argument("--lrs", type=parse_rates, default=None, metavar="RATES",
+                   help="learning rates to sweep, comma-separated ('default': TrainConfig's), e.g. 1e-3,3e-3,default; "
+                        "without it every SAE trains at the default rate")
+    p.add_argument("--carries", choices=("gated", "attention", "both"), default="both",
+                   help="the contextual SAEs to train (with their controls)")
     args = p.parse_args(argv)
-    setup, fams = Setup(), families(args.quick, args.tokens)
+    carries = CARRIES if args.carries == "both" else (args.carries,)
+    setup, fams = Setup(), families(args.quick, args.tokens, carries)
+    if args.lrs is not None and args.rerun is not None:
+        p.error("--lrs sweeps every family's rate: it does not combine with --rerun; drop one of them")
+    if args.rerun is not None and args.carries != "both":
+        p.error("--rerun keeps the other families of a full run: it does not combine with --carries; drop one of them")
     try:
         reused = _reused_points(args, setup, fams)
     except InputError as e:
         p.error(str(e))
-    jobs = [(setup, fam, k) for fam in fams for k in fam.ks if not any(q["family"] == fam.name for q in reused)]
-    jobs.sort(key=lambda j: j[1].carry == "attention")  # gated and per-position first: the quicker results
     start = time.perf_counter()
-    print(f"{len(jobs)} trainings on {args.workers} worker(s)...", flush=True)
-    points = list(reused)
-    with ProcessPoolExecutor(args.workers) as pool:
-        for future in as_completed([pool.submit(train_one, *job) for job in jobs]):
-            point = future.result()
-            points.append(point)
-            done = f"[{len(points) - len(reused)}/{len(jobs)}] {point['family']} k={point['k']}"
-            if "diverged" in point:
-                print(f"  {done}: {point['diverged']}", flush=True)
-            else:
-                print(f"  {done}: L0 {point['l0']:.2f} FVU {point['fvu']:.4f} state L0 {point['state_l0']:.1f} "
-                      f"({point['train_seconds']:.0f}s)", flush=True)
+    choices = None
+    if args.lrs is not None:
+        points, choices = sweep_rates(setup, fams, args.lrs, args.workers)
+    else:
+        jobs = [(setup, fam, k) for fam in fams for k in fam.ks if not any(q["family"] == fam.name for q in reused)]
+        jobs.sort(key=lambda j: j[1].carry == "attention")  # gated and per-position first: the quicker results
+        points = list(reused) + train_points(jobs, args.workers)
     summary = summarise(setup, fams, points)
+    if choices is not None:
+        summary["rates"] = {"swept": sorted({lr or default_lr(setup.width) for lr in args.lrs}), "choices": choices}
     summary["wall_seconds"] = time.perf_counter() - start
     summary["quick"] = args.quick
     summary["reused_families"] = sorted({q["family"] for q in reused})

@@ -207,14 +207,17 @@ def _synthetic(r: dict) -> list[str]:
         tokens = {p.get("tokens") for p in fam["points"]}
         rows.append([name, fmt(fam["l0_at_target"]), fmt(fam["state_l0_at_target"]), fmt(fam["recovery_at_target"]),
                      fmt(next(iter(tokens)) if len(tokens) == 1 else None, ","), sweep])
+    rates = r.get("rates")
     out = [f"Windows of T = {s['T']} positions, d = {s['d']}, from a known dictionary; {r['true_rate']:.2f} features "
            f"are new per position on average ({r['true_per_position_l0']} active). Width {s['width']}, "
-           f"{s['batch_windows']} windows a step, learning rate {s['lr']:g}. L0 is interpolated where each sweep "
-           f"crosses the target FVU {s['target_fvu']}; recovery is the mean best cosine of a true feature with a "
-           "decoder row. Every step draws fresh windows (one epoch). "
+           f"{s['batch_windows']} windows a step, "
+           + (_synthetic_rates(rates) if rates else f"learning rate {s['lr']:g}. ")
+           + f"L0 is interpolated where each sweep crosses the target FVU {s['target_fvu']}; recovery is the mean "
+           "best cosine of a true feature with a decoder row. Every step draws fresh windows (one epoch). "
            + (f"'(nc)': not converged (held-out FVU still moving 2% or more over the last quarter); {convergence}."
               if convergence else "This run recorded no held-out learning curve, so its convergence is not measured."),
            "",
+           *(_synthetic_rate_table(rates) if rates else []),
            md_table(["model", f"L0 at FVU {s['target_fvu']}", "state L0 there", "recovery", "tokens per SAE",
                      "sweep (k: L0 / FVU)"], rows), ""]
     g = r["goals"]
@@ -228,7 +231,34 @@ def _synthetic(r: dict) -> list[str]:
                       f"{g['max_state_vs_true_active']}), " if "max_state_vs_true_active" in g else "")
                    + "the shuffled control loses "
                    f"{'-' if lost is None else f'{lost:.0%}'} of the gain (goal >= {g['min_gain_lost_by_control']:.0%}).")
-    return out + ["", "![Pareto curves](../benchmarks/results/synthetic_regions_pareto.png)"]
+    # a rate-swept run's plot is the PNG beside its JSON, which the page adds
+    return out + ([] if rates else ["", "![Pareto curves](../benchmarks/results/synthetic_regions_pareto.png)"])
+
+
+def _synthetic_rates(rates: dict) -> str:
+    """How a rate-swept synthetic run chose its learning rates, in a sentence."""
+    swept = {n: c for n, c in rates["choices"].items() if "of" not in c}
+    chosen = "; ".join(f"{n}: " + ("every rate diverged" if c["lr"] is None else f"{c['lr']:g}" + (
+        "" if c["converged"] else " (the lowest FVU, as no rate converged)")) for n, c in swept.items())
+    rates_text = ", ".join(f"{lr:g}" for lr in rates["swept"])
+    headline = ", ".join(f"{n} {c['k']}" for n, c in swept.items())
+    return (f"learning rates {rates_text} swept at each family's headline k "
+            f"({headline}); each keeps its lowest converged held-out FVU "
+            f"({chosen}), and every other k and the shuffled control (its carry's recipe with the positions "
+            "shuffled) train at that rate. ")
+
+
+def _synthetic_rate_table(rates: dict) -> list[str]:
+    """The rate sweep: held-out FVU of each swept family at each rate."""
+    swept = {n: c for n, c in rates["choices"].items() if "of" not in c}
+    rows = []
+    for name, c in swept.items():
+        by_lr = {p["lr"]: p for p in c["runs"]}
+        rows.append([f"{name} (k {c['k']})"] + [
+            "-" if (q := by_lr.get(lr)) is None else "diverged" if "diverged" in q else
+            f"{q['fvu']:.4f}" + ("" if q["converged"] else f" (not converged, {q['fvu_gain_last_quarter']:.1%})")
+            for lr in rates["swept"]])
+    return [md_table(["family"] + [f"lr {lr:g}" for lr in rates["swept"]], rows), ""]
 
 
 def _throughput(r: dict) -> list[str]:
@@ -832,6 +862,7 @@ def _gpu_tests(r: dict) -> list[str]:
 # file stem -> (section title, renderer); the order here is the page's order
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_regions": ("Synthetic regions: the contextual SAE against known features", _synthetic),
+    "synthetic_regions_converged": ("Synthetic regions, converged: learning rates swept", _synthetic),
     "llm_converged_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15`, converged", _llm_converged),
     **{f"llm_converged_smollm2_resid15_{v}": (f"Ablation: {title}, SmolLM2 `resid.15`, converged", _llm_ablation)
        for v, (title, _) in ABLATIONS.items()},
@@ -949,13 +980,16 @@ def _time_to_quality_cell(r: dict, pairs: list[str]) -> str:
 def readme_headline() -> str:
     """The README's small table of headline results."""
     rows = []
-    syn = RESULTS / "synthetic_regions.json"
-    if syn.is_file():
+    for syn in (RESULTS / "synthetic_regions.json", RESULTS / "synthetic_regions_converged.json"):
+        if not syn.is_file():
+            continue
         r = json.loads(syn.read_text())
+        tokens = {p["tokens"] for f in r["families"].values() for p in f["points"]}
+        swept = f", {max(tokens) / 1e6:g}M positions, learning rates swept" if r.get("rates") else ""
         for carry, c in r["checks"].items():
             state = (f"; state L0 {fmt(c['state_vs_true_active'], '.2f')}x the true active count"
                      if c.get("state_vs_true_active") else "")
-            rows.append([f"synthetic regions, {carry} carry", f"{fmt(c['ratio_vs_per_position'], '.2f')}x fewer "
+            rows.append([f"synthetic regions, {carry} carry{swept}", f"{fmt(c['ratio_vs_per_position'], '.2f')}x fewer "
                          f"innovations than TopK at FVU {r['setup']['target_fvu']}{state}; control loses "
                          f"{fmt(c['gain_lost_by_control'], '.0%')} of the gain"
                          + f"; {_synthetic_convergence(r) or 'convergence not measured'}"])

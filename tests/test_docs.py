@@ -164,3 +164,28 @@ def test_a_time_to_quality_cell_judges_convergence_on_the_pairs_it_shows():
     del r["ours_vs_saelens"]  # a run without SAELens shows the other pair alone
     assert gen._time_to_quality_cell(r, ["ours_vs_saelens", "contextual_vs_topk"]) == (
         "the contextual SAE reaches our TopK's in 9.94x its time (goal <= 2.0x)")
+
+
+def test_a_rate_swept_synthetic_run_names_its_choices_and_its_sweep():
+    gen = _generator()
+
+    def run(family, k, lr, fvu, converged):
+        return {"family": family, "k": k, "lr": lr, "fvu": fvu, "l0": float(k), "state_l0": float(k),
+                "converged": converged, "fvu_gain_last_quarter": 0.01 if converged else 0.034, "tokens": 1000}
+
+    rates = {"swept": [0.001, 0.01], "choices": {
+        "per-position topk": {"k": 18, "lr": 0.001, "converged": True,
+                              "runs": [run("per-position topk", 18, 0.001, 0.2, True),
+                                       run("per-position topk", 18, 0.01, 0.1, False)]},
+        "contextual gated": {"k": 6, "lr": 0.01, "converged": False,
+                             "runs": [{"family": "contextual gated", "k": 6, "lr": 0.001, "diverged": "FVU 3 > 1"},
+                                      run("contextual gated", 6, 0.01, 0.08, False)]},
+        "gated, shuffled control": {"lr": 0.01, "of": "contextual gated"}}}
+    assert gen._synthetic_rates(rates) == (
+        "learning rates 0.001, 0.01 swept at each family's headline k (per-position topk 18, contextual gated 6); "
+        "each keeps its lowest converged held-out FVU (per-position topk: 0.001; contextual gated: 0.01 (the lowest "
+        "FVU, as no rate converged)), and every other k and the shuffled control (its carry's recipe with the "
+        "positions shuffled) train at that rate. ")
+    table = gen._synthetic_rate_table(rates)[0].splitlines()
+    assert table[2:] == ["| per-position topk (k 18) | 0.2000 | 0.1000 (not converged, 3.4%) |",
+                         "| contextual gated (k 6) | diverged | 0.0800 (not converged, 3.4%) |"]

@@ -50,3 +50,70 @@ def test_kept_points_of_the_same_budget_are_reused(tmp_path):
     kept = sr._reused_points(args, sr.Setup(), sr.families(False, 6_000_000))
     assert sorted(p["family"] for p in kept) == ["attention, shuffled control", "contextual attention",
                                                  "per-position topk"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--lrs", "1e-3,fast"], "argument --lrs: learning rate 'fast': give positive numbers or default"),
+    (["--lrs", "1e-3", "--rerun", "contextual gated", "--reuse", "{earlier}"], "--lrs sweeps every family's rate"),
+    (["--carries", "gated", "--rerun", "contextual gated", "--reuse", "{earlier}"], "does not combine with --carries"),
+    (["--carries", "ssm"], "argument --carries: invalid choice: 'ssm'"),
+])
+def test_bad_rate_sweep_input_exits_2_with_one_line_before_training(tmp_path, monkeypatch, capsys, argv, message):
+    test_bad_input_exits_2_with_one_line_before_training(tmp_path, monkeypatch, capsys, argv, message)
+
+
+def test_carries_keeps_per_position_topk_and_the_named_carry_with_its_control():
+    assert [f.name for f in sr.families(False, carries=("gated",))] == [
+        "per-position topk", "contextual gated", "gated, shuffled control"]
+    swept = [f for f in sr.families(False) if f.name not in sr.CONTROL_OF]  # a control takes its carry's rate
+    assert [(f.name, sr.headline_k(f)) for f in swept] == [
+        ("per-position topk", 18), ("contextual gated", 6), ("contextual attention", 6)]
+    assert [sr.headline_k(f) for f in sr.families(True) if f.name not in sr.CONTROL_OF] == [8, 4, 4]  # quick: first k
+
+
+def _run(family: str, k: int, lr: float, fvu: float, converged: bool) -> dict:
+    return {"family": family, "k": k, "lr": lr, "fvu": fvu, "l0": float(k), "state_l0": float(k),
+            "converged": converged, "fvu_gain_last_quarter": 0.01 if converged else 0.05}
+
+
+def test_each_family_keeps_its_lowest_converged_rate_and_a_control_its_carrys():
+    fams = sr.families(False)
+    swept = [_run("per-position topk", 18, 1e-3, 0.20, True), _run("per-position topk", 18, 3e-3, 0.15, False),
+             _run("per-position topk", 18, 1e-2, 0.18, True),  # lower FVU at 3e-3, but not converged there
+             _run("contextual gated", 6, 1e-3, 0.10, False), _run("contextual gated", 6, 3e-3, 0.09, False),
+             {"family": "contextual attention", "k": 6, "lr": 1e-2, "diverged": "FVU 5.2 > 1"}]
+    choices = sr.choose_rates(fams, swept)
+    assert choices["per-position topk"]["lr"] == 1e-2 and choices["per-position topk"]["converged"]
+    assert choices["contextual gated"]["lr"] == 3e-3 and not choices["contextual gated"]["converged"]
+    assert choices["contextual attention"]["lr"] is None  # every run diverged: no rate, nothing more to train
+    assert choices["gated, shuffled control"] == {"lr": 3e-3, "of": "contextual gated"}
+    assert choices["attention, shuffled control"]["lr"] is None
+    assert [r["lr"] for r in choices["per-position topk"]["runs"]] == [1e-3, 3e-3, 1e-2]
+
+
+def test_the_rate_sweep_trains_the_rest_at_the_chosen_rates_without_repeating_a_point(monkeypatch):
+    fams = sr.families(False, carries=("gated",))
+    calls = []
+
+    def fake_train_points(jobs, workers, label=""):  # the contextual SAE's FVU rises with the rate;
+        calls.append(jobs)                          # only TopK's 1e-2 run converges
+        return [_run(fam.name, k, fam.lr, fam.lr * 10 / k if fam.arch == "contextual" else 0.1 / k,
+                     fam.arch == "topk" and fam.lr == 1e-2) for _, fam, k in jobs]
+
+    monkeypatch.setattr(sr, "train_points", fake_train_points)
+    points, choices = sr.sweep_rates(sr.Setup(), fams, [1e-3, None], workers=2)
+    swept, rest = calls
+    assert sorted((f.name, f.lr, k) for _, f, k in swept) == [
+        ("contextual gated", 1e-3, 6), ("contextual gated", 1e-2, 6),  # None: the default rate, 1e-2 at width 512
+        ("per-position topk", 1e-3, 18), ("per-position topk", 1e-2, 18)]
+    assert [f.arch for _, f, _ in swept] == ["contextual"] * 2 + ["topk"] * 2  # the longest first
+    assert choices["contextual gated"]["lr"] == 1e-3  # none converged: the lowest FVU (1e-3 here)
+    assert choices["per-position topk"]["lr"] == 1e-2  # the only converged run
+    assert sorted((f.name, f.lr, k) for _, f, k in rest) == [
+        ("contextual gated", 1e-3, 4), ("contextual gated", 1e-3, 8),
+        ("gated, shuffled control", 1e-3, 8), ("gated, shuffled control", 1e-3, 14),
+        ("gated, shuffled control", 1e-3, 20),
+        ("per-position topk", 1e-2, 14), ("per-position topk", 1e-2, 22), ("per-position topk", 1e-2, 26)]
+    # every point of the comparison at its family's chosen rate, each k once
+    assert sorted((p["family"], p["k"]) for p in points) == sorted((f.name, k) for f in fams for k in f.ks)
+    assert all(p["lr"] == choices[p["family"]]["lr"] for p in points)
