@@ -26,6 +26,7 @@ from pathlib import Path
 from ctxsae_common.cli import OneLineParser
 from ctxsae_common.files import write_json_atomic
 from ctxsae_core.config import TrainConfig
+from ctxsae_core.trainer import convergence, curve_at
 from synthetic_regions import Family, Setup, setup_record, train_one
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
@@ -34,28 +35,16 @@ QUICK_BUDGETS = (20_000, 40_000)
 K = 6  # synthetic_regions.py's contextual point nearest its target FVU
 
 
-def fvu_at(curve: list[dict], tokens: float) -> float:
-    """The learning curve's held-out FVU at `tokens`, interpolated between the evaluations around it."""
-    points = sorted((p["tokens"], p["fvu"]) for p in curve)
-    if tokens <= points[0][0]:
-        return points[0][1]
-    for (t0, f0), (t1, f1) in zip(points, points[1:]):
-        if t0 <= tokens <= t1:
-            return f0 + (f1 - f0) * (tokens - t0) / (t1 - t0) if t1 > t0 else f1
-    return points[-1][1]
-
-
 def budget_row(point: dict, decay_fraction: float) -> dict:
     """One budget's figures: its final FVU and convergence, the FVU where the decay starts, and
     the share of the last quarter's gain made after that point (by the decay)."""
-    tokens, curve, final = point["tokens"], point["curve"], point["fvu"]
-    quarter = fvu_at(curve, 0.75 * tokens)
-    decay_start = fvu_at(curve, (1 - decay_fraction) * tokens)
-    gained = quarter - final
-    return {"tokens": tokens, "fvu": final, "l0": point["l0"], "state_l0": point["state_l0"],
+    tokens, curve = point["tokens"], point["curve"]
+    judged = convergence(curve, tokens, decay_fraction)
+    return {"tokens": tokens, "fvu": point["fvu"], "l0": point["l0"], "state_l0": point["state_l0"],
             "converged": point["converged"], "fvu_gain_last_quarter": point["fvu_gain_last_quarter"],
-            "fvu_at_decay_start": decay_start, "decay_share_of_last_quarter_gain": (decay_start - final) / gained
-            if gained > 0 else None, "train_seconds": point["train_seconds"], "curve": curve}
+            "fvu_at_decay_start": curve_at(curve, (1 - decay_fraction) * tokens),
+            "decay_share_of_last_quarter_gain": judged["decay_share_of_last_quarter_gain"],
+            "train_seconds": point["train_seconds"], "curve": curve}
 
 
 def summarise(points: list[dict], decay_fraction: float) -> dict:

@@ -135,7 +135,7 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
             "train_seconds": seconds, "tokens": fam.tokens, "lr": trained.trainer.lr,
             "batch_windows": data.batch_windows,
             **{k: v for k, v in trained.trainer.summary(result).items()
-               if k in ("converged", "fvu_gain_last_quarter", "curve")}}
+               if k in ("converged", "fvu_gain_last_quarter", "decay_share_of_last_quarter_gain", "curve")}}
 
 
 def at_target(points: list[dict], target: float, key: str) -> float | None:

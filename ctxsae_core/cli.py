@@ -263,8 +263,10 @@ def _train(args, group, device) -> int:
                   "per-position SAE there; train longer so that its carry learns to persist", file=sys.stderr)
         gain = result["fvu_gain_last_quarter"]
         if result["converged"] is False and gain > 0:
-            print(f"warning: held-out FVU still improved by {gain:.1%} over the last quarter of training (converged: "
-                  "under 2%): train longer (--tokens) before comparing this SAE", file=sys.stderr)
+            share = result.get("decay_share_of_last_quarter_gain")
+            made = "" if share is None else f", {share:.0%} of it after the learning rate started to decay"
+            print(f"warning: held-out FVU still improved by {gain:.1%} over the last quarter of training{made} "
+                  "(converged: under 2%): train longer (--tokens) before comparing this SAE", file=sys.stderr)
         elif result["converged"] is False:
             print(f"warning: held-out FVU rose by {-gain:.1%} over the last quarter of training: the run is unstable; "
                   "lower the learning rate (--lr) before comparing this SAE", file=sys.stderr)

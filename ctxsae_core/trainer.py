@@ -44,29 +44,37 @@ CALIBRATION_BATCHES = 8  # training batches BatchTopK's inference threshold is s
 CALIBRATION_ROUNDS = 3  # a contextual walk's innovations feed back into its prior: the threshold is set again
 
 
-def convergence(curve: list[dict], total_tokens: int) -> dict[str, Any]:
+def curve_at(curve: list[dict], tokens: float) -> float:
+    """A learning curve's held-out FVU at `tokens`, interpolated linearly between the evaluations
+    around it (the first or last evaluation's value outside them)."""
+    points = sorted((p["tokens"], p["fvu"]) for p in curve)
+    for (t0, f0), (t1, f1) in zip(points, points[1:]):
+        if t0 <= tokens <= t1:
+            return f0 + (f1 - f0) * ((tokens - t0) / (t1 - t0) if t1 > t0 else 0.0)
+    return points[0][1] if tokens < points[0][0] else points[-1][1]
+
+
+def convergence(curve: list[dict], total_tokens: int, decay_fraction: float | None = None) -> dict[str, Any]:
     """Whether a run converged, from its learning curve [{"tokens", "fvu"}, ...] (held-out FVU
     at increasing token counts, the last at the end of training): converged when the FVU improved
     by less than CONVERGED_GAIN (2%) of its value over the last quarter of the tokens, the value
-    at three quarters interpolated between the evaluations around it. A run whose FVU rose by
-    CONVERGED_GAIN or more over that quarter has not converged either: it is unstable (typically
-    a learning rate too high), and its end point is not its best."""
-    points = sorted((p["tokens"], p["fvu"]) for p in curve)
-    if len(points) < 2:
+    at three quarters read from the curve (`curve_at`). A run whose FVU rose by CONVERGED_GAIN or
+    more over that quarter has not converged either: it is unstable (typically a learning rate
+    too high), and its end point is not its best.
+
+    With the schedule's `decay_fraction`, also the share of a last-quarter gain made after the
+    learning rate starts to decay: near 1, the run had levelled off at its full rate and the decay
+    took out the rate's noise; well below it, the run was still learning at its full rate."""
+    if len(curve) < 2:
         return {"converged": None, "fvu_gain_last_quarter": None,
                 "convergence_note": "fewer than 2 held-out evaluations: convergence cannot be judged"}
-    t = 0.75 * total_tokens
-    at = points[0][1]
-    for (t0, f0), (t1, f1) in zip(points, points[1:]):
-        if t0 <= t <= t1:
-            at = f0 + (f1 - f0) * ((t - t0) / (t1 - t0) if t1 > t0 else 0.0)
-            break
-    else:
-        if t > points[-1][0]:
-            at = points[-1][1]
-    end = points[-1][1]
+    at, end = curve_at(curve, 0.75 * total_tokens), max(curve, key=lambda p: p["tokens"])["fvu"]
     gain = (at - end) / at if at > 0 else 0.0
-    return {"converged": bool(abs(gain) < CONVERGED_GAIN), "fvu_gain_last_quarter": gain}
+    out = {"converged": bool(abs(gain) < CONVERGED_GAIN), "fvu_gain_last_quarter": gain}
+    if decay_fraction:
+        start = curve_at(curve, (1 - decay_fraction) * total_tokens)
+        out["decay_share_of_last_quarter_gain"] = (start - end) / (at - end) if at > end else None
+    return out
 
 
 DEFAULT_LR_AT_16K = 2e-3  # chosen by benchmarks/recipe_sweep.py (docs/results.md)
@@ -359,7 +367,8 @@ class Trainer:
         if final is not None and "fvu" in final and (not curve or curve[-1]["step"] != self.step):
             curve.append({"step": self.step, "tokens": tokens, "fvu": final["fvu"]})
         epochs = tokens / self.epoch_positions if self.epoch_positions else None
-        return {"tokens": tokens, "epochs": epochs, "clipped_steps": self.clipped_steps, **convergence(curve, tokens),
+        return {"tokens": tokens, "epochs": epochs, "clipped_steps": self.clipped_steps,
+                **convergence(curve, tokens, self.cfg.decay_fraction),
                 "curve": curve}
 
     @torch.no_grad()

@@ -256,9 +256,18 @@ def _synthetic_rate_table(rates: dict) -> list[str]:
         by_lr = {p["lr"]: p for p in c["runs"]}
         rows.append([f"{name} (k {c['k']})"] + [
             "-" if (q := by_lr.get(lr)) is None else "diverged" if "diverged" in q else
-            f"{q['fvu']:.4f}" + ("" if q["converged"] else f" (not converged, {q['fvu_gain_last_quarter']:.1%})")
+            f"{q['fvu']:.4f}" + ("" if q["converged"] else f" (not converged, {_gain_words(q)})")
             for lr in rates["swept"]])
-    return [md_table(["family"] + [f"lr {lr:g}" for lr in rates["swept"]], rows), ""]
+    return [md_table(["family"] + [f"lr {lr:g}" for lr in rates["swept"]], rows), "",
+            "A gain is the held-out FVU's over the last quarter of the tokens; the share after it is the part made "
+            "once the learning rate had started to decay (near 100%: level at the full rate, the decay taking out "
+            "its noise; well below: still learning at the full rate).", ""]
+
+
+def _gain_words(run: dict) -> str:
+    """An unconverged run's last-quarter gain, and the share of it made after the decay started."""
+    share = run.get("decay_share_of_last_quarter_gain")
+    return f"{run['fvu_gain_last_quarter']:.1%}" + ("" if share is None else f", {share:.0%} of it after the decay starts")
 
 
 def _throughput(r: dict) -> list[str]:

@@ -171,7 +171,8 @@ def test_a_rate_swept_synthetic_run_names_its_choices_and_its_sweep():
 
     def run(family, k, lr, fvu, converged):
         return {"family": family, "k": k, "lr": lr, "fvu": fvu, "l0": float(k), "state_l0": float(k),
-                "converged": converged, "fvu_gain_last_quarter": 0.01 if converged else 0.034, "tokens": 1000}
+                "converged": converged, "fvu_gain_last_quarter": 0.01 if converged else 0.034, "tokens": 1000,
+                "decay_share_of_last_quarter_gain": 0.9}
 
     rates = {"swept": [0.001, 0.01], "choices": {
         "per-position topk": {"k": 18, "lr": 0.001, "converged": True,
@@ -187,5 +188,7 @@ def test_a_rate_swept_synthetic_run_names_its_choices_and_its_sweep():
         "FVU, as no rate converged)), and every other k and the shuffled control (its carry's recipe with the "
         "positions shuffled) train at that rate. ")
     table = gen._synthetic_rate_table(rates)[0].splitlines()
-    assert table[2:] == ["| per-position topk (k 18) | 0.2000 | 0.1000 (not converged, 3.4%) |",
-                         "| contextual gated (k 6) | diverged | 0.0800 (not converged, 3.4%) |"]
+    assert table[2:] == ["| per-position topk (k 18) | 0.2000 | 0.1000 (not converged, 3.4%, 90% of it after the "
+                         "decay starts) |",
+                         "| contextual gated (k 6) | diverged | 0.0800 (not converged, 3.4%, 90% of it after the decay "
+                         "starts) |"]

@@ -1,5 +1,4 @@
-"""The synthetic budget benchmark's figures (`benchmarks/synthetic_budget.py`): the learning
-curve read between evaluations, the share of the last quarter's gain made after the decay
+"""The synthetic budget benchmark's figures (`benchmarks/synthetic_budget.py`): the share of the last quarter's gain made after the decay
 starts, and the gain of each doubling of the budget."""
 
 import sys
@@ -17,12 +16,6 @@ def _point(tokens: int, fvus: list[float]) -> dict:
     curve = [{"tokens": every * (i + 1), "fvu": f} for i, f in enumerate(fvus)]
     return {"tokens": tokens, "curve": curve, "fvu": fvus[-1], "l0": 6.0, "state_l0": 20.0, "converged": False,
             "fvu_gain_last_quarter": 0.2, "train_seconds": 1.0}
-
-
-def test_the_curve_is_read_between_evaluations():
-    curve = [{"tokens": 100, "fvu": 0.5}, {"tokens": 200, "fvu": 0.3}]
-    assert sb.fvu_at(curve, 150) == pytest.approx(0.4)
-    assert sb.fvu_at(curve, 50) == 0.5 and sb.fvu_at(curve, 300) == 0.3
 
 
 def test_a_run_level_at_its_full_rate_owes_its_last_quarter_to_the_decay():

@@ -150,6 +150,8 @@ def test_a_run_reports_its_epochs_and_warns_when_it_has_not_converged(tmp_path, 
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert saved["tokens"] == 1536 and saved["epochs"] == pytest.approx(1536 / 2816)  # 11 whole batches of 16 windows
     assert ("warning: held-out FVU still improved" in err) == (saved["converged"] is False)
+    if saved["converged"] is False and saved["decay_share_of_last_quarter_gain"] is not None:
+        assert f"{saved['decay_share_of_last_quarter_gain']:.0%} of it after the learning rate started to decay" in err
     assert "epochs)" in out
 
 

@@ -194,6 +194,29 @@ def test_convergence_is_judged_on_the_last_quarter_of_the_tokens():
     assert c["fvu_gain_last_quarter"] == pytest.approx(-0.2) and c["converged"] is False
 
 
+def test_the_curve_is_read_between_evaluations():
+    from ctxsae_core.trainer import curve_at
+
+    curve = [{"tokens": 200, "fvu": 0.3}, {"tokens": 100, "fvu": 0.5}]  # in any order
+    assert curve_at(curve, 150) == pytest.approx(0.4) and curve_at(curve, 175) == pytest.approx(0.35)
+    assert curve_at(curve, 50) == 0.5 and curve_at(curve, 300) == 0.3
+
+
+def test_convergence_says_how_much_of_the_last_quarters_gain_came_after_the_decay_started():
+    from ctxsae_core.trainer import convergence
+
+    # level at 0.10 from 50 to 80 tokens, then down to 0.07 at 100 while the rate decays (from 80)
+    curve = [{"tokens": 50, "fvu": 0.10}, {"tokens": 80, "fvu": 0.10}, {"tokens": 100, "fvu": 0.07}]
+    c = convergence(curve, 100, decay_fraction=0.2)
+    assert c["fvu_gain_last_quarter"] == pytest.approx(0.3) and c["decay_share_of_last_quarter_gain"] == pytest.approx(1)
+    line = [{"tokens": 0, "fvu": 0.5}, {"tokens": 100, "fvu": 0.3}]  # still learning: the decay's share is its length
+    assert convergence(line, 100, decay_fraction=0.2)["decay_share_of_last_quarter_gain"] == pytest.approx(0.8)
+    assert convergence(line, 100, decay_fraction=0.1)["decay_share_of_last_quarter_gain"] == pytest.approx(0.4)
+    assert "decay_share_of_last_quarter_gain" not in convergence(line, 100)  # no schedule given
+    rising = [{"tokens": 50, "fvu": 0.04}, {"tokens": 100, "fvu": 0.06}]  # no gain to share
+    assert convergence(rising, 100, decay_fraction=0.2)["decay_share_of_last_quarter_gain"] is None
+
+
 def test_the_learning_curve_is_logged_and_eval_json_says_converged_and_epochs(tmp_path):
     data, axis = _data(), make_axis("tokens", T)
     cfg = TrainConfig(tokens=32 * 4 * T, progress=False, checkpoint_every=0)  # eval_every None: 16 points
@@ -205,6 +228,10 @@ def test_the_learning_curve_is_logged_and_eval_json_says_converged_and_epochs(tm
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["epochs"] == pytest.approx(32 * 4 / 64) and saved["tokens"] == 32 * 4 * T
     assert isinstance(saved["converged"], bool) and saved["fvu"] == pytest.approx(result["fvu"])
+    from ctxsae_core.trainer import convergence  # and how much of a last-quarter gain the decay made, by the same curve
+
+    judged = convergence(evals, saved["tokens"], cfg.decay_fraction)
+    assert saved["decay_share_of_last_quarter_gain"] == judged["decay_share_of_last_quarter_gain"]
 
 
 def test_a_held_out_fvu_above_one_late_in_training_stops_the_run():
