@@ -192,3 +192,17 @@ def test_a_rate_swept_synthetic_run_names_its_choices_and_its_sweep():
                          "decay starts) |",
                          "| contextual gated (k 6) | diverged | 0.0800 (not converged, 3.4%, 90% of it after the decay "
                          "starts) |"]
+
+
+def test_the_recipe_sweep_says_how_much_room_the_formula_leaves_a_range_test():
+    gen = _generator()
+
+    def site(name, ratio, batch=4096):
+        return {"site": {"name": name, "batch_tokens": batch}, "default_vs_best": ratio,
+                **({"met": ratio <= 1.05} if batch == 4096 else {})}
+
+    r = {"results": [site("a", 1.012), site("b", 0.98), site("c", 1.004), site("d", 1.17, batch=16384)]}
+    text = gen._range_test_headroom(r)[0]
+    assert "within 1.2% of the best swept rate's at every site trained at the default batch (the most at a)" in text
+    assert "at or below it at 1 of 3" in text  # the batch-16384 site carries no goal and is not counted
+    assert gen._range_test_headroom({"results": [site("d", 1.17, batch=16384)]}) == []
