@@ -12,6 +12,7 @@ doubling of the budget the final FVU it gained.
 
     python benchmarks/synthetic_budget.py --out benchmarks/results/synthetic_budget.json   # ~30 min, 2 cores
     python benchmarks/synthetic_budget.py --quick --out /tmp/budget.json                   # plumbing only
+    python benchmarks/synthetic_budget.py --lr 3e-3 --out benchmarks/results/synthetic_budget_lr3e-3.json
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from ctxsae_common.cli import OneLineParser
+from ctxsae_common.cli import OneLineParser, positive_float
 from ctxsae_common.files import write_json_atomic
 from ctxsae_core.config import TrainConfig
 from ctxsae_core.trainer import convergence, curve_at
@@ -87,19 +88,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/synthetic_budget.json"), help="result JSON (plot beside it)")
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing, not convergence")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel trainings, one thread each")
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: TrainConfig's)")
     args = p.parse_args(argv)
     setup, budgets = Setup(), QUICK_BUDGETS if args.quick else BUDGETS
     decay_fraction = TrainConfig().decay_fraction
     start = time.perf_counter()
     print(f"{len(budgets)} trainings of the contextual SAE (gated, k {K}) on {args.workers} worker(s)...", flush=True)
-    jobs = [(setup, Family("contextual gated", "contextual", "gated", False, (K,), n), K) for n in budgets]
+    jobs = [(setup, Family("contextual gated", "contextual", "gated", False, (K,), n, args.lr), K) for n in budgets]
     with ProcessPoolExecutor(args.workers) as pool:  # the longest first, so the shorter ones share the other worker
         points = list(pool.map(train_one, *zip(*sorted(jobs, key=lambda j: -j[1].tokens))))
     diverged = [f"{q['tokens']:,}: {q['diverged']}" for q in points if "diverged" in q]
     if diverged:
         print(f"error: training diverged at {'; '.join(diverged)}", file=sys.stderr)
         return 1
-    summary = {"setup": {**setup_record(setup), "k": K, "carry": "gated", "decay_fraction": decay_fraction},
+    rate = {"lr": args.lr, "lr_is_default": False} if args.lr else {"lr_is_default": True}
+    summary = {"setup": {**setup_record(setup), **rate, "k": K, "carry": "gated", "decay_fraction": decay_fraction},
                **summarise(points, decay_fraction), "quick": args.quick,
                "wall_seconds": time.perf_counter() - start, "machine": machine_info()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

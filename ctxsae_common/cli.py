@@ -31,6 +31,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0 (a learning rate, a scale)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+    return value
+
+
 def run_command(parser: argparse.ArgumentParser, commands: dict[str, Callable[[argparse.Namespace], int]],
                 argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run `commands[args.command](args)` and return its exit code; a usage error

@@ -817,12 +817,17 @@ def _synthetic_robustness(r: dict) -> list[str]:
 
 
 def _synthetic_budget(r: dict) -> list[str]:
+    from ctxsae_core.trainer import default_lr
+
     s = r["setup"]
     rows = [[fmt(b["tokens"], ","), fmt(b["fvu"], ".4f"), fmt(b["fvu_gain_last_quarter"], ".1%"), fmt(b["converged"]),
              fmt(b["fvu_at_decay_start"], ".4f"), fmt(b["decay_share_of_last_quarter_gain"], ".0%"),
              fmt(b["state_l0"], ".1f")] for b in r["budgets"]]
     out = [f"The synthetic benchmark's headline contextual SAE ({s['carry']} carry, k = {s['k']}, width {s['width']}, "
-           f"d = {s['d']}, T = {s['T']}) under the defaults: learning rate {s['lr']:g}, {s['batch_windows']} windows "
+           f"d = {s['d']}, T = {s['T']}) under the defaults"
+           + (f": learning rate {s['lr']:g}, " if s.get("lr_is_default", True) else
+              f" but for the learning rate, {s['lr']:g} (the default is {default_lr(s['width']):g}): ")
+           + f"{s['batch_windows']} windows "
            f"a step, fresh windows every step (one epoch), the rate decaying to zero over the last "
            f"{s['decay_fraction']:.0%} of the steps. A run that has levelled off at its full rate still gains over "
            "its last quarter what the decay takes out of the rate's noise; the share of that gain made after the "
@@ -901,6 +906,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "recipe_sweep": ("The training recipe's defaults, from a learning-rate sweep", _recipe_sweep),
     "synthetic_robustness": ("The defaults on generator settings they were not chosen on", _synthetic_robustness),
     "synthetic_budget": ("Synthetic regions: the contextual SAE's convergence by budget", _synthetic_budget),
+    "synthetic_budget_lr3e-3": ("Synthetic regions: the contextual SAE's convergence by budget, learning rate 3e-3",
+                                _synthetic_budget),
     "visinterp_demo": ("The image job with its defaults", _image_demo),
     "scene_features_seed3": ("Features of a radiance field", _scene_features),
     "time_to_quality_cpu": ("Time to quality on the CPU, against SAELens", _time_to_quality),

@@ -206,3 +206,12 @@ def test_the_recipe_sweep_says_how_much_room_the_formula_leaves_a_range_test():
     assert "within 1.2% of the best swept rate's at every site trained at the default batch (the most at a)" in text
     assert "at or below it at 1 of 3" in text  # the batch-16384 site carries no goal and is not counted
     assert gen._range_test_headroom({"results": [site("d", 1.17, batch=16384)]}) == []
+
+
+def test_a_budget_run_at_a_set_rate_names_it_and_the_default():
+    gen = _generator()
+    setup = {"carry": "gated", "k": 6, "width": 512, "d": 128, "T": 64, "batch_windows": 64, "decay_fraction": 0.2}
+    r = {"budgets": [], "doublings": [], "setup": {**setup, "lr": 0.003, "lr_is_default": False}}
+    assert "under the defaults but for the learning rate, 0.003 (the default is 0.01): 64 windows" in gen._synthetic_budget(r)[0]
+    r["setup"] = {**setup, "lr": 0.01}  # a run from before --lr: at the default rate
+    assert "under the defaults: learning rate 0.01, 64 windows" in gen._synthetic_budget(r)[0]
