@@ -23,8 +23,8 @@ their headline k; each keeps the rate of its lowest held-out FVU among the runs 
 (the lowest overall, marked, when none did); every other k, and the shuffled control (its carry's
 recipe with the positions shuffled), trains at that rate. --carries keeps one carry:
 
-    python benchmarks/synthetic_regions.py --lrs 1e-3,3e-3,default --tokens 6000000 --carries gated \
-        --out runs/synthetic_regions_converged                                                # ~1 h, 2 cores
+    python benchmarks/synthetic_regions.py --lrs 1e-3,3e-3,default --tokens 12000000 --carries gated \
+        --out runs/synthetic_regions_converged                                                # ~1.5 h, 2 cores
 """
 
 from __future__ import annotations
