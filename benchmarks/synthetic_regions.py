@@ -25,6 +25,9 @@ recipe with the positions shuffled), trains at that rate. --carries keeps one ca
 
     python benchmarks/synthetic_regions.py --lrs 1e-3,3e-3,default --tokens 12000000 --carries gated \
         --out runs/synthetic_regions_converged                                                # ~1.5 h, 2 cores
+
+Each trained point is kept in `<out>/points/` as it ends, so a stopped run resumes: the same command
+reads those points back and trains the rest.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ SWEEPS = [("per-position topk", "topk", None, False, (8, 16), (14, 18, 22, 26)),
 HEADLINE_K = {"per-position topk": 18, "contextual gated": 6, "contextual attention": 6}
 CONTROL_OF = {"gated, shuffled control": "contextual gated", "attention, shuffled control": "contextual attention"}
 CARRIES = ("gated", "attention")
+POINTS = "points"  # the run folder's subfolder of trained points, one JSON each
 
 
 def families(quick: bool, tokens: int | None = None, carries: tuple[str, ...] = CARRIES) -> list[Family]:
@@ -258,19 +262,46 @@ def _reused_points(args, setup: Setup, fams: list[Family]) -> list[dict]:
     return kept
 
 
-def train_points(jobs: list[tuple], workers: int, label: str = "") -> list[dict]:
-    """Train `jobs` ((setup, family, k) each) on `workers` processes, printing each point as it ends."""
-    points = []
-    print(f"{len(jobs)} trainings{label} on {workers} worker(s)...", flush=True)
+def point_file(folder: Path, setup: Setup, fam: Family, k: int) -> Path:
+    """Where one trained point is kept in the run folder, so that a stopped run resumes."""
+    lr = fam.lr or default_lr(setup.width)
+    return folder / POINTS / f"{fam.name.replace(', ', '-').replace(' ', '_')}_k{k}_lr{lr:g}_{fam.tokens}.json"
+
+
+def read_point(path: Path, setup: Setup) -> dict | None:
+    """A point kept by an earlier run (None if there is none); InputError for one trained under
+    another setup."""
+    if not path.is_file():
+        return None
+    kept = json.loads(path.read_text())
+    if kept.get("setup") != setup_record(setup):
+        raise InputError(f"{path} was trained under another setup ({kept.get('setup')}): delete it, or pass another --out")
+    return kept["point"]
+
+
+def train_points(jobs: list[tuple], workers: int, label: str = "", folder: Path | None = None) -> list[dict]:
+    """Train `jobs` ((setup, family, k) each) on `workers` processes, printing each point as it ends.
+    With `folder`, each point is kept there as it ends, and a point kept by an earlier run is read
+    back instead of trained again."""
+    points, todo = [], []
+    for job in jobs:
+        kept = read_point(point_file(folder, *job), job[0]) if folder is not None else None
+        (points.append(kept) if kept is not None else todo.append(job))
+    print(f"{len(todo)} trainings{label} on {workers} worker(s)"
+          + (f" ({len(points)} read back from {folder / POINTS})" if points else "") + "...", flush=True)
     with ProcessPoolExecutor(workers) as pool:
-        for future in as_completed([pool.submit(train_one, *job) for job in jobs]):
+        futures = {pool.submit(train_one, *job): job for job in todo}
+        for done, future in enumerate(as_completed(futures), 1):
             point = future.result()
             points.append(point)
-            done = f"[{len(points)}/{len(jobs)}] {point['family']} k={point['k']} lr={point['lr']:g}"
+            if folder is not None:
+                write_json_atomic(point_file(folder, *futures[future]),
+                                  {"setup": setup_record(futures[future][0]), "point": point})
+            head = f"[{done}/{len(todo)}] {point['family']} k={point['k']} lr={point['lr']:g}"
             if "diverged" in point:
-                print(f"  {done}: {point['diverged']}", flush=True)
+                print(f"  {head}: {point['diverged']}", flush=True)
             else:
-                print(f"  {done}: L0 {point['l0']:.2f} FVU {point['fvu']:.4f} state L0 {point['state_l0']:.1f} "
+                print(f"  {head}: L0 {point['l0']:.2f} FVU {point['fvu']:.4f} state L0 {point['state_l0']:.1f} "
                       f"converged {point['converged']} ({point['train_seconds']:.0f}s)", flush=True)
     return points
 
@@ -294,18 +325,20 @@ def choose_rates(fams: list[Family], swept: list[dict]) -> dict[str, dict]:
     return choices
 
 
-def sweep_rates(setup: Setup, fams: list[Family], lrs: list[float | None], workers: int) -> tuple[list[dict], dict]:
+def sweep_rates(setup: Setup, fams: list[Family], lrs: list[float | None], workers: int,
+                folder: Path | None = None) -> tuple[list[dict], dict]:
     """The converged comparison: each swept family at its headline k once per rate, then every
     other point at the chosen rates. Returns the points of the chosen rates and the choices."""
     resolved = sorted({lr or default_lr(setup.width) for lr in lrs})
     swept = train_points(_longest_first([(setup, dataclasses.replace(fam, lr=lr), headline_k(fam)) for fam in fams
-                                         if fam.name not in CONTROL_OF for lr in resolved]), workers, " of the rate sweep")
+                                         if fam.name not in CONTROL_OF for lr in resolved]), workers,
+                         " of the rate sweep", folder)
     choices = choose_rates(fams, swept)
     kept = [p for p in swept if p["lr"] == choices[p["family"]]["lr"]]
     rest = [(setup, dataclasses.replace(fam, lr=choices[fam.name]["lr"]), k) for fam in fams for k in fam.ks
             if choices[fam.name]["lr"] is not None and not any(p["family"] == fam.name and p["k"] == k for p in kept)]
     print("chosen rates: " + ", ".join(f"{name} {c['lr']:g}" for name, c in choices.items() if c["lr"]), flush=True)
-    return kept + train_points(_longest_first(rest), workers, " at the chosen rates"), choices
+    return kept + train_points(_longest_first(rest), workers, " at the chosen rates", folder), choices
 
 
 def _longest_first(jobs: list[tuple]) -> list[tuple]:
@@ -338,16 +371,18 @@ def main(argv=None) -> int:
         p.error("--rerun keeps the other families of a full run: it does not combine with --carries; drop one of them")
     try:
         reused = _reused_points(args, setup, fams)
+        for path in sorted((args.out / POINTS).glob("*.json")):  # before any training: every kept point's setup
+            read_point(path, setup)
     except InputError as e:
         p.error(str(e))
     start = time.perf_counter()
     choices = None
     if args.lrs is not None:
-        points, choices = sweep_rates(setup, fams, args.lrs, args.workers)
+        points, choices = sweep_rates(setup, fams, args.lrs, args.workers, args.out)
     else:
         jobs = [(setup, fam, k) for fam in fams for k in fam.ks if not any(q["family"] == fam.name for q in reused)]
         jobs.sort(key=lambda j: j[1].carry == "attention")  # gated and per-position first: the quicker results
-        points = list(reused) + train_points(jobs, args.workers)
+        points = list(reused) + train_points(jobs, args.workers, folder=args.out)
     summary = summarise(setup, fams, points)
     if choices is not None:
         summary["rates"] = {"swept": sorted({lr or default_lr(setup.width) for lr in args.lrs}), "choices": choices}

@@ -1,6 +1,7 @@
 """The synthetic benchmark's budget flag and its guards on reused points (`benchmarks/synthetic_regions.py`):
 bad input exits 2 with one line before any training."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_the_rate_sweep_trains_the_rest_at_the_chosen_rates_without_repeating_a_
     fams = sr.families(False, carries=("gated",))
     calls = []
 
-    def fake_train_points(jobs, workers, label=""):  # the contextual SAE's FVU rises with the rate;
+    def fake_train_points(jobs, workers, label="", folder=None):  # the contextual SAE's FVU rises with the rate;
         calls.append(jobs)                          # only TopK's 1e-2 run converges
         return [_run(fam.name, k, fam.lr, fam.lr * 10 / k if fam.arch == "contextual" else 0.1 / k,
                      fam.arch == "topk" and fam.lr == 1e-2) for _, fam, k in jobs]
@@ -117,3 +118,38 @@ def test_the_rate_sweep_trains_the_rest_at_the_chosen_rates_without_repeating_a_
     # every point of the comparison at its family's chosen rate, each k once
     assert sorted((p["family"], p["k"]) for p in points) == sorted((f.name, k) for f in fams for k in f.ks)
     assert all(p["lr"] == choices[p["family"]]["lr"] for p in points)
+
+
+def test_kept_points_are_read_back_instead_of_trained(tmp_path, capsys):
+    setup, fam = sr.Setup(), sr.families(True, carries=("gated",))[0]
+    jobs = [(setup, dataclasses.replace(fam, lr=1e-3), k) for k in fam.ks]
+    for job in jobs:  # an earlier run's points: nothing is left to train, so no process starts a training
+        path = sr.point_file(tmp_path, *job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"setup": sr.setup_record(setup), "point": _run(fam.name, job[2], 1e-3, 0.2, True)}))
+    points = sr.train_points(jobs, workers=1, folder=tmp_path)
+    assert sorted(p["k"] for p in points) == list(fam.ks)
+    assert "0 trainings on 1 worker(s) (2 read back from" in capsys.readouterr().out
+    assert sr.point_file(tmp_path, *jobs[0]) != sr.point_file(tmp_path, setup, dataclasses.replace(fam, lr=3e-3), 8)
+
+
+def test_a_kept_point_of_another_setup_stops_the_run_before_training(tmp_path, capsys):
+    setup, fam = sr.Setup(), sr.families(False)[0]
+    path = sr.point_file(tmp_path / "out", setup, fam, 14)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"setup": {**sr.setup_record(setup), "width": 1024}, "point": {}}))
+    with pytest.raises(SystemExit) as exit_:
+        sr.main(["--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert f"{path} was trained under another setup" in err and "delete it, or pass another --out" in err
+
+
+def test_a_trained_point_is_kept_and_a_second_run_reads_it_back(tmp_path, capsys):
+    setup, fam = sr.Setup(), sr.families(True)[0]  # per-position TopK
+    job = (setup, dataclasses.replace(fam, tokens=4 * 4096, lr=1e-3), 8)  # 4 steps
+    first = sr.train_points([job], workers=1, folder=tmp_path)
+    assert sr.point_file(tmp_path, *job).is_file() and "1 trainings on 1 worker(s)..." in capsys.readouterr().out
+    again = sr.train_points([job], workers=1, folder=tmp_path)
+    assert again == json.loads(json.dumps(first))  # saved, then loaded: equal
+    assert "0 trainings on 1 worker(s) (1 read back" in capsys.readouterr().out
