@@ -836,6 +836,9 @@ def _synthetic_budget(r: dict) -> list[str]:
                      "FVU where the decay starts", "share of the last quarter's gain after that", "state L0"], rows), ""]
     out += [f"- From {d['from']:,} to {d['to']:,} positions the final held-out FVU improved by {d['fvu_gain']:.1%}."
             for d in r["doublings"]]
+    if any((b["decay_share_of_last_quarter_gain"] or 0) > 1 for b in r["budgets"]):
+        out.append("- A share over 100%: the FVU rose between the start of the last quarter and the start of the "
+                   "decay, and the decay made more than the whole quarter's gain.")
     return out
 
 
