@@ -221,6 +221,7 @@ def _synthetic(r: dict) -> list[str]:
            md_table(["model", f"L0 at FVU {s['target_fvu']}", "state L0 there", "recovery", "tokens per SAE",
                      "sweep (k: L0 / FVU)"], rows), ""]
     g = r["goals"]
+    unconverged = any(p.get("converged") is False for f in r["families"].values() for p in f["points"])
     for carry, c in r["checks"].items():
         lost = c["gain_lost_by_control"]
         out.append(f"- **{carry} carry: {'meets' if c['meets_goals'] else 'misses'} the goals.** "
@@ -230,7 +231,8 @@ def _synthetic(r: dict) -> list[str]:
                    + (f"state L0 {fmt(c.get('state_vs_true_active'), '.2f')}x the true active count (goal <= "
                       f"{g['max_state_vs_true_active']}), " if "max_state_vs_true_active" in g else "")
                    + "the shuffled control loses "
-                   f"{'-' if lost is None else f'{lost:.0%}'} of the gain (goal >= {g['min_gain_lost_by_control']:.0%}).")
+                   f"{'-' if lost is None else f'{lost:.0%}'} of the gain (goal >= {g['min_gain_lost_by_control']:.0%})."
+                   + (" Its SAEs have not all converged, so the verdict is provisional." if unconverged else ""))
     # a rate-swept run's plot is the PNG beside its JSON, which the page adds
     return out + ([] if rates else ["", "![Pareto curves](../benchmarks/results/synthetic_regions_pareto.png)"])
 
