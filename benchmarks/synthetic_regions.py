@@ -48,7 +48,7 @@ import torch
 from ctxsae_core import BatchTopK, ContextualConfig, SAEConfig, TopK, TrainConfig, make_axis
 from ctxsae_common.cli import OneLineParser, positive_int
 from ctxsae_common.errors import InputError
-from ctxsae_common.files import write_json_atomic
+from ctxsae_common.files import read_json_object, write_json_atomic
 from ctxsae_core.evaluate import evaluate
 from ctxsae_core.cli import DEFAULT_BATCH_TOKENS
 from ctxsae_core.sweep import train_sae
@@ -104,6 +104,11 @@ def families(quick: bool, tokens: int | None = None, carries: tuple[str, ...] = 
             for name, arch, carry, shuffle, quick_ks, ks in SWEEPS if carry is None or carry in carries]
 
 
+def rate(setup: Setup, lr: float | None) -> float:
+    """The learning rate a family set to `lr` trains at: `lr`, or TrainConfig's default (None)."""
+    return lr or default_lr(setup.width)
+
+
 def headline_k(fam: Family) -> int:
     """The k at which `fam`'s learning rate is swept."""
     k = HEADLINE_K[fam.name]
@@ -128,8 +133,7 @@ def train_one(setup: Setup, fam: Family, k: int) -> dict:
     try:
         trained = train_sae(cfg, train_cfg, data, axis, None, held.x, final_eval=False)
     except InputError as e:  # diverged: a point of the sweep all the same, not the end of the benchmark
-        return {"family": fam.name, "k": k, "diverged": str(e), "tokens": fam.tokens,
-                "lr": fam.lr or default_lr(setup.width)}
+        return {"family": fam.name, "k": k, "diverged": str(e), "tokens": fam.tokens, "lr": rate(setup, fam.lr)}
     seconds = time.perf_counter() - start
     model = trained.model
     result = evaluate(model, held.x, axis, shuffle_context=fam.shuffle, seed=setup.seed)
@@ -264,8 +268,8 @@ def _reused_points(args, setup: Setup, fams: list[Family]) -> list[dict]:
 
 def point_file(folder: Path, setup: Setup, fam: Family, k: int) -> Path:
     """Where one trained point is kept in the run folder, so that a stopped run resumes."""
-    lr = fam.lr or default_lr(setup.width)
-    return folder / POINTS / f"{fam.name.replace(', ', '-').replace(' ', '_')}_k{k}_lr{lr:g}_{fam.tokens}.json"
+    name = fam.name.replace(", ", "-").replace(" ", "_")
+    return folder / POINTS / f"{name}_k{k}_lr{rate(setup, fam.lr):g}_{fam.tokens}.json"
 
 
 def read_point(path: Path, setup: Setup) -> dict | None:
@@ -273,7 +277,7 @@ def read_point(path: Path, setup: Setup) -> dict | None:
     another setup."""
     if not path.is_file():
         return None
-    kept = json.loads(path.read_text())
+    kept = read_json_object(path, "a kept point")
     if kept.get("setup") != setup_record(setup):
         raise InputError(f"{path} was trained under another setup ({kept.get('setup')}): delete it, or pass another --out")
     return kept["point"]
@@ -286,7 +290,10 @@ def train_points(jobs: list[tuple], workers: int, label: str = "", folder: Path 
     points, todo = [], []
     for job in jobs:
         kept = read_point(point_file(folder, *job), job[0]) if folder is not None else None
-        (points.append(kept) if kept is not None else todo.append(job))
+        if kept is None:
+            todo.append(job)
+        else:
+            points.append(kept)
     print(f"{len(todo)} trainings{label} on {workers} worker(s)"
           + (f" ({len(points)} read back from {folder / POINTS})" if points else "") + "...", flush=True)
     with ProcessPoolExecutor(workers) as pool:
@@ -328,8 +335,9 @@ def choose_rates(fams: list[Family], swept: list[dict]) -> dict[str, dict]:
 def sweep_rates(setup: Setup, fams: list[Family], lrs: list[float | None], workers: int,
                 folder: Path | None = None) -> tuple[list[dict], dict]:
     """The converged comparison: each swept family at its headline k once per rate, then every
-    other point at the chosen rates. Returns the points of the chosen rates and the choices."""
-    resolved = sorted({lr or default_lr(setup.width) for lr in lrs})
+    other point at the chosen rates. Returns the points of the chosen rates, and the rates swept
+    with the choices made among them (the result's "rates")."""
+    resolved = sorted({rate(setup, lr) for lr in lrs})
     swept = train_points(_longest_first([(setup, dataclasses.replace(fam, lr=lr), headline_k(fam)) for fam in fams
                                          if fam.name not in CONTROL_OF for lr in resolved]), workers,
                          " of the rate sweep", folder)
@@ -338,7 +346,8 @@ def sweep_rates(setup: Setup, fams: list[Family], lrs: list[float | None], worke
     rest = [(setup, dataclasses.replace(fam, lr=choices[fam.name]["lr"]), k) for fam in fams for k in fam.ks
             if choices[fam.name]["lr"] is not None and not any(p["family"] == fam.name and p["k"] == k for p in kept)]
     print("chosen rates: " + ", ".join(f"{name} {c['lr']:g}" for name, c in choices.items() if c["lr"]), flush=True)
-    return kept + train_points(_longest_first(rest), workers, " at the chosen rates", folder), choices
+    return (kept + train_points(_longest_first(rest), workers, " at the chosen rates", folder),
+            {"swept": resolved, "choices": choices})
 
 
 def _longest_first(jobs: list[tuple]) -> list[tuple]:
@@ -376,16 +385,16 @@ def main(argv=None) -> int:
     except InputError as e:
         p.error(str(e))
     start = time.perf_counter()
-    choices = None
+    rates = None
     if args.lrs is not None:
-        points, choices = sweep_rates(setup, fams, args.lrs, args.workers, args.out)
+        points, rates = sweep_rates(setup, fams, args.lrs, args.workers, args.out)
     else:
         jobs = [(setup, fam, k) for fam in fams for k in fam.ks if not any(q["family"] == fam.name for q in reused)]
         jobs.sort(key=lambda j: j[1].carry == "attention")  # gated and per-position first: the quicker results
         points = list(reused) + train_points(jobs, args.workers, folder=args.out)
     summary = summarise(setup, fams, points)
-    if choices is not None:
-        summary["rates"] = {"swept": sorted({lr or default_lr(setup.width) for lr in args.lrs}), "choices": choices}
+    if rates is not None:
+        summary["rates"] = rates
     summary["wall_seconds"] = time.perf_counter() - start
     summary["quick"] = args.quick
     summary["reused_families"] = sorted({q["family"] for q in reused})

@@ -102,7 +102,9 @@ def test_the_rate_sweep_trains_the_rest_at_the_chosen_rates_without_repeating_a_
                      fam.arch == "topk" and fam.lr == 1e-2) for _, fam, k in jobs]
 
     monkeypatch.setattr(sr, "train_points", fake_train_points)
-    points, choices = sr.sweep_rates(sr.Setup(), fams, [1e-3, None], workers=2)
+    points, rates = sr.sweep_rates(sr.Setup(), fams, [1e-3, None], workers=2)
+    choices = rates["choices"]
+    assert rates["swept"] == [1e-3, 1e-2]
     swept, rest = calls
     assert sorted((f.name, f.lr, k) for _, f, k in swept) == [
         ("contextual gated", 1e-3, 6), ("contextual gated", 1e-2, 6),  # None: the default rate, 1e-2 at width 512
@@ -153,3 +155,13 @@ def test_a_trained_point_is_kept_and_a_second_run_reads_it_back(tmp_path, capsys
     again = sr.train_points([job], workers=1, folder=tmp_path)
     assert again == json.loads(json.dumps(first))  # saved, then loaded: equal
     assert "0 trainings on 1 worker(s) (1 read back" in capsys.readouterr().out
+
+
+def test_a_damaged_kept_point_stops_the_run_in_one_line(tmp_path, capsys):
+    path = sr.point_file(tmp_path / "out", sr.Setup(), sr.families(False)[0], 14)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"setup": {"T": 6')  # cut off mid-write
+    with pytest.raises(SystemExit) as exit_:
+        sr.main(["--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and str(path) in err

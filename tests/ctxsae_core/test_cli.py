@@ -150,8 +150,9 @@ def test_a_run_reports_its_epochs_and_warns_when_it_has_not_converged(tmp_path, 
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert saved["tokens"] == 1536 and saved["epochs"] == pytest.approx(1536 / 2816)  # 11 whole batches of 16 windows
     assert ("warning: held-out FVU still improved" in err) == (saved["converged"] is False)
-    if saved["converged"] is False and saved["decay_share_of_last_quarter_gain"] is not None:
-        assert f"{saved['decay_share_of_last_quarter_gain']:.0%} of it after the learning rate started to decay" in err
+    # a few steps of training are still improving at the end, and the warning says how much of that the decay made
+    assert saved["converged"] is False and saved["fvu_gain_last_quarter"] > 0
+    assert f"{saved['decay_share_of_last_quarter_gain']:.0%} of it after the learning rate started to decay" in err
     assert "epochs)" in out
 
 
