@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         ImageJob(cfg, harvest, progress, args.device).harvest()  # renders and harvests what is missing
     except InputError as e:
         p.error(str(e))
-    runner = stages.Stages(lambda c, out: run(c, out, progress=progress, device=args.device), "metrics.json",
+    runner = stages.Stages(lambda c, out: run(c, out, progress=progress, device=args.device, jobs=args.jobs), "metrics.json",
                            HARVEST, args.runs, harvest, record=lambda c: c.to_dict())
 
     def stage_at(hook: str):

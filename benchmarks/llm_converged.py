@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cfg = load_llm_config(args.config)
     stages.check_arguments(p, args, cfg.sweep)
-    run = stages.Stages(lambda c, out: compare(c, out, progress=not args.no_progress, device=args.device),
+    run = stages.Stages(lambda c, out: compare(c, out, progress=not args.no_progress, device=args.device,
+                                               jobs=args.jobs),
                         "comparison.json", ("store", TOKENS_FILE, REGIONS_FILE), args.runs, args.harvest_from,
                         record=dataclasses.asdict)
 

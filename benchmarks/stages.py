@@ -79,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser, headline_k: int) -> None:
                         "a first look at an ablation")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="SAEs of a stage trained at a time, each in a worker process on its share of the threads "
+                        "(default 1; the figures are the same either way)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -90,6 +93,8 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, sweep:
                 f"{list(sweep.k_contextual)}")
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
 

@@ -239,10 +239,19 @@ class Trainer:
         self.step, self.total_steps, self.batch_shape = meta["step"], meta["total_steps"], meta.get("batch_shape")
         if (self.out_dir / METRICS_FILE).is_file():  # drop lines logged after the checkpoint
             lines = (self.out_dir / METRICS_FILE).read_text().splitlines()
-            kept = [ln for ln in lines if ln and json.loads(ln).get("step", 0) <= self.step]
+            kept = [ln for ln in lines if ln and self._logged_before_checkpoint(json.loads(ln))]
             write_text_atomic(self.out_dir / METRICS_FILE, "".join(ln + "\n" for ln in kept))
             self.curve = [{k: r[k] for k in ("step", "tokens", "fvu")} for r in map(json.loads, kept)
                           if r.get("split") == "eval" and "tokens" in r]
+
+    def _logged_before_checkpoint(self, record: dict[str, Any]) -> bool:
+        """Whether a metrics line was logged before the checkpoint just loaded (at self.step): a
+        step's lines come before its checkpoint, except the closing held-out point of a finished
+        run, logged at its last step after the last checkpoint (no point is taken in the loop
+        there), which the resumed run takes again."""
+        step = record.get("step", 0)
+        closing = record.get("split") == "eval" and step == self.step == self.total_steps
+        return step <= self.step and not closing
 
     # --- the loop -----------------------------------------------------------------------------
 

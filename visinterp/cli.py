@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--autoencoder", default=None,
                    help="override the config's autoencoder: 'offline', a TAESD-family or diffusers folder, or a hub id")
     add_device_flags(r)
+    add_jobs_flag(r)
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     c = sub.add_parser("llm-compare", help="per-position vs contextual SAEs on a causal LM, with spliced CE",
                        description="Harvest a causal LM's activations at one hook over region-labelled token windows "
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", type=Path, required=True, help="a TOML file, e.g. configs/llm/quick.toml")
     c.add_argument("--out", type=Path, required=True, help="output folder")
     add_device_flags(c)
+    add_jobs_flag(c)
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     s = sub.add_parser("scene-features", help="SAEs on a coordinate MLP, aligned with the scene's factors",
                        description="Train per-position and contextual SAEs (and the shuffled-context control) on "
@@ -66,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_flags(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+def add_jobs_flag(parser: argparse.ArgumentParser) -> None:
+    """Add --jobs (SAEs trained at a time, `ctxsae_core.pool`) to a command's parser."""
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="train N of the sweep's SAEs at a time, each in a worker process on its share of the "
+                             "--threads (default: 1, one after another; the figures are the same either way)")
 
 
 def cmd_scene_features(args: argparse.Namespace) -> int:
@@ -96,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.autoencoder:
         cfg = dataclasses.replace(cfg, autoencoder=args.autoencoder)
     _, device = init_from_env(args.device)  # under torchrun: the harvest is shared among the ranks
-    result = run(cfg, args.out, progress=not args.no_progress, device=device)
+    result = run(cfg, args.out, progress=not args.no_progress, device=device, jobs=args.jobs)
     if not result:  # a torchrun rank other than 0: its share of the harvest is done
         return 0
     print(f"autoencoder: {result['autoencoder']['autoencoder']}")
@@ -118,7 +127,7 @@ def cmd_llm_compare(args: argparse.Namespace) -> int:
 
     cfg = load_llm_config(args.config)
     _, device = init_from_env(args.device)  # under torchrun: the harvest is shared among the ranks
-    result = compare(cfg, args.out, progress=not args.no_progress, device=device)
+    result = compare(cfg, args.out, progress=not args.no_progress, device=device, jobs=args.jobs)
     if not result:  # a torchrun rank other than 0: its share of the harvest is done
         return 0
     write_report(LLMRunView(args.out))

@@ -61,6 +61,21 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, shuffle, max_grad_norm
     assert logged == sorted(logged)  # lines logged after the checkpoint were dropped, not duplicated
 
 
+def test_a_finished_run_fitted_again_keeps_one_closing_point(tmp_path):
+    """The closing held-out point is logged after the last checkpoint: a second fit on the finished
+    folder takes it again in its place (the same value), not beside the first."""
+    data, axis = _data(), make_axis("tokens", T)
+    cfg = TrainConfig(tokens=12 * 4 * T, checkpoint_every=5, eval_every=4, progress=False)
+    first = Trainer(_contextual(), cfg, axis, out_dir=tmp_path, eval_windows=data[:8], final_eval=False)
+    first.fit(WindowBatches(data, 4))
+    again = Trainer(_contextual(seed=99), cfg, axis, out_dir=tmp_path, eval_windows=data[:8], final_eval=False)
+    again.fit(WindowBatches(data, 4))
+    assert [p["step"] for p in first.curve] == [4, 8, 12]
+    assert again.curve == first.curve
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["split"] == "eval"] == [4, 8, 12]
+
+
 def test_learning_rate_warms_up_and_decays():
     t = Trainer(SAE(SAEConfig(d_in=D, width=16, activation=TopK(k=2))),
                 TrainConfig(tokens=100, lr=1.0, warmup_fraction=0.1, decay_fraction=0.2), None)

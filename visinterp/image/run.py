@@ -23,6 +23,7 @@ from ctxsae_core.data import split_indices
 from ctxsae_core.distributed import leave_after_harvest, main_first
 from ctxsae_core.metrics import persistence
 from ctxsae_core.sae import BaseSAE
+from ctxsae_core.pool import check_jobs, train_ahead
 from ctxsae_core.sweep import sweep_specs, train_config, train_sae
 from visinterp.analysis.codes import evaluate_with_codes, window_codes
 from visinterp.analysis.matched_l0 import analysed_pair
@@ -122,8 +123,10 @@ def store_map_hw(store: ActivationStore, tile: int) -> tuple[int, int]:
 class ImageJob:
     """One `visinterp run`: what its stages share."""
 
-    def __init__(self, cfg: RunConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: RunConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu",
+                 jobs: int = 1):
         self.cfg, self.out, self.progress, self.device = cfg, Path(out), progress, resolve_device(device)
+        self.jobs = check_jobs(jobs)
         self.source = image_source(cfg, self.out)  # inputs and hooks are checked before anything trains or renders
         if cfg.autoencoder == "offline":
             check_hooks(cfg.harvest.hooks, offline_hook_names(cfg.offline_ae), "the offline autoencoder")
@@ -167,10 +170,14 @@ class ImageJob:
         sweep = self.cfg.sweep
         steps = max(1, sweep.tokens // (sweep.batch_windows * store.window_shape[0]))
         metrics = {}
-        for spec in sweep_specs(sweep, store.window_shape[1]):
-            tc = train_config(sweep, spec, self.progress, checkpoint_every=max(50, steps // 4))
-            trained = train_sae(spec.config, tc, store.batches(train_idx, sweep.batch_windows, sweep.seed), data.axis,
-                                self.sae_folder(hook, spec.name), data.held_x, device=self.device, final_eval=False)
+        specs = sweep_specs(sweep, store.window_shape[1])
+        calls = [{"config": spec.config, "batches": store.batches(train_idx, sweep.batch_windows, sweep.seed),
+                  "train_cfg": train_config(sweep, spec, self.progress, checkpoint_every=max(50, steps // 4)),
+                  "axis": data.axis, "out_dir": self.sae_folder(hook, spec.name), "eval_windows": data.held_x,
+                  "device": self.device, "final_eval": False} for spec in specs]
+        train_ahead(calls, self.jobs, progress=self.progress)  # with --jobs N: N at a time, then read back below
+        for spec, call in zip(specs, calls):
+            trained = train_sae(**call)
             model = trained.model
             scores, codes = evaluate_with_codes(model, data.held_x, data.axis, spec.shuffle, sweep.seed)
             training = trained.trainer.summary(scores)
@@ -232,15 +239,16 @@ class ImageJob:
         return entry
 
 
-def run(cfg: RunConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu") -> dict:
-    """Run the whole job into `out` on `device`; returns what metrics.json holds ({} on the
-    torchrun ranks other than 0, which stop after the shared harvest)."""
+def run(cfg: RunConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu", jobs: int = 1) -> dict:
+    """Run the whole job into `out` on `device`, training `jobs` SAEs at a time
+    (`ctxsae_core.pool`); returns what metrics.json holds ({} on the torchrun ranks other than 0,
+    which stop after the shared harvest)."""
     from visinterp.image.report import write_report
 
     out = Path(out)
     # under torchrun, rank 0 checks the inputs, renders and trains what is missing, then every
     # rank harvests its share of the images; rank 0 alone goes on to train and report
-    job = main_first(lambda first: ImageJob(cfg, out, progress and first, device))
+    job = main_first(lambda first: ImageJob(cfg, out, progress and first, device, jobs))
     stores = job.harvest()
     if leave_after_harvest():
         return {}

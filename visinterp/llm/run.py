@@ -19,6 +19,7 @@ from ctxsae_core.data import split_indices
 from ctxsae_core.distributed import leave_after_harvest, main_first
 from ctxsae_core.store import derived_store
 from ctxsae_core.metrics import fvu, mse, persistence
+from ctxsae_core.pool import check_jobs, train_ahead
 from ctxsae_core.sweep import sweep_specs, train_config, train_sae
 from visinterp.analysis.baselines import null_fvus, unigram_table
 from visinterp.analysis.codes import evaluate_with_codes
@@ -74,11 +75,13 @@ def _training_tokens(store, train: torch.Tensor, windows: TokenWindows):
             yield windows.ids[tensors["image_index"][mine]][:, 1:], tensors["activations"][mine]
 
 
-def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu") -> dict:
-    """Run the whole job into `out`, the LM and the SAEs on `device`; returns what
-    comparison.json holds ({} on the torchrun ranks other than 0, which stop after the shared
-    harvest)."""
+def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str | torch.device = "cpu",
+            jobs: int = 1) -> dict:
+    """Run the whole job into `out`, the LM and the SAEs on `device`, training `jobs` SAEs at a
+    time (`ctxsae_core.pool`); returns what comparison.json holds ({} on the torchrun ranks other
+    than 0, which stop after the shared harvest)."""
     device = resolve_device(device)
+    check_jobs(jobs)
     out = Path(out)
     # the corpus (files, dataset) is read before the model loads, and the hook checked before any
     # work, so that bad input fails in seconds and leaves no folder behind
@@ -125,10 +128,14 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
         offset = table.predict(held_ids[:, 1:])
     held_in = held_x if offset is None else held_x - offset
     saes = {}
-    for spec in sweep_specs(cfg.sweep, store.window_shape[1]):
-        trained = train_sae(spec.config, train_config(cfg.sweep, spec, progress),
-                            sae_store.batches(train, cfg.sweep.batch_windows, cfg.sweep.seed), axis,
-                            out / "saes" / spec.name, held_in, device=device, final_eval=False)
+    specs = sweep_specs(cfg.sweep, store.window_shape[1])
+    calls = [{"config": spec.config, "train_cfg": train_config(cfg.sweep, spec, progress),
+              "batches": sae_store.batches(train, cfg.sweep.batch_windows, cfg.sweep.seed), "axis": axis,
+              "out_dir": out / "saes" / spec.name, "eval_windows": held_in, "device": device, "final_eval": False}
+             for spec in specs]
+    train_ahead(calls, jobs, progress=progress)  # with jobs > 1: that many at a time, then read back below
+    for spec, call in zip(specs, calls):
+        trained = train_sae(**call)
         model = trained.model
         scores, codes = evaluate_with_codes(model, held_in, axis, spec.shuffle, cfg.sweep.seed)
         summary = trained.trainer.summary(scores)  # the learning curve is of what the SAE coded

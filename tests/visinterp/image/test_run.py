@@ -189,6 +189,31 @@ def test_a_sweep_of_topk_saes_alone_runs_and_reports_without_an_analysed_pair(tm
     assert RunView(out).state_maps("latent", "topk_k2")[0].shape[1:] == (4, 4)
 
 
+def test_saes_trained_two_at_a_time_report_the_figures_of_one_at_a_time(tmp_path, capsys):
+    """`--jobs 2`: two worker processes on one thread each train the sweep; every SAE's row (FVU,
+    L0, PSNR, learning curve, ...) equals that of one SAE after another, at the same thread count."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(f'autoencoder = "{TAEF2}"\n[images]\nn = 8\nsize = 32\nheld_out = 0.25\n[harvest]\n'
+                   'hooks = ["latent"]\n[sweep]\nwidth = 16\nk = [2]\nk_contextual = [1]\ntokens = 3000\n'
+                   '[report]\nfeatures = 2\ntop_images = 2\n')
+    threads = torch.get_num_threads()
+    try:
+        assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "one"), "--no-progress", "--threads", "1",
+                     "--device", "cpu"]) == 0
+        assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "two"), "--no-progress", "--threads", "1",
+                     "--jobs", "2", "--device", "cpu"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    one, two = (json.loads((tmp_path / f / "metrics.json").read_text())["saes"] for f in ("one", "two"))
+    assert sorted(one) == ["latent/contextual_gated_k1", "latent/contextual_gated_k1_control", "latent/topk_k2"]
+    assert one == two
+    capsys.readouterr()
+    assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "bad"), "--jobs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--jobs 0 must be at least 1" in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
+
+
 def test_visinterp_run_under_torchrun_shares_the_harvest_and_reports_once(torchrun, tmp_path):
     """`torchrun --nproc-per-node 2 -m visinterp.cli run`: rank 0 renders the scenes, both ranks
     harvest half the images each into the one store a single process writes, and rank 0 alone

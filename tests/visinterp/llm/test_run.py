@@ -157,6 +157,16 @@ def test_a_missing_corpus_file_fails_before_the_model_loads(tmp_path, capsys, mo
     assert "nope.txt: no such text file" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
+def test_bad_jobs_fail_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before --jobs was checked")
+
+    monkeypatch.setattr("visinterp.llm.run.load_causal_lm", never)
+    assert main(["llm-compare", "--config", str(QUICK), "--out", str(tmp_path / "o"), "--jobs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--jobs 0 must be at least 1" in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
 def test_run_view_of_a_folder_without_a_comparison_says_what_to_run(tmp_path):
     with pytest.raises(InputError, match="no run.json, so no finished llm run is there: run `visinterp llm-compare"):
         LLMRunView(tmp_path)
