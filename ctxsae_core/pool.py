@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-from functools import partial
+import traceback
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +40,39 @@ def check_jobs(jobs: int) -> int:
     return jobs
 
 
-def _train_one(threads: int, call: dict[str, Any]) -> None:
-    """A worker's task: one SAE, on `threads` CPU threads (a spawned process starts at PyTorch's default)."""
-    torch.set_num_threads(threads)
-    train_sae(**call)
+def _train_one(threads: int, call: dict[str, Any], conn: Connection) -> None:
+    """A worker: one SAE on `threads` CPU threads (a spawned process starts at PyTorch's default),
+    then None down `conn`, or the error: an InputError as it is, anything else as its traceback."""
+    try:
+        torch.set_num_threads(threads)
+        train_sae(**call)
+        conn.send(None)
+    except InputError as e:
+        conn.send(e)
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(RuntimeError(f"training {call['out_dir']} in a worker process failed:\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+def _outcome(conn: Connection, proc: BaseProcess, call: dict[str, Any]) -> BaseException | None:
+    """What a worker sent once it is done, or the error of one that died without a word (killed, out of memory)."""
+    try:
+        return conn.recv()
+    except EOFError:
+        proc.join()
+        return RuntimeError(f"the worker process training {call['out_dir']} died (exit code {proc.exitcode}) before "
+                            "it finished: out of memory? Pass a smaller --jobs")
 
 
 def train_ahead(calls: list[dict[str, Any]], jobs: int, threads: int | None = None, progress: bool = True) -> None:
     """Train the SAEs of `calls` (each the keyword arguments of a `train_sae` call with its own
-    `out_dir`) `jobs` at a time in spawned worker processes on `threads` CPU threads each
-    (default: this process's threads shared among the workers, at least 1). A folder that holds a
-    finished SAE is left alone, and the contextual SAEs, the slow ones, start first. Nothing
-    happens with `jobs` 1 or fewer than two SAEs to train: the caller's own `train_sae` calls train
-    them in turn. The first error in a worker stops the others and is raised here."""
+    `out_dir`) `jobs` at a time, each in a spawned worker process on `threads` CPU threads
+    (default: this process's threads shared among the workers, at least 1). A folder that holds
+    a finished SAE is left alone, and the contextual SAEs, the slow ones, start first. Nothing
+    happens with `jobs` 1 or fewer than two SAEs to train: the caller's own `train_sae` calls
+    train them in turn. The first error in a worker (or a worker that dies) stops the others and
+    is raised here."""
     check_jobs(jobs)
     if any(call.get("out_dir") is None for call in calls):
         raise ValueError("train_ahead needs an out_dir for every SAE: the caller resumes each from its folder")
@@ -59,11 +81,30 @@ def train_ahead(calls: list[dict[str, Any]], jobs: int, threads: int | None = No
         return
     threads = threads or max(1, torch.get_num_threads() // jobs)
     todo.sort(key=lambda call: not isinstance(call["config"], ContextualConfig))  # stable: else the sweep's order
-    quiet = [{**call, "train_cfg": dataclasses.replace(call["train_cfg"], progress=False)} for call in todo]
+    pending = [{**call, "train_cfg": dataclasses.replace(call["train_cfg"], progress=False)} for call in todo]
     workers = min(jobs, len(todo))
-    desc = f"train {len(todo)} SAEs, {workers} at a time ({threads} thread{'s' * (threads != 1)} each)"
-    # a fresh process per SAE (maxtasksperchild); leaving the block terminates the pool, so an error stops every worker
-    with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
-        for _ in tqdm(pool.imap_unordered(partial(_train_one, threads), quiet), total=len(quiet), desc=desc,
-                      unit="SAE", disable=not progress):
-            pass
+    spawn = multiprocessing.get_context("spawn")
+    running: dict[Connection, tuple[BaseProcess, dict[str, Any]]] = {}  # by the end the worker reports down
+    bar = tqdm(total=len(pending), unit="SAE", disable=not progress,
+               desc=f"train {len(pending)} SAEs, {workers} at a time ({threads} thread{'s' * (threads != 1)} each)")
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                call = pending.pop(0)
+                receive, send = spawn.Pipe(duplex=False)
+                proc = spawn.Process(target=_train_one, args=(threads, call, send), daemon=True)
+                proc.start()
+                send.close()  # the worker holds the sending end now
+                running[receive] = (proc, call)
+            for receive in wait(list(running)):  # a message, or the end of the pipe of a worker that died
+                proc, call = running.pop(receive)
+                error = _outcome(receive, proc, call)
+                proc.join()
+                if error is not None:
+                    raise error
+                bar.update(1)
+    finally:
+        for proc, _ in running.values():  # an error, or an interrupt: the others stop too
+            proc.terminate()
+            proc.join()
+        bar.close()

@@ -2,6 +2,9 @@
 same weights, learning curves and held-out scores; a worker's error reaches the caller; bad
 --jobs values are named."""
 
+import multiprocessing
+import os
+
 import pytest
 import torch
 
@@ -77,6 +80,31 @@ def test_a_finished_folder_is_not_trained_again(tmp_path):
 def test_a_workers_error_reaches_the_caller(tmp_path):
     with pytest.raises(InputError, match="training diverged"):
         train_ahead(_calls(tmp_path, lr=1e12), jobs=2, threads=1, progress=False)
+
+
+class _Dies:
+    """Batches whose first read ends the worker process at once, as the kernel's out-of-memory killer would."""
+
+    def __iter__(self):
+        os._exit(3)
+
+
+class _Breaks:
+    """Batches whose first read raises an error that is not the user's (a bug, say)."""
+
+    def __iter__(self):
+        raise KeyError("no such shard")
+
+
+@pytest.mark.parametrize("batches, message", [(_Dies(), r"died \(exit code 3\).*Pass a smaller --jobs"),
+                                              (_Breaks(), r"(?s)in a worker process failed:\n.*KeyError: 'no such shard'")])
+def test_a_worker_that_dies_or_breaks_stops_the_others(tmp_path, batches, message):
+    calls = _calls(tmp_path)
+    with pytest.raises(RuntimeError, match=message) as caught:
+        train_ahead([{**calls[1], "batches": batches}, calls[0], calls[2]], jobs=2, threads=1, progress=False)
+    assert str(calls[1]["out_dir"]) in str(caught.value)
+    assert multiprocessing.active_children() == []  # the other worker was stopped, not left running
+    assert not (calls[2]["out_dir"] / EVAL_FILE).exists()  # and the one still waiting never started
 
 
 def test_bad_jobs_are_named(tmp_path):
