@@ -84,6 +84,7 @@ bench-scenes: setup
 
 bench-threads: setup
 	$(PY) benchmarks/threads_under_load.py --out benchmarks/results/threads_under_load.json
+	$(PY) benchmarks/sweep_jobs.py --out benchmarks/results/sweep_jobs.json
 
 bench-harvest: setup
 	$(PY) benchmarks/harvest_throughput.py --out benchmarks/results/harvest_throughput.json

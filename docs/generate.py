@@ -713,6 +713,20 @@ def _threads(r: dict) -> list[str]:
     return out
 
 
+def _sweep_jobs(r: dict) -> list[str]:
+    s = r["setup"]
+    names = list(next(iter(r["arms"].values()))["saes"])
+    rows = [[name, str(a["jobs"]), str(a["threads_each"]), fmt(a["seconds"], ".1f"),
+             *[fmt(a["saes"][n]["fvu"], ".4f") for n in names]] for name, a in r["arms"].items()]
+    return [f"One stage of a converged comparison (TopK, the gated contextual SAE and its shuffled control at k "
+            f"{s['k']}, width {s['width']}) on synthetic windows of {s['T']} positions, d {s['d']}, "
+            f"{s['tokens_per_sae']:,} positions an SAE, on {s['cores']} cores: one SAE after another on every "
+            "thread, against `--jobs` SAEs at a time on a share of the threads each. Wall-clock seconds of the "
+            "whole sweep (workers started, SAEs trained, read back and evaluated) and each SAE's held-out FVU.", "",
+            md_table(["arm", "jobs", "threads each", "seconds", *[f"FVU `{n}`" for n in names]], rows), "",
+            f"Speed-up: **{r['speedup']:.2f}x**. The FVUs differ only in the rounding of another thread count."]
+
+
 def _saelens_roundtrip(r: dict) -> list[str]:
     rows = [[name, x["saelens_architecture"], fmt(x["export_max_abs_diff"], ".2e"), fmt(x["import_max_abs_diff"], ".2e")]
             for name, x in r["rows"].items()]
@@ -928,6 +942,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "gpu_tests_h100": ("The gpu-marked tests on an H100", _gpu_tests),
     "gpu_tests_h200": ("The gpu-marked tests on an H200", _gpu_tests),
     "threads_under_load": ("Commands on a busy machine: CPU threads", _threads),
+    "sweep_jobs": ("Several SAEs at a time (`--jobs`)", _sweep_jobs),
     "saelens_roundtrip": ("SAELens round trip", _saelens_roundtrip),
     "train_throughput": ("Training throughput (100 steps)", _throughput),
     "harvest_throughput": ("Harvest throughput: image autoencoders", lambda r: _harvest(r, "images")),
