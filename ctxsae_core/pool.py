@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import sys
 import traceback
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -24,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ctxsae_common.errors import InputError
+from ctxsae_common.threads import available_cores
 from ctxsae_core.config import ContextualConfig
 from ctxsae_core.distributed import group
 from ctxsae_core.sweep import train_sae
@@ -83,6 +85,9 @@ def train_ahead(calls: list[dict[str, Any]], jobs: int, threads: int | None = No
     todo.sort(key=lambda call: not isinstance(call["config"], ContextualConfig))  # stable: else the sweep's order
     pending = [{**call, "train_cfg": dataclasses.replace(call["train_cfg"], progress=False)} for call in todo]
     workers = min(jobs, len(todo))
+    if workers * threads > available_cores():
+        print(f"warning: {workers} workers on {threads} thread{'s' * (threads != 1)} each, {available_cores()} "
+              "core(s): they share cores and each runs slower; pass a smaller --jobs or --threads", file=sys.stderr)
     spawn = multiprocessing.get_context("spawn")
     running: dict[Connection, tuple[BaseProcess, dict[str, Any]]] = {}  # by the end the worker reports down
     bar = tqdm(total=len(pending), unit="SAE", disable=not progress,

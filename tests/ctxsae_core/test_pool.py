@@ -107,6 +107,14 @@ def test_a_worker_that_dies_or_breaks_stops_the_others(tmp_path, batches, messag
     assert not (calls[2]["out_dir"] / EVAL_FILE).exists()  # and the one still waiting never started
 
 
+def test_more_worker_threads_than_cores_are_warned_of(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("ctxsae_core.pool.available_cores", lambda: 1)
+    calls = [{**call, "batches": _Dies()} for call in _calls(tmp_path)]
+    with pytest.raises(RuntimeError, match="died"):
+        train_ahead(calls, jobs=2, threads=1, progress=False)
+    assert "warning: 2 workers on 1 thread each, 1 core(s): they share cores" in capsys.readouterr().err
+
+
 def test_bad_jobs_are_named(tmp_path):
     with pytest.raises(InputError, match="--jobs 0 must be at least 1"):
         check_jobs(0)
