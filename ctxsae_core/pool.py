@@ -6,9 +6,9 @@ One SAE keeps few cores busy on the CPU (its matrix products are small, and the 
 walks its positions one after another), so N SAEs side by side on one thread each finish sooner
 than the same SAEs one after another on N threads. `train_ahead` trains them that way, each into
 its folder. The job then calls `train_sae` on each folder as before, which resumes from the
-finished run's last checkpoint: the threshold's calibration and the closing evaluation run again
-on the same weights, so every figure is that of the SAE trained alone at the workers' thread
-count (tested)."""
+finished run's last checkpoint: the threshold's calibration and the closing evaluation run again,
+in the job, on the weights and learning curve of the SAE trained alone at the workers' thread
+count (tested: with the job on that thread count too, every figure is the same to the last bit)."""
 
 from __future__ import annotations
 
