@@ -103,9 +103,11 @@ bench-llm-converged: setup
 		--out benchmarks/results/llm_converged_smollm2_resid15.json
 
 # TAEF2 (../shared/weights/taef2) at 256 px, latent and encoder.mid, the default recipe at 8M
-# positions per SAE (configs/image/taef2_converged_256_8m.toml); resumable like the LLM one
+# positions per SAE (configs/image/taef2_converged_256_8m.toml); resumable like the LLM one, and across
+# checkouts from the finished stages' JSON kept in benchmarks/results/stages/ (commit them as they finish)
 bench-image-converged: setup
-	$(PY) benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256_8m.json
+	$(PY) benchmarks/image_converged.py --jobs 2 --keep-stages benchmarks/results/stages/taef2_converged_256_8m \
+		--out benchmarks/results/image_converged_taef2_256_8m.json
 
 clean:
 	rm -rf runs .pytest_cache

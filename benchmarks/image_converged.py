@@ -9,7 +9,9 @@ over seeds.
 First the harvest, once, into `<runs>/harvest` (the rendered scenes and one activation store per
 hook). Then per hook, each stage a `visinterp run` on that hook alone in `<runs>/<hook>/<stage>`,
 reading the harvest through hard links (a stage whose metrics.json exists is read back, so the
-script resumes; a stage folder of another config is refused):
+script resumes; a stage folder of another config is refused; with `--keep-stages DIR` each finished
+stage's metrics.json and config.json are copied to DIR as well, and read from there on a checkout
+whose runs folder lacks them):
 
 1. `lr<rate>`: TopK, the contextual SAE and its control at the headline k, once per rate; each
    series keeps the lowest held-out FVU among its converged runs (the lowest overall, marked,
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
     except InputError as e:
         p.error(str(e))
     runner = stages.Stages(lambda c, out: run(c, out, progress=progress, device=args.device, jobs=args.jobs), "metrics.json",
-                           HARVEST, args.runs, harvest, record=lambda c: c.to_dict())
+                           HARVEST, args.runs, harvest, record=lambda c: c.to_dict(), kept=args.keep_stages)
 
     def stage_at(hook: str):
         at_hook = dataclasses.replace(cfg, harvest=dataclasses.replace(cfg.harvest, hooks=(hook,)))

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     run = stages.Stages(lambda c, out: compare(c, out, progress=not args.no_progress, device=args.device,
                                                jobs=args.jobs),
                         "comparison.json", ("store", TOKENS_FILE, REGIONS_FILE), args.runs, args.harvest_from,
-                        record=dataclasses.asdict)
+                        record=dataclasses.asdict, kept=args.keep_stages)
 
     def in_folder(prefix: str):
         def stage(name: str, may_diverge: bool = False, **sweep) -> dict:

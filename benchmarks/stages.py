@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from ctxsae_common.errors import InputError
-from ctxsae_common.files import write_json_atomic
+from ctxsae_common.files import write_json_atomic, write_text_atomic
 from rates import lowest_converged, parse_rates
 from visinterp.analysis.matched_l0 import goals, l0_for_value, matched_table, series_points, verdict
 
@@ -79,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser, headline_k: int) -> None:
                         "a first look at an ablation")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--keep-stages", type=Path, default=None, metavar="DIR",
+                   help="copy each finished stage's result and config.json to DIR/<stage>/, and read a stage the runs "
+                        "folder lacks from there: commit DIR, and a fresh checkout goes on where the run stopped")
     p.add_argument("--jobs", type=int, default=1,
                    help="SAEs of a stage trained at a time, each in a worker process on its share of the threads "
                         "(default 1; the figures are the same either way)")
@@ -129,11 +132,16 @@ class Stages:
 
     job(cfg, out) runs a job into `out` and leaves `result` (a JSON file) there, and the job's
     config as config.json, which `record(cfg)` must reproduce; `harvest` names what of a run folder
-    to share between stages."""
+    to share between stages. With `kept`, every finished stage's result and config.json (and its
+    diverged.json) are also copied to `kept/<stage>/`, and a stage the runs folder lacks is read
+    from there: a few JSON files that can be committed, so that a benchmark longer than a session
+    goes on where it stopped on a fresh checkout (whose runs folder is empty), instead of training
+    its finished stages again."""
 
     def __init__(self, job: Callable[[Any, Path], Any], result: str, harvest: tuple[str, ...], runs: Path,
-                 harvest_from: Path | None = None, *, record: Callable[[Any], dict]):
+                 harvest_from: Path | None = None, *, record: Callable[[Any], dict], kept: Path | None = None):
         self.job, self.result, self.shared, self.runs, self.record = job, result, harvest, runs, record
+        self.kept = kept
         if harvest_from is not None and not all((harvest_from / n).exists() for n in harvest):
             print(f"{harvest_from}: no harvest there ({', '.join(harvest)}), so the first stage harvests", flush=True)
             harvest_from = None
@@ -150,6 +158,13 @@ class Stages:
         staged = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, **sweep))
         if (out / "config.json").is_file():
             check_same_config(out, self.record(staged))
+        elif self.kept is not None and (self.kept / name / "config.json").is_file():
+            check_same_config(self.kept / name, self.record(staged))
+            copy = self.kept / name  # a stage finished on another checkout: read back from its copy
+            if may_diverge and (copy / DIVERGED_FILE).is_file():
+                return {"saes": {}, **json.loads((copy / DIVERGED_FILE).read_text())}
+            if (copy / self.result).is_file():
+                return json.loads((copy / self.result).read_text())
         if may_diverge and failed.is_file():
             return {"saes": {}, **json.loads(failed.read_text())}
         if not done.is_file():
@@ -163,12 +178,25 @@ class Stages:
                 if not (may_diverge and "diverged" in str(e)):
                     raise
                 write_json_atomic(failed, {"diverged": str(e)})
+                self._keep(name, out)
                 return {"saes": {}, "diverged": str(e)}
             finally:
                 self.seconds[name] = time.perf_counter() - start
         if self.harvest is None:
             self.harvest = out
+        self._keep(name, out)
         return json.loads(done.read_text())
+
+    def _keep(self, name: str, out: Path) -> None:
+        """Copy a finished stage's result, config.json and diverged.json from `out` to kept/<name>/
+        (whole files, each written atomically), unless they are there."""
+        if self.kept is None:
+            return
+        for file in (self.result, "config.json", DIVERGED_FILE):
+            target = self.kept / name / file
+            if (out / file).is_file() and not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(target, (out / file).read_text())
 
 
 # Ablations of the contextual SAE: the [sweep] fields each one changes (`ablated`)

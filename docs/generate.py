@@ -922,6 +922,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
        for v, (title, _) in ABLATIONS.items()},
     "image_converged_taef2_256_8m": ("Image comparison, TAEF2 at 256 px, converged: the default recipe, 8M positions",
                                      _image_converged),
+    "image_converged_taef2_256_8m_encoder_mid": ("Image comparison, TAEF2 at 256 px, converged: `encoder.mid`, the "
+                                                 "default recipe, 8M positions", _image_converged),
     "image_converged_taef2_256": ("Image comparison, TAEF2 at 256 px, converged: with the carry loss, 4M positions",
                                   _image_converged),
     **{f"image_converged_taef2_256_{v}": (f"Ablation: {title}, TAEF2 at 256 px, converged", _image_ablation)
@@ -1062,7 +1064,8 @@ def readme_headline() -> str:
         rows.append([f"SmolLM2 `{r['hook']}`, short training", f"best innovation ratio {best['innovation_ratio']:.2f}x "
                      "(goal >= 1.5x): not met; not converged"])
     image = RESULTS / "image_converged_taef2_256.json"  # the earlier run, with its ablations
-    for path in (RESULTS / "image_converged_taef2_256_8m.json", image, *_ablation_files(image)):
+    eight = RESULTS / "image_converged_taef2_256_8m.json"  # latent; encoder.mid, run later, in a file of its own
+    for path in (eight, eight.with_name(f"{eight.stem}_encoder_mid.json"), image, *_ablation_files(image)):
         if path.is_file():
             r = json.loads(path.read_text())
             rows += [_converged_row(_image_label(r, hook), found) for hook, found in r["hooks"].items()]

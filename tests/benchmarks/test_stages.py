@@ -71,15 +71,17 @@ class _Config:
     sweep: _Sweep = _Sweep()
 
 
-def _stages(tmp_path):
+def _stages(tmp_path, kept=None):
     trained = []
 
     def job(cfg, out):
         trained.append(cfg.sweep)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+        if cfg.sweep.lr > 1:
+            raise InputError("training diverged at step 3")
         (out / "result.json").write_text(json.dumps({"saes": {"topk_k4": {"lr": cfg.sweep.lr}}}))
-    return stages.Stages(job, "result.json", (), tmp_path, record=dataclasses.asdict), trained
+    return stages.Stages(job, "result.json", (), tmp_path, record=dataclasses.asdict, kept=kept), trained
 
 
 def test_config_differences_name_each_changed_field_and_skip_fields_the_old_run_lacked():
@@ -103,6 +105,23 @@ def test_a_stage_is_read_back_under_its_own_config_and_refused_under_another(tmp
     with pytest.raises(InputError, match=r"sweep.lr: 0.003 -> 0.01"):
         run("lr0.003", _Config(), lr=1e-2)
     assert len(trained) == 2
+
+
+def test_kept_stages_are_read_back_on_a_fresh_checkout_and_only_under_their_config(tmp_path):
+    kept = tmp_path / "kept"
+    run, trained = _stages(tmp_path / "runs", kept)
+    assert run("hook/lr0.003", _Config())["saes"] == {"topk_k4": {"lr": 3e-3}}
+    assert run("hook/lr10", _Config(), may_diverge=True, lr=10.0)["diverged"] == "training diverged at step 3"
+    assert sorted(p.name for p in (kept / "hook" / "lr0.003").iterdir()) == ["config.json", "result.json"]
+    assert sorted(p.name for p in (kept / "hook" / "lr10").iterdir()) == ["config.json", "diverged.json"]
+    fresh, retrained = _stages(tmp_path / "fresh_runs", kept)  # an empty runs folder, as on a fresh checkout
+    assert fresh("hook/lr0.003", _Config())["saes"] == {"topk_k4": {"lr": 3e-3}}
+    assert fresh("hook/lr10", _Config(), may_diverge=True, lr=10.0)["diverged"] == "training diverged at step 3"
+    assert retrained == [] and not (tmp_path / "fresh_runs").exists()
+    with pytest.raises(InputError, match=r"kept/hook/lr0.003 holds a run of another config \(sweep.tokens"):
+        fresh("hook/lr0.003", _Config(sweep=_Sweep(tokens=8_000_000)))
+    assert fresh("hook/lr0.01", _Config(), lr=1e-2)["saes"] == {"topk_k4": {"lr": 1e-2}} and len(retrained) == 1
+    assert (kept / "hook" / "lr0.01" / "result.json").is_file()  # what trains here is kept too
 
 
 def _row(series, family, k, l0, fvu, state_l0=None):
