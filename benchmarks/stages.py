@@ -34,6 +34,7 @@ import torch
 
 from ctxsae_common.errors import InputError
 from ctxsae_common.files import write_json_atomic, write_text_atomic
+from ctxsae_core.pool import check_jobs
 from rates import lowest_converged, parse_rates
 from visinterp.analysis.matched_l0 import goals, l0_for_value, matched_table, series_points, verdict
 
@@ -96,8 +97,10 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, sweep:
                 f"{list(sweep.k_contextual)}")
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
-    if args.jobs < 1:
-        p.error("--jobs must be at least 1")
+    try:
+        check_jobs(args.jobs)
+    except InputError as e:
+        p.error(str(e))
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
 

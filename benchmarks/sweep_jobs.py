@@ -26,8 +26,8 @@ from ctxsae_common.files import write_json_atomic
 from ctxsae_common.threads import available_cores
 from ctxsae_core.axes import make_axis
 from ctxsae_core.evaluate import evaluate
-from ctxsae_core.pool import train_ahead
-from ctxsae_core.sweep import SweepConfig, sweep_specs, train_config, train_sae
+from ctxsae_core.pool import train_sweep
+from ctxsae_core.sweep import SweepConfig, sweep_specs
 from ctxsae_core.synthetic import RegionsData, RegionsSpec
 from machine import machine_info  # benchmarks/machine.py: run as python benchmarks/<name>.py
 
@@ -42,19 +42,14 @@ def sweep_arm(root: Path, tokens: int, jobs: int, cores: int) -> dict:
     sweep = SweepConfig(width=WIDTH, k=(K,), k_contextual=(K,), tokens=tokens, batch_windows=BATCH_WINDOWS)
     data = RegionsData(SPEC, T, seed=0, batch_windows=BATCH_WINDOWS)
     held, axis = data.windows(HELD_OUT_WINDOWS, seed=1).x, make_axis("tokens", T)
-    specs = sweep_specs(sweep, SPEC.d)
-    calls = [{"config": spec.config, "train_cfg": train_config(sweep, spec, False), "batches": data, "axis": axis,
-              "out_dir": root / spec.name, "eval_windows": held, "device": "cpu", "final_eval": False}
-             for spec in specs]
     threads = max(1, cores // jobs)
     before = torch.get_num_threads()
     torch.set_num_threads(cores)
     try:
         start = time.perf_counter()
-        train_ahead(calls, jobs, threads=threads, progress=False)
         saes = {}
-        for spec, call in zip(specs, calls):
-            trained = train_sae(**call)
+        for spec, trained in train_sweep(sweep_specs(sweep, SPEC.d), sweep, data, axis, root, held, "cpu", jobs,
+                                         progress=False, threads=threads):
             scores = evaluate(trained.model, held, axis, shuffle_context=spec.shuffle, seed=sweep.seed)
             saes[spec.name] = {"fvu": scores["fvu"], "l0": scores["l0"],
                                "converged": trained.trainer.summary(scores)["converged"]}

@@ -5,10 +5,11 @@ A sweep's SAEs are independent: each reads the same activation store and writes 
 One SAE keeps few cores busy on the CPU (its matrix products are small, and the contextual SAE
 walks its positions one after another), so N SAEs side by side on one thread each finish sooner
 than the same SAEs one after another on N threads. `train_ahead` trains them that way, each into
-its folder. The job then calls `train_sae` on each folder as before, which resumes from the
-finished run's last checkpoint: the threshold's calibration and the closing evaluation run again,
-in the job, on the weights and learning curve of the SAE trained alone at the workers' thread
-count (tested: with the job on that thread count too, every figure is the same to the last bit)."""
+its folder; `train_sweep`, the jobs' path, then calls `train_sae` on each folder, which resumes
+from the finished run's last checkpoint: the threshold's calibration and the closing evaluation
+run again, in the job, on the weights and learning curve of the SAE trained alone at the
+workers' thread count (tested: with the job on that thread count too, every figure is the same
+to the last bit)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
+
+from torch import Tensor
 
 import torch
 from tqdm.auto import tqdm
@@ -28,7 +31,8 @@ from ctxsae_common.errors import InputError
 from ctxsae_common.threads import available_cores
 from ctxsae_core.config import ContextualConfig
 from ctxsae_core.distributed import group
-from ctxsae_core.sweep import train_sae
+from ctxsae_core.axes import ContextAxis
+from ctxsae_core.sweep import SAESpec, SweepConfig, TrainedSAE, train_config, train_sae
 from ctxsae_core.trainer import EVAL_FILE
 
 
@@ -58,13 +62,16 @@ def _train_one(threads: int, call: dict[str, Any], conn: Connection) -> None:
 
 
 def _outcome(conn: Connection, proc: BaseProcess, call: dict[str, Any]) -> BaseException | None:
-    """What a worker sent once it is done, or the error of one that died without a word (killed, out of memory)."""
+    """What a worker sent once it is done (the worker joined), or the error of one that died
+    without a word (killed, out of memory)."""
     try:
-        return conn.recv()
-    except EOFError:
+        sent = conn.recv()
+    except EOFError:  # the pipe closed with nothing in it
         proc.join()
         return RuntimeError(f"the worker process training {call['out_dir']} died (exit code {proc.exitcode}) before "
                             "it finished: out of memory? Pass a smaller --jobs")
+    proc.join()
+    return sent
 
 
 def train_ahead(calls: list[dict[str, Any]], jobs: int, threads: int | None = None, progress: bool = True) -> None:
@@ -84,14 +91,15 @@ def train_ahead(calls: list[dict[str, Any]], jobs: int, threads: int | None = No
     threads = threads or max(1, torch.get_num_threads() // jobs)
     todo.sort(key=lambda call: not isinstance(call["config"], ContextualConfig))  # stable: else the sweep's order
     pending = [{**call, "train_cfg": dataclasses.replace(call["train_cfg"], progress=False)} for call in todo]
-    workers = min(jobs, len(todo))
-    if workers * threads > available_cores():
-        print(f"warning: {workers} workers on {threads} thread{'s' * (threads != 1)} each, {available_cores()} "
-              "core(s): they share cores and each runs slower; pass a smaller --jobs or --threads", file=sys.stderr)
+    workers, cores = min(jobs, len(todo)), available_cores()
+    each = f"{threads} thread{'s' * (threads != 1)} each"
+    if workers * threads > cores:
+        print(f"warning: {workers} workers on {each}, {cores} core(s): they share cores and each runs slower; pass a "
+              "smaller --jobs or --threads", file=sys.stderr)
     spawn = multiprocessing.get_context("spawn")
     running: dict[Connection, tuple[BaseProcess, dict[str, Any]]] = {}  # by the end the worker reports down
     bar = tqdm(total=len(pending), unit="SAE", disable=not progress,
-               desc=f"train {len(pending)} SAEs, {workers} at a time ({threads} thread{'s' * (threads != 1)} each)")
+               desc=f"train {len(pending)} SAEs, {workers} at a time ({each})")
     try:
         while pending or running:
             while pending and len(running) < workers:
@@ -104,7 +112,6 @@ def train_ahead(calls: list[dict[str, Any]], jobs: int, threads: int | None = No
             for receive in wait(list(running)):  # a message, or the end of the pipe of a worker that died
                 proc, call = running.pop(receive)
                 error = _outcome(receive, proc, call)
-                proc.join()
                 if error is not None:
                     raise error
                 bar.update(1)
@@ -113,3 +120,26 @@ def train_ahead(calls: list[dict[str, Any]], jobs: int, threads: int | None = No
             proc.terminate()
             proc.join()
         bar.close()
+
+
+def sweep_calls(specs: list[SAESpec], sweep: SweepConfig, batches: Iterable[Tensor], axis: ContextAxis | None,
+                root: Path, eval_windows: Tensor, device: str | torch.device, progress: bool = True,
+                **train_overrides: Any) -> list[dict[str, Any]]:
+    """The `train_sae` keyword arguments of a job's sweep, one dict per SAE of `specs`: trained on
+    `batches` (one stream for all, as a job's SAEs read one store) into root/<its name>, with
+    held-out evaluations along the way and none at the end (the job evaluates each itself);
+    `train_overrides` go to each SAE's TrainConfig."""
+    return [{"config": spec.config, "train_cfg": train_config(sweep, spec, progress, **train_overrides),
+             "batches": batches, "axis": axis, "out_dir": root / spec.name, "eval_windows": eval_windows,
+             "device": device, "final_eval": False} for spec in specs]
+
+
+def train_sweep(specs: list[SAESpec], sweep: SweepConfig, batches: Iterable[Tensor], axis: ContextAxis | None,
+                root: Path, eval_windows: Tensor, device: str | torch.device, jobs: int = 1, progress: bool = True,
+                threads: int | None = None, **train_overrides: Any) -> Iterator[tuple[SAESpec, TrainedSAE]]:
+    """A job's sweep (`sweep_calls`) trained `jobs` at a time (`train_ahead`, on `threads` each);
+    yields (spec, trained SAE) in the sweep's order."""
+    calls = sweep_calls(specs, sweep, batches, axis, root, eval_windows, device, progress, **train_overrides)
+    train_ahead(calls, jobs, threads, progress)
+    for spec, call in zip(specs, calls):  # read back from each folder (or trained here, in turn, with jobs 1)
+        yield spec, train_sae(**call)

@@ -2,6 +2,7 @@
 same weights, learning curves and held-out scores; a worker's error reaches the caller; bad
 --jobs values are named."""
 
+import dataclasses
 import multiprocessing
 import os
 
@@ -12,8 +13,8 @@ from ctxsae_common.errors import InputError
 from ctxsae_core.axes import make_axis
 from ctxsae_core.data import WindowBatches
 from ctxsae_core.evaluate import evaluate
-from ctxsae_core.pool import check_jobs, train_ahead
-from ctxsae_core.sweep import SweepConfig, sweep_specs, train_config, train_sae
+from ctxsae_core.pool import check_jobs, sweep_calls, train_ahead
+from ctxsae_core.sweep import SweepConfig, sweep_specs, train_sae
 from ctxsae_core.trainer import EVAL_FILE
 
 T, D = 16, 8
@@ -29,11 +30,9 @@ def _windows(n: int, seed: int) -> torch.Tensor:
 def _calls(root, lr=3e-3):
     """One `train_sae` call per SAE of a small sweep: TopK, the gated contextual SAE and its control."""
     sweep = SweepConfig(width=32, k=(2,), k_contextual=(2,), tokens=4096, batch_windows=8, lr=lr)
-    train, held, axis = _windows(64, 0), _windows(16, 1), make_axis("tokens", T)
-    return [{"config": spec.config, "train_cfg": train_config(sweep, spec, False, checkpoint_every=8),
-             "batches": WindowBatches(train, sweep.batch_windows, sweep.seed), "axis": axis,
-             "out_dir": root / spec.name, "eval_windows": held, "final_eval": False}
-            for spec in sweep_specs(sweep, D)]
+    batches = WindowBatches(_windows(64, 0), sweep.batch_windows, sweep.seed)
+    return sweep_calls(sweep_specs(sweep, D), sweep, batches, make_axis("tokens", T), root, _windows(16, 1), "cpu",
+                       False, checkpoint_every=8)
 
 
 def _trained(calls):
@@ -99,12 +98,16 @@ class _Breaks:
 @pytest.mark.parametrize("batches, message", [(_Dies(), r"died \(exit code 3\).*Pass a smaller --jobs"),
                                               (_Breaks(), r"(?s)in a worker process failed:\n.*KeyError: 'no such shard'")])
 def test_a_worker_that_dies_or_breaks_stops_the_others(tmp_path, batches, message):
-    calls = _calls(tmp_path)
+    """The contextual SAEs start first: the broken one and its control, which is given far too many
+    steps to finish before the error arrives; TopK waits for a free worker."""
+    topk, broken, control = _calls(tmp_path)
+    endless = {**control, "train_cfg": dataclasses.replace(control["train_cfg"], tokens=10**9)}
     with pytest.raises(RuntimeError, match=message) as caught:
-        train_ahead([{**calls[1], "batches": batches}, calls[0], calls[2]], jobs=2, threads=1, progress=False)
-    assert str(calls[1]["out_dir"]) in str(caught.value)
+        train_ahead([{**broken, "batches": batches}, topk, endless], jobs=2, threads=1, progress=False)
+    assert str(broken["out_dir"]) in str(caught.value)
     assert multiprocessing.active_children() == []  # the other worker was stopped, not left running
-    assert not (calls[2]["out_dir"] / EVAL_FILE).exists()  # and the one still waiting never started
+    assert not (control["out_dir"] / EVAL_FILE).exists()
+    assert not topk["out_dir"].exists()  # and the one still waiting never started
 
 
 def test_more_worker_threads_than_cores_are_warned_of(tmp_path, capsys, monkeypatch):

@@ -23,8 +23,8 @@ from ctxsae_core.data import split_indices
 from ctxsae_core.distributed import leave_after_harvest, main_first
 from ctxsae_core.metrics import persistence
 from ctxsae_core.sae import BaseSAE
-from ctxsae_core.pool import check_jobs, train_ahead
-from ctxsae_core.sweep import sweep_specs, train_config, train_sae
+from ctxsae_core.pool import check_jobs, train_sweep
+from ctxsae_core.sweep import sweep_specs
 from visinterp.analysis.codes import evaluate_with_codes, window_codes
 from visinterp.analysis.matched_l0 import analysed_pair
 from visinterp.harvest.maps import harvest, untile
@@ -147,10 +147,6 @@ class ImageJob:
         return harvest(self.ae, self.source.load, self.source.n, list(h.hooks), self.out / "store", identity,
                        h.tile, h.batch_images, h.shard_windows, self.progress)
 
-    def sae_folder(self, hook: str, name: str) -> Path:
-        """Where the SAE `name` of `hook` is saved."""
-        return self.out / "saes" / hook / name
-
     def hook_data(self, hook: str) -> tuple[HookData, ActivationStore, Tensor, Tensor]:
         """The hook's HookData (no SAEs yet), its store, and its train / held-out window indices
         (split by image: a held-out image's windows are all held out)."""
@@ -170,14 +166,11 @@ class ImageJob:
         sweep = self.cfg.sweep
         steps = max(1, sweep.tokens // (sweep.batch_windows * store.window_shape[0]))
         metrics = {}
-        specs = sweep_specs(sweep, store.window_shape[1])
-        calls = [{"config": spec.config, "batches": store.batches(train_idx, sweep.batch_windows, sweep.seed),
-                  "train_cfg": train_config(sweep, spec, self.progress, checkpoint_every=max(50, steps // 4)),
-                  "axis": data.axis, "out_dir": self.sae_folder(hook, spec.name), "eval_windows": data.held_x,
-                  "device": self.device, "final_eval": False} for spec in specs]
-        train_ahead(calls, self.jobs, progress=self.progress)  # with --jobs N: N at a time, then read back below
-        for spec, call in zip(specs, calls):
-            trained = train_sae(**call)
+        trainings = train_sweep(sweep_specs(sweep, store.window_shape[1]), sweep,
+                                store.batches(train_idx, sweep.batch_windows, sweep.seed), data.axis,
+                                self.out / "saes" / hook, data.held_x, self.device, self.jobs, self.progress,
+                                checkpoint_every=max(50, steps // 4))
+        for spec, trained in trainings:
             model = trained.model
             scores, codes = evaluate_with_codes(model, data.held_x, data.axis, spec.shuffle, sweep.seed)
             training = trained.trainer.summary(scores)

@@ -19,8 +19,8 @@ from ctxsae_core.data import split_indices
 from ctxsae_core.distributed import leave_after_harvest, main_first
 from ctxsae_core.store import derived_store
 from ctxsae_core.metrics import fvu, mse, persistence
-from ctxsae_core.pool import check_jobs, train_ahead
-from ctxsae_core.sweep import sweep_specs, train_config, train_sae
+from ctxsae_core.pool import check_jobs, train_sweep
+from ctxsae_core.sweep import sweep_specs
 from visinterp.analysis.baselines import null_fvus, unigram_table
 from visinterp.analysis.codes import evaluate_with_codes
 from visinterp.analysis.localization import localization
@@ -128,14 +128,9 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
         offset = table.predict(held_ids[:, 1:])
     held_in = held_x if offset is None else held_x - offset
     saes = {}
-    specs = sweep_specs(cfg.sweep, store.window_shape[1])
-    calls = [{"config": spec.config, "train_cfg": train_config(cfg.sweep, spec, progress),
-              "batches": sae_store.batches(train, cfg.sweep.batch_windows, cfg.sweep.seed), "axis": axis,
-              "out_dir": out / "saes" / spec.name, "eval_windows": held_in, "device": device, "final_eval": False}
-             for spec in specs]
-    train_ahead(calls, jobs, progress=progress)  # with jobs > 1: that many at a time, then read back below
-    for spec, call in zip(specs, calls):
-        trained = train_sae(**call)
+    for spec, trained in train_sweep(sweep_specs(cfg.sweep, store.window_shape[1]), cfg.sweep,
+                                     sae_store.batches(train, cfg.sweep.batch_windows, cfg.sweep.seed), axis,
+                                     out / "saes", held_in, device, jobs, progress):
         model = trained.model
         scores, codes = evaluate_with_codes(model, held_in, axis, spec.shuffle, cfg.sweep.seed)
         summary = trained.trainer.summary(scores)  # the learning curve is of what the SAE coded
