@@ -14,27 +14,40 @@ import torch
 from torch import Tensor
 
 
+_BLOCK_ELEMENTS = 1 << 22  # scores ranked at a time (N x columns), bounding the memory of a call
+
+
+def tie_ranks(scores: Tensor) -> Tensor:
+    """1-based ranks of each column of scores (N, F), tied values given their mean rank: (N, F)
+    float64."""
+    n = scores.shape[0]
+    values, order = torch.sort(scores, dim=0)
+    differs = values[1:] != values[:-1]
+    edge = torch.ones(1, scores.shape[1], dtype=torch.bool)
+    starts, ends = torch.cat([edge, differs]), torch.cat([differs, edge])
+    index = torch.arange(n)[:, None].expand_as(values)
+    first = torch.where(starts, index, 0).cummax(0).values
+    last = torch.where(ends, index, n).flip(0).cummin(0).values.flip(0)
+    return torch.empty(values.shape, dtype=torch.float64).scatter_(0, order, (first + last).double() / 2 + 1)
+
+
 def auroc(scores: Tensor, labels: Tensor) -> Tensor:
-    """AUROC of each column of scores (N, F) for boolean labels (N,): (F,), ties counted half.
+    """AUROC of each column of scores (N, F) for boolean labels (N,): (F,), ties counted half;
+    for several label columns (N, L) at once: (L, F), each column of scores ranked once.
 
     AUROC = (sum of the positives' ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg), with tied
-    scores given their average rank. NaN when labels are all one class."""
+    scores given their average rank. NaN for a label column that is all one class."""
     if scores.dim() == 1:
-        return auroc(scores[:, None], labels)[0]
-    labels = labels.bool()
-    n_pos = int(labels.sum())
-    n_neg = labels.numel() - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return torch.full((scores.shape[1],), float("nan"))
-    out = torch.empty(scores.shape[1], dtype=torch.float64)
-    for f in range(scores.shape[1]):
-        values, order = torch.sort(scores[:, f])
-        _, inverse, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
-        ends = torch.cumsum(counts, 0).double()  # 1-based rank of each tie group's last member
-        mean_rank = ends - (counts.double() - 1) / 2
-        rank_sum = mean_rank[inverse][labels[order]].sum()
-        out[f] = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return out.float()
+        return auroc(scores[:, None], labels)[..., 0]
+    if labels.dim() == 1:
+        return auroc(scores, labels[:, None])[0]
+    positive = labels.bool().double()
+    n_pos = positive.sum(0)
+    n_neg = labels.shape[0] - n_pos
+    block = max(1, _BLOCK_ELEMENTS // max(1, scores.shape[0]))
+    rank_sums = torch.cat([positive.T @ tie_ranks(scores[:, i:i + block]) for i in range(0, scores.shape[1], block)], 1)
+    out = (rank_sums - (n_pos * (n_pos + 1) / 2)[:, None]) / (n_pos * n_neg)[:, None]
+    return out.masked_fill(((n_pos == 0) | (n_neg == 0))[:, None], float("nan")).float()
 
 
 def correlation(scores: Tensor, values: Tensor) -> Tensor:
@@ -77,13 +90,17 @@ def alignment_table(codes: Tensor, factors: dict[str, Tensor], continuous: tuple
             best = torch.maximum(best, 0.5 + r.abs() / 2)  # |r| = 1 ranks with AUROC 1
             continue
         table[name] = {}
+        scored, keep = [], None  # every value of a factor is scored over the same positions
         for v in lab.unique().tolist():
             if name in within_labelled and v < 0:
                 continue
             keep, positive = _value_masks(name, lab, v, within_labelled)
-            if min(int(positive.sum()), int((~positive).sum())) < min_count:
-                continue
-            a = auroc(codes[keep], positive)
+            if min(int(positive.sum()), int((~positive).sum())) >= min_count:
+                scored.append((v, positive))
+        if not scored:
+            continue
+        by_value = auroc(codes[keep], torch.stack([positive for _, positive in scored], 1))
+        for (v, _), a in zip(scored, by_value):
             f = int(torch.nan_to_num(a, nan=0.0).argmax())
             table[name][_label(name, v, names)] = {"feature": f, "auroc": float(a[f])}
             best = torch.maximum(best, torch.nan_to_num(a, nan=0.5))

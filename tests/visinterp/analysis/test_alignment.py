@@ -21,6 +21,23 @@ def test_auroc_matches_the_pairwise_definition():
     torch.testing.assert_close(auroc(scores, labels), pairwise)
 
 
+def test_auroc_of_several_label_columns_in_blocks_matches_the_pairwise_definition(monkeypatch):
+    """Many label columns scored at once, the scores ranked a few columns at a time, give each
+    column's pairwise AUROC; a column that is all one class gives NaN."""
+    import visinterp.analysis.alignment as alignment
+
+    monkeypatch.setattr(alignment, "_BLOCK_ELEMENTS", 2 * 50)  # 2 score columns a block
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 3, (50, 5), generator=g).float() * (torch.rand(50, 5, generator=g) < 0.5)
+    labels = torch.stack([torch.rand(50, generator=g) < p for p in (0.2, 0.5, 0.8)] + [torch.zeros(50, dtype=torch.bool)], 1)
+    got = auroc(scores, labels)
+    assert got.shape == (4, 5) and torch.isnan(got[3]).all()
+    for j in range(3):
+        pos, neg = scores[labels[:, j]], scores[~labels[:, j]]
+        pairwise = ((pos[:, None] > neg[None]).float() + 0.5 * (pos[:, None] == neg[None]).float()).mean((0, 1))
+        torch.testing.assert_close(got[j], pairwise)
+
+
 def test_correlation_hand_computed():
     scores = torch.tensor([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])
     r = correlation(scores, torch.tensor([2.0, 4.0, 6.0]))
