@@ -507,8 +507,9 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
     return out
 
 
-def _image_ablation(r: dict) -> list[str]:
-    return _ablation(r, RESULTS / "image_converged_taef2_256.json", r["quality"], "PSNR (dB)", ".2f")
+def _image_ablation(plain: str) -> Callable[[dict], list[str]]:
+    """The renderer of an ablation of the image comparison in benchmarks/results/<plain>.json."""
+    return lambda r: _ablation(r, RESULTS / f"{plain}.json", r["quality"], "PSNR (dB)", ".2f")
 
 
 def _llm_ablation(r: dict) -> list[str]:
@@ -924,9 +925,14 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
                                      _image_converged),
     "image_converged_taef2_256_8m_encoder_mid": ("Image comparison, TAEF2 at 256 px, converged: `encoder.mid`, the "
                                                  "default recipe, 8M positions", _image_converged),
+    **{f"image_converged_taef2_256_8m_encoder_mid_{v}": (f"Ablation: {title}, TAEF2 `encoder.mid` at 256 px, 8M "
+                                                          "positions, converged",
+                                                          _image_ablation("image_converged_taef2_256_8m_encoder_mid"))
+       for v, (title, _) in ABLATIONS.items()},
     "image_converged_taef2_256": ("Image comparison, TAEF2 at 256 px, converged: with the carry loss, 4M positions",
                                   _image_converged),
-    **{f"image_converged_taef2_256_{v}": (f"Ablation: {title}, TAEF2 at 256 px, converged", _image_ablation)
+    **{f"image_converged_taef2_256_{v}": (f"Ablation: {title}, TAEF2 at 256 px, converged",
+                                          _image_ablation("image_converged_taef2_256"))
        for v, (title, _) in ABLATIONS.items()},
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
@@ -1065,7 +1071,8 @@ def readme_headline() -> str:
                      "(goal >= 1.5x): not met; not converged"])
     image = RESULTS / "image_converged_taef2_256.json"  # the earlier run, with its ablations
     eight = RESULTS / "image_converged_taef2_256_8m.json"  # latent; encoder.mid, run later, in a file of its own
-    for path in (eight, eight.with_name(f"{eight.stem}_encoder_mid.json"), image, *_ablation_files(image)):
+    mid = eight.with_name(f"{eight.stem}_encoder_mid.json")
+    for path in (eight, mid, *_ablation_files(mid), image, *_ablation_files(image)):
         if path.is_file():
             r = json.loads(path.read_text())
             rows += [_converged_row(_image_label(r, hook), found) for hook, found in r["hooks"].items()]
