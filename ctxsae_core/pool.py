@@ -22,9 +22,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from torch import Tensor
-
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ctxsae_common.errors import InputError
