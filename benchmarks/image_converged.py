@@ -24,7 +24,9 @@ The goals (`visinterp.analysis.matched_l0.goals`, with the PSNR of the held-out 
 from the SAE's reconstruction against TopK's at the same L0 in place of delta CE) are scored on
 seed 0's SAEs, with the persistence ceiling of each TopK SAE along the raster scan beside them,
 and the headline contextual SAE's within-object switch rate against TopK's at the same k (goal:
-at most half; `visinterp.analysis.localization.switch_comparison`).
+at most half; `visinterp.analysis.localization.switch_comparison`), taken over each SAE's
+region-tracking features (`visinterp.image.factors.feature_alignment`), the rate over all live
+features beside it.
 Writes JSON and a plot (per hook: FVU against L0, learning curves).
 
     python benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256_8m.json
@@ -60,17 +62,21 @@ import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 QUALITY = "psnr_vs_clean_decode"
-SWITCH = "within_object_switch_rate"  # of an analysed SAE's live features, from the factor alignment
-KEPT = (*stages.KEPT, QUALITY, "psnr_vs_input", SWITCH)
+# an analysed SAE's within-object switch rates, from the factor alignment: of its region-tracking
+# features (the goal's) and of all its live features
+SWITCH, SWITCH_LIVE = "switch_rate_of_region_tracking_features", "within_object_switch_rate"
+SWITCH_FIELDS = (SWITCH, "n_region_tracking_features", SWITCH_LIVE)
+KEPT = (*stages.KEPT, QUALITY, "psnr_vs_input", *SWITCH_FIELDS)
 HARVEST = ("scenes", "store")  # what of a run folder the stages share (a folder of photos has no scenes/)
 
 
 def rows_with_switch_rates(found: dict, hook: str) -> dict[str, dict]:
     """A stage's SAE rows by their name at the hook, each SAE the stage analysed against the scenes'
-    truth (the report's pair and the control) with its within-object switch rate added."""
+    truth (the report's pair and the control) with its within-object switch rates added (a stage
+    reported before the region-tracking rate was measured gives the live features' rate alone)."""
     aligned = found.get("alignment", {}).get(hook, {})
     rows = {n.split("/", 1)[1]: m for n, m in found["saes"].items()}
-    return {n: m | ({SWITCH: aligned[n][SWITCH]} if n in aligned else {}) for n, m in rows.items()}
+    return {n: m | {f: aligned[n][f] for f in SWITCH_FIELDS if f in aligned.get(n, {})} for n, m in rows.items()}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -139,7 +145,8 @@ def main(argv=None) -> int:
                                                 higher_is_better=True, quality_label="decoded-image PSNR")
         except InputError as e:
             p.error(str(e))
-        found["localization"] = switch_comparison(found["saes"], SWITCH, f"{stages.CONTEXTUAL}_k{args.headline_k}",
+        rate = SWITCH if any(SWITCH in m for m in found["saes"].values()) else SWITCH_LIVE  # older stages: live only
+        found["localization"] = switch_comparison(found["saes"], rate, f"{stages.CONTEXTUAL}_k{args.headline_k}",
                                                   f"{stages.TOPK}_k{args.headline_k}")
         rate_runs = found.pop("rate_runs")
         first = first or rate_runs[found["chosen"]["topk"]["lr"]]
@@ -148,7 +155,7 @@ def main(argv=None) -> int:
         stages.print_comparison(found, QUALITY, "PSNR")
         if found["localization"]:
             loc = found["localization"]
-            print(f"within-object switch rate: {loc['contextual']} {loc['contextual_rate']:.4f}, {loc['reference']} "
+            print(f"within-object switch rate ({loc['rate']}): {loc['contextual']} {loc['contextual_rate']:.4f}, {loc['reference']} "
                   f"{loc['reference_rate']:.4f}: {loc['ratio']:.2f}x (goal <= {loc['max_ratio']}x)")
 
     result = {"autoencoder": first["autoencoder"], "images": first["images"], "n_images": first["n_images"],

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from visinterp.image.factors import COLOURS, colour_bin, grid_factors, pixel_factors
 
@@ -43,3 +44,36 @@ def test_grid_factors_read_each_patch_centre_in_window_order():
     assert g["background"].shape == (2, 4)
     assert g["background"][0].tolist() == [1, 0, 1, 0]  # row-major: left patches background
     assert g["shadowed"][0].tolist() == [-1, 0, -1, 1]  # bottom-right patch centre (3, 3) is shadowed
+
+
+def test_region_tracking_switch_rate_counts_only_features_aligned_with_an_object_factor():
+    """Five windows of 16 patches: background, then one object whose patches alternate lit and
+    shadowed. Feature 0 holds over the object, feature 3 holds over it but drops out once, feature
+    1 flickers everywhere and feature 2 follows the shadow (a factor that is not constant over an
+    object) and flickers on the background."""
+    import torch
+
+    from visinterp.image.factors import feature_alignment
+
+    n, t = 5, 16
+    obj = torch.arange(t) >= 8
+    odd = torch.arange(t) % 2 == 1
+    shadowed = torch.where(obj, odd.long(), -1)
+    factors = {"object_id": torch.where(obj, 0, -1), "kind_id": torch.where(obj, 1, -1), "material_id": torch.where(obj, 2, -1),
+               "texture_id": torch.where(obj, 0, -1), "background": (~obj).long(), "shadowed": shadowed,
+               "normal_bin": torch.where(obj, 4, -1), "colour": torch.zeros(t, dtype=torch.long), "depth": torch.arange(t).float()}
+    factors = {k: v.expand(n, t).clone() for k, v in factors.items()}
+    state = torch.zeros(n, t, 4)
+    state[:, :, 0] = obj.float()
+    state[:, :, 1] = (~odd).float()
+    state[:, :, 2] = odd.float()  # shadowed object patches, and odd background ones
+    state[:, :, 3] = obj.float()
+    state[:, 12, 3] = 0.0
+    out = feature_alignment(state, factors, threshold=0.75)
+    # 14 same-region pairs a window (7 in the background, 7 in the object): feature 0 never flips,
+    # 1 and 2 flip at all 14, feature 3 at 2 (into and out of position 12)
+    assert out["within_object_switch_rate"] == pytest.approx((0 + 1 + 1 + 2 / 14) / 4)
+    # AUROC for "object": 1 for feature 0, 7/8 + 1/8 * 0.5 for feature 3, 0.5 for features 1 and 2
+    assert out["n_region_tracking_features"] == 2
+    assert out["switch_rate_of_region_tracking_features"] == pytest.approx((0 + 2 / 14) / 2)
+    assert out["factors"]["shadowed"]["shadowed"] == {"feature": 2, "auroc": 1.0}  # aligned, but not with a region
