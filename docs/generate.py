@@ -336,9 +336,15 @@ def _chosen_rate(choice: dict) -> str:
     return f"{choice['lr']:g}" + ("" if choice["any_converged"] else " (the lowest FVU, as no rate converged)")
 
 
-# a converged site's within-region switch rate, by its field: the column's heading and digits
-SWITCH_COLUMNS = {"switch_rate_of_region_tracking_features": ("switch rate of region features", ".3f"),
-                  "within_object_switch_rate": ("switch rate within objects", ".4f")}
+# a converged site's within-region switch rates, by field: the column's heading and digits (every one
+# a site's rows have gets a column; image sites measure both, LLM sites the first)
+SWITCH_COLUMNS = {"switch_rate_of_region_tracking_features": ("switch rate of region features", ".4f"),
+                  "within_object_switch_rate": ("switch rate within objects, live features", ".4f")}
+# which features an image site's switch goal averages over, by the rate it was scored on
+SWITCH_AVERAGED = {"switch_rate_of_region_tracking_features":
+                   "over the features that track an object (best AUROC >= {tracking:g} for its kind, material, "
+                   "texture, or object against background)",
+                   "within_object_switch_rate": "over all live features, not only those that track an object"}
 
 
 def _switch_goal(loc: dict | None) -> list[str]:
@@ -346,11 +352,14 @@ def _switch_goal(loc: dict | None) -> list[str]:
     if not loc:
         return []
     control = f" Its shuffled control's: {loc['control_rate']:.4f}." if loc.get("control_rate") is not None else ""
-    return ["", f"- Localization: along the scan inside one object, a live feature of {loc['contextual']}'s state "
+    from visinterp.analysis.localization import TRACKING_AUROC
+
+    averaged = SWITCH_AVERAGED[loc.get("rate", "within_object_switch_rate")].format(tracking=TRACKING_AUROC)
+    return ["", f"- Localization: along the scan inside one object, a feature of {loc['contextual']}'s state "
             f"turns on or off at {loc['contextual_rate']:.4f} of the steps, against {loc['reference']}'s "
             f"{loc['reference_rate']:.4f}: {loc['ratio']:.2f}x (goal <= {loc['max_ratio']:g}x, "
-            f"{'met' if loc['goal_met'] else 'not met'}).{control} The rate is averaged over all live features, "
-            "not only those that track an object, and TopK is taken at the same k, not at the same FVU."]
+            f"{'met' if loc['goal_met'] else 'not met'}).{control} The rate is averaged {averaged}, and TopK is "
+            "taken at the same k, not at the same FVU."]
 
 
 def _seed_ratios(ratio: dict | None, hk: int) -> list[str]:
@@ -374,10 +383,10 @@ def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str,
     rate_rows = [[s] + ["diverged" if "diverged" in v else
                         fmt(v["fvu"], ".4f") + ("" if v["converged"] else " (not converged)") for v in row.values()]
                  for s, row in r["rate_sweep"].items()]
-    switch = next((key for key in SWITCH_COLUMNS if any(key in m for m in saes.values())), None)
+    switches = [key for key in SWITCH_COLUMNS if any(key in m for m in saes.values())]
     sae_rows = [[n, m["family"], fmt(m["l0"], ".2f"), fmt(m["state_l0"], ".2f"), fmt(m["fvu"], ".4f"),
                  fmt(m[quality], digits)]
-                + ([fmt(m.get(switch), SWITCH_COLUMNS[switch][1])] if switch else [])
+                + [fmt(m.get(key), SWITCH_COLUMNS[key][1]) for key in switches]
                 + [fmt(m["converged"]), fmt(m["fvu_gain_last_quarter"], ".1%")] for n, m in saes.items()]
     seed_rows = [[n, fmt(v["fvu"]["mean"], ".4f") + " +- " + fmt(v["fvu"]["std"], ".4f"), fmt(v["l0"]["mean"], ".2f"),
                   fmt(v["state_l0"]["mean"], ".2f"), fmt(v[quality]["mean"], digits),
@@ -395,7 +404,7 @@ def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str,
         "tables": ["", f"Held-out FVU at k {hk} for each learning rate:", "",
                    md_table(["series"] + [f"lr {x}" for x in rates], rate_rows), "",
                    md_table(["SAE (seed 0)", "family", "L0", "state L0", "FVU", label]
-                            + ([SWITCH_COLUMNS[switch][0]] if switch else [])
+                            + [SWITCH_COLUMNS[key][0] for key in switches]
                             + ["converged", "last-quarter gain"], sae_rows), "",
                    _goal_table(r["goals"], quality, label), "", "\\* extrapolated beyond the TopK sweep.", ""],
         "ceiling": [f"a carry could pay at best {min(ceiling):.2f}x to {max(ceiling):.2f}x fewer innovations against "

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from scenes.figures import pyplot
+from visinterp.analysis.localization import TRACKING_AUROC
 from visinterp.image.steering import steer
 from visinterp.report.page import converged_cell, learning_curve_panel, pareto_panel, png, table, write_page
 
@@ -197,8 +198,12 @@ def _hook_sections(job, result, hook, data, images, figures) -> list[str]:
         parts += ["<h3>Factor alignment</h3>", table(_alignment_rows(alignment), ["factor", "value", *alignment]),
                   "<p class=note>Best single feature (state codes) per factor value: AUROC one value against the rest "
                   "(surface factors among object patches only), Pearson correlation for depth. Mean within-object "
-                  "switch rate: " + ", ".join(f"{n} {a['within_object_switch_rate']:.3f}" for n, a in alignment.items())
-                  + ".</p>"]
+                  "switch rate of the live features: " + ", ".join(f"{n} {a['within_object_switch_rate']:.4f}"
+                                                                   for n, a in alignment.items())
+                  + f"; of the features that track an object (best AUROC >= {TRACKING_AUROC:g} for kind, material, texture or "
+                  "object against background): " + ", ".join(
+                      f"{n} {a['switch_rate_of_region_tracking_features']:.4f} ({a['n_region_tracking_features']} "
+                      "features)" for n, a in alignment.items()) + ".</p>"]
     for label, feats in sections:
         parts += [f"<h3>Gallery: {label} ({ctx})</h3>",
                   png(gallery_figure(images, state_maps[ctx], feats, min(cfg.report.top_images, len(job.held)),
