@@ -210,6 +210,8 @@ def ablated(plain: Callable[..., dict], variant: Callable[..., dict], fields: di
     """A stage function for an ablation: the contextual SAEs and controls of each stage trained
     by `variant` with the [sweep] `fields` changed, the per-position SAEs read from (or, where
     missing, trained by) `plain` with the stage unchanged, so both arms share one reference.
+    Where one arm diverged, the stage is marked diverged with the other arm's SAEs kept (the
+    per-position SAEs of a rate at which only the variant diverged still count in the sweep).
     `defaults`: the config's [sweep], for the fields a stage does not set."""
     def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
         def wanted(field: str) -> bool:
@@ -221,10 +223,10 @@ def ablated(plain: Callable[..., dict], variant: Callable[..., dict], fields: di
             found.append({**base, "saes": {n: m for n, m in base["saes"].items() if m["family"] == "per-position"}})
         if wanted("carries"):
             found.append(variant(name, may_diverge, **{**sweep, "per_position": (), "k": (), **fields}))
-        failed = [f for f in found if "diverged" in f]
-        if failed:
-            return {"saes": {}, "diverged": failed[0]["diverged"]}
-        return {**found[0], "saes": {n: m for f in found for n, m in f["saes"].items()}}
+        saes = {n: m for f in found for n, m in f["saes"].items()}  # a diverged arm has none
+        failed = [f["diverged"] for f in found if "diverged" in f]
+        whole = [f for f in found if "diverged" not in f]
+        return {**(whole[0] if whole else {}), "saes": saes, **({"diverged": failed[0]} if failed else {})}
     return stage
 
 
@@ -253,7 +255,7 @@ def converged_comparison(stage: Callable[..., dict], k: tuple[int, ...], k_conte
     stages' results under "rate_runs" beside what goes into the benchmark's JSON."""
     hk = headline_k
     names = {TOPK: f"topk_k{hk}", CONTEXTUAL: f"contextual_gated_k{hk}", CONTROL: f"contextual_gated_k{hk}_control"}
-    # 1. (a stage in which an SAE diverged counts as diverged for every series of it)
+    # 1. (a series with no row in a diverged stage counts as diverged at that rate)
     runs = {lr: stage(f"lr{lr:g}", may_diverge=True, k=(hk,), k_contextual=(hk,), lr=lr, seed=0) for lr in rates}
     by_rate = {lr: run["saes"] for lr, run in runs.items()}
     sweep = {s: {f"{lr:g}": ({y: by_rate[lr][name][y] for y in SWEPT} if name in by_rate[lr]

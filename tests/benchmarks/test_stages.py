@@ -51,11 +51,33 @@ def test_stages_of_one_family_call_one_arm_only():
     assert [c[0] for c in plain_calls] == ["k_topk"] and [c[0] for c in variant_calls] == ["k_contextual"]
 
 
-def test_a_diverged_variant_makes_the_stage_diverged():
-    plain, _ = _recording({"topk_k4": TOPK_ROW})
+def test_a_diverged_variant_marks_the_stage_diverged_and_keeps_the_plain_runs_topk():
+    plain, _ = _recording({"topk_k4": TOPK_ROW, "contextual_gated_k4": PLAIN_CONTEXTUAL})
     variant, _ = _recording({}, diverged="held-out FVU 1.3 > 1: diverged")
     found = stages.ablated(plain, variant, {"signed": True}, DEFAULTS)("lr0.01", True, k=(4,), k_contextual=(4,))
-    assert found == {"saes": {}, "diverged": "held-out FVU 1.3 > 1: diverged"}
+    assert found == {"saes": {"topk_k4": TOPK_ROW}, "meta": "lr0.01", "diverged": "held-out FVU 1.3 > 1: diverged"}
+    plain, _ = _recording({}, diverged="loss NaN at step 9")  # the plain run diverged: nothing of it
+    found = stages.ablated(plain, variant, {"signed": True}, DEFAULTS)("lr0.01", True, k=(4,), k_contextual=(4,))
+    assert found == {"saes": {}, "diverged": "loss NaN at step 9"}
+
+
+def test_the_rate_sweep_shows_topk_where_only_the_variants_contextual_sae_diverged():
+    def plain(name, may_diverge=False, **sweep):
+        fvu = {1e-3: 0.2, 1e-2: 0.25}[sweep["lr"]] if "lr" in sweep else 0.2
+        return {"saes": {"topk_k4": _row("topk", "per-position", 4, 4.0, fvu)}}
+
+    def variant(name, may_diverge=False, **sweep):
+        if sweep.get("lr") == 1e-2:
+            return {"saes": {}, "diverged": "diverged at step 5"}
+        return {"saes": {"contextual_gated_k4": _row("contextual_gated", "contextual", 4, 4.0, 0.15, state_l0=9.0),
+                         "contextual_gated_k4_control": _row("contextual_gated", "control", 4, 4.0, 0.3)}}
+
+    stage = stages.ablated(plain, variant, {"signed": True}, SimpleNamespace(per_position=("topk",), k=(4,),
+                                                                             carries=("gated",)))
+    found = stages.converged_comparison(stage, (4,), (4,), 4, [1e-3, 1e-2], 1, stages.KEPT + ("delta_ce",))
+    assert found["rate_sweep"]["topk"]["0.01"]["fvu"] == 0.25
+    assert found["rate_sweep"]["contextual_gated"]["0.01"] == {"diverged": "diverged at step 5"}
+    assert found["chosen"]["contextual_gated"]["lr"] == 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
