@@ -25,8 +25,8 @@ from the SAE's reconstruction against TopK's at the same L0 in place of delta CE
 seed 0's SAEs, with the persistence ceiling of each TopK SAE along the raster scan beside them,
 and the headline contextual SAE's within-object switch rate against TopK's at the same k (goal:
 at most half; `visinterp.analysis.localization.switch_comparison`), taken over each SAE's
-region-tracking features (`visinterp.image.factors.feature_alignment`), the rate over all live
-features beside it.
+object features (the best feature for each object kind, material, texture, and for object against
+background; `visinterp.image.factors.feature_alignment`), the rate over all live features beside it.
 Writes JSON and a plot (per hook: FVU against L0, learning curves).
 
     python benchmarks/image_converged.py --out benchmarks/results/image_converged_taef2_256_8m.json
@@ -62,10 +62,10 @@ import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 QUALITY = "psnr_vs_clean_decode"
-# an analysed SAE's within-object switch rates, from the factor alignment: of its region-tracking
-# features (the goal's) and of all its live features
-SWITCH, SWITCH_LIVE = "switch_rate_of_region_tracking_features", "within_object_switch_rate"
-SWITCH_FIELDS = (SWITCH, "n_region_tracking_features", SWITCH_LIVE)
+# an analysed SAE's within-object switch rates, from the factor alignment: of its object features
+# (the goal's; `visinterp.image.factors.feature_alignment`) and of all its live features
+SWITCH, SWITCH_LIVE = "switch_rate_of_object_features", "within_object_switch_rate"
+SWITCH_FIELDS = (SWITCH, "object_label_auroc", SWITCH_LIVE)
 KEPT = (*stages.KEPT, QUALITY, "psnr_vs_input", *SWITCH_FIELDS)
 HARVEST = ("scenes", "store")  # what of a run folder the stages share (a folder of photos has no scenes/)
 
@@ -73,7 +73,7 @@ HARVEST = ("scenes", "store")  # what of a run folder the stages share (a folder
 def rows_with_switch_rates(found: dict, hook: str) -> dict[str, dict]:
     """A stage's SAE rows by their name at the hook, each SAE the stage analysed against the scenes'
     truth (the report's pair and the control) with its within-object switch rates added (a stage
-    reported before the region-tracking rate was measured gives the live features' rate alone)."""
+    reported before the object features' rate was measured gives the live features' rate alone)."""
     aligned = found.get("alignment", {}).get(hook, {})
     rows = {n.split("/", 1)[1]: m for n, m in found["saes"].items()}
     return {n: m | {f: aligned[n][f] for f in SWITCH_FIELDS if f in aligned.get(n, {})} for n, m in rows.items()}

@@ -336,14 +336,16 @@ def _chosen_rate(choice: dict) -> str:
     return f"{choice['lr']:g}" + ("" if choice["any_converged"] else " (the lowest FVU, as no rate converged)")
 
 
-# a converged site's within-region switch rates, by field: the column's heading and digits (every one
-# a site's rows have gets a column; image sites measure both, LLM sites the first)
+# a converged site's within-region switch rates (and an image site's object features' mean AUROC),
+# by field: the column's heading and digits (every one a site's rows have gets a column)
 SWITCH_COLUMNS = {"switch_rate_of_region_tracking_features": ("switch rate of region features", ".4f"),
+                  "switch_rate_of_object_features": ("switch rate within objects, object features", ".4f"),
+                  "object_label_auroc": ("object features' mean AUROC", ".3f"),
                   "within_object_switch_rate": ("switch rate within objects, live features", ".4f")}
 # which features an image site's switch goal averages over, by the rate it was scored on
-SWITCH_AVERAGED = {"switch_rate_of_region_tracking_features":
-                   "over the features that track an object (best AUROC >= {tracking:g} for its kind, material, "
-                   "texture, or object against background)",
+SWITCH_AVERAGED = {"switch_rate_of_object_features":
+                   "over the object features (the best feature for each object kind, material, texture, and for "
+                   "object against background)",
                    "within_object_switch_rate": "over all live features, not only those that track an object"}
 
 
@@ -352,9 +354,7 @@ def _switch_goal(loc: dict | None) -> list[str]:
     if not loc:
         return []
     control = f" Its shuffled control's: {loc['control_rate']:.4f}." if loc.get("control_rate") is not None else ""
-    from visinterp.analysis.localization import TRACKING_AUROC
-
-    averaged = SWITCH_AVERAGED[loc.get("rate", "within_object_switch_rate")].format(tracking=TRACKING_AUROC)
+    averaged = SWITCH_AVERAGED[loc.get("rate", "within_object_switch_rate")]
     return ["", f"- Localization: along the scan inside one object, a feature of {loc['contextual']}'s state "
             f"turns on or off at {loc['contextual_rate']:.4f} of the steps, against {loc['reference']}'s "
             f"{loc['reference_rate']:.4f}: {loc['ratio']:.2f}x (goal <= {loc['max_ratio']:g}x, "

@@ -132,8 +132,8 @@ def test_the_switch_goal_line_says_met_by_the_ratio_and_is_left_out_without_a_co
     assert line(None) == []
     # which features the rate averages over: all live ones (results from before the region-tracking rate)
     assert "over all live features" in text
-    region = line({**loc, "rate": "switch_rate_of_region_tracking_features"})[1]
-    assert "over the features that track an object (best AUROC >= 0.75" in region and "live" not in region
+    objects = line({**loc, "rate": "switch_rate_of_object_features"})[1]
+    assert "over the object features (the best feature for each object kind" in objects and "live" not in objects
 
 
 def test_a_readme_row_leads_with_the_best_converged_ratio_and_names_a_higher_unconverged_one():

@@ -78,18 +78,16 @@ def alignment_table(codes: Tensor, factors: dict[str, Tensor], continuous: tuple
     values >= 0 only (positions labelled -1, e.g. empty space, left out), so a feature that
     merely marks labelled positions does not win, and -1 itself gets no row (labelled against
     unlabelled is a factor of its own, such as the scenes' background). Returns {factor: {value: {"feature",
-    "auroc"}}} under "factors", per feature its best score over each factor's values in
-    "best_by_factor" ({factor: (F,)}, a factor with no value scored left out) and over all factors
-    in "best_by_feature" (F,)."""
+    "auroc"}}} and per feature its best score over all factors in "best_by_feature" (F,)."""
     names = names or {}
     table: dict = {}
-    by_factor: dict[str, Tensor] = {}
+    best = torch.full((codes.shape[1],), 0.5)
     for name, lab in factors.items():
         if name in continuous:
             r = correlation(codes, lab)
             f = int(r.abs().argmax())
             table[name] = {"feature": f, "correlation": float(r[f])}
-            by_factor[name] = 0.5 + r.abs() / 2  # |r| = 1 ranks with AUROC 1
+            best = torch.maximum(best, 0.5 + r.abs() / 2)  # |r| = 1 ranks with AUROC 1
             continue
         table[name] = {}
         scored, keep = [], None  # every value of a factor is scored over the same positions
@@ -105,17 +103,8 @@ def alignment_table(codes: Tensor, factors: dict[str, Tensor], continuous: tuple
         for (v, _), a in zip(scored, by_value):
             f = int(torch.nan_to_num(a, nan=0.0).argmax())
             table[name][_label(name, v, names)] = {"feature": f, "auroc": float(a[f])}
-        by_factor[name] = torch.nan_to_num(by_value, nan=0.5).amax(0)
-    return {"factors": table, "best_by_factor": by_factor, "best_by_feature": best_of(by_factor, codes.shape[1])}
-
-
-def best_of(by_factor: dict[str, Tensor], n_features: int) -> Tensor:
-    """Per feature, its best score over the factors of `by_factor` ({factor: (F,)}, from
-    `alignment_table`); 0.5 (chance) for a feature, or all of them, that no factor scores above it."""
-    best = torch.full((n_features,), 0.5)
-    for scores in by_factor.values():
-        best = torch.maximum(best, scores)
-    return best
+            best = torch.maximum(best, torch.nan_to_num(a, nan=0.5))
+    return {"factors": table, "best_by_feature": best}
 
 
 class _Ridge:

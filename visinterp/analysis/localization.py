@@ -22,30 +22,21 @@ def near_boundary(boundaries: Tensor, radius: int = 2) -> Tensor:
     return near
 
 
-TRACKING_AUROC = 0.75  # a feature tracks a region when its best AUROC for a region's label is at least this
-
-
-def region_tracking(rates: Tensor, best: Tensor, tracking_auroc: float = TRACKING_AUROC) -> dict:
-    """The features that track a region (best AUROC for a label constant over a region, `best`
-    (F,), >= tracking_auroc): how many, and the mean of their within-region switch rates `rates`
-    (F,) (NaN when none does)."""
-    tracking = (best >= tracking_auroc).nonzero()[:, 0]
-    return {"n_region_tracking_features": int(tracking.numel()),
-            "switch_rate_of_region_tracking_features": float(rates[tracking].nanmean()) if tracking.numel() else math.nan}
-
-
 def localization(state: Tensor, innovations: Tensor, region: Tensor, boundaries: Tensor, regions: tuple[str, ...],
-                 tracking_auroc: float = TRACKING_AUROC) -> dict:
+                 tracking_auroc: float = 0.75) -> dict:
     """Best feature AUROC per region label; mean within-region switch rate of the features that
-    track a region (`region_tracking`); fraction of innovations within 2 positions of a region
-    boundary, beside the fraction of positions that are."""
+    track a region (best AUROC >= tracking_auroc); fraction of innovations within 2 positions
+    of a region boundary, beside the fraction of positions that are."""
     table = alignment_table(state.reshape(-1, state.shape[-1]), {"region": region.reshape(-1)},
                             names={"region": regions}, min_count=5)
+    tracking = (table["best_by_feature"] >= tracking_auroc).nonzero()[:, 0]
+    rates = switch_rate(state > 0, region)
     near = near_boundary(boundaries)
     paid = (innovations != 0).sum(-1).float()
     return {"best_auroc_by_region": {k: v["auroc"] for k, v in table["factors"]["region"].items()},
             "best_feature_by_region": {k: v["feature"] for k, v in table["factors"]["region"].items()},
-            **region_tracking(switch_rate(state > 0, region), table["best_by_feature"], tracking_auroc),
+            "n_region_tracking_features": int(tracking.numel()),
+            "switch_rate_of_region_tracking_features": float(rates[tracking].nanmean()) if tracking.numel() else math.nan,
             "innovations_near_boundary": float(paid[near].sum() / paid.sum().clamp(min=1)),
             "positions_near_boundary": float(near.float().mean())}
 

@@ -5,6 +5,7 @@ autoencoder's own reconstruction errors fall by scene factor."""
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import torch
@@ -13,17 +14,17 @@ from torch import Tensor
 from ctxsae_core.metrics import switch_rate
 from scenes.query import NORMAL_BINS, normal_bin
 from scenes.spec import KINDS, MATERIALS, TEXTURES
-from visinterp.analysis.alignment import alignment_table, best_of, unnamed_features
-from visinterp.analysis.localization import region_tracking
+from visinterp.analysis.alignment import alignment_table, unnamed_features
 from visinterp.harvest.maps import tile_windows
 
 COLOURS = ("red", "yellow", "green", "cyan", "blue", "magenta", "grey")  # 6 hue sectors, then unsaturated
 FACTOR_NAMES = {"kind_id": KINDS, "material_id": MATERIALS, "texture_id": TEXTURES, "normal_bin": NORMAL_BINS,
                 "background": ("object", "background"), "shadowed": ("lit", "shadowed"), "colour": COLOURS}
 SURFACE_FACTORS = ("kind_id", "material_id", "texture_id", "normal_bin", "shadowed")  # -1 on background
-# the factors constant over an object (and over the background): a feature aligned with one tracks a
-# region. Colour is left out (shading turns a dark face grey), as are normal, shadow and depth.
-REGION_FACTORS = ("kind_id", "material_id", "texture_id", "background")
+# the factors constant over an object (and over the background): the best feature for one of their
+# values tracks an object. Colour is left out (shading turns a dark face grey), as are normal,
+# shadow and depth.
+OBJECT_FACTORS = ("kind_id", "material_id", "texture_id", "background")
 CONTINUOUS = ("depth",)
 
 
@@ -78,18 +79,23 @@ def grid_factors(truths: list[dict[str, np.ndarray]], grid_hw: tuple[int, int], 
 
 def feature_alignment(state: Tensor, factors: dict[str, Tensor], threshold: float) -> dict:
     """Best feature per factor value (AUROC; correlation for depth), unnamed features, and the
-    mean within-object switch rate of the live features and of the region-tracking ones (best
-    AUROC for a REGION_FACTORS value >= `localization.TRACKING_AUROC`), for state codes (N, T, F)."""
+    mean within-object switch rate of the live features and of the object features (the best
+    feature for each value of the OBJECT_FACTORS, with the mean of those values' best AUROCs), for
+    state codes (N, T, F)."""
     flat = state.reshape(-1, state.shape[-1])
     labels = {k: v.reshape(-1) for k, v in factors.items() if k != "object_id"}
     table = alignment_table(flat, labels, continuous=CONTINUOUS, names=FACTOR_NAMES, within_labelled=SURFACE_FACTORS)
     unnamed = unnamed_features(table["best_by_feature"], flat, threshold)
     rates = switch_rate(state > 0, factors["object_id"])
     live = (flat > 0).any(0)
-    regional = best_of({k: v for k, v in table["best_by_factor"].items() if k in REGION_FACTORS}, flat.shape[1])
+    best = [v for name in OBJECT_FACTORS for v in table["factors"].get(name, {}).values()]
+    tracking = sorted({v["feature"] for v in best})
     return {"factors": table["factors"], "unnamed": unnamed, "best_by_feature": table["best_by_feature"].tolist(),
             "within_object_switch_rate": float(rates[live].nanmean()) if live.any() else math.nan,
-            **region_tracking(rates, regional), "n_live": int(live.sum())}
+            "object_features": tracking,
+            "switch_rate_of_object_features": float(rates[tracking].nanmean()) if tracking else math.nan,
+            "object_label_auroc": statistics.fmean(v["auroc"] for v in best) if best else math.nan,
+            "n_live": int(live.sum())}
 
 
 def error_by_factor(decoded: Tensor, truths: list[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:

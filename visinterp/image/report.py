@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from scenes.figures import pyplot
-from visinterp.analysis.localization import TRACKING_AUROC
 from visinterp.image.steering import steer
 from visinterp.report.page import converged_cell, learning_curve_panel, pareto_panel, png, table, write_page
 
@@ -200,10 +199,10 @@ def _hook_sections(job, result, hook, data, images, figures) -> list[str]:
                   "(surface factors among object patches only), Pearson correlation for depth. Mean within-object "
                   "switch rate of the live features: " + ", ".join(f"{n} {a['within_object_switch_rate']:.4f}"
                                                                    for n, a in alignment.items())
-                  + f"; of the features that track an object (best AUROC >= {TRACKING_AUROC:g} for kind, material, texture or "
-                  "object against background): " + ", ".join(
-                      f"{n} {a['switch_rate_of_region_tracking_features']:.4f} ({a['n_region_tracking_features']} "
-                      "features)" for n, a in alignment.items()) + ".</p>"]
+                  + "; of the object features (the best feature for each kind, material, texture, and object "
+                  "against background; their mean AUROC in brackets): " + ", ".join(
+                      f"{n} {a['switch_rate_of_object_features']:.4f} ({a['object_label_auroc']:.2f})"
+                      for n, a in alignment.items()) + ".</p>"]
     for label, feats in sections:
         parts += [f"<h3>Gallery: {label} ({ctx})</h3>",
                   png(gallery_figure(images, state_maps[ctx], feats, min(cfg.report.top_images, len(job.held)),

@@ -46,11 +46,11 @@ def test_grid_factors_read_each_patch_centre_in_window_order():
     assert g["shadowed"][0].tolist() == [-1, 0, -1, 1]  # bottom-right patch centre (3, 3) is shadowed
 
 
-def test_region_tracking_switch_rate_counts_only_features_aligned_with_an_object_factor():
+def test_object_features_are_the_best_for_each_object_label_and_their_switch_rate_is_apart():
     """Five windows of 16 patches: background, then one object whose patches alternate lit and
-    shadowed. Feature 0 holds over the object, feature 3 holds over it but drops out once, feature
-    1 flickers everywhere and feature 2 follows the shadow (a factor that is not constant over an
-    object) and flickers on the background."""
+    shadowed. Feature 0 holds over the object, feature 3 over the background but for one patch;
+    feature 1 flickers everywhere and feature 2 follows the shadow (a factor that is not constant
+    over an object) and flickers on the background."""
     import torch
 
     from visinterp.image.factors import feature_alignment
@@ -58,22 +58,23 @@ def test_region_tracking_switch_rate_counts_only_features_aligned_with_an_object
     n, t = 5, 16
     obj = torch.arange(t) >= 8
     odd = torch.arange(t) % 2 == 1
-    shadowed = torch.where(obj, odd.long(), -1)
     factors = {"object_id": torch.where(obj, 0, -1), "kind_id": torch.where(obj, 1, -1), "material_id": torch.where(obj, 2, -1),
-               "texture_id": torch.where(obj, 0, -1), "background": (~obj).long(), "shadowed": shadowed,
+               "texture_id": torch.where(obj, 0, -1), "background": (~obj).long(), "shadowed": torch.where(obj, odd.long(), -1),
                "normal_bin": torch.where(obj, 4, -1), "colour": torch.zeros(t, dtype=torch.long), "depth": torch.arange(t).float()}
     factors = {k: v.expand(n, t).clone() for k, v in factors.items()}
     state = torch.zeros(n, t, 4)
     state[:, :, 0] = obj.float()
     state[:, :, 1] = (~odd).float()
     state[:, :, 2] = odd.float()  # shadowed object patches, and odd background ones
-    state[:, :, 3] = obj.float()
-    state[:, 12, 3] = 0.0
+    state[:, :, 3] = (~obj).float()
+    state[:, 4, 3] = 0.0
     out = feature_alignment(state, factors, threshold=0.75)
+    # the object labels scored: object and background (one kind, material, texture: no negatives)
+    assert out["factors"]["background"] == {"object": {"feature": 0, "auroc": 1.0},
+                                            "background": {"feature": 3, "auroc": 7 / 8 + 1 / 8 * 0.5}}
+    assert out["object_features"] == [0, 3] and out["object_label_auroc"] == pytest.approx((1 + 0.9375) / 2)
     # 14 same-region pairs a window (7 in the background, 7 in the object): feature 0 never flips,
-    # 1 and 2 flip at all 14, feature 3 at 2 (into and out of position 12)
+    # 1 and 2 flip at all 14, feature 3 at 2 (into and out of position 4)
+    assert out["switch_rate_of_object_features"] == pytest.approx((0 + 2 / 14) / 2)
     assert out["within_object_switch_rate"] == pytest.approx((0 + 1 + 1 + 2 / 14) / 4)
-    # AUROC for "object": 1 for feature 0, 7/8 + 1/8 * 0.5 for feature 3, 0.5 for features 1 and 2
-    assert out["n_region_tracking_features"] == 2
-    assert out["switch_rate_of_region_tracking_features"] == pytest.approx((0 + 2 / 14) / 2)
-    assert out["factors"]["shadowed"]["shadowed"] == {"feature": 2, "auroc": 1.0}  # aligned, but not with a region
+    assert out["factors"]["shadowed"]["shadowed"] == {"feature": 2, "auroc": 1.0}  # aligned, not with an object label
