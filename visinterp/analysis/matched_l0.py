@@ -46,14 +46,19 @@ def l0_for_value(points: list[Point], value: float, extrapolate: bool = False) -
     return _interp([p[1] for p in points], [p[0] for p in points], value, extrapolate)
 
 
+def middle_contextual(saes: dict[str, dict], contextual_series: str) -> str | None:
+    """The SAE of `contextual_series` at its middle budget (None when the sweep has none)."""
+    ctx = sorted((m["k"], n) for n, m in saes.items() if m["series"] == contextual_series)
+    return ctx[len(ctx) // 2][1] if ctx else None
+
+
 def analysed_pair(saes: dict[str, dict], contextual_series: str) -> tuple[str, str] | None:
     """(the per-position SAE nearest in FVU, the SAE of `contextual_series` at its middle budget),
     or None when the sweep lacks either (a sweep of TopK SAEs alone)."""
-    ctx = sorted((m["k"], n) for n, m in saes.items() if m["series"] == contextual_series)
+    name = middle_contextual(saes, contextual_series)
     per_position = [n for n, m in saes.items() if m["family"] == "per-position"]
-    if not ctx or not per_position:
+    if name is None or not per_position:
         return None
-    name = ctx[len(ctx) // 2][1]
     target = max(saes[name]["fvu"], 1e-9)
     per_pos = min((abs(math.log(max(saes[n]["fvu"], 1e-9) / target)), n) for n in per_position)[1]
     return per_pos, name

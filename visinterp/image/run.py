@@ -26,7 +26,7 @@ from ctxsae_core.sae import BaseSAE
 from ctxsae_core.pool import check_jobs, train_sweep
 from ctxsae_core.sweep import sweep_specs
 from visinterp.analysis.codes import evaluate_with_codes, window_codes
-from visinterp.analysis.matched_l0 import analysed_pair
+from visinterp.analysis.matched_l0 import analysed_pair, middle_contextual
 from visinterp.harvest.maps import harvest, untile
 from ctxsae_core.store import ActivationStore
 from visinterp.image.config import RunConfig
@@ -208,6 +208,19 @@ class ImageJob:
         carries = self.cfg.sweep.carries
         return analysed_pair(metrics, f"contextual_{carries[0]}") if carries else None
 
+    def aligned(self, metrics: dict, pair: tuple[str, str] | None) -> list[str]:
+        """The SAEs aligned against the scenes' truth: the analysed pair and the contextual SAE's
+        control; in a sweep of contextual SAEs alone (an ablation's stage), the one at the middle
+        budget and its control; none in a sweep of per-position SAEs alone."""
+        if pair:
+            names = list(pair)
+        else:
+            carries = self.cfg.sweep.carries
+            alone = middle_contextual(metrics, f"contextual_{carries[0]}") if carries else None
+            names = [alone] if alone else []
+        control = f"{names[-1]}_control" if names else None
+        return names + [control] if control in metrics else names
+
     def alignment(self, data: HookData, names: list[str]) -> dict:
         """Factor alignment of the named SAEs' state on the held-out images ({} without scene truth)."""
         if self.truths is None:
@@ -258,7 +271,7 @@ def run(cfg: RunConfig, out: Path, progress: bool = True, device: str | torch.de
         result["saes"].update({f"{hook}/{k}": v for k, v in metrics.items()})
         pair = job.analysed_pair(metrics)
         result["analysed"][hook] = list(pair) if pair else []
-        result["alignment"][hook] = job.alignment(hooks[hook], [*pair, pair[1] + "_control"]) if pair else {}
+        result["alignment"][hook] = job.alignment(hooks[hook], job.aligned(metrics, pair))
         data = hooks[hook]
         record[hook] = {"store": f"store/{hook}", "axis": data.axis.to_dict(), "grid": list(data.grid),
                         "map_hw": list(data.map_hw), "tile": data.tile, "held_windows": held_windows,

@@ -240,3 +240,24 @@ def test_visinterp_run_under_torchrun_shares_the_harvest_and_reports_once(torchr
     for name in one:  # rank 0 trains with its share of the cores: other thread counts round otherwise
         assert two[name]["l0"] == pytest.approx(one[name]["l0"], rel=0.05), name
         assert two[name]["fvu"] == pytest.approx(one[name]["fvu"], rel=0.02), name
+
+
+def test_the_aligned_saes_are_the_analysed_pair_or_the_middle_contextual_sae_with_its_control():
+    from types import SimpleNamespace
+
+    from visinterp.image.run import ImageJob
+
+    job = SimpleNamespace(cfg=SimpleNamespace(sweep=SimpleNamespace(carries=("gated",))))
+    ctx = {f"contextual_gated_k{k}": {"series": "contextual_gated", "k": k, "family": "contextual", "fvu": 0.2}
+           for k in (2, 4, 8)}
+    controls = {f"{n}_control": {"series": "contextual_gated_control", "k": m["k"], "family": "control", "fvu": 0.3}
+                for n, m in ctx.items()}
+    aligned = lambda metrics, pair: ImageJob.aligned(job, metrics, pair)  # noqa: E731
+    assert aligned({**ctx, **controls}, ("topk_k8", "contextual_gated_k4")) == [
+        "topk_k8", "contextual_gated_k4", "contextual_gated_k4_control"]
+    # an ablation's stage: contextual SAEs and controls alone
+    assert aligned({**ctx, **controls}, None) == ["contextual_gated_k4", "contextual_gated_k4_control"]
+    assert aligned(ctx, None) == ["contextual_gated_k4"]  # no control trained
+    assert aligned({"topk_k4": {"series": "topk", "k": 4, "family": "per-position", "fvu": 0.2}}, None) == []
+    job.cfg.sweep.carries = ()
+    assert aligned({**ctx, **controls}, None) == []
