@@ -512,7 +512,8 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
                    "plain run's setting stays in this comparison.")
                 + (" Only the headline budget was trained (`--headline-only`), so the rule is checked there alone."
                    if r.get("headline_only") else ""),
-                "", f"The {variant} run in full:", "", *site["budget"], *site["tables"], *site["seeds"]]
+                "", f"The {variant} run in full:", "", *site["budget"], *site["tables"], *site["seeds"],
+                *_switch_goal(found.get("localization"))]
     return out
 
 
