@@ -34,13 +34,17 @@ Writes JSON and a plot (per hook: FVU against L0, learning curves).
 `--variant` runs an ablation: the same procedure with the contextual SAEs and controls changed,
 their stages in `<runs>/<hook>-<variant>/`, against the plain run's TopK SAEs (read back from
 `<runs>/<hook>/`); the docs' results page sets its JSON beside the plain run's. The committed
-ablations are of the earlier run (`--config configs/image/taef2_converged_256.toml`). `signed`:
+ablations are of the earlier run (`--config configs/image/taef2_converged_256.toml`), and `signed`
+of this one at `encoder.mid` (headline budget, seed 0). `signed`:
 signed innovations (`ContextualConfig.signed`); `no_anneal`: no budget anneal (trained at k from
 the first step, `[sweep] k_anneal_fraction = 0`); `no_carry_loss`: no carry loss (`[sweep]
 carry_coeff = 0`).
 
     python benchmarks/image_converged.py --config configs/image/taef2_converged_256.toml \
         --variant signed --hooks latent --seeds 1 --out benchmarks/results/image_converged_taef2_256_signed.json
+    python benchmarks/image_converged.py --hooks encoder.mid --variant signed --headline-only --seeds 1 \
+        --keep-stages benchmarks/results/stages/taef2_converged_256_8m \
+        --out benchmarks/results/image_converged_taef2_256_8m_encoder_mid_signed.json
 """
 
 from __future__ import annotations
