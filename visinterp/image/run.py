@@ -222,8 +222,9 @@ class ImageJob:
         return names + [control] if control in metrics else names
 
     def alignment(self, data: HookData, names: list[str]) -> dict:
-        """Factor alignment of the named SAEs' state on the held-out images ({} without scene truth)."""
-        if self.truths is None:
+        """Factor alignment of the named SAEs' state on the held-out images ({} without scene truth
+        or names)."""
+        if self.truths is None or not names:
             return {}
         factors = grid_factors(self.truths, data.map_hw, data.tile)
         return {name: feature_alignment(data.code(name), factors, self.cfg.report.unnamed_threshold)
