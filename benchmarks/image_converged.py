@@ -36,7 +36,8 @@ their stages in `<runs>/<hook>-<variant>/`, against the plain run's TopK SAEs (r
 `<runs>/<hook>/`); the docs' results page sets its JSON beside the plain run's. The committed
 ablations are of the earlier run (`--config configs/image/taef2_converged_256.toml`), and `signed`
 of this one at `encoder.mid` (headline budget, seed 0). `signed`:
-signed innovations (`ContextualConfig.signed`); `no_anneal`: no budget anneal (trained at k from
+signed innovations (`ContextualConfig.signed`); `position_gates`: persistence that also reads the
+step's position (`ContextualConfig.position_gates`); `no_anneal`: no budget anneal (trained at k from
 the first step, `[sweep] k_anneal_fraction = 0`); `no_carry_loss`: no carry loss (`[sweep]
 carry_coeff = 0`).
 

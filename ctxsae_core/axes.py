@@ -20,6 +20,7 @@ from ctxsae_common.errors import InputError
 
 AXIS_KINDS = ("tokens", "raster", "quadtree")
 _FOURIER_OCTAVES = 4  # position features sin/cos(2^j pi c), j < 4: resolves 1/16 of the axis
+MAX_POSITION_FEATURES = 3 * 2 * _FOURIER_OCTAVES  # the quadtree's three coordinates; tokens 8, raster 16
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctxsae_core.axes import ContextAxis
+from ctxsae_core.axes import MAX_POSITION_FEATURES, ContextAxis
 from ctxsae_core.config import ContextualConfig
 from ctxsae_core.registry import CARRIES
 
@@ -94,7 +94,11 @@ class GatedCarry(Carry):
     non-negative low-rank map, reset(u) = (u A) B with A (F, r), B (r, F) >= 0.
 
     The product form keeps a reset's gradient (-g) strong even for a feature whose persistence
-    is nearly 1; a single sigmoid(persistence - reset) saturates exactly there."""
+    is nearly 1; a single sigmoid(persistence - reset) saturates exactly there.
+
+    With `position_gates`, the persistence logit of feature f at step t is persistence_f +
+    (p_t W)_f, p_t the step's position features (`ContextAxis.positions`) and W (P, F) zero at
+    first: a feature can learn to let go where the walk jumps, such as a raster row's wrap."""
 
     sparse_state = True
 
@@ -102,24 +106,34 @@ class GatedCarry(Carry):
         super().__init__(cfg)
         self.persistence = nn.Parameter(torch.full((cfg.width,), float(cfg.init_persistence)))
         self.reset_in_raw, self.reset_out_raw = reset_parameters(cfg)
+        if cfg.position_gates:
+            self.position_persistence = nn.Parameter(torch.zeros(MAX_POSITION_FEATURES, cfg.width))
 
-    def _parts(self) -> tuple[Tensor, Tensor, Tensor]:
-        """A (F, r), B (r, F), both >= 0, and the persistence gates (F,)."""
-        return *reset_factors(self.reset_in_raw, self.reset_out_raw), persistence_gate(self.persistence)
+    def _gates(self, axis: ContextAxis) -> Tensor:
+        """The persistence gates: (F,), or (S, F), one row per step, with position gates."""
+        if not self.cfg.position_gates:
+            return persistence_gate(self.persistence)
+        positions = axis.positions.to(self.persistence)
+        return persistence_gate(self.persistence + positions @ self.position_persistence[: positions.shape[-1]])
+
+    def _parts(self, axis: ContextAxis) -> tuple[Tensor, Tensor, Tensor]:
+        """A (F, r), B (r, F), both >= 0, and the persistence gates, (F,) or (S, F)."""
+        return *reset_factors(self.reset_in_raw, self.reset_out_raw), self._gates(axis)
 
     def begin(self, batch: int, axis: ContextAxis) -> object:
-        return self._parts()
+        return self._parts(axis)
 
-    def sparse_parts(self) -> tuple[Tensor, Tensor, Tensor]:
-        """For `ctxsae_core.sparse_walk`: the gates (F,), A (F, r), and B transposed to (F, r)
-        and contiguous (its rows are gathered at every step)."""
-        reset_in, reset_out, gate = self._parts()
+    def sparse_parts(self, axis: ContextAxis) -> tuple[Tensor, Tensor, Tensor]:
+        """For `ctxsae_core.sparse_walk`: the gates, (F,) or (S, F), A (F, r), and B transposed to
+        (F, r) and contiguous (its rows are gathered at every step)."""
+        reset_in, reset_out, gate = self._parts(axis)
         return gate, reset_in, reset_out.T.contiguous()
 
     def carried(self, mem, t, s_parent, u_t):
         if s_parent is None:
             return None
         reset_in, reset_out, gate = mem
+        gate = gate[t] if gate.dim() == 2 else gate
         gate = gate if u_t is None else reset_gates(gate, reset_in, reset_out, u_t)
         return self.hard(gate) * s_parent, s_parent != 0
 
@@ -169,7 +183,7 @@ class AttentionCarry(Carry):
     raise it, so the state cannot overshoot what the encoder saw. With `prior` holding the
     attention weights' inputs fixed, this keeps training stable."""
 
-    def __init__(self, cfg: ContextualConfig, n_position_features: int = 24):
+    def __init__(self, cfg: ContextualConfig, n_position_features: int = MAX_POSITION_FEATURES):
         super().__init__(cfg)
         f, hd = cfg.width, cfg.heads * cfg.head_dim
         scale = 1 / math.sqrt(f)
@@ -184,7 +198,7 @@ class AttentionCarry(Carry):
         self.reset_in_raw, self.reset_out_raw = reset_parameters(cfg)
 
     def _pos(self, positions: Tensor, P: Tensor) -> Tensor:
-        return positions.to(P) @ P[: positions.shape[-1]]  # axes have 8 to 24 position features
+        return positions.to(P) @ P[: positions.shape[-1]]  # axes have 8 to MAX_POSITION_FEATURES
 
     def begin(self, batch: int, axis: ContextAxis) -> object:
         f = self.cfg.width

@@ -151,6 +151,10 @@ class ContextualConfig(SAEConfig):
         False, "innovations may be negative where a feature is carried, down to minus its carried value: "
         "one paid code then lowers or ends a carried feature, where otherwise a code can only add to it "
         "(gated carry, TopK or BatchTopK; walks dense states, so it is slower on wide dictionaries)")
+    position_gates: bool = param(
+        False, "gated carry: each feature's persistence also depends on the step's position along the axis "
+        "(a learned linear map of the axis's position features, zero at first), so the carry can learn where "
+        "to let go, such as where a raster scan wraps to the next row")
 
     @property
     def arch(self) -> str:
@@ -170,6 +174,8 @@ class ContextualConfig(SAEConfig):
             require(self.carry == "gated" and isinstance(self.activation, TopK),
                     f"signed=true needs carry 'gated' and activation topk or batchtopk, not carry {self.carry!r} "
                     f"and activation {self.activation.kind!r}")
+        require(not self.position_gates or self.carry == "gated",
+                f"position_gates=true needs carry 'gated', not {self.carry!r}")
 
 
 # --- round trips ----------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ class ContextualSAE(BaseSAE):
         """The gated carry's walk over sparse states of windows xs (B, S, D) (normalised
         units), one autograd Function (`ctxsae_core.sparse_walk`); the dense codes are built
         only if read. Returns the encoder's inputs (B, S, D) too."""
-        gate, reset_in, reset_out_T = self.carry.sparse_parts()
+        gate, reset_in, reset_out_T = self.carry.sparse_parts(axis)
         sample: list[Tensor] = []
         spec = WalkSpec(axis.parent.tolist(), self.carry_scale, self.config.carry_threshold, self.config.gate_floor,
                         lambda pre: self.activation.select_sampling(pre, False, sample))

@@ -18,7 +18,8 @@ At step t with parent p, on the entries (rows, cols) of p's state whose values v
     state    = carried (+) u                           entries at the same (row, feature) summed
 
 `hard` zeroes gates below gate_floor and `cut` carried values at or below carry_threshold;
-the gradient passes straight through both (`ContextualSAE._cut`, `Carry.hard`). Steps without
+the gradient passes straight through both (`ContextualSAE._cut`, `Carry.hard`). With position
+gates, `gate` is step t's row of an (S, F) table. Steps without
 a parent (or with the carry off, scale 0) code u from x_t - b_dec alone, and their state is u.
 `ContextualSAE`'s dense walk is the same arithmetic under autograd; the tests check this
 walk's values and gradients against it."""
@@ -206,9 +207,11 @@ class _GatedWalk(torch.autograd.Function):
         tape.pre_acts = xs.new_empty(n_steps, W_enc.shape[0], n_rows)
         tape.enc_in = xs.new_empty(n_steps, n_rows, d)
         hard_gate = gate.masked_fill(gate < tape.spec.gate_floor, 0.0)
+        per_step = gate.dim() == 2  # position gates: one row of gates a step
         states, carried = [], []
         for t in range(n_steps):
-            s, c = _forward_step(tape, t, xs[:, t], b_dec, W_dec, W_enc, b_enc, gate, hard_gate, A, B_T)
+            s, c = _forward_step(tape, t, xs[:, t], b_dec, W_dec, W_enc, b_enc, gate[t] if per_step else gate,
+                                 hard_gate[t] if per_step else hard_gate, A, B_T)
             states.append(s)
             carried.append(c)
         ctx.tape = tape
@@ -244,6 +247,7 @@ class _GatedWalk(torch.autograd.Function):
                 gs = torch.zeros_like(st.state.vals) if gs is None else gs.clone()
                 gs.index_add_(0, st.keep, from_children[t])
             g_parent = None
+            g_gate_t = g_gate[t] if g_gate.dim() == 2 else g_gate  # a view: adding to it adds to g_gate
             if st.parent is None:
                 g_u = _gather_grad(gs, None, g_innov[t])
             else:
@@ -254,7 +258,7 @@ class _GatedWalk(torch.autograd.Function):
                     g_c = g_c * scale if scale != 1.0 else g_c
                     g_parent = g_c * st.hard_h
                     g_h = g_c * par.vals
-                    g_gate.index_add_(0, par.cols, g_h * st.decay)
+                    g_gate_t.index_add_(0, par.cols, g_h * st.decay)
                     g_reset = -(g_h * st.h)  # reset = (u A)[rows] . B^T[cols]
                     g_uA = torch.sparse.mm(csr(par.rows, par.cols, g_reset, st.parent_crow, par.width), B_T)
                     reset_out.add(st.u_A, par.rows, par.cols, g_reset)
@@ -274,7 +278,7 @@ class _GatedWalk(torch.autograd.Function):
                     dec.add(-g_residual, par.rows, par.cols, st.prior)
                     g_prior = -entry_dots(par, g_residual, W_dec, st.parent_crow)
                     g_prior = g_prior * scale if scale != 1.0 else g_prior
-                    g_gate.index_add_(0, par.cols, g_prior * par.vals)
+                    g_gate_t.index_add_(0, par.cols, g_prior * par.vals)
                     g_from_prior = g_prior * st.hard_gate
                     g_parent = g_from_prior if g_parent is None else g_parent + g_from_prior
                 g_b_dec -= g_centred.sum(0)
@@ -296,7 +300,8 @@ class _GatedWalk(torch.autograd.Function):
 def gated_walk(spec: WalkSpec, xs: Tensor, b_dec: Tensor, W_dec: Tensor, W_enc: Tensor, b_enc: Tensor,
                gate: Tensor, A: Tensor, B_T: Tensor) -> Walk:
     """Walk windows xs (B, S, D) (normalised units, one row per step) along `spec.parents`
-    with the gated carry's persistence gates `gate` (F,) and resets A (F, r), B^T (F, r)."""
+    with the gated carry's persistence gates `gate`, (F,) or one row a step (S, F), and resets
+    A (F, r), B^T (F, r)."""
     tape = _Tape(spec)
     state_vals, carried_vals, innovation_vals = _GatedWalk.apply(tape, xs, b_dec, W_dec, W_enc, b_enc, gate, A, B_T)
     steps = tape.steps

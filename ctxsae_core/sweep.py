@@ -46,6 +46,8 @@ class SweepConfig:
         "carry_lr_scale x lr a step, so short runs start nearer 0 to carry for most of training")
     signed: bool = param(False, "contextual SAEs code signed innovations (ContextualConfig.signed): a paid code may "
                          "lower or end a carried feature")
+    position_gates: bool = param(False, "contextual SAEs' persistence also reads the step's position "
+                                 "(ContextualConfig.position_gates; gated carry)")
     carry_coeff: float = param(ContextualConfig.carry_coeff, "contextual SAEs' carry-loss weight (ContextualConfig): "
                                "0 trains the carry on the reconstruction alone")
     k_anneal_fraction: float | None = param(None, "TrainConfig.k_anneal_fraction of every SAE (unset: the trainer's "
@@ -73,6 +75,8 @@ class SweepConfig:
                 f"sweep.k_anneal_fraction={self.k_anneal_fraction} must lie in [0, 1] (or be left out)")
         require(not self.signed or set(self.carries) <= {"gated"},
                 f"sweep.signed needs the gated carry only, but sweep.carries is {list(self.carries)}")
+        require(not self.position_gates or set(self.carries) <= {"gated"},
+                f"sweep.position_gates needs the gated carry only, but sweep.carries is {list(self.carries)}")
         require(len(set(self.carries)) == len(self.carries) and len(set(self.per_position)) == len(self.per_position),
                 "sweep.carries and sweep.per_position must not repeat a name")
         require(all(k >= 1 for k in (*self.k, *self.k_contextual, *self.k_control)),
@@ -123,7 +127,7 @@ def sweep_specs(sweep: SweepConfig, d: int) -> list[SAESpec]:
         def contextual(k: int) -> ContextualConfig:
             return ContextualConfig(d_in=d, width=sweep.width, activation=BatchTopK(k=k), carry=carry,
                                     init_persistence=sweep.init_persistence, signed=sweep.signed,
-                                    carry_coeff=sweep.carry_coeff)
+                                    position_gates=sweep.position_gates, carry_coeff=sweep.carry_coeff)
 
         for k in sweep.k_contextual:
             specs.append(SAESpec(f"contextual_{carry}_k{k}", f"contextual_{carry}", "contextual", k, contextual(k),

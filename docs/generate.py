@@ -449,6 +449,9 @@ def _image_converged(r: dict) -> list[str]:
 ABLATIONS = {
     "signed": ("signed innovations", "with signed innovations (`[sweep] signed`, `ContextualConfig.signed`: a carried "
                "feature's innovation may be negative, down to minus its carried value)"),
+    "position_gates": ("position gates", "with position gates (`[sweep] position_gates`, "
+                       "`ContextualConfig.position_gates`: each feature's persistence also reads the step's position "
+                       "along the walk, so the carry can learn to let go where a raster scan wraps to the next row)"),
     "no_anneal": ("no budget anneal", "without the budget anneal (`[sweep] k_anneal_fraction = 0`: trained at their "
                   "k from the first step, as TopK is, where the default anneals from 4k over the first half)"),
     "no_carry_loss": ("no carry loss", "without the carry loss (`[sweep] carry_coeff = 0`, now the default: "

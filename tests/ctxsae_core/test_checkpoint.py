@@ -31,7 +31,8 @@ def _trained_like(model):
     *(SAE(SAEConfig(d_in=8, width=32, activation=a)) for a in ACTS),
     ContextualSAE(ContextualConfig(d_in=8, width=32, carry="gated", init_persistence=1.0)),
     ContextualSAE(ContextualConfig(d_in=8, width=32, carry="attention", activation=TopK(k=2), heads=2)),
-], ids=["topk", "batchtopk", "relu", "jumprelu", "ctx-gated", "ctx-attention"])
+    ContextualSAE(ContextualConfig(d_in=8, width=32, carry="gated", init_persistence=1.0, position_gates=True)),
+], ids=["topk", "batchtopk", "relu", "jumprelu", "ctx-gated", "ctx-attention", "ctx-gated-position"])
 def test_save_then_load_gives_the_same_model(tmp_path, model):
     model = _trained_like(model)
     axis = make_axis("quadtree", 16, (4, 4))

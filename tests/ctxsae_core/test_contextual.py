@@ -10,6 +10,7 @@ from ctxsae_core import BatchTopK, ContextualConfig, ContextualSAE, JumpReLU, Re
 from ctxsae_core.activations import use_sparse_path
 from ctxsae_common.errors import InputError
 from ctxsae_core.metrics import l0
+from tests.ctxsae_core.hand import identity_sae
 
 AXES = [("tokens", 16, None), ("raster", 16, (4, 4)), ("quadtree", 16, (4, 4)), ("quadtree", 15, (3, 5))]
 CARRIES = ["gated", "attention"]
@@ -113,19 +114,12 @@ def test_innovations_never_raise_what_is_carried_above_the_prior(carry):
 def _hand_model(carry: str = "gated", reset_1_to_0: bool = False):
     """d = F = 4, identity dictionary, ReLU innovations with bias -0.01, feature persistence 1
     (the attention carry's weights exactly 1); optionally feature 1 firing resets feature 0."""
-    m = ContextualSAE(ContextualConfig(d_in=4, width=4, activation=ReLU(l1_coeff=0.0), carry=carry,
-                                       reset_rank=1, init_persistence=20.0, carry_threshold=0.01))
+    m = identity_sae(activation=ReLU(l1_coeff=0.0), carry=carry)
     with torch.no_grad():
-        m.W_dec_FD.copy_(torch.eye(4))
-        m.W_enc_FD.copy_(torch.eye(4))
-        m.b_enc_F.fill_(-0.01)
-        m.b_dec_D.zero_()
         if carry == "attention":
             for p in (m.carry.W_q_state, m.carry.W_q_new, m.carry.W_k, m.carry.P_q, m.carry.P_k):
                 p.zero_()
             m.carry.bias.fill_(30.0)  # sigmoid(30) = 1 in float32
-        m.carry.reset_in_raw.fill_(-30.0)
-        m.carry.reset_out_raw.fill_(-30.0)
         if reset_1_to_0:
             m.carry.reset_in_raw[1, 0] = 10.0
             m.carry.reset_out_raw[0, 0] = 10.0

@@ -10,21 +10,14 @@ from ctxsae_core import BatchTopK, ContextualConfig, ContextualSAE, JumpReLU, Re
 from ctxsae_common.errors import InputError
 from ctxsae_core.config import config_to_dict, sae_config_from_dict
 from ctxsae_core.metrics import l0
+from tests.ctxsae_core.hand import identity_sae
 
 
 def _hand_model(signed: bool):
     """d = F = 4, identity dictionary, BatchTopK with inference threshold 0.05 and encoder bias
     -0.01, persistence 1, no resets."""
-    m = ContextualSAE(ContextualConfig(d_in=4, width=4, activation=BatchTopK(k=1), carry="gated", reset_rank=1,
-                                       init_persistence=20.0, carry_threshold=0.01, signed=signed))
-    with torch.no_grad():
-        m.W_dec_FD.copy_(torch.eye(4))
-        m.W_enc_FD.copy_(torch.eye(4))
-        m.b_enc_F.fill_(-0.01)
-        m.b_dec_D.zero_()
-        m.carry.reset_in_raw.fill_(-30.0)
-        m.carry.reset_out_raw.fill_(-30.0)
-        m.activation.set_threshold_(0.05)
+    m = identity_sae(activation=BatchTopK(k=1), carry="gated", signed=signed)
+    m.activation.set_threshold_(0.05)
     return m.eval()
 
 
