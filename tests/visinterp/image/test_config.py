@@ -63,3 +63,18 @@ def test_the_8m_image_config_differs_from_the_4m_one_in_budget_and_carry_loss_al
     changed = {f: (old["sweep"][f], new["sweep"][f]) for f in old["sweep"] if old["sweep"][f] != new["sweep"][f]}
     assert changed == {"tokens": (4_000_000, 8_000_000), "carry_coeff": (1.0, 0.0)}
     assert {**old, "sweep": None} == {**new, "sweep": None}
+
+
+def test_the_offline_image_config_is_the_8m_taef2_one_on_the_offline_autoencoder():
+    """Its comment says it runs the TAEF2 8M comparison's scenes, budget and sweep on the offline
+    autoencoder, trained on 256 px scenes with 16 latent channels; an untrained copy offers both hooks."""
+    from visinterp.models.autoencoders.offline import offline_hook_names
+
+    taef2, offline = (load_run_config(CONFIGS / "image" / n)
+                      for n in ("taef2_converged_256_8m.toml", "offline_converged_256_8m.toml"))
+    assert offline.autoencoder == "offline" and {**taef2.to_dict(), "autoencoder": None, "offline_ae": None} == {
+        **offline.to_dict(), "autoencoder": None, "offline_ae": None}
+    ae = offline.offline_ae
+    assert (ae.size, ae.crop, ae.latent_channels) == (256, 64, 16)
+    assert ae.batch * ae.crop ** 2 == RunConfig().offline_ae.batch * RunConfig().offline_ae.crop ** 2
+    assert {"latent", "encoder.mid"} <= set(offline_hook_names(ae))
