@@ -1009,17 +1009,23 @@ def _converged_row(label: str, site: dict) -> list[str]:
 
     goals = site["goals"]
     converged = {n: g for n, g in goals.items() if g["converged"]} or goals
-    name = max(converged, key=lambda n: converged[n]["innovation_ratio"])
+    # a ratio read off the TopK sweep ahead of one extrapolated beyond its last budget
+    measured = {n: g for n, g in converged.items() if not g.get("extrapolated")} or converged
+    name = max(measured, key=lambda n: measured[n]["innovation_ratio"])
     best = goals[name]
-    higher = [f"k {site['saes'][n]['k']} reaches {g['innovation_ratio']:.2f}x, not converged" for n, g in goals.items()
-              if not g["converged"] and g["innovation_ratio"] > best["innovation_ratio"]]
+
+    def caveats(g: dict) -> str:
+        return ", ".join([*(["not converged"] if best["converged"] and not g["converged"] else []),
+                          *(["extrapolated beyond the TopK sweep"] if g.get("extrapolated") else [])])
+    higher = [f"k {site['saes'][n]['k']} reaches {g['innovation_ratio']:.2f}x, {caveats(g)}" for n, g in goals.items()
+              if n != name and caveats(g) and g["innovation_ratio"] > best["innovation_ratio"]]
     ratio = site["seeds"].get("innovation_ratio")
     seeds = (f", {ratio['mean']:.2f}x +- {ratio['std']:.2f} over {len(ratio['values'])} seeds"
              if ratio and len(ratio["values"]) > 1 and name == f"contextual_gated_k{site['headline_k']}" else "")
     ceiling = max(q["best_innovation_ratio"] for q in site["ceiling"].values())
     kept = best.get("control_keeps_fraction_of_gain")
     return [label, f"best {'converged ' if best['converged'] else ''}innovation ratio {best['innovation_ratio']:.2f}x "
-            f"(k {site['saes'][name]['k']}{seeds}; goal >= {MIN_RATIO:g}x): {'met' if best['goal_met'] else 'not met'}"
+            f"(k {site['saes'][name]['k']}{seeds}{', extrapolated' if best.get('extrapolated') else ''}; goal >= {MIN_RATIO:g}x): {'met' if best['goal_met'] else 'not met'}"
             + (f", its shuffled control keeps {kept:.0%} of the gain over TopK" if kept is not None and kept >= CONTROL_KEEPS
                and best["innovation_ratio"] > 1 else "")
             + "".join(f"; {h}" for h in higher)

@@ -136,7 +136,7 @@ def test_the_switch_goal_line_says_met_by_the_ratio_and_is_left_out_without_a_co
     assert "over the object features (the best feature for each object kind" in objects and "live" not in objects
 
 
-def test_a_readme_row_leads_with_the_best_converged_ratio_and_names_a_higher_unconverged_one():
+def test_a_readme_row_leads_with_the_best_converged_measured_ratio_and_names_a_higher_unconverged_one():
     row = _generator()._converged_row
 
     def goal(ratio, converged):
@@ -150,9 +150,18 @@ def test_a_readme_row_leads_with_the_best_converged_ratio_and_names_a_higher_unc
     assert row("x", site)[1] == ("best converged innovation ratio 1.52x (k 4, 1.49x +- 0.04 over 3 seeds; goal >= "
                                  "1.5x): met; k 8 reaches 1.80x, not converged; persistence ceiling 1.72x; not all "
                                  "converged")
+    # a converged ratio extrapolated beyond the TopK sweep comes after the measured ones
+    site["goals"]["contextual_gated_k8"].update(converged=True, extrapolated=True)
+    assert row("x", site)[1].startswith("best converged innovation ratio 1.52x (k 4, 1.49x +- 0.04 over 3 seeds; "
+                                        "goal >= 1.5x): met; k 8 reaches 1.80x, extrapolated beyond the TopK sweep; ")
     for g in site["goals"].values():  # none converged: the best of all, without the word
         g["converged"] = False
+    site["goals"]["contextual_gated_k8"]["extrapolated"] = False
     assert row("x", site)[1].startswith("best innovation ratio 1.80x (k 8; goal >= 1.5x): met; persistence")
+    for g in site["goals"].values():  # every one extrapolated: the best of all, marked
+        g["extrapolated"] = True
+    assert row("x", site)[1].startswith("best innovation ratio 1.80x (k 8, extrapolated; goal >= 1.5x): met; "
+                                        "persistence")
 
 
 def test_a_time_to_quality_cell_judges_convergence_on_the_pairs_it_shows():
