@@ -936,6 +936,9 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
        for v, (title, _) in ABLATIONS.items()},
     "image_converged_taef2_256_8m": ("Image comparison, TAEF2 at 256 px, converged: the default recipe, 8M positions",
                                      _image_converged),
+    **{f"image_converged_taef2_256_8m_{v}": (f"Ablation: {title}, TAEF2 `latent` at 256 px, 8M positions, converged",
+                                             _image_ablation("image_converged_taef2_256_8m"))
+       for v, (title, _) in ABLATIONS.items()},
     "image_converged_taef2_256_8m_encoder_mid": ("Image comparison, TAEF2 at 256 px, converged: `encoder.mid`, the "
                                                  "default recipe, 8M positions", _image_converged),
     **{f"image_converged_taef2_256_8m_encoder_mid_{v}": (f"Ablation: {title}, TAEF2 `encoder.mid` at 256 px, 8M "
@@ -1091,7 +1094,7 @@ def readme_headline() -> str:
     image = RESULTS / "image_converged_taef2_256.json"  # the earlier run, with its ablations
     eight = RESULTS / "image_converged_taef2_256_8m.json"  # latent; encoder.mid, run later, in a file of its own
     mid = eight.with_name(f"{eight.stem}_encoder_mid.json")
-    for path in (eight, mid, *_ablation_files(mid), image, *_ablation_files(image)):
+    for path in (eight, *_ablation_files(eight), mid, *_ablation_files(mid), image, *_ablation_files(image)):
         if path.is_file():
             r = json.loads(path.read_text())
             rows += [_converged_row(_image_label(r, hook), found) for hook, found in r["hooks"].items()]

@@ -65,7 +65,8 @@ def test_every_ablation_has_its_description_and_section_on_the_results_page():
 
     generate = _generator()
     assert set(generate.ABLATIONS) == set(stages.VARIANTS)
-    for run in ("image_converged_taef2_256", "llm_converged_smollm2_resid15"):
+    for run in ("image_converged_taef2_256", "image_converged_taef2_256_8m", "image_converged_taef2_256_8m_encoder_mid",
+                "llm_converged_smollm2_resid15"):
         assert {f"{run}_{v}" for v in stages.VARIANTS} <= set(generate.SECTIONS)
 
 
