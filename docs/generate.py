@@ -1025,14 +1025,18 @@ def _converged_row(label: str, site: dict) -> list[str]:
     ratio = site["seeds"].get("innovation_ratio")
     seeds = (f", {ratio['mean']:.2f}x +- {ratio['std']:.2f} over {len(ratio['values'])} seeds"
              if ratio and len(ratio["values"]) > 1 and name == f"contextual_gated_k{site['headline_k']}" else "")
-    ceiling = max(q["best_innovation_ratio"] for q in site["ceiling"].values())
+    k = site["saes"][name]["k"]
+    at_k = site["ceiling"].get(f"topk_k{k}")  # the ceiling of the TopK SAE at the row's budget, else the sweep's range
+    ratios = [q["best_innovation_ratio"] for q in site["ceiling"].values()]
+    ceiling = (f"persistence ceiling {at_k['best_innovation_ratio']:.2f}x at k {k}" if at_k else
+               f"persistence ceiling {min(ratios):.2f}x to {max(ratios):.2f}x")
     kept = best.get("control_keeps_fraction_of_gain")
     return [label, f"best {'converged ' if best['converged'] else ''}innovation ratio {best['innovation_ratio']:.2f}x "
-            f"(k {site['saes'][name]['k']}{seeds}{', extrapolated' if best.get('extrapolated') else ''}; goal >= {MIN_RATIO:g}x): {'met' if best['goal_met'] else 'not met'}"
+            f"(k {k}{seeds}{', extrapolated' if best.get('extrapolated') else ''}; goal >= {MIN_RATIO:g}x): {'met' if best['goal_met'] else 'not met'}"
             + (f", its shuffled control keeps {kept:.0%} of the gain over TopK" if kept is not None and kept >= CONTROL_KEEPS
                and best["innovation_ratio"] > 1 else "")
             + "".join(f"; {h}" for h in higher)
-            + f"; persistence ceiling {ceiling:.2f}x" + ("" if site["all_converged"] else "; not all converged")]
+            + f"; {ceiling}" + ("" if site["all_converged"] else "; not all converged")]
 
 
 def _ablation_files(plain: Path) -> list[Path]:

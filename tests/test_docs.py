@@ -149,8 +149,8 @@ def test_a_readme_row_leads_with_the_best_converged_measured_ratio_and_names_a_h
             "seeds": {"innovation_ratio": {"values": [1.52, 1.51, 1.44], "mean": 1.49, "std": 0.04}},
             "headline_k": 4, "ceiling": {"topk_k4": {"best_innovation_ratio": 1.72}}, "all_converged": False}
     assert row("x", site)[1] == ("best converged innovation ratio 1.52x (k 4, 1.49x +- 0.04 over 3 seeds; goal >= "
-                                 "1.5x): met; k 8 reaches 1.80x, not converged; persistence ceiling 1.72x; not all "
-                                 "converged")
+                                 "1.5x): met; k 8 reaches 1.80x, not converged; persistence ceiling 1.72x at k 4; not "
+                                 "all converged")
     # a converged ratio extrapolated beyond the TopK sweep comes after the measured ones
     site["goals"]["contextual_gated_k8"].update(converged=True, extrapolated=True)
     assert row("x", site)[1].startswith("best converged innovation ratio 1.52x (k 4, 1.49x +- 0.04 over 3 seeds; "
@@ -159,6 +159,11 @@ def test_a_readme_row_leads_with_the_best_converged_measured_ratio_and_names_a_h
         g["converged"] = False
     site["goals"]["contextual_gated_k8"]["extrapolated"] = False
     assert row("x", site)[1].startswith("best innovation ratio 1.80x (k 8; goal >= 1.5x): met; persistence")
+    # the ceiling is the TopK SAE's at the row's budget; without one there, the sweep's range
+    site["ceiling"]["topk_k2"] = {"best_innovation_ratio": 1.61}
+    assert "; persistence ceiling 1.61x to 1.72x; not all converged" in row("x", site)[1]
+    site["ceiling"]["topk_k8"] = {"best_innovation_ratio": 1.94}
+    assert "; persistence ceiling 1.94x at k 8; not all converged" in row("x", site)[1]
     for g in site["goals"].values():  # every one extrapolated: the best of all, marked
         g["extrapolated"] = True
     assert row("x", site)[1].startswith("best innovation ratio 1.80x (k 8, extrapolated; goal >= 1.5x): met; "
