@@ -1,4 +1,4 @@
-"""The converged image comparison: per-position TopK against the gated contextual SAE and its
+r"""The converged image comparison: per-position TopK against the gated contextual SAE and its
 shuffled control on an image autoencoder's maps, by default the real TAEF2 weights at 256 px
 (32 x 32 latent maps) under the default recipe, 8M positions per SAE
 (`configs/image/taef2_converged_256_8m.toml`; `configs/image/taef2_converged_256.toml` is the

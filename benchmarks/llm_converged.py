@@ -1,4 +1,4 @@
-"""The converged LLM comparison: per-position TopK against the gated contextual SAE and its
+r"""The converged LLM comparison: per-position TopK against the gated contextual SAE and its
 shuffled control on SmolLM2-135M-Instruct's resid.15 (`configs/llm/smollm2_converged_resid15.toml`),
 with every SAE's learning rate chosen by a sweep and the headline budget repeated over seeds.
 

@@ -1,4 +1,4 @@
-"""The training recipe's defaults, chosen from a sweep: held-out FVU after a fixed budget against
+r"""The training recipe's defaults, chosen from a sweep: held-out FVU after a fixed budget against
 the learning rate (and, at one site, the batch), for per-position TopK on several shapes and on
 real LLM activations, and for the contextual SAE; then the default recipe (no flags beyond
 --acts, --out and --k) beside the best point of each sweep.

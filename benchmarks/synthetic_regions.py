@@ -1,4 +1,4 @@
-"""Ground truth for the contextual SAE: windows with known features, where some features hold
+r"""Ground truth for the contextual SAE: windows with known features, where some features hold
 over long regions and others are drawn per position, so the true number of new features per
 position is known (`ctxsae_core.synthetic`).
 

@@ -46,6 +46,16 @@ def test_every_flag_and_config_field_is_in_the_references():
     assert all(f"`{f.name}`" in config for f in dataclasses.fields(SweepConfig))
 
 
+def test_a_command_continued_over_lines_in_a_benchmarks_help_keeps_its_line_breaks():
+    import ast
+
+    joined = []  # a backslash at a line's end inside a plain docstring joins the lines: "...json \\n  --out" -> "json  --out"
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text()), clean=False) or ""
+        joined += [f"{path.name}: {line.strip()[:60]}" for line in doc.splitlines() if re.search(r"\S {3,}--", line)]
+    assert joined == [], "make the docstring raw (r\"\"\"...) so its continued commands keep their backslashes"
+
+
 def test_relative_links_resolve_and_the_readme_is_short():
     pages = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
     broken = []
