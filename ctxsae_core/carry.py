@@ -30,6 +30,12 @@ def persistence_gate(persistence: Tensor) -> Tensor:
     return torch.where(g > 1.0, g - (g.detach() - 1.0), g)
 
 
+def project_positions(positions: Tensor, weight: Tensor) -> Tensor:
+    """Position features (..., P) through the first P rows of a (MAX_POSITION_FEATURES, n) weight:
+    an axis has 8 to MAX_POSITION_FEATURES of them, and one weight serves every axis."""
+    return positions.to(weight) @ weight[: positions.shape[-1]]
+
+
 def reset_parameters(cfg: ContextualConfig) -> tuple[nn.Parameter, nn.Parameter]:
     """The raw factors of a non-negative low-rank reset map, (F, r) and (r, F): see `reset_factors`."""
     f, r = cfg.width, cfg.reset_rank
@@ -113,8 +119,7 @@ class GatedCarry(Carry):
         """The persistence gates: (F,), or (S, F), one row per step, with position gates."""
         if not self.cfg.position_gates:
             return persistence_gate(self.persistence)
-        positions = axis.positions.to(self.persistence)
-        return persistence_gate(self.persistence + positions @ self.position_persistence[: positions.shape[-1]])
+        return persistence_gate(self.persistence + project_positions(axis.positions, self.position_persistence))
 
     def _parts(self, axis: ContextAxis) -> tuple[Tensor, Tensor, Tensor]:
         """A (F, r), B (r, F), both >= 0, and the persistence gates, (F,) or (S, F)."""
@@ -197,9 +202,6 @@ class AttentionCarry(Carry):
         self.mix_logits = nn.Parameter(torch.zeros(cfg.heads, f))
         self.reset_in_raw, self.reset_out_raw = reset_parameters(cfg)
 
-    def _pos(self, positions: Tensor, P: Tensor) -> Tensor:
-        return positions.to(P) @ P[: positions.shape[-1]]  # axes have 8 to MAX_POSITION_FEATURES
-
     def begin(self, batch: int, axis: ContextAxis) -> object:
         f = self.cfg.width
         return _AttentionMemory(axis.positions, torch.softmax(self.mix_logits, dim=0),
@@ -235,7 +237,7 @@ class AttentionCarry(Carry):
 
     def _query(self, mem: _AttentionMemory, t: int, s_parent: Tensor | None) -> Tensor:
         """(B, H * dh): the query from step t's position and the parent's state, before u_t."""
-        q = self._pos(mem.positions[t], self.P_q)
+        q = project_positions(mem.positions[t], self.P_q)
         if s_parent is not None:
             q = q + s_parent @ self.W_q_state
         return q.expand(mem.last_step.shape[0], -1)
@@ -251,7 +253,7 @@ class AttentionCarry(Carry):
         return (attn.gather(2, where) * mem.mix).sum(1)
 
     def remember(self, mem: _AttentionMemory, t, u_t, s_t):
-        key = (u_t @ self.W_k + self._pos(mem.positions[t], self.P_k)).reshape(u_t.shape[0], self.cfg.heads, 1, -1)
+        key = (u_t @ self.W_k + project_positions(mem.positions[t], self.P_k)).reshape(u_t.shape[0], self.cfg.heads, 1, -1)
         mem.keys = key if mem.keys is None else torch.cat([mem.keys, key], dim=2)
         fired = u_t != 0
         mem.last_step = torch.where(fired, t, mem.last_step)
