@@ -945,6 +945,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
                                                           "positions, converged",
                                                           _image_ablation("image_converged_taef2_256_8m_encoder_mid"))
        for v, (title, _) in ABLATIONS.items()},
+    "image_converged_offline_256_8m": ("Image comparison, the offline autoencoder at 256 px, converged: the default "
+                                       "recipe, 8M positions", _image_converged),
     "image_converged_taef2_256": ("Image comparison, TAEF2 at 256 px, converged: with the carry loss, 4M positions",
                                   _image_converged),
     **{f"image_converged_taef2_256_{v}": (f"Ablation: {title}, TAEF2 at 256 px, converged",
@@ -1049,12 +1051,21 @@ def _variant_label(r: dict) -> str:
         + (" (headline k only)" if r.get("headline_only") else "")
 
 
+def _autoencoder_name(r: dict) -> str:
+    """An image run's autoencoder in a few words: "TAEF2", "the offline autoencoder"."""
+    if r["config"].get("autoencoder") == "offline":
+        return "the offline autoencoder"
+    return r["autoencoder"]["autoencoder"].split(" (")[0]
+
+
 def _image_label(r: dict, hook: str) -> str:
-    """A converged image comparison's README label: site, budget, and the carry loss where it was on
-    (runs from before `[sweep] carry_coeff` existed trained with the carry loss, the default then)."""
+    """A converged image comparison's README label: autoencoder, site, budget, and the carry loss
+    where it was on (runs from before `[sweep] carry_coeff` existed trained with the carry loss,
+    the default then)."""
     sweep = r["config"]["sweep"]
     loss = ", with the carry loss" if not r.get("variant") and sweep.get("carry_coeff", 1.0) else ""
-    return (f"TAEF2 `{hook}` at {r['images']['size']} px, {sweep['tokens'] / 1e6:g}M positions, learning rates "
+    name = _autoencoder_name(r)
+    return (f"{name[0].upper()}{name[1:]} `{hook}` at {r['images']['size']} px, {sweep['tokens'] / 1e6:g}M positions, learning rates "
             f"swept{loss}{_variant_label(r)}")
 
 
@@ -1098,7 +1109,8 @@ def readme_headline() -> str:
     image = RESULTS / "image_converged_taef2_256.json"  # the earlier run, with its ablations
     eight = RESULTS / "image_converged_taef2_256_8m.json"  # latent; encoder.mid, run later, in a file of its own
     mid = eight.with_name(f"{eight.stem}_encoder_mid.json")
-    for path in (eight, *_ablation_files(eight), mid, *_ablation_files(mid), image, *_ablation_files(image)):
+    offline = RESULTS / "image_converged_offline_256_8m.json"
+    for path in (eight, *_ablation_files(eight), mid, *_ablation_files(mid), offline, image, *_ablation_files(image)):
         if path.is_file():
             r = json.loads(path.read_text())
             rows += [_converged_row(_image_label(r, hook), found) for hook, found in r["hooks"].items()]

@@ -122,11 +122,16 @@ def test_the_recipe_sweep_says_which_points_ran_at_its_commit():
 def test_an_image_runs_readme_label_names_its_budget_its_carry_loss_and_a_headline_only_run():
     label = _generator()._image_label
     sweep = {"tokens": 8_000_000, "carry_coeff": 0.0}
-    run = {"images": {"size": 256}, "config": {"sweep": sweep}}
+    run = {"images": {"size": 256}, "config": {"sweep": sweep, "autoencoder": "../shared/weights/taef2"},
+           "autoencoder": {"autoencoder": "TAEF2 (32 latent channels, ../shared/weights/taef2)"}}
     assert label(run, "latent") == "TAEF2 `latent` at 256 px, 8M positions, learning rates swept"
+    offline = {**run, "config": {"sweep": sweep, "autoencoder": "offline"},
+               "autoencoder": {"autoencoder": "offline default: AutoencoderKL (SD VAE architecture, ...)"}}
+    assert label(offline, "encoder.mid") == ("The offline autoencoder `encoder.mid` at 256 px, 8M positions, learning "
+                                             "rates swept")
     assert label({**run, "headline_only": True}, "latent").endswith("swept (headline k only)")
     # a run from before [sweep] carry_coeff existed trained with the carry loss, the default then
-    old = {**run, "config": {"sweep": {"tokens": 4_000_000}}}
+    old = {**run, "config": {"sweep": {"tokens": 4_000_000}, "autoencoder": "../shared/weights/taef2"}}
     assert label(old, "latent") == "TAEF2 `latent` at 256 px, 4M positions, learning rates swept, with the carry loss"
     assert label({**old, "variant": "signed"}, "encoder.mid").endswith("4M positions, learning rates swept, "
                                                                       "ablation `signed`")
