@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -22,12 +21,6 @@ from scenes.sampler import sample_scene
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def render_outputs(seeds: Iterable[int], size: int, progress: bool = True, desc: str = "render scenes") -> list[RenderOutput]:
-    """Renders (with their truth) of the sampled scenes of `seeds`."""
-    seeds = list(seeds)
-    return [render(sample_scene(s), size) for s in tqdm(seeds, desc=desc, disable=not progress)]
-
-
 def encoded(rgb_linear: np.ndarray) -> Tensor:
     """A render's linear (H, W, 3) RGB -> the (3, H, W) sRGB-encoded image, float32."""
     return torch.from_numpy(srgb(rgb_linear)).permute(2, 0, 1).float()
@@ -36,11 +29,6 @@ def encoded(rgb_linear: np.ndarray) -> Tensor:
 def to_batch(outputs: list[RenderOutput]) -> Tensor:
     """Renders -> (N, 3, H, W) sRGB-encoded images in [0, 1]."""
     return torch.stack([encoded(o.rgb.numpy()) for o in outputs])
-
-
-def render_scenes(seeds: Iterable[int], size: int, progress: bool = True, desc: str = "render scenes") -> Tensor:
-    """The sampled scenes of `seeds` as (N, 3, size, size) sRGB images in [0, 1]."""
-    return to_batch(render_outputs(seeds, size, progress, desc))
 
 
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (PIL's decompression-bomb limit is ~179M)
@@ -131,12 +119,12 @@ class SceneImages(ImageSource):
     def _npz(self, i: int) -> Path:
         return self.folder / f"{i:05d}.npz"
 
-    def ensure(self, progress: bool = True) -> None:
+    def ensure(self, progress: bool = True, desc: str = "render scenes") -> None:
         """Render the scenes not yet on disk."""
         from scenes.io import write_png, write_truth
 
         todo = [i for i in range(self.n) if not self._npz(i).is_file()]
-        for i in tqdm(todo, desc="render scenes", unit="image", disable=not progress or not todo):
+        for i in tqdm(todo, desc=desc, unit="image", disable=not progress or not todo):
             out = render(sample_scene(self.seed + i), self.size)
             write_png(self.folder / f"{i:05d}.png", out.rgb.numpy())
             write_truth(self._npz(i), out)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ctxsae_common import typed
@@ -19,7 +20,7 @@ from ctxsae_common.files import read_json_object, write_folder_atomic
 from ctxsae_common.seeds import seeded_generator
 from ctxsae_common.typed import param, require
 from visinterp.models.autoencoders.adapters import DiffusersKL, psnr_per_image
-from visinterp.inputs.images import render_scenes
+from visinterp.inputs.images import SceneImages
 
 TRAINING_FILE = "training.json"
 
@@ -69,10 +70,19 @@ def _build(cfg: OfflineAEConfig):
         norm_num_groups=cfg.norm_groups, sample_size=cfg.size)
 
 
+def training_scenes(cfg: OfflineAEConfig, progress: bool = True) -> Tensor:
+    """The autoencoder's training scenes (N, 3, size, size), rendered into the cache once, scene
+    by scene (as a run's scenes are), so a training that was stopped renders only what is missing
+    when it starts again, and configs that differ only in how they train share the renders."""
+    source = SceneImages(cache_root() / f"offline-ae-scenes-{cfg.size}px-seed{cfg.scene_seed}", cfg.images, cfg.size,
+                         cfg.scene_seed)
+    source.ensure(progress, desc="render offline-AE scenes")
+    return source.load(0, cfg.images)
+
+
 def _train(cfg: OfflineAEConfig, progress: bool, device: torch.device) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(cfg.seed)
-    images = render_scenes(range(cfg.scene_seed, cfg.scene_seed + cfg.images), cfg.size, progress=progress,
-                           desc="render offline-AE scenes")
+    images = training_scenes(cfg, progress)
     n_held = max(1, cfg.images // 16)
     held, train = images[:n_held], images[n_held:]
     vae = _build(cfg).to(device)
