@@ -202,11 +202,18 @@ class ImageJob:
         return {"psnr_vs_clean_decode": float(psnr_per_image(spliced, self.clean).mean()),
                 "psnr_vs_input": float(psnr_per_image(spliced, self.held_images).mean())}
 
+    @property
+    def contextual_series(self) -> str | None:
+        """The name stem of the contextual SAEs the report analyses (the sweep's first carry), or
+        None for a sweep without a carry."""
+        carries = self.cfg.sweep.carries
+        return f"contextual_{carries[0]}" if carries else None
+
     def analysed_pair(self, metrics: dict) -> tuple[str, str] | None:
         """(per-position SAE, contextual SAE) the report analyses (see matched_l0.analysed_pair), or
         None for a sweep without both."""
-        carries = self.cfg.sweep.carries
-        return analysed_pair(metrics, f"contextual_{carries[0]}") if carries else None
+        series = self.contextual_series
+        return analysed_pair(metrics, series) if series else None
 
     def aligned(self, metrics: dict, pair: tuple[str, str] | None) -> list[str]:
         """The SAEs aligned against the scenes' truth: the analysed pair and the contextual SAE's
@@ -215,8 +222,8 @@ class ImageJob:
         if pair:
             names = list(pair)
         else:
-            carries = self.cfg.sweep.carries
-            alone = middle_contextual(metrics, f"contextual_{carries[0]}") if carries else None
+            series = self.contextual_series
+            alone = middle_contextual(metrics, series) if series else None
             names = [alone] if alone else []
         control = f"{names[-1]}_control" if names else None
         return names + [control] if control in metrics else names

@@ -247,12 +247,13 @@ def test_the_aligned_saes_are_the_analysed_pair_or_the_middle_contextual_sae_wit
 
     from visinterp.image.run import ImageJob
 
-    job = SimpleNamespace(cfg=SimpleNamespace(sweep=SimpleNamespace(carries=("gated",))))
+    job = ImageJob.__new__(ImageJob)  # no autoencoder, no images: only the sweep is read
+    job.cfg = SimpleNamespace(sweep=SimpleNamespace(carries=("gated",)))
     ctx = {f"contextual_gated_k{k}": {"series": "contextual_gated", "k": k, "family": "contextual", "fvu": 0.2}
            for k in (2, 4, 8)}
     controls = {f"{n}_control": {"series": "contextual_gated_control", "k": m["k"], "family": "control", "fvu": 0.3}
                 for n, m in ctx.items()}
-    aligned = lambda metrics, pair: ImageJob.aligned(job, metrics, pair)  # noqa: E731
+    aligned = job.aligned
     assert aligned({**ctx, **controls}, ("topk_k8", "contextual_gated_k4")) == [
         "topk_k8", "contextual_gated_k4", "contextual_gated_k4_control"]
     # an ablation's stage: contextual SAEs and controls alone
