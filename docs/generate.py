@@ -515,9 +515,26 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
                    "plain run's setting stays in this comparison.")
                 + (" Only the headline budget was trained (`--headline-only`), so the rule is checked there alone."
                    if r.get("headline_only") else ""),
+                *_seed_comparison(variant, found, base),
                 "", f"The {variant} run in full:", "", *site["budget"], *site["tables"], *site["seeds"],
                 *_switch_goal(found.get("localization"))]
     return out
+
+
+def _seed_comparison(variant: str, found: dict, base: dict) -> list[str]:
+    """A bullet with the headline budget's innovation ratio over seeds in the variant and in the
+    plain run, and their differences paired by seed (a seed draws the same held-out images in
+    both); none unless both ran more than one seed."""
+    ours, theirs = (site.get("seeds", {}).get("innovation_ratio") for site in (found, base))
+    if not ours or not theirs or min(len(ours["values"]), len(theirs["values"])) < 2:
+        return []
+
+    def arm(name: str, ratio: dict) -> str:
+        return (f"{name} {ratio['mean']:.2f}x +- {ratio['std']:.2f} "
+                f"({', '.join(f'{v:.2f}x' for v in ratio['values'])})")
+    paired = ", ".join(f"{a - b:+.2f}" for a, b in zip(ours["values"], theirs["values"]))
+    return [f"- Innovation ratio at k {found['headline_k']} over seeds: {arm(variant, ours)}; {arm('plain', theirs)}; "
+            f"{variant} minus plain, paired by seed: {paired}."]
 
 
 def _image_ablation(plain: str) -> Callable[[dict], list[str]]:
@@ -1065,8 +1082,8 @@ def _image_label(r: dict, hook: str) -> str:
     sweep = r["config"]["sweep"]
     loss = ", with the carry loss" if not r.get("variant") and sweep.get("carry_coeff", 1.0) else ""
     name = _autoencoder_name(r)
-    return (f"{name[0].upper()}{name[1:]} `{hook}` at {r['images']['size']} px, {sweep['tokens'] / 1e6:g}M positions, learning rates "
-            f"swept{loss}{_variant_label(r)}")
+    return (f"{name[0].upper()}{name[1:]} `{hook}` at {r['images']['size']} px, {sweep['tokens'] / 1e6:g}M positions, "
+            f"learning rates swept{loss}{_variant_label(r)}")
 
 
 def _time_to_quality_cell(r: dict, pairs: list[str]) -> str:

@@ -185,6 +185,17 @@ def test_a_readme_row_leads_with_the_best_converged_measured_ratio_and_names_a_h
                                         "persistence")
 
 
+def test_an_ablation_sets_its_seeds_beside_the_plain_runs_paired_by_seed():
+    line = _generator()._seed_comparison
+    ours = {"headline_k": 4, "seeds": {"innovation_ratio": {"values": [1.58, 1.57, 1.50], "mean": 1.55, "std": 0.05}}}
+    plain = {"seeds": {"innovation_ratio": {"values": [1.47, 1.49, 1.42], "mean": 1.46, "std": 0.04}}}
+    assert line("gates", ours, plain) == [
+        "- Innovation ratio at k 4 over seeds: gates 1.55x +- 0.05 (1.58x, 1.57x, 1.50x); plain 1.46x +- 0.04 "
+        "(1.47x, 1.49x, 1.42x); gates minus plain, paired by seed: +0.11, +0.08, +0.08."]
+    one = {"seeds": {"innovation_ratio": {"values": [1.47], "mean": 1.47, "std": 0.0}}}
+    assert line("gates", ours, one) == [] and line("gates", ours, {}) == []
+
+
 def test_a_time_to_quality_cell_judges_convergence_on_the_pairs_it_shows():
     gen = _generator()
     r = {"goals": {"max_time_vs_saelens": 0.5, "max_contextual_time_vs_topk": 2.0},
