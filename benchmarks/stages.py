@@ -41,7 +41,8 @@ from visinterp.analysis.matched_l0 import goals, l0_for_value, matched_table, se
 DIVERGED_FILE = "diverged.json"
 TOPK, CONTEXTUAL, CONTROL = "topk", "contextual_gated", "contextual_gated_control"
 TRAINING = ("tokens", "epochs", "converged", "fvu_gain_last_quarter", "curve", "clipped_steps")
-KEPT = ("series", "family", "k", "l0", "state_l0", "fvu", "dead_fraction", "persistence", *TRAINING)  # at every site
+KEPT = ("series", "family", "k", "l0", "state_l0", "fvu", "dead_fraction", "persistence", "threshold_sensitivity",
+        *TRAINING)  # at every site
 SWEPT = ("fvu", "l0", "state_l0", "converged", "fvu_gain_last_quarter")
 
 

@@ -94,3 +94,38 @@ def scores(model: BaseSAE, axis: ContextAxis | None, recon: ReconstructionSums, 
         "shuffle_context": shuffle_context,
         "state_l0_counting": state_l0_counting(model),
     }
+
+
+THRESHOLD_SCALES = (0.95, 1.05)  # the inference threshold 5% lower (more codes) and 5% higher
+
+
+@torch.no_grad()
+def threshold_sensitivity(model: BaseSAE, windows: Tensor, axis: ContextAxis | None, *,
+                          scales: tuple[float, ...] = THRESHOLD_SCALES, batch_windows: int = 64,
+                          shuffle_context: bool = False, seed: int = 0) -> list[dict[str, float]]:
+    """Held-out L0 and FVU of an SAE with an inference threshold (BatchTopK codes every
+    pre-activation above it), that threshold scaled by each of `scales`, then restored; [] for
+    an SAE without one. The threshold is calibrated on training batches, so the held-out L0 lands
+    near the budget, not on it; where FVU rises as the threshold is lowered (more codes), the
+    model's figures hang on where that calibration lands: a contextual SAE whose extra
+    innovations pile onto carried values no code can lower does this."""
+    act = model.activation
+    if not act.has_statistics:
+        return []
+    saved = act.threshold.clone(), act.threshold_seen.clone()
+    try:
+        out = []
+        for scale in scales:
+            act.set_threshold_(saved[0] * scale)
+            s = evaluate(model, windows, axis, batch_windows=batch_windows, shuffle_context=shuffle_context, seed=seed)
+            out.append({"scale": scale, "l0": s["l0"], "fvu": s["fvu"]})
+        return out
+    finally:
+        act.threshold.copy_(saved[0])
+        act.threshold_seen.copy_(saved[1])
+
+
+def fragile(sensitivity: list[dict[str, float]], fvu: float) -> bool:
+    """Whether more codes made the reconstruction worse: the FVU at a lowered threshold (scale
+    below 1, a higher L0) above `fvu`, the model's at its own threshold."""
+    return any(p["scale"] < 1 and p["fvu"] > fvu for p in sensitivity)

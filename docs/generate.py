@@ -384,9 +384,11 @@ def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str,
                         fmt(v["fvu"], ".4f") + ("" if v["converged"] else " (not converged)") for v in row.values()]
                  for s, row in r["rate_sweep"].items()]
     switches = [key for key in SWITCH_COLUMNS if any(key in m for m in saes.values())]
+    lowered = any("threshold_sensitivity" in m for m in saes.values())  # runs from before it lack it
     sae_rows = [[n, m["family"], fmt(m["l0"], ".2f"), fmt(m["state_l0"], ".2f"), fmt(m["fvu"], ".4f"),
                  fmt(m[quality], digits)]
                 + [fmt(m.get(key), SWITCH_COLUMNS[key][1]) for key in switches]
+                + ([_lowered_threshold_cell(m)] if lowered else [])
                 + [fmt(m["converged"]), fmt(m["fvu_gain_last_quarter"], ".1%")] for n, m in saes.items()]
     seed_rows = [[n, fmt(v["fvu"]["mean"], ".4f") + " +- " + fmt(v["fvu"]["std"], ".4f"), fmt(v["l0"]["mean"], ".2f"),
                   fmt(v["state_l0"]["mean"], ".2f"), fmt(v[quality]["mean"], digits),
@@ -405,7 +407,8 @@ def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str,
                    md_table(["series"] + [f"lr {x}" for x in rates], rate_rows), "",
                    md_table(["SAE (seed 0)", "family", "L0", "state L0", "FVU", label]
                             + [SWITCH_COLUMNS[key][0] for key in switches]
-                            + ["converged", "last-quarter gain"], sae_rows), "",
+                            + (["FVU (L0) with the threshold 5% lower"] if lowered else [])
+                            + ["converged", "last-quarter gain"], sae_rows), "", *_fragile_line(saes),
                    _goal_table(r["goals"], quality, label), "", "\\* extrapolated beyond the TopK sweep.", ""],
         "ceiling": [f"a carry could pay at best {min(ceiling):.2f}x to {max(ceiling):.2f}x fewer innovations against "
                     "these TopK SAEs (the persistence ceiling)"] if ceiling else [],
@@ -415,6 +418,24 @@ def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str,
                    *_seed_ratios(r["seeds"].get("innovation_ratio"), hk)]
                   if len(gap["values"]) > 1 else
                   ["", f"One seed so far: the spread over seeds at k {hk} is not measured yet."]) + ["", f"- {r['verdict']}"]}
+
+
+def _lowered_threshold_cell(m: dict) -> str:
+    """An SAE row's FVU and L0 with its inference threshold 5% lower ("-" without a threshold)."""
+    lower = [p for p in m.get("threshold_sensitivity", []) if p["scale"] < 1]
+    return f"{lower[0]['fvu']:.4f} ({lower[0]['l0']:.2f})" if lower else "-"
+
+
+def _fragile_line(saes: dict) -> list[str]:
+    """A sentence naming the SAEs whose reconstruction got worse with more codes, if any."""
+    from ctxsae_core.evaluate import fragile
+
+    names = [n for n, m in saes.items() if fragile(m.get("threshold_sensitivity", []), m["fvu"])]
+    if not names:
+        return []
+    return [f"Fragile at inference: {', '.join(names)} reconstruct worse with the threshold 5% lower (more codes), "
+            "so their figures hang on where the threshold calibrated on training batches lands on the held-out "
+            "windows.", ""]
 
 
 def _llm_converged(r: dict) -> list[str]:

@@ -196,6 +196,19 @@ def test_an_ablation_sets_its_seeds_beside_the_plain_runs_paired_by_seed():
     assert line("gates", ours, one) == [] and line("gates", ours, {}) == []
 
 
+def test_the_sae_table_shows_the_lowered_threshold_and_names_a_fragile_sae():
+    gen = _generator()
+    k2 = {"fvu": 0.3872, "threshold_sensitivity": [{"scale": 0.95, "l0": 2.72, "fvu": 0.7530},
+                                                   {"scale": 1.05, "l0": 1.96, "fvu": 0.2576}]}
+    k4 = {"fvu": 0.1353, "threshold_sensitivity": [{"scale": 0.95, "l0": 4.65, "fvu": 0.1273},
+                                                   {"scale": 1.05, "l0": 3.99, "fvu": 0.1440}]}
+    assert gen._lowered_threshold_cell(k2) == "0.7530 (2.72)"
+    assert gen._lowered_threshold_cell({"fvu": 0.19}) == "-"  # TopK: no threshold
+    line = gen._fragile_line({"contextual_gated_k2": k2, "contextual_gated_k4": k4, "topk_k4": {"fvu": 0.19}})
+    assert line[0].startswith("Fragile at inference: contextual_gated_k2 reconstruct worse")
+    assert gen._fragile_line({"contextual_gated_k4": k4}) == []
+
+
 def test_a_time_to_quality_cell_judges_convergence_on_the_pairs_it_shows():
     gen = _generator()
     r = {"goals": {"max_time_vs_saelens": 0.5, "max_contextual_time_vs_topk": 2.0},

@@ -9,7 +9,7 @@ from torch import Tensor
 from ctxsae_core.axes import ContextAxis
 from ctxsae_common.seeds import seeded_generator
 from ctxsae_core.data import shuffle_positions
-from ctxsae_core.evaluate import scores
+from ctxsae_core.evaluate import scores, threshold_sensitivity
 from ctxsae_core.metrics import ReconstructionSums, SparsitySums
 from ctxsae_core.sae import BaseSAE
 
@@ -54,3 +54,10 @@ def evaluate_with_codes(model: BaseSAE, x: Tensor, axis: ContextAxis, shuffle: b
 
     codes = window_codes(model, x, axis, shuffle, seed, batch, on_batch=tally)
     return scores(model, axis, recon, sparsity, shuffle), codes
+
+
+def sensitivity(model: BaseSAE, x: Tensor, axis: ContextAxis, shuffle: bool, seed: int) -> dict:
+    """An SAE row's `threshold_sensitivity` (`ctxsae_core.evaluate`): its held-out L0 and FVU with
+    the inference threshold 5% lower and 5% higher; {} for an SAE without a threshold."""
+    points = threshold_sensitivity(model, x, axis, shuffle_context=shuffle, seed=seed)
+    return {"threshold_sensitivity": points} if points else {}

@@ -25,7 +25,7 @@ from ctxsae_core.metrics import persistence
 from ctxsae_core.sae import BaseSAE
 from ctxsae_core.pool import check_jobs, train_sweep
 from ctxsae_core.sweep import sweep_specs
-from visinterp.analysis.codes import evaluate_with_codes, window_codes
+from visinterp.analysis.codes import evaluate_with_codes, sensitivity, window_codes
 from visinterp.analysis.matched_l0 import analysed_pair, middle_contextual
 from visinterp.harvest.maps import harvest, untile
 from ctxsae_core.store import ActivationStore
@@ -180,7 +180,7 @@ class ImageJob:
                                   **{k: scores[k] for k in ("fvu", "mse", "l0", "state_l0", "dead_fraction",
                                                             "n_positions", "state_l0_counting")},
                                   **self.image_quality(data, codes["x_hat"]), **self.persistence(data, spec, codes),
-                                  **training}
+                                  **sensitivity(model, data.held_x, data.axis, spec.shuffle, sweep.seed), **training}
         return metrics, data, held_idx.tolist()
 
     @staticmethod

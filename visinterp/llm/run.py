@@ -22,7 +22,7 @@ from ctxsae_core.metrics import fvu, mse, persistence
 from ctxsae_core.pool import check_jobs, train_sweep
 from ctxsae_core.sweep import sweep_specs
 from visinterp.analysis.baselines import null_fvus, unigram_table
-from visinterp.analysis.codes import evaluate_with_codes
+from visinterp.analysis.codes import evaluate_with_codes, sensitivity
 from visinterp.analysis.localization import localization
 from visinterp.analysis.matched_l0 import goals, matched_table
 from visinterp.harvest.tokens import harvest_tokens
@@ -148,6 +148,7 @@ def compare(cfg: LLMCompareConfig, out: Path, progress: bool = True, device: str
             "ce_recovered": (ce_zero - ce_spliced) / (ce_zero - ce_clean), "delta_ce": ce_spliced - ce_clean,
             **localization(codes["state"], codes["innovations"], region, boundaries, windows.regions),
             **({"persistence": persistence(codes["state"] != 0)} if spec.family == "per-position" else {}),
+            **sensitivity(model, held_in, axis, spec.shuffle, cfg.sweep.seed),
             **summary}
         saes[spec.name] = {"folder": f"saes/{spec.name}", "shuffle": spec.shuffle}
     ctx_l0 = sorted(m["l0"] for m in result["saes"].values() if m["family"] == "contextual")

@@ -51,9 +51,13 @@ def test_metrics_hold_every_sae_and_its_control(quick_run):
         for k in cfg.sweep.k:
             m = metrics["saes"][f"{hook}/topk_k{k}"]
             assert k - 0.5 < m["l0"] <= k and m["state_l0"] == m["l0"]  # at most k per patch (ReLU after the top k)
+            assert "threshold_sensitivity" not in m  # TopK has no threshold to move
         for k in cfg.sweep.k_contextual:
             ctx, ctl = metrics["saes"][f"{hook}/contextual_gated_k{k}"], metrics["saes"][f"{hook}/contextual_gated_k{k}_control"]
             assert ctx["state_l0"] >= ctx["l0"] - 1e-6 and ctl["family"] == "control" and ctx["family"] == "contextual"
+            for row in (ctx, ctl):  # BatchTopK: held-out figures with the inference threshold 5% lower and higher
+                lower, higher = row["threshold_sensitivity"]
+                assert (lower["scale"], higher["scale"]) == (0.95, 1.05) and lower["l0"] > higher["l0"]
     assert len(names) == len(cfg.harvest.hooks) * (len(cfg.sweep.k) + 2 * len(cfg.sweep.k_contextual))
     for m in metrics["saes"].values():
         assert all(key in m for key in REQUIRED)
