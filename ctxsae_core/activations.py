@@ -7,7 +7,8 @@ path (`ctxsae_core.sparse_ops`); JumpReLU's threshold gradient needs dense codes
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -255,6 +256,18 @@ class BatchTopKActivation(_BudgetActivation):
         """Set the inference threshold (the trainer calibrates it at the end of training)."""
         self.threshold.fill_(float(value))
         self.threshold_seen.fill_(True)
+
+    @contextmanager
+    def threshold_restored(self) -> Iterator[None]:
+        """Inside, the inference threshold may be set freely (a held-out evaluation at another
+        threshold); on leaving, it and whether it was ever set are as they were."""
+        saved = self.threshold.clone(), self.threshold_seen.clone()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                self.threshold.copy_(saved[0])
+                self.threshold_seen.copy_(saved[1])
 
     def select(self, pre: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
         return self.select_sampling(pre, pooled, [])

@@ -112,17 +112,13 @@ def threshold_sensitivity(model: BaseSAE, windows: Tensor, axis: ContextAxis | N
     act = model.activation
     if not act.has_statistics:
         return []
-    saved = act.threshold.clone(), act.threshold_seen.clone()
-    try:
-        out = []
+    calibrated, out = float(act.threshold), []
+    with act.threshold_restored():
         for scale in scales:
-            act.set_threshold_(saved[0] * scale)
+            act.set_threshold_(calibrated * scale)
             s = evaluate(model, windows, axis, batch_windows=batch_windows, shuffle_context=shuffle_context, seed=seed)
             out.append({"scale": scale, "l0": s["l0"], "fvu": s["fvu"]})
-        return out
-    finally:
-        act.threshold.copy_(saved[0])
-        act.threshold_seen.copy_(saved[1])
+    return out
 
 
 def fragile(sensitivity: list[dict[str, float]], fvu: float) -> bool:

@@ -351,13 +351,9 @@ class Trainer:
         else:  # the held-out batches are walked once to set the threshold, then evaluated at it
             batches = list(walked_batches(self.eval_windows, self.eval_batch_windows, self.cfg.shuffle_context,
                                           self.cfg.seed, self.device))
-            saved = act.threshold.clone(), act.threshold_seen.clone()
-            try:
+            with act.threshold_restored():
                 self._set_threshold(batches, over_ranks=False)
                 scores = evaluate_walked(self.model, batches, self.axis, self.cfg.shuffle_context)
-            finally:
-                act.threshold.copy_(saved[0])
-                act.threshold_seen.copy_(saved[1])
         point = {"step": self.step, "tokens": self.step * self.positions_per_step, "fvu": scores["fvu"]}
         self.curve.append(point)
         self._log({**point, "split": "eval", **scores})
