@@ -357,16 +357,29 @@ class Trainer:
         point = {"step": self.step, "tokens": self.step * self.positions_per_step, "fvu": scores["fvu"]}
         self.curve.append(point)
         self._log({**point, "split": "eval", **scores})
-        if self.step > 3 * self.total_steps // 4 and not scores["fvu"] <= 1.0:
-            raise InputError(f"held-out FVU {scores['fvu']:.3g} at step {self.step} of {self.total_steps} is worse than "
-                             f"predicting the mean: training diverged; lower the learning rate (now "
-                             f"{self.lr_at(self.step - 1):.3g}) or check the activations")
+        if self.step > 3 * self.total_steps // 4:
+            self.stop_if_diverged(scores, f"at step {self.step} of {self.total_steps}")
         return scores
+
+    def stop_if_diverged(self, scores: dict[str, Any], when: str) -> None:
+        """A one-line InputError when `scores`' held-out FVU is above 1 (worse than predicting the
+        mean) or not finite: the run diverged, or never learned, and its figures are no result."""
+        if scores["fvu"] <= 1.0:
+            return
+        where = f" ({self.out_dir})" if self.out_dir is not None else ""
+        raise InputError(f"held-out FVU {scores['fvu']:.3g} {when}{where} is worse than predicting the mean: "
+                         f"training diverged; lower the learning rate ({self.lr_at(self.step - 1):.3g} at the last step) "
+                         f"or check the activations")
 
     def summary(self, final: dict[str, Any] | None = None) -> dict[str, Any]:
         """Tokens, epochs and convergence of the run; `final` (held-out scores at the end, e.g.
         from a job's own evaluation) closes the learning curve where the trainer had no held-out
-        windows to close it with."""
+        windows to close it with. A `final` FVU above 1 stops with `stop_if_diverged`'s error:
+        the learning curve is taken at a threshold set on the held-out windows, the saved model's
+        own figures at the one calibrated on training batches, and a contextual SAE can diverge
+        at the second alone."""
+        if final is not None and "fvu" in final:
+            self.stop_if_diverged(final, "of the saved SAE")
         tokens = self.step * self.positions_per_step
         curve = list(self.curve)
         if final is not None and "fvu" in final and (not curve or curve[-1]["step"] != self.step):
@@ -463,6 +476,7 @@ class Trainer:
             closing = self._curve_point()
             if self.final_eval:  # the figures of the model as saved, its threshold calibrated on training batches
                 final = self._evaluate() if thresholded else closing
+                self.stop_if_diverged(final, "of the saved SAE")  # before anything is saved
                 final = {**final, **{k: v for k, v in self.summary().items() if k != "curve"}}
         if self.out_dir is not None and self.group.is_main:
             save_sae(self.model, self.out_dir, self.axis)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from ctxsae_core import SAE, BatchTopK, ContextualConfig, ContextualSAE, ReLU, SAEConfig, TopK, TrainConfig, make_axis
-from ctxsae_core.checkpoint import load_sae
+from ctxsae_core.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_sae
 from ctxsae_core.data import WindowBatches
 from ctxsae_common.errors import InputError
 from ctxsae_core.evaluate import evaluate
-from ctxsae_core.trainer import Trainer, default_lr
+from ctxsae_core.trainer import EVAL_FILE, Trainer, default_lr
 
 T, D = 8, 6
 
@@ -255,6 +255,39 @@ def test_a_held_out_fvu_above_one_late_in_training_stops_the_run():
     cfg = TrainConfig(tokens=16 * 4 * T, lr=50.0, progress=False, warmup_fraction=0.0, decay_fraction=0.0)
     with pytest.raises(InputError, match="worse than predicting the mean: training diverged; lower the learning rate"):
         Trainer(model, cfg, axis, eval_windows=data[:8]).fit(WindowBatches(data, 4))
+
+
+def test_a_saved_sae_worse_than_the_mean_stops_the_run_before_it_is_saved(tmp_path, monkeypatch):
+    """The learning curve's points are taken at a threshold set on the held-out windows; the
+    saved SAE is evaluated at the one calibrated on training batches, and a contextual SAE can
+    diverge at that one alone (an FVU of 5.5e41 on TAEF2's latent at k 2, its curve ending at
+    0.38). Its own FVU is checked too, and nothing of the run is saved."""
+    data, axis = _data(), make_axis("tokens", T)
+    real_evaluate, finals = Trainer._evaluate, []
+
+    def evaluate_saved(self):  # the curve's points of a thresholded SAE do not come through here
+        finals.append(real_evaluate(self))
+        return {**finals[-1], "fvu": 5.5e41}
+
+    monkeypatch.setattr(Trainer, "_evaluate", evaluate_saved)
+    cfg = TrainConfig(tokens=16 * 4 * T, progress=False, checkpoint_every=0)
+    with pytest.raises(InputError, match=r"held-out FVU 5.5e\+41 of the saved SAE \(.*\) is worse than predicting "
+                                         r"the mean: training diverged; lower the learning rate"):
+        Trainer(_contextual(), cfg, axis, out_dir=tmp_path / "sae", eval_windows=data[:8]).fit(WindowBatches(data, 4))
+    assert len(finals) == 1 and finals[0]["fvu"] < 1  # the one evaluation replaced was the saved SAE's
+    written = {p.name for p in (tmp_path / "sae").iterdir()}
+    assert "train_config.json" in written and not written & {CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE}
+
+
+@pytest.mark.parametrize("fvu", [1.02, float("nan"), float("inf")])
+def test_a_jobs_own_final_fvu_above_one_or_not_finite_stops_its_summary(fvu):
+    """Jobs evaluate the saved SAE themselves and hand the scores to `summary`."""
+    data, axis = _data(), make_axis("tokens", T)
+    trainer = Trainer(_contextual(), TrainConfig(tokens=4 * 4 * T, progress=False), axis, final_eval=False)
+    trainer.fit(WindowBatches(data, 4))
+    assert trainer.summary({"fvu": 0.98})["curve"][-1]["fvu"] == 0.98
+    with pytest.raises(InputError, match="of the saved SAE is worse than predicting the mean"):
+        trainer.summary({"fvu": fvu})
 
 
 def test_batchtopk_codes_k_a_position_after_a_short_run():
