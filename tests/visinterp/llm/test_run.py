@@ -122,12 +122,27 @@ def test_llm_notebook_runs_on_the_quick_run(quick, run_notebook):
     assert len(shown) == 2 and "paid for at" in shown[0] and "context (token in bold)" in shown[1]
 
 
+def _to_digits(value, digits: int = 10):
+    """`value` with every float rounded to `digits` significant digits: a resumed run evaluates
+    the saved SAEs again, on as many threads as the machine then has idle, and a sum taken in
+    another order differs in its last bits (1e-16 relative, seen when the load changed between
+    the two runs)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: _to_digits(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_digits(v, digits) for v in value]
+    return value
+
+
 def test_llm_compare_resumes_with_the_same_numbers(quick):
     before = json.loads((quick / "comparison.json").read_text())
     assert main(["llm-compare", "--config", str(QUICK), "--out", str(quick), "--no-progress"]) == 0
     again = json.loads((quick / "comparison.json").read_text())
-    assert again["saes"]["contextual_gated_k2"]["fvu"] == before["saes"]["contextual_gated_k2"]["fvu"]
-    assert again["goals"] == before["goals"]
+    assert again["saes"]["contextual_gated_k2"]["fvu"] == pytest.approx(before["saes"]["contextual_gated_k2"]["fvu"],
+                                                                       rel=1e-12)
+    assert _to_digits(again["goals"]) == _to_digits(before["goals"])
 
 
 @pytest.mark.parametrize("toml, message", [
