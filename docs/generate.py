@@ -409,6 +409,7 @@ def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str,
                             + [SWITCH_COLUMNS[key][0] for key in switches]
                             + (["FVU (L0) with the threshold 5% lower"] if lowered else [])
                             + ["converged", "last-quarter gain"], sae_rows), "", *_fragile_line(saes),
+                   *_added_later(r.get("threshold_sensitivity_added")),
                    _goal_table(r["goals"], quality, label), "", "\\* extrapolated beyond the TopK sweep.", ""],
         "ceiling": [f"a carry could pay at best {min(ceiling):.2f}x to {max(ceiling):.2f}x fewer innovations against "
                     "these TopK SAEs (the persistence ceiling)"] if ceiling else [],
@@ -424,6 +425,15 @@ def _lowered_threshold_cell(m: dict) -> str:
     """An SAE row's FVU and L0 with its inference threshold 5% lower ("-" without a threshold)."""
     lower = [p for p in m.get("threshold_sensitivity", []) if p["scale"] < 1]
     return f"{lower[0]['fvu']:.4f} ({lower[0]['l0']:.2f})" if lower else "-"
+
+
+def _added_later(added: dict | None) -> list[str]:
+    """A sentence saying the threshold column was measured after the comparison, if it was."""
+    if not added:
+        return []
+    return [f"The column with the threshold 5% lower was measured after training, on the saved SAEs and the same "
+            f"held-out windows (`benchmarks/threshold_sensitivity.py`, {added['date']}, commit "
+            f"`{added['commit']}`).", ""]
 
 
 def _fragile_line(saes: dict) -> list[str]:
@@ -459,7 +469,9 @@ def _image_converged(r: dict) -> list[str]:
         out.append(f"Only the headline budget's contextual SAE and control were trained so far (`--headline-only`); "
                    f"TopK has every budget of the sweep ({', '.join(map(str, r['config']['sweep']['k']))}).")
     for hook, found in r["hooks"].items():
-        site = _converged_site({**found, "config": r["config"]}, r["quality"], "PSNR (dB)", ".2f")
+        site = _converged_site({**found, "config": r["config"],
+                                "threshold_sensitivity_added": r.get("threshold_sensitivity_added")},
+                               r["quality"], "PSNR (dB)", ".2f")
         out += ["", f"### `{hook}`", "", *site["budget"], *site["tables"],
                 *([f"Beside it: {site['ceiling'][0]}, along the raster scan."] if site["ceiling"] else []),
                 *site["seeds"], *_switch_goal(found.get("localization"))]
@@ -527,7 +539,9 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
                 continue
             changes.append(f"{k}: {g['innovation_ratio'] - p['innovation_ratio']:+.2f}")
             short += _falls_short(k, g, p)
-        site = _converged_site({**found, "config": r["config"]}, quality, label, digits)
+        site = _converged_site({**found, "config": r["config"],
+                                "threshold_sensitivity_added": r.get("threshold_sensitivity_added")},
+                               quality, label, digits)
         out += ["", f"### `{hook}`", "",
                 md_table(["contextual SAE"] + [f"{arm} {c}" for arm in ("plain", variant) for c in columns], rows),
                 "", f"- Innovation ratio, {variant} minus plain, by budget k: {', '.join(changes) or 'no plain run'}. "

@@ -207,6 +207,10 @@ def test_the_sae_table_shows_the_lowered_threshold_and_names_a_fragile_sae():
     line = gen._fragile_line({"contextual_gated_k2": k2, "contextual_gated_k4": k4, "topk_k4": {"fvu": 0.19}})
     assert line[0].startswith("Fragile at inference: contextual_gated_k2 reconstruct worse")
     assert gen._fragile_line({"contextual_gated_k4": k4}) == []
+    # a column measured after the comparison (benchmarks/threshold_sensitivity.py) says when and at which commit
+    added = gen._added_later({"date": "2026-11-28", "commit": "abc1234567"})
+    assert "measured after training" in added[0] and "2026-11-28, commit `abc1234567`" in added[0]
+    assert gen._added_later(None) == []
 
 
 def test_a_time_to_quality_cell_judges_convergence_on_the_pairs_it_shows():

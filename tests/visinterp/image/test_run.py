@@ -266,3 +266,51 @@ def test_the_aligned_saes_are_the_analysed_pair_or_the_middle_contextual_sae_wit
     assert aligned({"topk_k4": {"series": "topk", "k": 4, "family": "per-position", "fvu": 0.2}}, None) == []
     job.cfg.sweep.carries = ()
     assert aligned({**ctx, **controls}, None) == []
+
+
+def test_threshold_sensitivity_is_filled_in_from_a_stages_saved_saes(quick_run, tmp_path):
+    """`benchmarks/threshold_sensitivity.py` on a run folder laid out as a comparison's stage,
+    its rows stripped of the figure: it gives back what the job wrote, to the stage, its kept
+    copy and a result; a row whose FVU is not its SAE's is refused with nothing written."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import threshold_sensitivity as backfill  # benchmarks/ is a folder of scripts, not a package
+
+    stage, kept = tmp_path / "runs" / "latent" / "k_contextual", tmp_path / "kept" / "latent" / "k_contextual"
+    shutil.copytree(quick_run, stage)
+    written = json.loads((stage / "metrics.json").read_text())
+    stripped = {**written, "saes": {n: {k: v for k, v in m.items() if k != "threshold_sensitivity"}
+                                    for n, m in written["saes"].items()}}
+    thresholded = sorted(n for n, m in written["saes"].items() if "threshold_sensitivity" in m)
+    assert len(thresholded) == 8  # two hooks, k 1 and 2, each contextual SAE and its control
+    for path in (stage / "metrics.json", kept / "metrics.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stripped))
+    rows = {n.split("/", 1)[1]: m for n, m in stripped["saes"].items() if n.startswith("latent/")}
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"hooks": {"latent": {"saes": rows}}}))
+
+    bad = json.loads(json.dumps(stripped))
+    bad["saes"][thresholded[0]]["fvu"] *= 1.01
+    (stage / "metrics.json").write_text(json.dumps(bad))
+    with pytest.raises(SystemExit) as stop:
+        backfill.main(["--runs", str(tmp_path / "runs"), "--no-progress"])
+    assert stop.value.code == 2 and json.loads((stage / "metrics.json").read_text()) == bad
+
+    (stage / "metrics.json").write_text(json.dumps(stripped))
+    assert backfill.main(["--runs", str(tmp_path / "runs"), "--kept", str(tmp_path / "kept"),
+                          "--results", str(result), "--no-progress"]) == 0
+    for path in (stage / "metrics.json", kept / "metrics.json"):
+        again = json.loads(path.read_text())["saes"]
+        for name in thresholded:
+            points, want = again[name]["threshold_sensitivity"], written["saes"][name]["threshold_sensitivity"]
+            assert [p["scale"] for p in points] == [w["scale"] for w in want] == [0.95, 1.05]
+            for p, w in zip(points, want):
+                assert (p["l0"], p["fvu"]) == pytest.approx((w["l0"], w["fvu"]), rel=1e-5), (path, name)
+        assert not any("threshold_sensitivity" in again[n] for n in set(again) - set(thresholded))
+    filled = json.loads(result.read_text())
+    assert sorted(n for n, m in filled["hooks"]["latent"]["saes"].items() if "threshold_sensitivity" in m) == \
+        sorted(n.split("/", 1)[1] for n in thresholded if n.startswith("latent/"))
+    assert filled["threshold_sensitivity_added"]["commit"]
