@@ -7,6 +7,7 @@ path (`ctxsae_core.sparse_ops`); JumpReLU's threshold gradient needs dense codes
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple
 
@@ -287,18 +288,35 @@ class BatchTopKActivation(_BudgetActivation):
                 sample.append(candidates)
             cut = self._cutoff(pre, pre.shape[0], candidates)
             return ((pre >= cut) & (pre > 0)).nonzero(as_tuple=True)
+        floor = self._cap_floor(pre)
         if guess is None:
-            return (pre > self.threshold).nonzero(as_tuple=True)
+            over = pre > self.threshold
+            return (over if floor is None else over & (pre >= floor)).nonzero(as_tuple=True)
         rows, cols = (pre >= guess).nonzero(as_tuple=True)
         vals = pre[rows, cols]
         sample.append(vals)
         fire = vals > self.threshold
+        if floor is not None:
+            fire &= vals >= floor[rows, 0]
         return rows[fire], cols[fire]
 
     def codes(self, pre: Tensor, pooled: bool = False) -> Tensor:
         if pooled:
             return super().codes(pre, pooled)
-        return pre.masked_fill(pre <= self.threshold, 0.0)  # == select's `pre > threshold`, one pass
+        floor = self._cap_floor(pre)
+        below = pre <= self.threshold  # == select's `pre > threshold`, one pass
+        return pre.masked_fill(below if floor is None else below | (pre < floor), 0.0)
+
+    def _cap_floor(self, pre: Tensor) -> Tensor | None:
+        """(..., 1): each position's `max_per_position` x budget-th largest pre-activation, below
+        which none of its entries fires against the threshold; None without a cap (or one no
+        smaller than the width)."""
+        if self.cfg.max_per_position is None:
+            return None
+        cap = max(1, math.ceil(self.cfg.max_per_position * self.budget))
+        if cap >= pre.shape[-1]:
+            return None
+        return pre.topk(cap, dim=-1, sorted=False).values.min(-1, keepdim=True).values
 
     @torch.no_grad()
     def update_statistics_(self, pre: Tensor, n_positions: int, sample: Tensor | None = None) -> None:

@@ -47,10 +47,16 @@ class BatchTopK(TopK):
 
     kind: ClassVar[str] = "batchtopk"
     threshold_momentum: float = param(0.99, "EMA momentum of the inference threshold estimated during training")
+    max_per_position: float | None = param(
+        None, "codes at one position against the threshold (inference, and a contextual walk in training) are at "
+        "most this many times the budget, the position's largest kept; None: no cap. A contextual SAE's walk can "
+        "avalanche where an overshooting state lifts many codes over the threshold at once (docs/design.md)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0 <= self.threshold_momentum < 1, f"threshold_momentum={self.threshold_momentum} must be in [0, 1)")
+        require(self.max_per_position is None or self.max_per_position >= 1,
+                f"max_per_position={self.max_per_position} must be at least 1 (times the budget) or None")
 
 
 @ACTIVATION_CONFIGS.decorator("relu")

@@ -48,6 +48,8 @@ class SweepConfig:
                          "lower or end a carried feature")
     position_gates: bool = param(False, "contextual SAEs' persistence also reads the step's position "
                                  "(ContextualConfig.position_gates; gated carry)")
+    max_per_position: float | None = param(None, "contextual SAEs' innovations at one position are at most this "
+                                           "many times the budget (BatchTopK.max_per_position); unset: no cap")
     carry_coeff: float = param(ContextualConfig.carry_coeff, "contextual SAEs' carry-loss weight (ContextualConfig): "
                                "0 trains the carry on the reconstruction alone")
     k_anneal_fraction: float | None = param(None, "TrainConfig.k_anneal_fraction of every SAE (unset: the trainer's "
@@ -71,6 +73,8 @@ class SweepConfig:
         for carry in self.carries:
             require(carry in CARRY_KINDS, f"sweep.carries has {carry!r}: choose from {list(CARRY_KINDS)}")
         require(self.carry_coeff >= 0, f"sweep.carry_coeff={self.carry_coeff} must be >= 0")
+        require(self.max_per_position is None or self.max_per_position >= 1,
+                f"sweep.max_per_position={self.max_per_position} must be at least 1 (times the budget), or left out")
         require(self.k_anneal_fraction is None or 0 <= self.k_anneal_fraction <= 1,
                 f"sweep.k_anneal_fraction={self.k_anneal_fraction} must lie in [0, 1] (or be left out)")
         require(not self.signed or set(self.carries) <= {"gated"},
@@ -125,7 +129,8 @@ def sweep_specs(sweep: SweepConfig, d: int) -> list[SAESpec]:
               for c in sweep.jumprelu]
     for carry in sweep.carries:
         def contextual(k: int) -> ContextualConfig:
-            return ContextualConfig(d_in=d, width=sweep.width, activation=BatchTopK(k=k), carry=carry,
+            return ContextualConfig(d_in=d, width=sweep.width,
+                                    activation=BatchTopK(k=k, max_per_position=sweep.max_per_position), carry=carry,
                                     init_persistence=sweep.init_persistence, signed=sweep.signed,
                                     position_gates=sweep.position_gates, carry_coeff=sweep.carry_coeff)
 
