@@ -34,12 +34,13 @@ Writes JSON and a plot (per hook: FVU against L0, learning curves).
 `--variant` runs an ablation: the same procedure with the contextual SAEs and controls changed,
 their stages in `<runs>/<hook>-<variant>/`, against the plain run's TopK SAEs (read back from
 `<runs>/<hook>/`); the docs' results page sets its JSON beside the plain run's. The committed
-ablations are of the earlier run (`--config configs/image/taef2_converged_256.toml`), and `signed`
-of this one at `encoder.mid` (headline budget, seed 0). `signed`:
+ablations are of the earlier run (`--config configs/image/taef2_converged_256.toml`), and of this
+one `signed` at `encoder.mid` (headline budget, seed 0) and `position_gates` at `latent` (every
+budget, 3 seeds at the headline one). `signed`:
 signed innovations (`ContextualConfig.signed`); `position_gates`: persistence that also reads the
 step's position (`ContextualConfig.position_gates`); `no_anneal`: no budget anneal (trained at k from
 the first step, `[sweep] k_anneal_fraction = 0`); `no_carry_loss`: no carry loss (`[sweep]
-carry_coeff = 0`).
+carry_coeff = 0`); `cap`: at most 4k innovations a position, the largest (`[sweep] max_per_position = 4`).
 
     python benchmarks/image_converged.py --config configs/image/taef2_converged_256.toml \
         --variant signed --hooks latent --seeds 1 --out benchmarks/results/image_converged_taef2_256_signed.json

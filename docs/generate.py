@@ -491,6 +491,9 @@ ABLATIONS = {
                       "persistence and resets learn from the reconstruction alone, where in the plain run, whose "
                       "config sets `carry_coeff = 1`, they also learn to predict each step from what is carried into "
                       "it)"),
+    "cap": ("a cap on codes a position", "with at most 4 times the budget of innovations at a position (`[sweep] "
+            "max_per_position = 4`, `BatchTopK.max_per_position`: a position coded against the threshold keeps its "
+            "largest, in training and at inference, so an overshooting state cannot set off an avalanche of codes)"),
 }
 
 

@@ -171,3 +171,18 @@ def test_the_seeds_innovation_ratio_reads_each_seeds_contextual_sae_against_seed
     assert ratio["mean"] == pytest.approx(1.5) and ratio["std"] == pytest.approx(0.5 ** 0.5)
     assert found["goals"]["contextual_gated_k4"]["innovation_ratio"] == pytest.approx(2.0)  # seed 0's, as the goal
     assert found["seeds"]["contextual_minus_topk_fvu"]["values"] == pytest.approx([-0.1, 0.0])
+
+
+def test_every_variant_changes_fields_the_sweep_has_and_reaches_its_contextual_saes():
+    from ctxsae_core.sweep import SweepConfig, sweep_specs
+
+    base = SweepConfig(k=(2,), k_contextual=(2,), carry_coeff=1.0)  # as the earlier 4M comparison, no_carry_loss's plain run
+    plain = {s.name: s.config for s in sweep_specs(base, d=8)}
+    for name, fields in stages.VARIANTS.items():
+        changed = dataclasses.replace(base, **fields)  # a field the sweep lacks is a TypeError here
+        assert changed != base, name
+        if name == "cap":
+            specs = {s.name: s.config for s in sweep_specs(changed, d=8)}
+            assert specs["topk_k2"] == plain["topk_k2"]  # the per-position reference is the plain run's
+            assert specs["contextual_gated_k2"].activation.max_per_position == 4.0
+            assert specs["contextual_gated_k2_control"].activation.max_per_position == 4.0
