@@ -176,7 +176,7 @@ def test_the_seeds_innovation_ratio_reads_each_seeds_contextual_sae_against_seed
 def test_every_variant_changes_fields_the_sweep_has_and_reaches_its_contextual_saes():
     from ctxsae_core.sweep import SweepConfig, sweep_specs
 
-    base = SweepConfig(k=(2,), k_contextual=(2,), carry_coeff=1.0)  # as the earlier 4M comparison, no_carry_loss's plain run
+    base = SweepConfig(k=(2,), k_contextual=(2,), carry_coeff=1.0)  # as no_carry_loss's plain run (the 4M config)
     plain = {s.name: s.config for s in sweep_specs(base, d=8)}
     for name, fields in stages.VARIANTS.items():
         changed = dataclasses.replace(base, **fields)  # a field the sweep lacks is a TypeError here
