@@ -24,6 +24,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
@@ -50,22 +51,40 @@ def stage_folders(runs: Path) -> list[Path]:
     return sorted(p.parent for p in runs.glob("*/*/metrics.json") if p.parent.parent.name != "harvest")
 
 
+def stage_rows(metrics: dict) -> Iterator[tuple[str, str, dict]]:
+    """(hook, name, row) of each SAE row of a stage's metrics.json (keyed "hook/name")."""
+    for key, row in metrics["saes"].items():
+        yield *key.split("/", 1), row
+
+
+def fill(rows: Iterable[tuple[str, str, dict]], found: dict) -> tuple[int, list[str]]:
+    """Give each thresholded row without the figure the points `found` holds for its hook, name
+    and FVU: (rows filled, "hook/name" of those still without)."""
+    filled, left = 0, []
+    for hook, name, row in rows:
+        if FIELD in row or not may_have_threshold(row):
+            continue
+        points = found.get((hook, name, row["fvu"]))
+        if points is None:
+            left.append(f"{hook}/{name}")
+            continue
+        row[FIELD] = points
+        filled += 1
+    return filled, left
+
+
 def backfill_stage(folder: Path, progress: bool) -> dict[tuple[str, str, float], list[dict]]:
     """Add the figure to the stage's rows that lack it; returns {(hook, name, fvu): points} for
     every thresholded row of the stage (those it already held too)."""
     path = folder / "metrics.json"
     metrics = read_json_object(path, "stage metrics")
-    found, missing = {}, []
-    for key, row in metrics["saes"].items():
-        hook, name = key.split("/", 1)
-        if FIELD in row:
-            found[hook, name, row["fvu"]] = row[FIELD]
-        elif may_have_threshold(row):
-            missing.append((key, hook, name, row))
+    found = {(hook, name, row["fvu"]): row[FIELD] for hook, name, row in stage_rows(metrics) if FIELD in row}
+    missing = [(hook, name, row) for hook, name, row in stage_rows(metrics)
+               if FIELD not in row and may_have_threshold(row)]
     if not missing:
         return found
     view = RunView(folder)
-    for key, hook, name, row in tqdm(missing, desc=f"{folder.parent.name}/{folder.name}", disable=not progress):
+    for hook, name, row in tqdm(missing, desc=f"{folder.parent.name}/{folder.name}", disable=not progress):
         data = view.hook(hook)
         model, shuffle = data.models[name], data.shuffle[name]
         if not model.activation.has_statistics:
@@ -73,11 +92,11 @@ def backfill_stage(folder: Path, progress: bool) -> dict[tuple[str, str, float],
         again = evaluate(model, data.held_x, data.axis, shuffle_context=shuffle, seed=data.seed)
         for what in ("fvu", "l0"):
             if not math.isclose(again[what], row[what], rel_tol=AGREE):
-                raise InputError(f"{folder}: {key}'s saved SAE gives held-out {what} {again[what]:.6g}, its row "
-                                 f"{row[what]:.6g}: the SAE or the held-out windows are not the row's; nothing added")
-        row.update(sensitivity(model, data.held_x, data.axis, shuffle, data.seed))
-        found[hook, name, row["fvu"]] = row[FIELD]
-    write_json_atomic(path, metrics)
+                raise InputError(f"{folder}: {hook}/{name}'s saved SAE gives held-out {what} {again[what]:.6g}, its "
+                                 f"row {row[what]:.6g}: the SAE or the held-out windows are not the row's; nothing added")
+        found[hook, name, row["fvu"]] = sensitivity(model, data.held_x, data.axis, shuffle, data.seed)[FIELD]
+    if fill(stage_rows(metrics), found)[0]:
+        write_json_atomic(path, metrics)
     return found
 
 
@@ -88,28 +107,16 @@ def update_kept(kept: Path, folder: Path, found: dict) -> bool:
     if not path.is_file():
         return False
     metrics = read_json_object(path, "kept stage metrics")
-    for key, row in metrics["saes"].items():
-        points = found.get((*key.split("/", 1), row["fvu"]))
-        if points is not None and FIELD not in row:
-            row[FIELD] = points
-    write_json_atomic(path, metrics)
+    if fill(stage_rows(metrics), found)[0]:
+        write_json_atomic(path, metrics)
     return True
 
 
 def update_result(path: Path, found: dict, added: dict) -> tuple[int, list[str]]:
     """Add the figures to a comparison result's rows: (rows filled, thresholded rows still without)."""
     result = read_json_object(path, "comparison result")
-    filled, left = 0, []
-    for hook, block in result["hooks"].items():
-        for name, row in block["saes"].items():
-            if FIELD in row or not may_have_threshold(row):
-                continue
-            points = found.get((hook, name, row["fvu"]))
-            if points is None:
-                left.append(f"{hook}/{name}")
-                continue
-            row[FIELD] = points
-            filled += 1
+    filled, left = fill(((hook, name, row) for hook, block in result["hooks"].items()
+                         for name, row in block["saes"].items()), found)
     if filled:
         result[f"{FIELD}_added"] = added
         write_json_atomic(path, result)

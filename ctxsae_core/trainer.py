@@ -476,8 +476,8 @@ class Trainer:
             closing = self._curve_point()
             if self.final_eval:  # the figures of the model as saved, its threshold calibrated on training batches
                 final = self._evaluate() if thresholded else closing
-                self.stop_if_diverged(final, "of the saved SAE")  # before anything is saved
-                final = {**final, **{k: v for k, v in self.summary().items() if k != "curve"}}
+                # summary(final) stops a diverged saved SAE, here before anything is saved
+                final = {**final, **{k: v for k, v in self.summary(final).items() if k != "curve"}}
         if self.out_dir is not None and self.group.is_main:
             save_sae(self.model, self.out_dir, self.axis)
             write_json_atomic(self.out_dir / EVAL_FILE, {**final, "step": self.step})

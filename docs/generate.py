@@ -374,10 +374,11 @@ def _seed_ratios(ratio: dict | None, hk: int) -> list[str]:
             f"{ratio['std']:.2f} (goal >= {MIN_RATIO:g}x)."]
 
 
-def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str, list[str]]:
-    """The parts of a converged comparison at one site (benchmarks/stages.py): its budget and
-    rate sentence, the rate sweep, the seed-0 SAEs, the goals, the ceiling and the seeds."""
-    sweep, saes, hk, chosen = r["config"]["sweep"], r["saes"], r["headline_k"], r["chosen"]
+def _converged_site(r: dict, result: dict, quality: str, label: str, digits: str) -> dict[str, list[str]]:
+    """The parts of a converged comparison at one site `r` of `result` (benchmarks/stages.py; an
+    LLM result is its own one site): its budget and rate sentence, the rate sweep, the seed-0
+    SAEs, the goals, the ceiling and the seeds."""
+    sweep, saes, hk, chosen = result["config"]["sweep"], r["saes"], r["headline_k"], r["chosen"]
     epochs = [m["epochs"] for m in saes.values()]
     rates = [f"{x:g}" for x in r["rates"]]
     rate_rows = [[s] + ["diverged" if "diverged" in v else
@@ -409,7 +410,7 @@ def _converged_site(r: dict, quality: str, label: str, digits: str) -> dict[str,
                             + [SWITCH_COLUMNS[key][0] for key in switches]
                             + (["FVU (L0) with the threshold 5% lower"] if lowered else [])
                             + ["converged", "last-quarter gain"], sae_rows), "", *_fragile_line(saes),
-                   *_added_later(r.get("threshold_sensitivity_added")),
+                   *_added_later(result.get("threshold_sensitivity_added")),
                    _goal_table(r["goals"], quality, label), "", "\\* extrapolated beyond the TopK sweep.", ""],
         "ceiling": [f"a carry could pay at best {min(ceiling):.2f}x to {max(ceiling):.2f}x fewer innovations against "
                     "these TopK SAEs (the persistence ceiling)"] if ceiling else [],
@@ -449,7 +450,7 @@ def _fragile_line(saes: dict) -> list[str]:
 
 
 def _llm_converged(r: dict) -> list[str]:
-    site = _converged_site(r, "delta_ce", "delta CE", ".3f")
+    site = _converged_site(r, r, "delta_ce", "delta CE", ".3f")
     b = r["baselines"]
     return [f"{r['model']}, `{r['hook']}`, windows of {r['window'] - 1} positions: {r['windows_harvested']:,} "
             f"harvested, {r['windows_left_out_as_outliers']} left out for a massive activation, "
@@ -469,9 +470,7 @@ def _image_converged(r: dict) -> list[str]:
         out.append(f"Only the headline budget's contextual SAE and control were trained so far (`--headline-only`); "
                    f"TopK has every budget of the sweep ({', '.join(map(str, r['config']['sweep']['k']))}).")
     for hook, found in r["hooks"].items():
-        site = _converged_site({**found, "config": r["config"],
-                                "threshold_sensitivity_added": r.get("threshold_sensitivity_added")},
-                               r["quality"], "PSNR (dB)", ".2f")
+        site = _converged_site(found, r, r["quality"], "PSNR (dB)", ".2f")
         out += ["", f"### `{hook}`", "", *site["budget"], *site["tables"],
                 *([f"Beside it: {site['ceiling'][0]}, along the raster scan."] if site["ceiling"] else []),
                 *site["seeds"], *_switch_goal(found.get("localization"))]
@@ -542,9 +541,7 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
                 continue
             changes.append(f"{k}: {g['innovation_ratio'] - p['innovation_ratio']:+.2f}")
             short += _falls_short(k, g, p)
-        site = _converged_site({**found, "config": r["config"],
-                                "threshold_sensitivity_added": r.get("threshold_sensitivity_added")},
-                               quality, label, digits)
+        site = _converged_site(found, r, quality, label, digits)
         out += ["", f"### `{hook}`", "",
                 md_table(["contextual SAE"] + [f"{arm} {c}" for arm in ("plain", variant) for c in columns], rows),
                 "", f"- Innovation ratio, {variant} minus plain, by budget k: {', '.join(changes) or 'no plain run'}. "
