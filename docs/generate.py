@@ -301,14 +301,17 @@ def _throughput(r: dict) -> list[str]:
     return out
 
 
-def _goal_table(goals: dict, quality: str = "delta_ce", label: str = "delta CE") -> str:
+def _goal_table(goals: dict, quality: str = "delta_ce", label: str = "delta CE") -> list[str]:
     """The goal per contextual SAE: its innovations against TopK's L0 at the same FVU, and its
-    `quality` (delta CE, or an image's PSNR) against TopK's at that L0."""
+    `quality` (delta CE, or an image's PSNR) against TopK's at that L0; the footnote on a starred
+    (extrapolated) TopK L0 only where one is."""
     rows = [[n, fmt(g["l0"], ".2f"), fmt(g["fvu"]), fmt(g["topk_l0_at_same_fvu"], ".2f") + ("*" if g["extrapolated"] else ""),
              fmt(g["innovation_ratio"], ".2f"), fmt(g[quality]), fmt(g[f"topk_{quality}_at_that_l0"]),
              fmt(g.get("control_fvu")), "met" if g.get("goal_met") else "not met"] for n, g in goals.items()]
-    return md_table(["contextual SAE", "L0", "FVU", "TopK L0 at that FVU", "innovation ratio", label,
-                     f"TopK {label} there", "control FVU", "goal (>= 1.5x)"], rows)
+    table = md_table(["contextual SAE", "L0", "FVU", "TopK L0 at that FVU", "innovation ratio", label,
+                      f"TopK {label} there", "control FVU", "goal (>= 1.5x)"], rows)
+    starred = any(g["extrapolated"] for g in goals.values())
+    return [table, ""] + (["\\* extrapolated beyond the TopK sweep.", ""] if starred else [])
 
 
 def _llm(r: dict) -> list[str]:
@@ -321,7 +324,7 @@ def _llm(r: dict) -> list[str]:
            f"CE on the held-out tokens: clean {r['ce_clean']:.3f}, zero-ablated {r['ce_zero_ablation']:.3f} nats."
            + (f" {tokens:,} training tokens per SAE (one pass, far from converged)." if tokens else ""), "",
            md_table(["SAE", "family", "L0", "state L0", "FVU", "delta CE", "dead"], rows), "",
-           goals, "", "\\* extrapolated beyond the TopK sweep.", ""]
+           *goals]
     if r["goals"]:
         best = max(r["goals"], key=lambda n: r["goals"][n]["innovation_ratio"])
         met = [n for n, g in r["goals"].items() if g.get("goal_met")]
@@ -411,7 +414,7 @@ def _converged_site(r: dict, result: dict, quality: str, label: str, digits: str
                             + (["FVU (L0) with the threshold 5% lower"] if lowered else [])
                             + ["converged", "last-quarter gain"], sae_rows), "", *_fragile_line(saes),
                    *_added_later(result.get("threshold_sensitivity_added")),
-                   _goal_table(r["goals"], quality, label), "", "\\* extrapolated beyond the TopK sweep.", ""],
+                   *_goal_table(r["goals"], quality, label)],
         "ceiling": [f"a carry could pay at best {min(ceiling):.2f}x to {max(ceiling):.2f}x fewer innovations against "
                     "these TopK SAEs (the persistence ceiling)"] if ceiling else [],
         "seeds": (["", f"Seeds at k {hk} (each seed draws the initialisation, the batch order and the held-out "

@@ -277,3 +277,16 @@ def test_a_budget_run_at_a_set_rate_names_it_and_the_default():
     assert "under the defaults but for the learning rate, 0.003 (the default is 0.01): 64 windows" in gen._synthetic_budget(r)[0]
     r["setup"] = {**setup, "lr": 0.01}  # a run from before --lr: at the default rate
     assert "under the defaults: learning rate 0.01, 64 windows" in gen._synthetic_budget(r)[0]
+
+
+def test_the_goal_tables_footnote_comes_only_with_a_starred_topk_l0():
+    table = _generator()._goal_table
+    goal = {"l0": 4.23, "fvu": 0.1537, "topk_l0_at_same_fvu": 5.57, "extrapolated": False, "innovation_ratio": 1.32,
+            "psnr": 25.6, "topk_psnr_at_that_l0": 25.8, "control_fvu": 0.207, "goal_met": False}
+    measured = table({"contextual_gated_k4": goal}, "psnr", "PSNR (dB)")
+    assert "| contextual_gated_k4 | 4.23 | 0.154 | 5.57 | 1.32 |" in measured[0]
+    assert not any("extrapolated" in line for line in measured)
+    starred = table({"contextual_gated_k4": goal, "contextual_gated_k8": {**goal, "extrapolated": True,
+                                                                          "topk_l0_at_same_fvu": 17.2}},
+                    "psnr", "PSNR (dB)")
+    assert "| 17.20* |" in starred[0] and "\\* extrapolated beyond the TopK sweep." in starred
