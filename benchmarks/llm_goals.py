@@ -47,7 +47,9 @@ def main(argv=None) -> int:
         print(f"{name:<28}{g['l0']:>7.2f}{g['topk_l0_at_same_fvu']:>17.2f}{'*' if g['extrapolated'] else ' '}"
               f"{g['innovation_ratio']:>7.2f}{g['delta_ce']:>7.3f}{'-' if ref is None else f'{ref:.3f}':>9}"
               f"{g.get('control_innovation_ratio') or float('nan'):>11.2f}{'met' if g['goal_met'] else 'not met':>9}")
-    print("* extrapolated beyond the TopK sweep\n" + verdict(result["goals"]))
+    if any(g["extrapolated"] for g in result["goals"].values()):
+        print("* extrapolated beyond the TopK sweep")
+    print(verdict(result["goals"]))
     write_json_atomic(args.json, {"config": dataclasses.asdict(cfg), "seconds": seconds, "verdict": verdict(result["goals"]),
                                   **{k: result[k] for k in ("model", "hook", "window", "ce_clean", "ce_zero_ablation",
                                                             "windows_harvested", "windows_left_out_as_outliers",
