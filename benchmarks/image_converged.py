@@ -40,7 +40,8 @@ budget, 3 seeds at the headline one). `signed`:
 signed innovations (`ContextualConfig.signed`); `position_gates`: persistence that also reads the
 step's position (`ContextualConfig.position_gates`); `no_anneal`: no budget anneal (trained at k from
 the first step, `[sweep] k_anneal_fraction = 0`); `no_carry_loss`: no carry loss (`[sweep]
-carry_coeff = 0`); `cap`: at most 4k innovations a position, the largest (`[sweep] max_per_position = 4`).
+carry_coeff = 0`); `cap`: at most 4k innovations a position, the largest (`[sweep] max_per_position = 4`);
+`carry_freeze`: the carry's parameters stop training where the rate decays (`[sweep] carry_freeze_at_decay`).
 
     python benchmarks/image_converged.py --config configs/image/taef2_converged_256.toml \
         --variant signed --hooks latent --seeds 1 --out benchmarks/results/image_converged_taef2_256_signed.json

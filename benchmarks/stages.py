@@ -206,7 +206,7 @@ class Stages:
 # Ablations of the contextual SAE: the [sweep] fields each one changes (`ablated`)
 VARIANTS = {"signed": {"signed": True}, "position_gates": {"position_gates": True},
             "no_anneal": {"k_anneal_fraction": 0.0}, "no_carry_loss": {"carry_coeff": 0.0},
-            "cap": {"max_per_position": 4.0}}
+            "cap": {"max_per_position": 4.0}, "carry_freeze": {"carry_freeze_at_decay": True}}
 
 
 def ablated(plain: Callable[..., dict], variant: Callable[..., dict], fields: dict, defaults: Any) -> Callable[..., dict]:

@@ -253,6 +253,10 @@ class TrainConfig:
         "k_anneal_start * k to k, so features are learned before the budget tightens; None means 0.5 "
         "for contextual SAEs (whose k counts only what is new) and 0 for per-position ones")
     k_anneal_start: float = param(4.0, "TopK/BatchTopK: starting multiple of k when annealing")
+    carry_freeze_at_decay: bool = param(
+        False, "contextual SAEs: the carry's parameters (persistences, resets) stop training where the learning "
+        "rate starts to decay, and the dictionary decays against fixed gates (docs/design.md: with the carry "
+        "decaying too, a control's held-out FVU rose in the decay)")
     shrink_encoder_init: bool = param(
         True, "TopK/BatchTopK: after the data-dependent init, scale the tied encoder down by the "
         "least-squares factor when it over-reconstructs the first batch (a no-op otherwise); needed "

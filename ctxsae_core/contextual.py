@@ -84,12 +84,14 @@ class ContextualSAE(BaseSAE):
         self.carry_scale = 1.0 if on else 0.0
 
     def param_groups(self, lr: float) -> list[dict]:
-        """The carry's parameters get carry_lr_scale times the learning rate."""
+        """The carry's parameters get carry_lr_scale times the learning rate (their group is marked
+        `carry`, for the trainer's `TrainConfig.carry_freeze_at_decay`)."""
         carry = list(self.carry.parameters())
         ids = {id(p) for p in carry}
         rest = [p for p in self.parameters() if id(p) not in ids]
         scale = self.config.carry_lr_scale
-        return [{"params": rest, "lr": lr, "lr_scale": 1.0}, {"params": carry, "lr": lr * scale, "lr_scale": scale}]
+        return [{"params": rest, "lr": lr, "lr_scale": 1.0}, {"params": carry, "lr": lr * scale, "lr_scale": scale,
+                                                            "carry": True}]
 
     def _project(self, codes: Tensor, dense: bool, support: Tensor | None = None) -> Tensor:
         """W_dec codes (no bias), normalised units, reading only the rows of `support` (default:

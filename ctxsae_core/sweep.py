@@ -54,6 +54,8 @@ class SweepConfig:
                                "0 trains the carry on the reconstruction alone")
     k_anneal_fraction: float | None = param(None, "TrainConfig.k_anneal_fraction of every SAE (unset: the trainer's "
                                              "default, 0.5 for contextual SAEs and 0 for per-position ones)")
+    carry_freeze_at_decay: bool = param(False, "TrainConfig.carry_freeze_at_decay of every contextual SAE: its "
+                                        "carry stops training where the learning rate starts to decay")
     tokens: int = param(300_000, "training positions per SAE")
     batch_windows: int = param(16, "windows per optimiser step")
     lr: float = param(3e-3, "Adam learning rate")
@@ -152,7 +154,8 @@ def train_config(sweep: SweepConfig, spec: SAESpec, progress: bool = True, **ove
     values: dict[str, Any] = {"tokens": sweep.tokens, "lr": sweep.lr, "seed": sweep.seed,
                               "shuffle_context": spec.shuffle, "progress": progress,
                               "shrink_encoder_init": sweep.shrink_encoder_init,
-                              "k_anneal_fraction": sweep.k_anneal_fraction}
+                              "k_anneal_fraction": sweep.k_anneal_fraction,
+                              "carry_freeze_at_decay": sweep.carry_freeze_at_decay}
     return TrainConfig(**{**values, **overrides})
 
 

@@ -127,13 +127,18 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """The learning rate at `step`: linear warm-up, flat, then linear decay to zero."""
         steps = self.total_steps
-        warmup, decay = round(self.cfg.warmup_fraction * steps), round(self.cfg.decay_fraction * steps)
+        warmup, decay = round(self.cfg.warmup_fraction * steps), steps - self.decay_start
         mult = 1.0
         if warmup and step < warmup:
             mult = (step + 1) / warmup
-        if decay and step >= steps - decay:
+        if decay and step >= self.decay_start:
             mult = min(mult, (steps - step) / decay)
         return self.lr * mult
+
+    @property
+    def decay_start(self) -> int:
+        """The step where the learning rate starts to decay (total_steps without a decay)."""
+        return self.total_steps - round(self.cfg.decay_fraction * self.total_steps)
 
     @property
     def anneal_steps(self) -> int:
@@ -275,8 +280,10 @@ class Trainer:
             gen = seeded_generator(self.cfg.seed, "shuffle_train", self.step)
             x, _ = shuffle_positions(x, gen, self.group.rank_slice(x.shape[0] * world), x.shape[0] * world)
         lr = self.lr_at(self.step)
+        carry_frozen = self.cfg.carry_freeze_at_decay and self.step >= self.decay_start
         for param_group in self.optimizer.param_groups:
-            param_group["lr"] = lr * param_group["lr_scale"]
+            frozen = carry_frozen and param_group.get("carry", False)
+            param_group["lr"] = 0.0 if frozen else lr * param_group["lr_scale"]
         self._set_schedule(self.step)
         with autocast(self.device, self.dtype):
             out = model(x, self.axis)

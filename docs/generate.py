@@ -496,6 +496,10 @@ ABLATIONS = {
     "cap": ("a cap on codes a position", "with at most 4 times the budget of innovations at a position (`[sweep] "
             "max_per_position = 4`, `BatchTopK.max_per_position`: a position coded against the threshold keeps its "
             "largest, in training and at inference, so an overshooting state cannot set off an avalanche of codes)"),
+    "carry_freeze": ("the carry frozen in the rate decay", "with the carry's parameters frozen where the learning "
+                     "rate starts to decay (`[sweep] carry_freeze_at_decay`, `TrainConfig.carry_freeze_at_decay`: "
+                     "persistences and resets stop training at 80% of the steps, and the dictionary and encoder "
+                     "decay against fixed gates)"),
 }
 
 

@@ -424,3 +424,27 @@ def test_the_gradient_the_optimizer_steps_on_is_clipped_to_max_grad_norm(tmp_pat
 def test_max_grad_norm_must_not_be_negative():
     with pytest.raises(InputError, match="max_grad_norm=-1.0 must be >= 0"):
         TrainConfig(max_grad_norm=-1.0)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_the_carry_stops_training_where_the_rate_decays_only_when_frozen(tmp_path, freeze):
+    """20 steps, the decay from step 16 on: with carry_freeze_at_decay the carry's parameters are
+    those of the checkpoint at step 16 at the end, while the dictionary still moves; without, both move."""
+    data, axis = _data(), make_axis("tokens", T)
+    cfg = TrainConfig(tokens=20 * 4 * T, decay_fraction=0.2, carry_warmup_fraction=0.0, checkpoint_every=16,
+                      eval_every=0, progress=False, carry_freeze_at_decay=freeze)
+    trainer = Trainer(_contextual(), cfg, axis, out_dir=tmp_path)
+    with pytest.raises(_Crash):  # stopped after the checkpoint at step 16, where the decay starts
+        trainer.fit(_crashing(WindowBatches(data, 4, seed=0), after=17))
+    assert trainer.decay_start == 16
+    at_decay = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    resumed = Trainer(_contextual(seed=5), cfg, axis, out_dir=tmp_path)
+    resumed.fit(WindowBatches(data, 4, seed=0))
+    model = resumed.model
+    carry = {n for n, _ in model.named_parameters() if n.startswith("carry.")}
+    assert carry >= {"carry.persistence", "carry.reset_in_raw", "carry.reset_out_raw"}
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), at_decay[n])}
+    assert "W_dec_FD" in moved and "W_enc_FD" in moved
+    assert (moved & carry == set()) == freeze
+    carry_lr = next(g["lr"] for g in resumed.optimizer.param_groups if g.get("carry"))  # at the last step
+    assert (carry_lr == 0.0) == freeze
