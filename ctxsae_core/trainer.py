@@ -10,6 +10,7 @@ evaluates, logs, writes checkpoints and shows progress."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -88,6 +89,26 @@ def default_lr(width: int) -> float:
     here) about ten times too slowly. The cap keeps narrow dictionaries, and the contextual SAE
     (which diverges at 3e-2 where TopK still trains), away from instability."""
     return min(DEFAULT_LR_AT_16K / math.sqrt(width / 2**14), MAX_DEFAULT_LR)
+
+
+def _field_defaults(config: Any) -> dict[str, Any]:
+    """A config dataclass's fields that have a plain, JSON-ready default, by name, as in its JSON."""
+    found = {}
+    for f in dataclasses.fields(config):
+        try:
+            found[f.name] = json.loads(json.dumps(f.default))
+        except TypeError:  # dataclasses.MISSING (no plain default), or a value JSON cannot hold
+            pass
+    return found
+
+
+def _with_new_fields(theirs: dict[str, Any], mine: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config (`theirs`) with the fields it lacks, fields added to the code after
+    that run started, taken from this run (`mine`) where this run holds the field's default:
+    the old run trained as that default does (a new field's default keeps the old behaviour).
+    A field this run sets otherwise stays missing, so the two differ in it."""
+    added = {k: v for k, v in mine.items() if k not in theirs and k in defaults and v == defaults[k]}
+    return {**theirs, **added}
 
 
 class Trainer:
@@ -225,9 +246,13 @@ class Trainer:
             raise InputError(f"{self.out_dir} holds a run trained on {meta.get('world', 1)} rank(s), not "
                              f"{self.group.world}: resume with the same number of processes, or pass a new --out")
         mine = self._run_identity()
+        defaults = {"model": _field_defaults(self.model.config), "train": _field_defaults(self.cfg)}
         for key in ("model", "train", "axis", "data"):
-            if meta["run"].get(key) != mine[key]:
-                theirs = meta["run"].get(key) or {}
+            theirs = meta["run"].get(key)
+            if key in defaults and isinstance(theirs, dict) and isinstance(mine[key], dict):
+                theirs = _with_new_fields(theirs, mine[key], defaults[key])
+            if theirs != mine[key]:
+                theirs = theirs or {}
                 diff = sorted(k for k in set(mine[key] or {}) | set(theirs) if (mine[key] or {}).get(k) != theirs.get(k))
                 raise InputError(f"{self.out_dir} holds a run with a different {key} config (differs in "
                                  f"{', '.join(diff)}): pass a new --out, or delete the folder to start over")

@@ -131,6 +131,36 @@ def test_resuming_into_a_folder_of_another_run_is_refused(tmp_path):
         Trainer(other, cfg, axis, out_dir=tmp_path).fit(WindowBatches(data, 4))
 
 
+def _drop_from_checkpoint(folder, field):
+    """Make the checkpoint in `folder` look written before TrainConfig had `field`."""
+    meta = folder / "checkpoints" / (folder / "checkpoints" / "LATEST").read_text().strip() / "trainer_state.json"
+    state = json.loads(meta.read_text())
+    del state["run"]["train"][field]
+    meta.write_text(json.dumps(state))
+
+
+def test_a_run_checkpointed_before_a_config_field_existed_resumes_at_its_default(tmp_path):
+    """A field added to TrainConfig after a run started is missing from its checkpoint: the run
+    resumes where the field holds its default (the behaviour the run had), to the same weights
+    as a run never interrupted, and is refused where the field is set otherwise."""
+    data, axis = _data(), make_axis("tokens", T)
+    cfg = TrainConfig(tokens=12 * 4 * T, checkpoint_every=5, eval_every=0, progress=False, seed=3)
+    assert cfg.carry_freeze_at_decay is False
+    whole = _contextual()
+    Trainer(whole, cfg, axis, out_dir=tmp_path / "whole").fit(WindowBatches(data, 4, seed=3))
+    with pytest.raises(_Crash):
+        Trainer(_contextual(), cfg, axis, out_dir=tmp_path / "old").fit(_crashing(WindowBatches(data, 4, seed=3), 7))
+    _drop_from_checkpoint(tmp_path / "old", "carry_freeze_at_decay")
+
+    changed = TrainConfig(**{**cfg.__dict__, "carry_freeze_at_decay": True})
+    with pytest.raises(InputError, match="different train config \\(differs in carry_freeze_at_decay\\)"):
+        Trainer(_contextual(), changed, axis, out_dir=tmp_path / "old").fit(WindowBatches(data, 4, seed=3))
+    resumed = _contextual(seed=99)
+    Trainer(resumed, cfg, axis, out_dir=tmp_path / "old").fit(WindowBatches(data, 4, seed=3))
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def test_training_reduces_the_loss():
     data, axis = _data(256), make_axis("tokens", T)
     model = _contextual()
