@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup browser demo notebooks test docs bench-synthetic bench-synthetic-converged bench-robust bench-budget bench-recipe bench-ttq bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm bench-llm-baselines bench-llm-converged bench-image-converged clean
+.PHONY: setup browser demo notebooks test docs bench-synthetic bench-synthetic-converged bench-robust bench-budget bench-recipe bench-ttq bench-throughput bench-saelens bench-scenes bench-threads bench-harvest bench-llm bench-llm-baselines bench-llm-converged bench-image-converged bench-image-budget clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -108,6 +108,12 @@ bench-llm-converged: setup
 bench-image-converged: setup
 	$(PY) benchmarks/image_converged.py --jobs 2 --keep-stages benchmarks/results/stages/taef2_converged_256_8m \
 		--out benchmarks/results/image_converged_taef2_256_8m.json
+
+# the headline point of bench-image-converged (latent, k 4) with the carry frozen in the decay, at
+# 8M positions (read back) and 16M (two SAEs trained a time, about 25 minutes a rate on 2 cores)
+bench-image-budget: setup
+	$(PY) benchmarks/image_budget.py --jobs 2 --keep-stages benchmarks/results/stages/taef2_converged_256_8m \
+		--out benchmarks/results/image_budget_taef2_256_latent_carry_freeze.json
 
 clean:
 	rm -rf runs .pytest_cache

@@ -100,6 +100,23 @@ def plot(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def stage_runner(cfg, args: argparse.Namespace) -> stages.Stages:
+    """The stages' runner on the harvest in `<args.runs>/harvest` (rendered and harvested first,
+    where missing), each stage a `visinterp run` (`args`: runs, device, jobs, keep_stages,
+    no_progress). InputError where the harvest cannot be made."""
+    progress = not args.no_progress
+    harvest = args.runs / "harvest"
+    ImageJob(cfg, harvest, progress, args.device).harvest()  # renders and harvests what is missing
+    return stages.Stages(lambda c, out: run(c, out, progress=progress, device=args.device, jobs=args.jobs),
+                         "metrics.json", HARVEST, args.runs, harvest, record=lambda c: c.to_dict(),
+                         kept=args.keep_stages)
+
+
+def at_hook(cfg, hook: str):
+    """The config harvesting and training at `hook` alone (a stage's config)."""
+    return dataclasses.replace(cfg, harvest=dataclasses.replace(cfg.harvest, hooks=(hook,)))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs/image/taef2_converged_256_8m.toml")
@@ -120,23 +137,17 @@ def main(argv=None) -> int:
     hooks_run = args.hooks or cfg.harvest.hooks
     if not set(hooks_run) <= set(cfg.harvest.hooks):
         p.error(f"--hooks {','.join(hooks_run)}: choose among the config's hooks {', '.join(cfg.harvest.hooks)}")
-    progress = not args.no_progress
     start = time.perf_counter()
 
-    harvest = args.runs / "harvest"
     try:
-        ImageJob(cfg, harvest, progress, args.device).harvest()  # renders and harvests what is missing
+        runner = stage_runner(cfg, args)
     except InputError as e:
         p.error(str(e))
-    runner = stages.Stages(lambda c, out: run(c, out, progress=progress, device=args.device, jobs=args.jobs), "metrics.json",
-                           HARVEST, args.runs, harvest, record=lambda c: c.to_dict(), kept=args.keep_stages)
 
     def stage_at(hook: str):
-        at_hook = dataclasses.replace(cfg, harvest=dataclasses.replace(cfg.harvest, hooks=(hook,)))
-
         def in_folder(folder: str):
             def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
-                found = runner(f"{folder}/{name}", at_hook, may_diverge, **sweep)
+                found = runner(f"{folder}/{name}", at_hook(cfg, hook), may_diverge, **sweep)
                 return {**found, "saes": rows_with_switch_rates(found, hook)}
             return stage
         if args.variant is None:

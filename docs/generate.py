@@ -916,9 +916,7 @@ def _synthetic_budget(r: dict) -> list[str]:
     from ctxsae_core.trainer import default_lr
 
     s = r["setup"]
-    rows = [[fmt(b["tokens"], ","), fmt(b["fvu"], ".4f"), fmt(b["fvu_gain_last_quarter"], ".1%"), fmt(b["converged"]),
-             fmt(b["fvu_at_decay_start"], ".4f"), fmt(b["decay_share_of_last_quarter_gain"], ".0%"),
-             fmt(b["state_l0"], ".1f")] for b in r["budgets"]]
+    rows = [_budget_cells(b) for b in r["budgets"]]
     out = [f"The synthetic benchmark's headline contextual SAE ({s['carry']} carry, k = {s['k']}, width {s['width']}, "
            f"d = {s['d']}, T = {s['T']}) under the defaults"
            + (f": learning rate {s['lr']:g}, " if s.get("lr_is_default", True) else
@@ -928,14 +926,50 @@ def _synthetic_budget(r: dict) -> list[str]:
            f"{s['decay_fraction']:.0%} of the steps. A run that has levelled off at its full rate still gains over "
            "its last quarter what the decay takes out of the rate's noise; the share of that gain made after the "
            "decay starts tells the two apart, and so does doubling the budget.", "",
-           md_table(["training positions", "final held-out FVU", "FVU gained over the last quarter", "converged (< 2%)",
-                     "FVU where the decay starts", "share of the last quarter's gain after that", "state L0"], rows), ""]
+           md_table(BUDGET_COLUMNS, rows), ""]
     out += [f"- From {d['from']:,} to {d['to']:,} positions the final held-out FVU improved by {d['fvu_gain']:.1%}."
             for d in r["doublings"]]
-    if any((b["decay_share_of_last_quarter_gain"] or 0) > 1 for b in r["budgets"]):
-        out.append("- A share over 100%: the FVU rose between the start of the last quarter and the start of the "
-                   "decay, and the decay made more than the whole quarter's gain.")
-    return out
+    return out + _share_over_one(r["budgets"])
+
+
+BUDGET_COLUMNS = ["training positions", "final held-out FVU", "FVU gained over the last quarter", "converged (< 2%)",
+                  "FVU where the decay starts", "share of the last quarter's gain after that", "state L0"]
+
+
+def _budget_cells(b: dict) -> list[str]:
+    """A budget's row (`benchmarks/budgets.py`) as the cells of BUDGET_COLUMNS."""
+    return [fmt(b["tokens"], ","), fmt(b["fvu"], ".4f"), fmt(b["fvu_gain_last_quarter"], ".1%"), fmt(b["converged"]),
+            fmt(b["fvu_at_decay_start"], ".4f"), fmt(b["decay_share_of_last_quarter_gain"], ".0%"),
+            fmt(b["state_l0"], ".1f")]
+
+
+def _share_over_one(budgets: list[dict]) -> list[str]:
+    if not any((b["decay_share_of_last_quarter_gain"] or 0) > 1 for b in budgets):
+        return []
+    return ["- A share over 100%: the FVU rose between the start of the last quarter and the start of the "
+            "decay, and the decay made more than the whole quarter's gain."]
+
+
+def _image_budget(r: dict) -> list[str]:
+    variant = (f"TopK under the plain recipe, the gated contextual SAE and its shuffled control "
+               f"{ABLATIONS[r['variant']][1]}" if r["variant"] else
+               "TopK, the gated contextual SAE and its shuffled control under the plain recipe")
+    c = r["config"]["sweep"]
+    out = [f"The converged image comparison's headline point ({r['autoencoder']} `{r['hook']}`, k {r['k']}, width "
+           f"{c['width']:,}, {c['batch_windows']} windows a step, seed 0): {variant}, each at learning rates "
+           f"{', '.join(f'{lr:g}' for lr in r['rates'])} and at {' and '.join(f'{b:,}' for b in r['budgets'])} "
+           "training positions; the config's budget is the comparison's own run. The rates are not a sweep here: "
+           "the question is whether a longer budget brings a run under the convergence rule (held-out FVU improved "
+           "by less than 2% over the last quarter of its positions) while the rate decays to zero over the last "
+           f"{r['decay_fraction']:.0%} of the steps. The final FVU is the report's (at the saved threshold); the "
+           "learning curve's points (the FVU where the decay starts and at the end) are taken at the budget in use.",
+           "", md_table(["SAE", "learning rate", *BUDGET_COLUMNS, "curve's last point"],
+                        [[s["sae"], fmt(s["lr"], "g"), *_budget_cells(b), fmt(b["curve"][-1]["fvu"], ".4f")]
+                         for s in r["series"] for b in s["budgets"]]), ""]
+    out += [f"- {s['sae']} at lr {s['lr']:g}: from {d['from']:,} to {d['to']:,} positions the final held-out FVU "
+            f"{'improved' if d['fvu_gain'] >= 0 else 'worsened'} by {abs(d['fvu_gain']):.1%}."
+            for s in r["series"] for d in s["doublings"]]
+    return out + _share_over_one([b for s in r["series"] for b in s["budgets"]])
 
 
 def _clipped_steps(rows: list[dict]) -> list[str]:
@@ -1019,6 +1053,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_budget": ("Synthetic regions: the contextual SAE's convergence by budget", _synthetic_budget),
     "synthetic_budget_lr3e-3": ("Synthetic regions: the contextual SAE's convergence by budget, learning rate 3e-3",
                                 _synthetic_budget),
+    "image_budget_taef2_256_latent_carry_freeze": ("Image comparison, TAEF2 `latent` at 256 px: convergence by "
+                                                   "budget, the carry frozen in the rate decay", _image_budget),
     "visinterp_demo": ("The image job with its defaults", _image_demo),
     "scene_features_seed3": ("Features of a radiance field", _scene_features),
     "time_to_quality_cpu": ("Time to quality on the CPU, against SAELens", _time_to_quality),

@@ -1,4 +1,4 @@
-"""The synthetic budget benchmark's figures (`benchmarks/synthetic_budget.py`): the share of the last quarter's gain made after the decay
+"""The budget benchmarks' figures (`benchmarks/budgets.py`): the share of the last quarter's gain made after the decay
 starts, and the gain of each doubling of the budget."""
 
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import synthetic_budget as sb  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+import budgets as sb  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
 
 def _point(tokens: int, fvus: list[float]) -> dict:
