@@ -30,9 +30,13 @@ def budget_row(point: dict, decay_fraction: float) -> dict:
 
 
 def summarise(points: list[dict], decay_fraction: float) -> dict:
-    """The budgets' rows, smallest first, and the final FVU each doubling (each next budget) gained."""
+    """The budgets' rows, smallest first, and what each doubling (each next budget) gained: in the
+    final FVU (`fvu_gain`) and in the learning curve's last point (`curve_end_gain`; the two differ
+    for a thresholded SAE, whose final figures are at the L0 its saved threshold gives on the
+    held-out windows, and its curve's points at its budget)."""
     rows = [budget_row(p, decay_fraction) for p in sorted(points, key=lambda p: p["tokens"])]
-    doublings = [{"from": a["tokens"], "to": b["tokens"], "fvu_gain": (a["fvu"] - b["fvu"]) / a["fvu"]}
+    doublings = [{"from": a["tokens"], "to": b["tokens"], "fvu_gain": (a["fvu"] - b["fvu"]) / a["fvu"],
+                  "curve_end_gain": (a["curve"][-1]["fvu"] - b["curve"][-1]["fvu"]) / a["curve"][-1]["fvu"]}
                  for a, b in zip(rows, rows[1:])]
     return {"budgets": rows, "doublings": doublings}
 
@@ -45,7 +49,8 @@ def print_table(summary: dict) -> None:
         print(f"{r['tokens']:>12,}{r['fvu']:>9.4f}{r['fvu_gain_last_quarter']:>19.1%}{str(r['converged']):>11}"
               f"{r['fvu_at_decay_start']:>20.4f}{'-' if share is None else f'{share:.0%}':>13}{r['state_l0']:>10.1f}")
     for d in summary["doublings"]:
-        print(f"{d['from']:,} -> {d['to']:,} positions: final FVU gained {d['fvu_gain']:.1%}")
+        print(f"{d['from']:,} -> {d['to']:,} positions: final FVU gained {d['fvu_gain']:.1%}, the curve's last point "
+              f"{d['curve_end_gain']:.1%}")
 
 
 def draw_budgets(ax, summary: dict, decay_fraction: float, positions: str = "positions") -> None:
@@ -53,7 +58,7 @@ def draw_budgets(ax, summary: dict, decay_fraction: float, positions: str = "pos
     for i, r in enumerate(summary["budgets"]):
         xs = [p["tokens"] / 1e6 for p in r["curve"]]
         ax.plot(xs, [p["fvu"] for p in r["curve"]], color=f"C{i}", marker=".",
-                label=f"{r['tokens'] / 1e6:g}M {positions}{'' if r['converged'] else ' (not converged)'}")
+                label=f"{r['tokens'] / 1e6:.3g}M {positions}{'' if r['converged'] else ' (not converged)'}")
         ax.axvline((1 - decay_fraction) * r["tokens"] / 1e6, color=f"C{i}", lw=0.8, ls=":")
     ax.set_xlabel(f"training {positions} (millions); dotted: where the learning rate starts to decay")
     ax.set_ylabel("held-out FVU")

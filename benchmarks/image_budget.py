@@ -11,8 +11,9 @@ carry decaying too, as in the plain recipe, a contextual learning curve moves 1-
 evaluation to the next through the decay and the 2% rule reads that noise; with it frozen, the
 curves fall smoothly, and by 8M positions no contextual SAE had converged (docs/design.md). The
 config's budget is the comparison's own rate stage, read back (with `--keep-stages`, from the
-committed copies) rather than trained again; a larger budget trains in
-`<runs>/<hook>-<M>m/lr<rate>/` (TopK) and `<runs>/<hook>-<variant>-<M>m/lr<rate>/`.
+committed copies) rather than trained again; a larger budget trains the plain run's stage in
+`<runs>/<hook>-<M>m/lr<rate>/` (TopK, and the plain contextual SAE and control, which
+`--variant none` reads) and the variant's in `<runs>/<hook>-<variant>-<M>m/lr<rate>/`.
 
     python benchmarks/image_budget.py --jobs 2 --keep-stages benchmarks/results/stages/taef2_converged_256_8m \
         --out benchmarks/results/image_budget_taef2_256_latent_carry_freeze.json

@@ -961,14 +961,25 @@ def _image_budget(r: dict) -> list[str]:
            "training positions; the config's budget is the comparison's own run. The rates are not a sweep here: "
            "the question is whether a longer budget brings a run under the convergence rule (held-out FVU improved "
            "by less than 2% over the last quarter of its positions) while the rate decays to zero over the last "
-           f"{r['decay_fraction']:.0%} of the steps. The final FVU is the report's (at the saved threshold); the "
-           "learning curve's points (the FVU where the decay starts and at the end) are taken at the budget in use.",
-           "", md_table(["SAE", "learning rate", *BUDGET_COLUMNS, "curve's last point"],
-                        [[s["sae"], fmt(s["lr"], "g"), *_budget_cells(b), fmt(b["curve"][-1]["fvu"], ".4f")]
+           f"{r['decay_fraction']:.0%} of the steps. The final FVU and L0 are the report's (at the saved threshold, "
+           "calibrated on training batches); the learning curve's points (the FVU where the decay starts and at the "
+           "end) are taken at the budget in use, so they compare across budgets at one L0.",
+           "", md_table(["SAE", "learning rate", *BUDGET_COLUMNS, "final L0", "curve's last point"],
+                        [[s["sae"], fmt(s["lr"], "g"), *_budget_cells(b), fmt(b["l0"], ".2f"),
+                          fmt(b["curve"][-1]["fvu"], ".4f")]
                          for s in r["series"] for b in s["budgets"]]), ""]
-    out += [f"- {s['sae']} at lr {s['lr']:g}: from {d['from']:,} to {d['to']:,} positions the final held-out FVU "
-            f"{'improved' if d['fvu_gain'] >= 0 else 'worsened'} by {abs(d['fvu_gain']):.1%}."
-            for s in r["series"] for d in s["doublings"]]
+    out += [f"- {s['sae']} at lr {s['lr']:g}: from {d['from']:,} to {d['to']:,} positions the learning curve's last "
+            f"point {'improved' if d['curve_end_gain'] >= 0 else 'worsened'} by {abs(d['curve_end_gain']):.1%} (the "
+            f"final FVU, at the saved threshold's L0: {'improved' if d['fvu_gain'] >= 0 else 'worsened'} by "
+            f"{abs(d['fvu_gain']):.1%})." for s in r["series"] for d in s["doublings"]]
+    for s in r["series"]:
+        for b in s["budgets"]:
+            low = min((p for p in b["curve"] if p["tokens"] >= 0.75 * b["tokens"]), key=lambda p: p["fvu"])
+            end = b["curve"][-1]["fvu"]
+            if end > 1.02 * low["fvu"]:
+                out.append(f"- {s['sae']} at lr {s['lr']:g}, {b['tokens']:,} positions: the learning curve ends "
+                           f"{end / low['fvu'] - 1:.1%} above its lowest point of the last quarter ({low['fvu']:.4f} "
+                           f"at {low['tokens']:,} positions).")
     return out + _share_over_one([b for s in r["series"] for b in s["budgets"]])
 
 
@@ -1053,6 +1064,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_budget": ("Synthetic regions: the contextual SAE's convergence by budget", _synthetic_budget),
     "synthetic_budget_lr3e-3": ("Synthetic regions: the contextual SAE's convergence by budget, learning rate 3e-3",
                                 _synthetic_budget),
+    "image_budget_taef2_256_latent": ("Image comparison, TAEF2 `latent` at 256 px: convergence by budget, the "
+                                      "default recipe", _image_budget),
     "image_budget_taef2_256_latent_carry_freeze": ("Image comparison, TAEF2 `latent` at 256 px: convergence by "
                                                    "budget, the carry frozen in the rate decay", _image_budget),
     "visinterp_demo": ("The image job with its defaults", _image_demo),

@@ -34,4 +34,10 @@ def test_a_run_level_at_its_full_rate_owes_its_last_quarter_to_the_decay():
 def test_each_doubling_reports_the_final_fvu_it_gained():
     s = sb.summarise([_point(4000, [0.2, 0.1]), _point(2000, [0.3, 0.125])], decay_fraction=0.2)
     assert [r["tokens"] for r in s["budgets"]] == [2000, 4000]
-    assert s["doublings"] == [{"from": 2000, "to": 4000, "fvu_gain": pytest.approx(0.2)}]
+    assert s["doublings"] == [{"from": 2000, "to": 4000, "fvu_gain": pytest.approx(0.2),
+                               "curve_end_gain": pytest.approx(0.2)}]
+    # a thresholded SAE's final FVU (at its saved threshold) is not its curve's last point (at its budget)
+    small, large = _point(2000, [0.3, 0.125]), _point(4000, [0.2, 0.1])
+    large["fvu"] = 0.13
+    d = sb.summarise([small, large], decay_fraction=0.2)["doublings"][0]
+    assert d["fvu_gain"] == pytest.approx(-0.04) and d["curve_end_gain"] == pytest.approx(0.2)

@@ -47,9 +47,17 @@ def test_the_configs_budget_is_the_ablations_rate_stage_read_back(tmp_path):
     assert saes["topk_k4"]["fvu"] == plain["latent/topk_k4"]["fvu"]  # TopK from the plain run
     assert saes["contextual_gated_k4"]["fvu"] != plain["latent/contextual_gated_k4"]["fvu"]
 
-    # twice the budget is a stage of its own: TopK's arm trains first, in the plain folder with the budget
-    # appended (the fake job leaves no result, so the stage stops there)
-    doubled = image_budget.budget_stage(runner, cfg, "latent", "carry_freeze", 2 * cfg.sweep.tokens)
+    # a budget of its own is a stage of its own (three times the config's: none is kept): the plain arm
+    # trains first, in the plain folder with the budget appended (the fake job leaves no result, so the
+    # stage stops there)
+    larger = image_budget.budget_stage(runner, cfg, "latent", "carry_freeze", 3 * cfg.sweep.tokens)
     with pytest.raises(FileNotFoundError):
-        doubled("lr0.003", **sweep, tokens=2 * cfg.sweep.tokens)
-    assert trained == [tmp_path / "latent-16m/lr0.003"]
+        larger("lr0.003", **sweep, tokens=3 * cfg.sweep.tokens)
+    assert trained == [tmp_path / "latent-24m/lr0.003"]
+    # twice it was trained and kept: read back
+    doubled = image_budget.budget_stage(runner, cfg, "latent", "carry_freeze", 2 * cfg.sweep.tokens)
+    saes = doubled("lr0.003", **sweep, tokens=2 * cfg.sweep.tokens)["saes"]
+    kept = json.loads((KEPT / "latent-carry_freeze-16m/lr0.003/metrics.json").read_text())["saes"]
+    assert saes["contextual_gated_k4"]["fvu"] == kept["latent/contextual_gated_k4"]["fvu"]
+    assert saes["contextual_gated_k4"]["tokens"] == saes["topk_k4"]["tokens"] > 1.9 * cfg.sweep.tokens
+    assert trained == [tmp_path / "latent-24m/lr0.003"]
