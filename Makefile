@@ -110,7 +110,8 @@ bench-image-converged: setup
 		--out benchmarks/results/image_converged_taef2_256_8m.json
 
 # the headline point of bench-image-converged (latent, k 4) with the carry frozen in the decay, at
-# 8M positions (read back) and 16M (the plain stage and the variant's, about 30 minutes a rate on 2 cores);
+# 8M positions (read back) and 16M (the plain stage and the variant's, about 30 minutes a rate on 2 cores)
+# at each rate of the comparison's sweep;
 # then the plain recipe's SAEs of the same stages, read back
 bench-image-budget: setup
 	$(PY) benchmarks/image_budget.py --jobs 2 --keep-stages benchmarks/results/stages/taef2_converged_256_8m \

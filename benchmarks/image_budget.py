@@ -101,7 +101,7 @@ def main(argv=None) -> int:
                    help="the harvest and the stages' run folders (default: runs/<config name>, as image_converged.py)")
     p.add_argument("--hook", default="latent", help="the hook (default %(default)s)")
     p.add_argument("--k", type=int, default=4, help="the budget k (default %(default)s: the comparison's headline k)")
-    p.add_argument("--lr", type=lambda text: parse_rates(text, allow_default=False), default=[3e-3, 1e-2],
+    p.add_argument("--lr", type=lambda text: parse_rates(text, allow_default=False), default=[1e-3, 3e-3, 1e-2],
                    help="learning rates, each trained at every budget (default %(default)s)")
     p.add_argument("--tokens", type=parse_budgets, default=None,
                    help="training positions an SAE, comma-separated (default: the config's budget and twice it)")
