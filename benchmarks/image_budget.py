@@ -3,13 +3,12 @@ r"""How the converged image comparison's SAEs converge with their budget: the he
 TAEF2's `latent` map) trained for the config's budget (8M positions) and for twice it, at each
 given learning rate, each with its held-out learning curve and the figures of
 `benchmarks/budgets.py` (the last quarter's gain, the FVU where the rate starts to decay, the
-share of the gain made after that point, the final FVU each doubling gained).
+share of the gain made after that point, what each doubling gained).
 
 By default the contextual SAEs and controls are those of the `carry_freeze` ablation (their
-carry's parameters stop training where the rate decays), against the plain run's TopK: with the
-carry decaying too, as in the plain recipe, a contextual learning curve moves 1-5% from one
-evaluation to the next through the decay and the 2% rule reads that noise; with it frozen, the
-curves fall smoothly, and by 8M positions no contextual SAE had converged (docs/design.md). The
+carry's parameters stop training where the rate decays), against the plain run's TopK; with
+`--variant none`, the plain recipe's, whose carry decays with the rest (docs/design.md, "Budgets":
+their curves jump through the decay and can end above their own minimum). The
 config's budget is the comparison's own rate stage, read back (with `--keep-stages`, from the
 committed copies) rather than trained again; a larger budget trains the plain run's stage in
 `<runs>/<hook>-<M>m/lr<rate>/` (TopK, and the plain contextual SAE and control, which
@@ -17,6 +16,8 @@ committed copies) rather than trained again; a larger budget trains the plain ru
 
     python benchmarks/image_budget.py --jobs 2 --keep-stages benchmarks/results/stages/taef2_converged_256_8m \
         --out benchmarks/results/image_budget_taef2_256_latent_carry_freeze.json
+    python benchmarks/image_budget.py --variant none --keep-stages benchmarks/results/stages/taef2_converged_256_8m \
+        --out benchmarks/results/image_budget_taef2_256_latent.json
 """
 
 from __future__ import annotations
