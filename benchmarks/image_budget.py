@@ -62,18 +62,11 @@ def budget_folder(hook: str, tokens: int, config_tokens: int, variant: str | Non
 
 
 def budget_stage(runner: stages.Stages, cfg, hook: str, variant: str | None, tokens: int):
-    """A stage function at `hook` for one budget, as `image_converged` builds it: the per-position
-    SAEs in the plain folder, the contextual SAEs and controls in the variant's."""
-    def in_folder(folder: str):
-        def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
-            found = runner(f"{folder}/{name}", image_converged.at_hook(cfg, hook), may_diverge, **sweep)
-            return {**found, "saes": image_converged.rows_with_switch_rates(found, hook)}
-        return stage
-    plain = in_folder(budget_folder(hook, tokens, cfg.sweep.tokens))
-    if variant is None:
-        return plain
-    return stages.ablated(plain, in_folder(budget_folder(hook, tokens, cfg.sweep.tokens, variant)),
-                          stages.VARIANTS[variant], cfg.sweep)
+    """A stage function at `hook` for one budget (`image_converged.hook_stage` in the budget's
+    folders): the per-position SAEs in the plain folder, the contextual SAEs and controls in the
+    variant's."""
+    return image_converged.hook_stage(runner, cfg, hook, variant, budget_folder(hook, tokens, cfg.sweep.tokens),
+                                      budget_folder(hook, tokens, cfg.sweep.tokens, variant))
 
 
 def plot(result: dict, path: Path) -> None:

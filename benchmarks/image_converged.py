@@ -117,6 +117,23 @@ def at_hook(cfg, hook: str):
     return dataclasses.replace(cfg, harvest=dataclasses.replace(cfg.harvest, hooks=(hook,)))
 
 
+def hook_stage(runner: stages.Stages, cfg, hook: str, variant: str | None = None, plain_folder: str | None = None,
+               variant_folder: str | None = None):
+    """A stage function at `hook` (`stages.converged_comparison`'s `stage`): each stage run by
+    `runner` in `<plain_folder>/<stage>` (default: the hook's name), its rows with their switch
+    rates; with an ablation `variant`, the contextual SAEs and controls in `<variant_folder>/<stage>`
+    (default `<hook>-<variant>`) against the plain folder's per-position SAEs (`stages.ablated`)."""
+    def in_folder(folder: str):
+        def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
+            found = runner(f"{folder}/{name}", at_hook(cfg, hook), may_diverge, **sweep)
+            return {**found, "saes": rows_with_switch_rates(found, hook)}
+        return stage
+    plain = in_folder(plain_folder or hook)
+    if variant is None:
+        return plain
+    return stages.ablated(plain, in_folder(variant_folder or f"{hook}-{variant}"), stages.VARIANTS[variant], cfg.sweep)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs/image/taef2_converged_256_8m.toml")
@@ -144,21 +161,10 @@ def main(argv=None) -> int:
     except InputError as e:
         p.error(str(e))
 
-    def stage_at(hook: str):
-        def in_folder(folder: str):
-            def stage(name: str, may_diverge: bool = False, **sweep) -> dict:
-                found = runner(f"{folder}/{name}", at_hook(cfg, hook), may_diverge, **sweep)
-                return {**found, "saes": rows_with_switch_rates(found, hook)}
-            return stage
-        if args.variant is None:
-            return in_folder(hook)
-        return stages.ablated(in_folder(hook), in_folder(f"{hook}-{args.variant}"), stages.VARIANTS[args.variant],
-                              cfg.sweep)
-
     hooks, first = {}, None
     for hook in hooks_run:
         try:
-            found = stages.converged_comparison(stage_at(hook), cfg.sweep.k, stages.contextual_budgets(args, cfg.sweep),
+            found = stages.converged_comparison(hook_stage(runner, cfg, hook, args.variant), cfg.sweep.k, stages.contextual_budgets(args, cfg.sweep),
                                                 args.headline_k, args.lr, args.seeds, KEPT, QUALITY,
                                                 higher_is_better=True, quality_label="decoded-image PSNR")
         except InputError as e:

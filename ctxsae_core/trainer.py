@@ -249,7 +249,7 @@ class Trainer:
         defaults = {"model": _field_defaults(self.model.config), "train": _field_defaults(self.cfg)}
         for key in ("model", "train", "axis", "data"):
             theirs = meta["run"].get(key)
-            if key in defaults and isinstance(theirs, dict) and isinstance(mine[key], dict):
+            if key in defaults and isinstance(theirs, dict):
                 theirs = _with_new_fields(theirs, mine[key], defaults[key])
             if theirs != mine[key]:
                 theirs = theirs or {}
