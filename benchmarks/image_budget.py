@@ -99,8 +99,9 @@ def main(argv=None) -> int:
                    help="learning rates, each trained at every budget (default %(default)s)")
     p.add_argument("--tokens", type=parse_budgets, default=None,
                    help="training positions an SAE, comma-separated (default: the config's budget and twice it)")
-    p.add_argument("--variant", choices=sorted(stages.VARIANTS) + [NONE], default="carry_freeze",
-                   help="the contextual SAEs' ablation (default %(default)s; none: the plain recipe)")
+    p.add_argument("--variant", type=lambda text: text if text == NONE else stages.parse_variant(text),
+                   default="carry_freeze", help="the contextual SAEs' ablation, as image_converged.py's (default "
+                   "%(default)s; none: the plain recipe)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--keep-stages", type=Path, default=None, metavar="DIR",
                    help="as image_converged.py: copy each finished stage to DIR/<stage>/, read stages from there")

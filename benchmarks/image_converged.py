@@ -131,7 +131,7 @@ def hook_stage(runner: stages.Stages, cfg, hook: str, variant: str | None = None
     plain = in_folder(plain_folder or hook)
     if variant is None:
         return plain
-    return stages.ablated(plain, in_folder(variant_folder or f"{hook}-{variant}"), stages.VARIANTS[variant], cfg.sweep)
+    return stages.ablated(plain, in_folder(variant_folder or f"{hook}-{variant}"), stages.variant_fields(variant), cfg.sweep)
 
 
 def main(argv=None) -> int:

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         return stage
     stage = in_folder("")
     if args.variant is not None:
-        stage = stages.ablated(stage, in_folder(f"{args.variant}/"), stages.VARIANTS[args.variant], cfg.sweep)
+        stage = stages.ablated(stage, in_folder(f"{args.variant}/"), stages.variant_fields(args.variant), cfg.sweep)
 
     start = time.perf_counter()
     try:

@@ -73,9 +73,10 @@ def add_arguments(p: argparse.ArgumentParser, headline_k: int) -> None:
                    help="learning rates swept (default %(default)s)")
     p.add_argument("--headline-k", type=int, default=headline_k, help="the budget of the rate sweep and the seeds")
     p.add_argument("--seeds", type=int, default=3, help="seeds at the headline budget (seed 0 included)")
-    p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
-                   help="an ablation: the contextual SAEs and controls with this change, in stage folders of their "
-                        "own, against the plain run's TopK SAEs (read back, trained there if missing)")
+    p.add_argument("--variant", type=parse_variant, default=None,
+                   help=f"an ablation ({', '.join(sorted(VARIANTS))}, or several joined by '+'): the contextual SAEs "
+                        "and controls with this change, in stage folders of their own, against the plain run's TopK "
+                        "SAEs (read back, trained there if missing)")
     p.add_argument("--headline-only", action="store_true",
                    help="train the contextual SAEs and controls at the headline k only (skip the other budgets): "
                         "a first look at an ablation")
@@ -207,6 +208,35 @@ class Stages:
 VARIANTS = {"signed": {"signed": True}, "position_gates": {"position_gates": True},
             "no_anneal": {"k_anneal_fraction": 0.0}, "no_carry_loss": {"carry_coeff": 0.0},
             "cap": {"max_per_position": 4.0}, "carry_freeze": {"carry_freeze_at_decay": True}}
+
+
+def variant_fields(name: str) -> dict:
+    """The [sweep] fields an ablation changes: one of VARIANTS, or several joined by '+'
+    (`carry_freeze+no_anneal`: the fields of both). ValueError for an unknown name, or for parts
+    that repeat or set the same field."""
+    parts = name.split("+")
+    unknown = [part for part in parts if part not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant {', '.join(map(repr, unknown))}: choose from {', '.join(sorted(VARIANTS))}, "
+                         "or several joined by '+'")
+    fields: dict = {}
+    for part in parts:
+        shared = set(fields) & set(VARIANTS[part])
+        if shared or parts.count(part) > 1:
+            raise ValueError(f"variant {name!r} sets {', '.join(sorted(shared or VARIANTS[part]))} twice: name each "
+                             "change once")
+        fields.update(VARIANTS[part])
+    return fields
+
+
+def parse_variant(text: str) -> str:
+    """argparse type of --variant: the name with its parts in sorted order (one stage folder for
+    `no_anneal+carry_freeze` and `carry_freeze+no_anneal`)."""
+    try:
+        variant_fields(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return "+".join(sorted(text.split("+")))
 
 
 def ablated(plain: Callable[..., dict], variant: Callable[..., dict], fields: dict, defaults: Any) -> Callable[..., dict]:

@@ -501,6 +501,14 @@ ABLATIONS = {
                      "persistences and resets stop training at 80% of the steps, and the dictionary and encoder "
                      "decay against fixed gates)"),
 }
+# ablations joined from several (`--variant a+b`, parts in sorted order) that have a section
+JOINED = ("carry_freeze+no_anneal",)
+
+
+def _ablation_words(variant: str) -> tuple[str, str]:
+    """An ablation's section title and what it changes; a joined one's from its parts'."""
+    parts = [ABLATIONS[part] for part in variant.split("+")]
+    return " and ".join(title for title, _ in parts), ", and ".join(text for _, text in parts)
 
 
 def _sites(r: dict) -> dict[str, dict]:
@@ -527,7 +535,7 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
 
     plain = _sites(json.loads(plain_file.read_text())) if plain_file.is_file() else {}
     variant = r["variant"]
-    out = [f"The contextual SAEs and their controls of the comparison above, retrained {ABLATIONS[variant][1]}, "
+    out = [f"The contextual SAEs and their controls of the comparison above, retrained {_ablation_words(variant)[1]}, "
            "against the same TopK SAEs; learning rates swept again. A change is kept only where it reaches a "
            "higher innovation ratio than the plain contextual SAE at every budget, converged, with its control "
            f"still losing at least {1 - CONTROL_KEEPS:.0%} of any gain over TopK."]
@@ -952,7 +960,7 @@ def _share_over_one(budgets: list[dict]) -> list[str]:
 
 def _image_budget(r: dict) -> list[str]:
     variant = (f"TopK under the plain recipe, the gated contextual SAE and its shuffled control "
-               f"{ABLATIONS[r['variant']][1]}" if r["variant"] else
+               f"{_ablation_words(r['variant'])[1]}" if r["variant"] else
                "TopK, the gated contextual SAE and its shuffled control under the plain recipe")
     c = r["config"]["sweep"]
     out = [f"The converged image comparison's headline point ({r['autoencoder']} `{r['hook']}`, k {r['k']}, width "
@@ -1031,31 +1039,36 @@ def _gpu_tests(r: dict) -> list[str]:
     return out
 
 
+def _ablation_titles() -> list[tuple[str, str]]:
+    """(variant, section title) of every ablation the page knows, joined ones last."""
+    return [(v, _ablation_words(v)[0]) for v in (*ABLATIONS, *JOINED)]
+
+
 # file stem -> (section title, renderer); the order here is the page's order
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "synthetic_regions": ("Synthetic regions: the contextual SAE against known features", _synthetic),
     "synthetic_regions_converged": ("Synthetic regions, converged: learning rates swept", _synthetic),
     "llm_converged_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15`, converged", _llm_converged),
     **{f"llm_converged_smollm2_resid15_{v}": (f"Ablation: {title}, SmolLM2 `resid.15`, converged", _llm_ablation)
-       for v, (title, _) in ABLATIONS.items()},
+       for v, title in _ablation_titles()},
     "image_converged_taef2_256_8m": ("Image comparison, TAEF2 at 256 px, converged: the default recipe, 8M positions",
                                      _image_converged),
     **{f"image_converged_taef2_256_8m_{v}": (f"Ablation: {title}, TAEF2 `latent` at 256 px, 8M positions, converged",
                                              _image_ablation("image_converged_taef2_256_8m"))
-       for v, (title, _) in ABLATIONS.items()},
+       for v, title in _ablation_titles()},
     "image_converged_taef2_256_8m_encoder_mid": ("Image comparison, TAEF2 at 256 px, converged: `encoder.mid`, the "
                                                  "default recipe, 8M positions", _image_converged),
     **{f"image_converged_taef2_256_8m_encoder_mid_{v}": (f"Ablation: {title}, TAEF2 `encoder.mid` at 256 px, 8M "
                                                           "positions, converged",
                                                           _image_ablation("image_converged_taef2_256_8m_encoder_mid"))
-       for v, (title, _) in ABLATIONS.items()},
+       for v, title in _ablation_titles()},
     "image_converged_offline_256_8m": ("Image comparison, the offline autoencoder at 256 px, converged: the default "
                                        "recipe, 8M positions", _image_converged),
     "image_converged_taef2_256": ("Image comparison, TAEF2 at 256 px, converged: with the carry loss, 4M positions",
                                   _image_converged),
     **{f"image_converged_taef2_256_{v}": (f"Ablation: {title}, TAEF2 at 256 px, converged",
                                           _image_ablation("image_converged_taef2_256"))
-       for v, (title, _) in ABLATIONS.items()},
+       for v, title in _ablation_titles()},
     "llm_goals_smollm2_resid15": ("LLM comparison, SmolLM2 `resid.15` (the earlier goal run)", _llm),
     "llm_carries_smollm2_resid15": ("LLM carries check, SmolLM2 `resid.15`", _llm),
     "llm_baselines_smollm2": ("What a carry could save in SmolLM2, layer by layer", _llm_baselines),
@@ -1150,8 +1163,9 @@ def _converged_row(label: str, site: dict) -> list[str]:
 
 
 def _ablation_files(plain: Path) -> list[Path]:
-    """The ablations of a converged comparison that have a result, in the order of ABLATIONS."""
-    return [f for v in ABLATIONS if (f := plain.with_name(f"{plain.stem}_{v}.json")).is_file()]
+    """The ablations of a converged comparison that have a result, in the order of ABLATIONS
+    (joined ones last)."""
+    return [f for v in (*ABLATIONS, *JOINED) if (f := plain.with_name(f"{plain.stem}_{v}.json")).is_file()]
 
 
 def _variant_label(r: dict) -> str:

@@ -75,6 +75,8 @@ def test_every_ablation_has_its_description_and_section_on_the_results_page():
 
     generate = _generator()
     assert set(generate.ABLATIONS) == set(stages.VARIANTS)
+    for joined in generate.JOINED:  # named as --variant names its stage folders and JSON
+        assert stages.parse_variant(joined) == joined and "+" in joined
     for run in ("image_converged_taef2_256", "image_converged_taef2_256_8m", "image_converged_taef2_256_8m_encoder_mid",
                 "llm_converged_smollm2_resid15"):
         assert {f"{run}_{v}" for v in stages.VARIANTS} <= set(generate.SECTIONS)

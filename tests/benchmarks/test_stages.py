@@ -186,3 +186,23 @@ def test_every_variant_changes_fields_the_sweep_has_and_reaches_its_contextual_s
             assert specs["topk_k2"] == plain["topk_k2"]  # the per-position reference is the plain run's
             assert specs["contextual_gated_k2"].activation.max_per_position == 4.0
             assert specs["contextual_gated_k2_control"].activation.max_per_position == 4.0
+
+
+def test_a_joined_variant_changes_the_fields_of_each_part_and_names_one_folder():
+    fields = stages.variant_fields("no_anneal+carry_freeze")
+    assert fields == {"k_anneal_fraction": 0.0, "carry_freeze_at_decay": True}
+    assert stages.parse_variant("no_anneal+carry_freeze") == stages.parse_variant("carry_freeze+no_anneal") \
+        == "carry_freeze+no_anneal"
+    assert stages.parse_variant("signed") == "signed"
+
+
+@pytest.mark.parametrize("name, says", [("bogus", "unknown variant 'bogus'"), ("signed+bogus", "unknown variant 'bogus'"),
+                                        ("cap+cap", "sets max_per_position twice"), ("", "unknown variant ''")])
+def test_a_variant_that_is_unknown_or_names_a_change_twice_is_refused_by_the_parser(name, says, capsys):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    stages.add_arguments(p, headline_k=4)
+    with pytest.raises(SystemExit) as stop:
+        p.parse_args(["--variant", name])
+    assert stop.value.code == 2 and says in capsys.readouterr().err
