@@ -101,15 +101,15 @@ def plot(result: dict, path: Path) -> None:
 
 
 def stage_runner(cfg, args: argparse.Namespace) -> stages.Stages:
-    """The stages' runner on the harvest in `<args.runs>/harvest` (rendered and harvested first,
-    where missing), each stage a `visinterp run` (`args`: runs, device, jobs, keep_stages,
-    no_progress). InputError where the harvest cannot be made."""
+    """The stages' runner on the harvest in `<args.runs>/harvest` (rendered and harvested before
+    the first stage that trains, where missing: stages read back from `--keep-stages` need none),
+    each stage a `visinterp run` (`args`: runs, device, jobs, keep_stages, no_progress). The
+    runner raises InputError where the harvest cannot be made."""
     progress = not args.no_progress
     harvest = args.runs / "harvest"
-    ImageJob(cfg, harvest, progress, args.device).harvest()  # renders and harvests what is missing
     return stages.Stages(lambda c, out: run(c, out, progress=progress, device=args.device, jobs=args.jobs),
                          "metrics.json", HARVEST, args.runs, harvest, record=lambda c: c.to_dict(),
-                         kept=args.keep_stages)
+                         kept=args.keep_stages, prepare=lambda: ImageJob(cfg, harvest, progress, args.device).harvest())
 
 
 def at_hook(cfg, hook: str):
