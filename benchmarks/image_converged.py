@@ -33,10 +33,9 @@ Writes JSON and a plot (per hook: FVU against L0, learning curves).
 
 `--variant` runs an ablation: the same procedure with the contextual SAEs and controls changed,
 their stages in `<runs>/<hook>-<variant>/`, against the plain run's TopK SAEs (read back from
-`<runs>/<hook>/`); the docs' results page sets its JSON beside the plain run's. The committed
-ablations are of the earlier run (`--config configs/image/taef2_converged_256.toml`), and of this
-one `signed` at `encoder.mid` (headline budget, seed 0) and `position_gates` at `latent` (every
-budget, 3 seeds at the headline one). `signed`:
+`<runs>/<hook>/`); the docs' results page sets its JSON beside the plain run's, and lists the
+committed ones with the budgets and seeds each ran. Several join with '+' (`--variant
+carry_freeze+no_anneal`: the fields of both, in `<hook>-carry_freeze+no_anneal/`). `signed`:
 signed innovations (`ContextualConfig.signed`); `position_gates`: persistence that also reads the
 step's position (`ContextualConfig.position_gates`); `no_anneal`: no budget anneal (trained at k from
 the first step, `[sweep] k_anneal_fraction = 0`); `no_carry_loss`: no carry loss (`[sweep]
@@ -101,15 +100,15 @@ def plot(result: dict, path: Path) -> None:
 
 
 def stage_runner(cfg, args: argparse.Namespace) -> stages.Stages:
-    """The stages' runner on the harvest in `<args.runs>/harvest` (rendered and harvested first,
-    where missing), each stage a `visinterp run` (`args`: runs, device, jobs, keep_stages,
-    no_progress). InputError where the harvest cannot be made."""
+    """The stages' runner on the harvest in `<args.runs>/harvest` (rendered and harvested before
+    the first stage that trains, where missing: stages read back from `--keep-stages` need none),
+    each stage a `visinterp run` (`args`: runs, device, jobs, keep_stages, no_progress). The
+    runner raises InputError where the harvest cannot be made."""
     progress = not args.no_progress
     harvest = args.runs / "harvest"
-    ImageJob(cfg, harvest, progress, args.device).harvest()  # renders and harvests what is missing
     return stages.Stages(lambda c, out: run(c, out, progress=progress, device=args.device, jobs=args.jobs),
                          "metrics.json", HARVEST, args.runs, harvest, record=lambda c: c.to_dict(),
-                         kept=args.keep_stages)
+                         kept=args.keep_stages, prepare=lambda: ImageJob(cfg, harvest, progress, args.device).harvest())
 
 
 def at_hook(cfg, hook: str):

@@ -133,25 +133,42 @@ def check_same_config(folder: Path, wanted: dict) -> None:
 
 
 class Stages:
-    """Runs (or reads back) one job per stage, all on the first stage's harvest.
+    """Runs (or reads back) one job per stage, all on one harvest: `harvest_from`'s where it holds
+    one, else the first stage's.
 
     job(cfg, out) runs a job into `out` and leaves `result` (a JSON file) there, and the job's
     config as config.json, which `record(cfg)` must reproduce; `harvest` names what of a run folder
-    to share between stages. With `kept`, every finished stage's result and config.json (and its
-    diverged.json) are also copied to `kept/<stage>/`, and a stage the runs folder lacks is read
-    from there: a few JSON files that can be committed, so that a benchmark longer than a session
-    goes on where it stopped on a fresh checkout (whose runs folder is empty), instead of training
-    its finished stages again."""
+    to share between stages. `prepare()`, where given, is called once before the first stage that
+    has to be trained (the image benchmarks render and harvest into `harvest_from` there), so that
+    a benchmark whose stages are all read back needs no harvest. With `kept`, every finished
+    stage's result and config.json (and its diverged.json) are also copied to `kept/<stage>/`, and
+    a stage the runs folder lacks is read from there: a few JSON files that can be committed, so
+    that a benchmark longer than a session goes on where it stopped on a fresh checkout (whose runs
+    folder is empty), instead of training its finished stages again."""
 
     def __init__(self, job: Callable[[Any, Path], Any], result: str, harvest: tuple[str, ...], runs: Path,
-                 harvest_from: Path | None = None, *, record: Callable[[Any], dict], kept: Path | None = None):
+                 harvest_from: Path | None = None, *, record: Callable[[Any], dict], kept: Path | None = None,
+                 prepare: Callable[[], None] | None = None):
         self.job, self.result, self.shared, self.runs, self.record = job, result, harvest, runs, record
-        self.kept = kept
-        if harvest_from is not None and not all((harvest_from / n).exists() for n in harvest):
-            print(f"{harvest_from}: no harvest there ({', '.join(harvest)}), so the first stage harvests", flush=True)
-            harvest_from = None
-        self.harvest = harvest_from
+        self.kept, self.prepare, self.harvest_from = kept, prepare, harvest_from
+        self.harvest: Path | None = None  # the folder whose harvest a trained stage links, once known
         self.seconds: dict[str, float] = {}
+
+    def _shared_harvest(self) -> Path | None:
+        """The harvest a stage about to be trained links: made by `prepare` first (once), then
+        `harvest_from`'s where it holds one, else that of the first stage that ran (None: the stage
+        harvests for itself)."""
+        if self.prepare is not None:
+            prepare, self.prepare = self.prepare, None
+            prepare()
+        if self.harvest is None and self.harvest_from is not None:
+            if all((self.harvest_from / n).exists() for n in self.shared):
+                self.harvest = self.harvest_from
+            else:
+                print(f"{self.harvest_from}: no harvest there ({', '.join(self.shared)}), so this stage harvests",
+                      flush=True)
+            self.harvest_from = None
+        return self.harvest
 
     def __call__(self, name: str, cfg: Any, may_diverge: bool = False, **sweep) -> dict:
         """The stage's result: the job on `cfg` with the fields `sweep` of its [sweep] table
@@ -173,8 +190,8 @@ class Stages:
         if may_diverge and failed.is_file():
             return {"saes": {}, **json.loads(failed.read_text())}
         if not done.is_file():
-            if self.harvest is not None:
-                link_harvest(self.harvest, out, self.shared)
+            if (harvest := self._shared_harvest()) is not None:
+                link_harvest(harvest, out, self.shared)
             print(f"{name}: {', '.join(f'{k} {v}' for k, v in sweep.items())}", flush=True)
             start = time.perf_counter()
             try:

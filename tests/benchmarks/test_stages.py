@@ -206,3 +206,30 @@ def test_a_variant_that_is_unknown_or_names_a_change_twice_is_refused_by_the_par
     with pytest.raises(SystemExit) as stop:
         p.parse_args(["--variant", name])
     assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_the_harvest_is_prepared_once_before_the_first_stage_that_trains_and_never_for_stages_read_back(tmp_path):
+    kept = tmp_path / "kept"
+    first, _ = _stages(tmp_path / "first", kept=kept)
+    first("lr0.003", _Config())  # finished on another checkout: kept/lr0.003
+    prepared, trained = [], []
+
+    def prepare():
+        prepared.append(True)
+        (tmp_path / "harvest").mkdir()
+        (tmp_path / "harvest" / "store").write_text("acts")
+
+    def job(cfg, out):
+        trained.append(out)
+        assert (out / "store").read_text() == "acts"  # linked from the prepared harvest
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+        (out / "result.json").write_text(json.dumps({"saes": {"topk_k4": {"lr": cfg.sweep.lr}}}))
+
+    run = stages.Stages(job, "result.json", ("store",), tmp_path / "runs", tmp_path / "harvest",
+                        record=dataclasses.asdict, kept=kept, prepare=prepare)
+    assert run("lr0.003", _Config())["saes"] == {"topk_k4": {"lr": 3e-3}}
+    assert prepared == [] and trained == []  # read back from kept: nothing to harvest
+    run("lr0.01", _Config(), lr=1e-2)
+    run("lr0.001", _Config(), lr=1e-3)
+    assert prepared == [True] and trained == [tmp_path / "runs/lr0.01", tmp_path / "runs/lr0.001"]
