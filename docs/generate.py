@@ -565,10 +565,32 @@ def _ablation(r: dict, plain_file: Path, quality: str, label: str, digits: str) 
                    "plain run's setting stays in this comparison.")
                 + (" Only the headline budget was trained (`--headline-only`), so the rule is checked there alone."
                    if r.get("headline_only") else ""),
-                *_seed_comparison(variant, found, base),
+                *_seed_comparison(variant, found, base), *_joined_sweep(variant, hook, found, plain, plain_file),
                 "", f"The {variant} run in full:", "", *site["budget"], *site["tables"], *site["seeds"],
                 *_switch_goal(found.get("localization"))]
     return out
+
+
+def _joined_sweep(variant: str, hook: str, found: dict, plain: dict, plain_file: Path) -> list[str]:
+    """For a joined ablation (`a+b`): its rate sweep beside the plain run's and each part's that
+    has a result, so that each part's own share of the change shows; nothing for a single one."""
+    parts = variant.split("+")
+    runs = {"plain": plain.get(hook)}
+    for part in parts:
+        file = plain_file.with_name(f"{plain_file.stem}_{part}.json")
+        runs[part] = _sites(json.loads(file.read_text())).get(hook) if file.is_file() else None
+    runs = {name: site for name, site in runs.items() if site is not None and "rate_sweep" in site}
+    if len(parts) < 2 or not runs:
+        return []
+    runs[variant] = found
+
+    def cell(site: dict, series: str, lr: str) -> str:
+        row = site["rate_sweep"].get(series, {}).get(lr)
+        return "-" if row is None else fmt(row["fvu"], ".4f") + ("*" if row["converged"] else "")
+    rows = [[series, f"{float(lr):g}"] + [cell(site, series, lr) for site in runs.values()]
+            for series, by_rate in found["rate_sweep"].items() if series != "topk" for lr in by_rate]
+    return ["", f"Held-out FVU at k {found['headline_k']} by learning rate, beside the runs with each part alone "
+            "(* converged):", "", md_table(["series", "lr", *runs], rows)]
 
 
 def _seed_comparison(variant: str, found: dict, base: dict) -> list[str]:

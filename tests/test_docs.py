@@ -3,6 +3,7 @@ the README's headline block) match what docs/generate.py writes from the code an
 files, every relative link resolves, and the README stays a short user's page."""
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -292,3 +293,25 @@ def test_the_goal_tables_footnote_comes_only_with_a_starred_topk_l0():
                                                                           "topk_l0_at_same_fvu": 17.2}},
                     "psnr", "PSNR (dB)")
     assert "| 17.20* |" in starred[0] and "\\* extrapolated beyond the TopK sweep." in starred
+
+
+def test_a_joined_ablation_sets_its_rate_sweep_beside_the_plain_run_and_each_part_that_ran(tmp_path):
+    generate = _generator()
+
+    def site(fvus: dict) -> dict:
+        return {"latent": {"rate_sweep": {series: {lr: {"fvu": f, "converged": c} for lr, (f, c) in by_rate.items()}
+                                          for series, by_rate in fvus.items()}}}
+    plain = site({"topk": {"0.001": (0.19, True)}, "contextual_gated": {"0.001": (0.15, False), "0.01": (0.13, True)}})
+    frozen = site({"contextual_gated": {"0.001": (0.148, False)}})  # its lr 0.01 stage diverged: no row
+    joined = {**site({"topk": {"0.001": (0.19, True)}, "contextual_gated": {"0.001": (0.145, True),
+                                                                            "0.01": (0.128, False)}})["latent"],
+              "headline_k": 4}
+    plain_file = tmp_path / "run.json"
+    plain_file.write_text(json.dumps({"hooks": plain}))
+    (tmp_path / "run_carry_freeze.json").write_text(json.dumps({"hooks": frozen}))  # no run_no_anneal.json
+    lines = generate._joined_sweep("carry_freeze+no_anneal", "latent", joined, plain, plain_file)
+    assert lines[-1].splitlines() == [
+        "| series | lr | plain | carry_freeze | carry_freeze+no_anneal |", "| --- | --- | --- | --- | --- |",
+        "| contextual_gated | 0.001 | 0.1500 | 0.1480 | 0.1450* |",
+        "| contextual_gated | 0.01 | 0.1300* | - | 0.1280 |"]
+    assert generate._joined_sweep("carry_freeze", "latent", joined, plain, plain_file) == []
