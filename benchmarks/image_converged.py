@@ -102,13 +102,19 @@ def plot(result: dict, path: Path) -> None:
 def stage_runner(cfg, args: argparse.Namespace) -> stages.Stages:
     """The stages' runner on the harvest in `<args.runs>/harvest` (rendered and harvested before
     the first stage that trains, where missing: stages read back from `--keep-stages` need none),
-    each stage a `visinterp run` (`args`: runs, device, jobs, keep_stages, no_progress). The
-    runner raises InputError where the harvest cannot be made."""
+    each stage a `visinterp run` (`args`: runs, device, jobs, keep_stages, no_progress), every
+    stage on one autoencoder. The runner raises InputError where the harvest cannot be made, or
+    where its autoencoder is not the one the stages before were harvested from."""
     progress = not args.no_progress
     harvest = args.runs / "harvest"
+
+    def prepare() -> dict:  # renders and harvests what is missing; the autoencoder harvested from
+        job = ImageJob(cfg, harvest, progress, args.device)
+        job.harvest()
+        return job.ae.metadata()
     return stages.Stages(lambda c, out: run(c, out, progress=progress, device=args.device, jobs=args.jobs),
                          "metrics.json", HARVEST, args.runs, harvest, record=lambda c: c.to_dict(),
-                         kept=args.keep_stages, prepare=lambda: ImageJob(cfg, harvest, progress, args.device).harvest())
+                         kept=args.keep_stages, prepare=prepare, source=lambda result: result["autoencoder"])
 
 
 def at_hook(cfg, hook: str):

@@ -140,7 +140,11 @@ class Stages:
     config as config.json, which `record(cfg)` must reproduce; `harvest` names what of a run folder
     to share between stages. `prepare()`, where given, is called once before the first stage that
     has to be trained (the image benchmarks render and harvest into `harvest_from` there), so that
-    a benchmark whose stages are all read back needs no harvest. With `kept`, every finished
+    a benchmark whose stages are all read back needs no harvest. `source(result)`, where given,
+    names what a stage's result was harvested from (the image benchmarks: the autoencoder), and
+    `prepare()` returns the same for the harvest it made: every stage must agree, and a harvest
+    that differs from the stages read so far is refused before anything trains on it (an
+    autoencoder trained again on another machine is another autoencoder). With `kept`, every finished
     stage's result and config.json (and its diverged.json) are also copied to `kept/<stage>/`, and
     a stage the runs folder lacks is read from there: a few JSON files that can be committed, so
     that a benchmark longer than a session goes on where it stopped on a fresh checkout (whose runs
@@ -148,9 +152,10 @@ class Stages:
 
     def __init__(self, job: Callable[[Any, Path], Any], result: str, harvest: tuple[str, ...], runs: Path,
                  harvest_from: Path | None = None, *, record: Callable[[Any], dict], kept: Path | None = None,
-                 prepare: Callable[[], None] | None = None):
+                 prepare: Callable[[], Any] | None = None, source: Callable[[dict], Any] | None = None):
         self.job, self.result, self.shared, self.runs, self.record = job, result, harvest, runs, record
-        self.kept, self.prepare, self.harvest_from = kept, prepare, harvest_from
+        self.kept, self.prepare, self.harvest_from, self.source = kept, prepare, harvest_from, source
+        self.sources: dict[str, Any] = {}  # the first stage's source, by its name
         self.harvest: Path | None = None  # the folder whose harvest a trained stage links, once known
         self.seconds: dict[str, float] = {}
 
@@ -160,7 +165,9 @@ class Stages:
         harvests for itself)."""
         if self.prepare is not None:
             prepare, self.prepare = self.prepare, None
-            prepare()
+            made = prepare()
+            if self.source is not None:
+                self._same_source("the harvest made for it", made)
         if self.harvest is None and self.harvest_from is not None:
             if all((self.harvest_from / n).exists() for n in self.shared):
                 self.harvest = self.harvest_from
@@ -186,7 +193,7 @@ class Stages:
             if may_diverge and (copy / DIVERGED_FILE).is_file():
                 return {"saes": {}, **json.loads((copy / DIVERGED_FILE).read_text())}
             if (copy / self.result).is_file():
-                return json.loads((copy / self.result).read_text())
+                return self._checked(name, json.loads((copy / self.result).read_text()))
         if may_diverge and failed.is_file():
             return {"saes": {}, **json.loads(failed.read_text())}
         if not done.is_file():
@@ -207,7 +214,26 @@ class Stages:
         if self.harvest is None:
             self.harvest = out
         self._keep(name, out)
-        return json.loads(done.read_text())
+        return self._checked(name, json.loads(done.read_text()))
+
+    def _same_source(self, where: str, source: Any) -> None:
+        """InputError unless `source` is that of the stages before (the first one sets it)."""
+        source = json.loads(json.dumps(source))  # tuples as lists, as a result read back has them
+        if not self.sources:
+            self.sources[where] = source
+            return
+        (first, theirs), = self.sources.items()
+        if source != theirs:
+            differs = "; ".join(config_differences(theirs, source)) or f"{theirs} -> {source}"
+            raise InputError(f"{where}: harvested from another source than {first} ({differs}); the stages of one "
+                             "comparison share one harvest: restore that harvest under --runs, or start over with "
+                             "new --runs and --keep-stages folders")
+
+    def _checked(self, name: str, result: dict) -> dict:
+        """`result`, once its source agrees with the stages' before."""
+        if self.source is not None and "diverged" not in result:
+            self._same_source(f"stage {name}", self.source(result))
+        return result
 
     def _keep(self, name: str, out: Path) -> None:
         """Copy a finished stage's result, config.json and diverged.json from `out` to kept/<name>/

@@ -233,3 +233,34 @@ def test_the_harvest_is_prepared_once_before_the_first_stage_that_trains_and_nev
     run("lr0.01", _Config(), lr=1e-2)
     run("lr0.001", _Config(), lr=1e-3)
     assert prepared == [True] and trained == [tmp_path / "runs/lr0.01", tmp_path / "runs/lr0.001"]
+
+
+def test_a_harvest_from_another_source_than_the_stages_read_back_is_refused_before_anything_trains(tmp_path):
+    """An offline autoencoder trained again on another machine is another autoencoder: a stage
+    harvested from it must not join the stages kept from the first."""
+    kept = tmp_path / "kept"
+    first, _ = _stages(tmp_path / "first", kept=kept)
+    first("lr0.003", _Config())
+    for name in ("lr0.003",):  # the kept stage's source, as its job recorded it
+        result = kept / name / "result.json"
+        result.write_text(json.dumps({**json.loads(result.read_text()), "autoencoder": {"psnr": 19.5}}))
+    trained = []
+
+    def runner(made: dict):
+        def job(cfg, out):
+            trained.append(out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+            (out / "result.json").write_text(json.dumps({"saes": {}, "autoencoder": made}))
+        return stages.Stages(job, "result.json", (), tmp_path / "runs", record=dataclasses.asdict, kept=kept,
+                             prepare=lambda: made, source=lambda result: result["autoencoder"])
+
+    run = runner({"psnr": 20.4})
+    run("lr0.003", _Config())  # read back: nothing harvested yet, nothing to compare
+    with pytest.raises(InputError, match=r"the harvest made for it: harvested from another source than stage "
+                                         r"lr0.003 \(psnr: 19.5 -> 20.4\)"):
+        run("lr0.01", _Config(), lr=1e-2)
+    assert trained == []
+    same = runner({"psnr": 19.5})
+    same("lr0.003", _Config())
+    assert same("lr0.01", _Config(), lr=1e-2)["autoencoder"] == {"psnr": 19.5} and len(trained) == 1
