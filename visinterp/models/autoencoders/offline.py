@@ -27,7 +27,10 @@ TRAINING_FILE = "training.json"
 
 @dataclass(frozen=True)
 class OfflineAEConfig:
-    """How the offline default autoencoder is trained (its cache key is this whole config)."""
+    """How the offline default autoencoder is trained (its cache key is this whole config).
+    Training is repeatable on one CPU at one thread count; elsewhere the float sums round
+    differently and it trains another autoencoder (the converged image benchmarks refuse to mix
+    stages harvested from two)."""
 
     images: int = param(256, "rendered training scenes")
     size: int = param(64, "training image side in pixels (a multiple of 8)")
