@@ -155,7 +155,7 @@ class Stages:
                  prepare: Callable[[], Any] | None = None, source: Callable[[dict], Any] | None = None):
         self.job, self.result, self.shared, self.runs, self.record = job, result, harvest, runs, record
         self.kept, self.prepare, self.harvest_from, self.source = kept, prepare, harvest_from, source
-        self.sources: dict[str, Any] = {}  # the first stage's source, by its name
+        self.first_source: tuple[str, Any] | None = None  # (where it was read, the source)
         self.harvest: Path | None = None  # the folder whose harvest a trained stage links, once known
         self.seconds: dict[str, float] = {}
 
@@ -219,10 +219,10 @@ class Stages:
     def _same_source(self, where: str, source: Any) -> None:
         """InputError unless `source` is that of the stages before (the first one sets it)."""
         source = json.loads(json.dumps(source))  # tuples as lists, as a result read back has them
-        if not self.sources:
-            self.sources[where] = source
+        if self.first_source is None:
+            self.first_source = (where, source)
             return
-        (first, theirs), = self.sources.items()
+        first, theirs = self.first_source
         if source != theirs:
             differs = "; ".join(config_differences(theirs, source)) or f"{theirs} -> {source}"
             raise InputError(f"{where}: harvested from another source than {first} ({differs}); the stages of one "
