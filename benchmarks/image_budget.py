@@ -126,10 +126,7 @@ def main(argv=None) -> int:
     args.runs = args.runs or Path("runs") / args.config.stem
     args.out = args.out or Path("runs") / f"{args.config.stem}_budget.json"
     start = time.perf_counter()
-    try:
-        runner = image_converged.stage_runner(cfg, args)
-    except InputError as e:
-        p.error(str(e))
+    runner = image_converged.stage_runner(cfg, args)  # harvests (and raises its errors) at the first trained stage
 
     found: dict[tuple[str, float], list[dict]] = {}
     for lr in args.lr:

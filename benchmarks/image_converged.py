@@ -136,7 +136,8 @@ def hook_stage(runner: stages.Stages, cfg, hook: str, variant: str | None = None
     plain = in_folder(plain_folder or hook)
     if variant is None:
         return plain
-    return stages.ablated(plain, in_folder(variant_folder or f"{hook}-{variant}"), stages.variant_fields(variant), cfg.sweep)
+    return stages.ablated(plain, in_folder(variant_folder or f"{hook}-{variant}"), stages.variant_fields(variant),
+                          cfg.sweep)
 
 
 def main(argv=None) -> int:
@@ -160,18 +161,15 @@ def main(argv=None) -> int:
     if not set(hooks_run) <= set(cfg.harvest.hooks):
         p.error(f"--hooks {','.join(hooks_run)}: choose among the config's hooks {', '.join(cfg.harvest.hooks)}")
     start = time.perf_counter()
-
-    try:
-        runner = stage_runner(cfg, args)
-    except InputError as e:
-        p.error(str(e))
+    runner = stage_runner(cfg, args)  # the harvest is made, and its errors raised, by the first stage that trains
 
     hooks, first = {}, None
     for hook in hooks_run:
         try:
-            found = stages.converged_comparison(hook_stage(runner, cfg, hook, args.variant), cfg.sweep.k, stages.contextual_budgets(args, cfg.sweep),
-                                                args.headline_k, args.lr, args.seeds, KEPT, QUALITY,
-                                                higher_is_better=True, quality_label="decoded-image PSNR")
+            found = stages.converged_comparison(hook_stage(runner, cfg, hook, args.variant), cfg.sweep.k,
+                                                stages.contextual_budgets(args, cfg.sweep), args.headline_k, args.lr,
+                                                args.seeds, KEPT, QUALITY, higher_is_better=True,
+                                                quality_label="decoded-image PSNR")
         except InputError as e:
             p.error(str(e))
         rate = SWITCH if any(SWITCH in m for m in found["saes"].values()) else SWITCH_LIVE  # older stages: live only

@@ -231,7 +231,7 @@ class Stages:
 
     def _checked(self, name: str, result: dict) -> dict:
         """`result`, once its source agrees with the stages' before."""
-        if self.source is not None and "diverged" not in result:
+        if self.source is not None:
             self._same_source(f"stage {name}", self.source(result))
         return result
 
@@ -264,10 +264,9 @@ def variant_fields(name: str) -> dict:
                          "or several joined by '+'")
     fields: dict = {}
     for part in parts:
-        shared = set(fields) & set(VARIANTS[part])
-        if shared or parts.count(part) > 1:
-            raise ValueError(f"variant {name!r} sets {', '.join(sorted(shared or VARIANTS[part]))} twice: name each "
-                             "change once")
+        shared = set(fields) & set(VARIANTS[part])  # a part named twice sets all its fields twice
+        if shared:
+            raise ValueError(f"variant {name!r} sets {', '.join(sorted(shared))} twice: name each change once")
         fields.update(VARIANTS[part])
     return fields
 

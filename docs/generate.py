@@ -575,12 +575,14 @@ def _joined_sweep(variant: str, hook: str, found: dict, plain: dict, plain_file:
     """For a joined ablation (`a+b`): its rate sweep beside the plain run's and each part's that
     has a result, so that each part's own share of the change shows; nothing for a single one."""
     parts = variant.split("+")
+    if len(parts) < 2:
+        return []
     runs = {"plain": plain.get(hook)}
     for part in parts:
         file = plain_file.with_name(f"{plain_file.stem}_{part}.json")
         runs[part] = _sites(json.loads(file.read_text())).get(hook) if file.is_file() else None
     runs = {name: site for name, site in runs.items() if site is not None and "rate_sweep" in site}
-    if len(parts) < 2 or not runs:
+    if not runs:
         return []
     runs[variant] = found
 

@@ -241,9 +241,8 @@ def test_a_harvest_from_another_source_than_the_stages_read_back_is_refused_befo
     kept = tmp_path / "kept"
     first, _ = _stages(tmp_path / "first", kept=kept)
     first("lr0.003", _Config())
-    for name in ("lr0.003",):  # the kept stage's source, as its job recorded it
-        result = kept / name / "result.json"
-        result.write_text(json.dumps({**json.loads(result.read_text()), "autoencoder": {"psnr": 19.5}}))
+    result = kept / "lr0.003" / "result.json"  # the kept stage's source, as its job recorded it
+    result.write_text(json.dumps({**json.loads(result.read_text()), "autoencoder": {"psnr": 19.5}}))
     trained = []
 
     def runner(made: dict):
